@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install what idmux's demo, tests and benchmarks need when it is missing: OpenSSH client and
+# server, rsync, openssl, curl, and Ansible (for the multiplexer's end-to-end tests).
+# Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+need=()
+command -v ssh >/dev/null || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v rsync >/dev/null || need+=(rsync)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v sftp >/dev/null || need+=(openssh-sftp-server)
+[ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
+if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
+  command -v ansible >/dev/null || need+=(ansible-core)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "install-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >/dev/null
+  # Install without starting the system sshd: idmux runs its own sshd nodes on loopback.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# sshd refuses to start without its privilege separation directory.
+[ -d /run/sshd ] || { [ "$(id -u)" = 0 ] && mkdir -p /run/sshd && chmod 0755 /run/sshd; } || true

@@ -1,0 +1,3 @@
+//! The development cluster: proxy + auth on one TLS port on loopback, with real sshd nodes.
+
+pub mod node;

@@ -1,0 +1,76 @@
+//! Atomic, permission-aware file writes.
+//!
+//! Every file idmux writes goes through [`write_atomic`]: a temp file in the same folder, fsync,
+//! rename, fsync of the folder. A reader sees the old file or the new one, never a mix, and a
+//! failed write leaves the old file in place. Private material is 0600; folders idmux creates are
+//! 0700.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// File mode for private keys and anything secret.
+pub const PRIVATE: u32 = 0o600;
+/// File mode for public material (certs, CA files, ssh_config, known_hosts).
+pub const PUBLIC: u32 = 0o644;
+
+/// Write `data` to `path` atomically with the given mode.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        // The umask may have narrowed the mode; public files must stay readable.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("{}: cannot replace", path.display()))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Create `dir` (and parents) with mode 0700 if it does not exist. An existing folder is left
+/// as it is: its owner chose its mode.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))
+}
+
+/// Read a file to a string, naming the file in the error.
+pub fn read_string(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}

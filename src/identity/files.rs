@@ -1,0 +1,385 @@
+//! The identity a bot holds, and the files tbot keeps it in (PROTOCOL.md section 7).
+//!
+//! - `identity` (tsh identity file), in order: private key PEM; SSH cert line; TLS cert PEM;
+//!   `@cert-authority <cluster>,*.<cluster> <alg> <b64> type=host` lines; TLS CA PEM blocks.
+//!   Parsed as Teleport parses it: PEM blocks in order (first = key, second = TLS cert, rest =
+//!   CAs), the SSH cert by its `-cert-v01@openssh.com` type, CA lines by `@cert-authority`.
+//! - Destination dir: `key`, `key.pub`, `key-cert.pub`, `tlscert`, `identity`,
+//!   `teleport-{host,user,database}-ca.crt`.
+//! - Data dir: `key`, `key.pub`, `key-cert.pub`, `tlscert`, `sshcacerts` and `tlscacerts`
+//!   (entries joined with `$`), `tokenhash` (hex sha256 of the join token).
+//!
+//! Parsing is pure (text in, value or error out); the error names the part at fault and the
+//! caller adds the file name. Writes go through [`crate::fsutil::write_atomic`].
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context, Result};
+use russh::keys::ssh_key::{Certificate, PublicKey};
+use sha2::Digest;
+
+use crate::ca;
+use crate::fsutil::{self, PRIVATE, PUBLIC};
+use crate::identity::keys::{ssh_key_data_from_spki, KeyPair};
+use crate::identity::tlsid::{self, TlsIdentity};
+
+/// A host CA key trusted for a cluster (one `@cert-authority` line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCa {
+    pub cluster: String,
+    pub key: PublicKey,
+}
+
+impl HostCa {
+    /// The line as the identity file and Teleport's `ssh_ca_certs` carry it.
+    pub fn authorized_hosts_line(&self) -> Result<String> {
+        let c = &self.cluster;
+        Ok(format!(
+            "@cert-authority {c},*.{c} {} type=host",
+            key_text(&self.key)?
+        ))
+    }
+
+    /// Parse an `@cert-authority <patterns> <alg> <b64> [comment]` line. The cluster is the
+    /// first pattern that is not a wildcard.
+    pub fn parse_line(line: &str) -> Result<HostCa> {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("@cert-authority") {
+            bail!("not an @cert-authority line");
+        }
+        let patterns = f
+            .next()
+            .ok_or_else(|| anyhow!("@cert-authority line has no host patterns"))?;
+        let alg = f
+            .next()
+            .ok_or_else(|| anyhow!("@cert-authority line has no key"))?;
+        let b64 = f
+            .next()
+            .ok_or_else(|| anyhow!("@cert-authority line has no key data"))?;
+        let key = PublicKey::from_openssh(&format!("{alg} {b64}"))
+            .map_err(|e| anyhow!("@cert-authority line has a bad key: {e}"))?;
+        let cluster = patterns
+            .split(',')
+            .rev()
+            .find(|p| !p.contains('*') && !p.starts_with('!'))
+            .unwrap_or("")
+            .to_string();
+        Ok(HostCa { cluster, key })
+    }
+}
+
+/// `alg b64` of a public key, without comment.
+pub fn key_text(k: &PublicKey) -> Result<String> {
+    let mut k = k.clone();
+    k.set_comment("");
+    Ok(k.to_openssh()?)
+}
+
+/// A complete identity: key, SSH and TLS certificates, and the CAs to trust.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub key: KeyPair,
+    pub ssh_cert: Certificate,
+    pub tls_cert_pem: String,
+    pub host_cas: Vec<HostCa>,
+    /// Trusted TLS CA certs (PEM blocks): in destination dirs the host CA, which the proxy
+    /// and auth certificates chain to.
+    pub tls_cas: Vec<String>,
+}
+
+impl Identity {
+    /// Check that the parts belong together: the SSH and TLS certs are for this key.
+    pub fn check_consistent(&self) -> Result<()> {
+        if !self.key.matches_ssh(self.ssh_cert.public_key()) {
+            bail!("the private key does not match the SSH certificate");
+        }
+        let cert = ca::parse_cert_pem(&self.tls_cert_pem)
+            .map_err(|e| anyhow!("bad TLS certificate: {e}"))?;
+        let spki = der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)?;
+        let tls_key = ssh_key_data_from_spki(&spki).map_err(|e| anyhow!("TLS certificate: {e}"))?;
+        if !self.key.matches_ssh(&tls_key) {
+            bail!("the private key does not match the TLS certificate");
+        }
+        Ok(())
+    }
+
+    /// The Teleport identity in the TLS certificate.
+    pub fn tls_identity(&self) -> Result<TlsIdentity> {
+        let cert = ca::parse_cert_pem(&self.tls_cert_pem)?;
+        TlsIdentity::from_name(&cert.tbs_certificate.subject)
+    }
+
+    /// The cluster that issued this identity (TLS issuer O, as tbot reads it).
+    pub fn cluster_name(&self) -> Result<String> {
+        let cert = ca::parse_cert_pem(&self.tls_cert_pem)?;
+        if let Some(c) = ca::issuer_cluster(&cert) {
+            return Ok(c);
+        }
+        let id = TlsIdentity::from_name(&cert.tbs_certificate.subject)?;
+        if !id.teleport_cluster.is_empty() {
+            return Ok(id.teleport_cluster);
+        }
+        bail!("the TLS certificate names no cluster")
+    }
+
+    /// When the identity stops being valid (the earlier of the two certificates).
+    pub fn expires(&self) -> Result<SystemTime> {
+        let cert = ca::parse_cert_pem(&self.tls_cert_pem)?;
+        let tls = cert.tbs_certificate.validity.not_after.to_system_time();
+        let ssh = self.ssh_cert.valid_before_time().unwrap_or(tls);
+        Ok(tls.min(ssh))
+    }
+
+    /// Render the tsh `identity` file.
+    pub fn to_identity_file(&self) -> Result<String> {
+        let mut out = String::new();
+        let mut push = |s: &str| {
+            out.push_str(s);
+            if !s.ends_with('\n') {
+                out.push('\n');
+            }
+        };
+        push(&self.key.to_pem()?);
+        push(&self.ssh_cert.to_openssh()?);
+        push(&self.tls_cert_pem);
+        for ca in &self.host_cas {
+            push(&ca.authorized_hosts_line()?);
+        }
+        for c in &self.tls_cas {
+            push(c);
+        }
+        Ok(out)
+    }
+
+    /// Parse a tsh `identity` file.
+    pub fn parse_identity_file(text: &str) -> Result<Identity> {
+        let mut pems: Vec<String> = Vec::new();
+        let mut ssh_cert_line = None;
+        let mut host_cas = Vec::new();
+        let mut cur: Option<(String, String)> = None; // (label, text)
+        for (n, line) in text.lines().enumerate() {
+            let lineno = n + 1;
+            if let Some((label, buf)) = cur.as_mut() {
+                buf.push_str(line);
+                buf.push('\n');
+                if line.trim() == format!("-----END {label}-----") {
+                    pems.push(cur.take().unwrap().1);
+                } else if line.starts_with("-----") {
+                    bail!("line {lineno}: PEM block {label:?} is not closed");
+                }
+                continue;
+            }
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            if let Some(label) = t
+                .strip_prefix("-----BEGIN ")
+                .and_then(|l| l.strip_suffix("-----"))
+            {
+                cur = Some((label.to_string(), format!("{t}\n")));
+            } else if t.starts_with("@cert-authority") {
+                host_cas.push(HostCa::parse_line(t).with_context(|| format!("line {lineno}"))?);
+            } else if t
+                .split_whitespace()
+                .next()
+                .is_some_and(|w| w.ends_with("-cert-v01@openssh.com"))
+            {
+                if ssh_cert_line.is_some() {
+                    bail!("line {lineno}: a second SSH certificate");
+                }
+                ssh_cert_line = Some(t.to_string());
+            } else {
+                bail!("line {lineno}: unexpected content (not PEM, an SSH certificate or @cert-authority)");
+            }
+        }
+        if let Some((label, _)) = cur {
+            bail!("truncated: PEM block {label:?} has no END line");
+        }
+        let mut pems = pems.into_iter();
+        let key_pem = pems
+            .next()
+            .ok_or_else(|| anyhow!("truncated: no private key"))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| anyhow!("private key: {e}"))?;
+        let ssh_line = ssh_cert_line.ok_or_else(|| anyhow!("truncated: no SSH certificate"))?;
+        let ssh_cert =
+            Certificate::from_openssh(&ssh_line).map_err(|e| anyhow!("SSH certificate: {e}"))?;
+        let tls_cert_pem = pems
+            .next()
+            .ok_or_else(|| anyhow!("truncated: no TLS certificate"))?;
+        if !tls_cert_pem.starts_with("-----BEGIN CERTIFICATE-----") {
+            bail!("TLS certificate: expected a CERTIFICATE PEM block as the second block");
+        }
+        ca::parse_cert_pem(&tls_cert_pem).map_err(|e| anyhow!("TLS certificate: {e}"))?;
+        let tls_cas: Vec<String> = pems.collect();
+        for (i, c) in tls_cas.iter().enumerate() {
+            ca::parse_cert_pem(c).map_err(|e| anyhow!("TLS CA certificate {}: {e}", i + 1))?;
+        }
+        let id = Identity {
+            key,
+            ssh_cert,
+            tls_cert_pem,
+            host_cas,
+            tls_cas,
+        };
+        id.check_consistent()?;
+        Ok(id)
+    }
+
+    /// Read and parse `path` as an identity file; errors name the file.
+    pub fn read_identity_file(path: &Path) -> Result<Identity> {
+        let text = fsutil::read_string(path)?;
+        Identity::parse_identity_file(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Load the identity of a destination dir (its `identity` file).
+    pub fn load_destination(dir: &Path) -> Result<Identity> {
+        Identity::read_identity_file(&dir.join("identity"))
+    }
+
+    /// Write the identity artifacts of a destination dir: `key`, `key.pub`, `key-cert.pub`,
+    /// `tlscert`, `identity`. The key and its cert are written so that a reader of `key` then
+    /// `key-cert.pub` never sees a pair from two renewals for long: the cert goes first, then
+    /// the key. (The agent socket removes the window entirely.)
+    pub fn write_destination_files(&self, dir: &Path) -> Result<()> {
+        self.check_consistent()?;
+        fsutil::ensure_private_dir(dir)?;
+        fsutil::write_atomic(
+            &dir.join("identity"),
+            self.to_identity_file()?.as_bytes(),
+            PRIVATE,
+        )?;
+        fsutil::write_atomic(&dir.join("tlscert"), self.tls_cert_pem.as_bytes(), PUBLIC)?;
+        fsutil::write_atomic(
+            &dir.join("key.pub"),
+            self.key.ssh_authorized_key()?.as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(
+            &dir.join("key-cert.pub"),
+            format!("{}\n", self.ssh_cert.to_openssh()?).as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(&dir.join("key"), self.key.to_pem()?.as_bytes(), PRIVATE)?;
+        Ok(())
+    }
+
+    /// Write the identity as a bot's data dir holds it.
+    pub fn write_data_dir(&self, dir: &Path, token: Option<&str>) -> Result<()> {
+        self.check_consistent()?;
+        fsutil::ensure_private_dir(dir)?;
+        let ssh_cas: Vec<String> = self
+            .host_cas
+            .iter()
+            .map(|c| c.authorized_hosts_line())
+            .collect::<Result<_>>()?;
+        fsutil::write_atomic(
+            &dir.join("sshcacerts"),
+            ssh_cas.join("$").as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(
+            &dir.join("tlscacerts"),
+            self.tls_cas.join("$").as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(&dir.join("tlscert"), self.tls_cert_pem.as_bytes(), PUBLIC)?;
+        fsutil::write_atomic(
+            &dir.join("key.pub"),
+            self.key.ssh_authorized_key()?.as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(
+            &dir.join("key-cert.pub"),
+            format!("{}\n", self.ssh_cert.to_openssh()?).as_bytes(),
+            PUBLIC,
+        )?;
+        fsutil::write_atomic(&dir.join("key"), self.key.to_pem()?.as_bytes(), PRIVATE)?;
+        if let Some(t) = token {
+            fsutil::write_atomic(&dir.join("tokenhash"), token_hash(t).as_bytes(), PRIVATE)?;
+        }
+        Ok(())
+    }
+
+    /// Read a bot's data dir.
+    pub fn read_data_dir(dir: &Path) -> Result<Identity> {
+        let read = |name: &str| fsutil::read_string(&dir.join(name));
+        let at = |name: &str, e: anyhow::Error| anyhow!("{}: {e:#}", dir.join(name).display());
+        let key = KeyPair::from_pem(&read("key")?).map_err(|e| at("key", e))?;
+        let ssh_cert = Certificate::from_openssh(read("key-cert.pub")?.trim())
+            .map_err(|e| at("key-cert.pub", e.into()))?;
+        let tls_cert_pem = read("tlscert")?;
+        ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
+        let host_cas = split_dollar(&read("sshcacerts")?)
+            .map(HostCa::parse_line)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| at("sshcacerts", e))?;
+        let tls_cas: Vec<String> = split_dollar(&read("tlscacerts")?)
+            .map(|s| format!("{}\n", s.trim_end()))
+            .collect();
+        for c in &tls_cas {
+            ca::parse_cert_pem(c).map_err(|e| at("tlscacerts", e))?;
+        }
+        let id = Identity {
+            key,
+            ssh_cert,
+            tls_cert_pem,
+            host_cas,
+            tls_cas,
+        };
+        id.check_consistent()
+            .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?;
+        Ok(id)
+    }
+}
+
+fn split_dollar(s: &str) -> impl Iterator<Item = &str> {
+    s.split('$').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// hex(sha256(token)), as tbot's `tokenhash`.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Write the three TLS CA files of a destination dir.
+pub fn write_ca_files(dir: &Path, host: &[String], user: &[String], db: &[String]) -> Result<()> {
+    for (name, certs) in [
+        ("teleport-host-ca.crt", host),
+        ("teleport-user-ca.crt", user),
+        ("teleport-database-ca.crt", db),
+    ] {
+        let mut s = String::new();
+        for c in certs {
+            s.push_str(c.trim_end());
+            s.push('\n');
+        }
+        fsutil::write_atomic(&dir.join(name), s.as_bytes(), PUBLIC)?;
+    }
+    Ok(())
+}
+
+/// Split concatenated PEM certificates into blocks.
+pub fn split_pem_certs(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END ") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+/// The cluster name an identity's TLS CA (issuer O) says, for a PEM cert.
+pub fn cert_cluster(pem: &str) -> Option<String> {
+    ca::parse_cert_pem(pem)
+        .ok()
+        .and_then(|c| tlsid::first_attr(&c.tbs_certificate.subject, tlsid::OID_O))
+}

@@ -1,0 +1,18 @@
+//! idmux: Teleport Machine ID for OpenSSH.
+//!
+//! Module map (each module's top comment says what it owns):
+//! - [`identity`]: keys, certificates and the file formats of tbot's data and destination dirs.
+//! - [`ca`]: a cluster's certificate authorities and the certificates they issue.
+//! - [`openssh`]: ssh_config and known_hosts rendering for OpenSSH.
+//! - [`transport`]: TLS + ALPN dial to the proxy, the SSH subsystem path, the stdio ProxyCommand.
+//! - [`cluster`]: the development cluster (proxy + auth on one TLS port, real sshd nodes).
+//! - [`fsutil`]: atomic, permission-aware file writes.
+//! - [`cli`]: the `idmux` command line (thin: parses flags and calls the modules above).
+
+pub mod ca;
+pub mod cli;
+pub mod cluster;
+pub mod fsutil;
+pub mod identity;
+pub mod openssh;
+pub mod transport;

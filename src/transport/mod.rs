@@ -1,0 +1,1 @@
+//! TLS + ALPN dial to the proxy, the SSH subsystem transport, and the stdio ProxyCommand.
