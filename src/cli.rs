@@ -20,6 +20,9 @@ struct Cli {
 enum Cmd {
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
     SshConfig(SshConfigArgs),
+    /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
+    #[command(subcommand)]
+    Cluster(crate::cluster::cmd::ClusterCmd),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::SshConfig(a) => ssh_config(a),
+        Cmd::Cluster(c) => crate::cluster::cmd::run(c),
     }
 }
 

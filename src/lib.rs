@@ -9,6 +9,7 @@
 //! - [`fsutil`]: atomic, permission-aware file writes.
 //! - [`cli`]: the `idmux` command line (thin: parses flags and calls the modules above).
 
+pub mod bot;
 pub mod ca;
 pub mod cli;
 pub mod cluster;

@@ -410,6 +410,7 @@ impl ClusterCas {
         host_id: &str,
         node_name: &str,
         role: &str,
+        additional: &[String],
         ttl: Duration,
     ) -> Result<Certificate> {
         let c = &self.cluster;
@@ -422,7 +423,10 @@ impl ClusterCas {
             "localhost".into(),
             "127.0.0.1".into(),
             "::1".into(),
-        ] {
+        ]
+        .into_iter()
+        .chain(additional.iter().cloned())
+        {
             if !principals.contains(&p) {
                 principals.push(p);
             }

@@ -64,6 +64,7 @@ impl SshdNode {
             host_id,
             name,
             "Node",
+            &[],
             Duration::from_secs(365 * 86400),
         )?;
         fsutil::write_atomic(

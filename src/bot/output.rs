@@ -1,0 +1,46 @@
+//! An identity output: everything tbot writes into a destination dir.
+//!
+//! `identity`, `key`, `key.pub`, `key-cert.pub`, `tlscert`, the three CA files, then
+//! `known_hosts`, `ssh_config` and the per-cluster files. Every file is written atomically.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::identity::files::write_ca_files;
+use crate::identity::Identity;
+use crate::openssh::{self, Mode, SshConfigParams};
+
+/// The TLS CA certs (PEM) a destination dir gets, per CA.
+pub struct CaPems {
+    pub host: Vec<String>,
+    pub user: Vec<String>,
+    pub db: Vec<String>,
+}
+
+/// Write a complete destination dir for `id`.
+pub fn write_destination(
+    dir: &Path,
+    id: &Identity,
+    cas: &CaPems,
+    proxy: &str,
+    mode: Mode,
+) -> Result<()> {
+    let dir = crate::cli::absolute(dir)?;
+    let (proxy_host, proxy_port) = openssh::split_host_port(proxy, "--proxy-server")?;
+    id.write_destination_files(&dir)?;
+    write_ca_files(&dir, &cas.host, &cas.user, &cas.db)?;
+    let own = id.cluster_name()?;
+    let (idmux_exe, fdpass_exe) = crate::cli::exe_paths()?;
+    let params = SshConfigParams {
+        clusters: openssh::clusters_of(&own, &id.host_cas),
+        dir,
+        proxy_host,
+        proxy_port,
+        cluster: own,
+        mode,
+        idmux_exe,
+        fdpass_exe,
+    };
+    openssh::write_files(&params, &id.host_cas)
+}

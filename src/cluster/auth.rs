@@ -1,0 +1,368 @@
+//! The dev cluster's auth logic: the bot join (RegisterUsingToken), bot identities and
+//! role-impersonated output identities.
+//!
+//! A `token` join is single use and yields a renewable identity: user `bot-NAME`, role
+//! `bot-NAME`, generation 1, a new bot instance id, no node logins. Output identities carry the
+//! bot's roles (impersonated), the logins those roles grant, `impersonator` and
+//! `disallow-reissue`, as Teleport issues them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::state::{now_unix, Bot, State};
+use crate::ca::{ClusterCas, UserCertFields};
+use crate::identity::Identity;
+
+/// Renewable certificates are capped at 24h, as in Teleport.
+pub const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default TTL of join certificates.
+pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
+
+/// The JSON body of `POST /webapi/host/credentials` (types.RegisterUsingTokenRequest).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RegisterUsingTokenRequest {
+    #[serde(default)]
+    pub token: String,
+    #[serde(default, rename = "hostID")]
+    pub host_id: String,
+    #[serde(default)]
+    pub node_name: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// base64 of a PEM public key (Go `[]byte` in JSON).
+    #[serde(default)]
+    pub public_tls_key: String,
+    /// base64 of an authorized_keys line.
+    #[serde(default)]
+    pub public_ssh_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_addr: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bot_instance_id: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bot_generation: i32,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+/// The JSON of `proto.Certs`: every field base64 (Go `[]byte`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CertsJson {
+    #[serde(default)]
+    pub ssh: String,
+    #[serde(default)]
+    pub tls: String,
+    #[serde(default)]
+    pub tls_ca_certs: Vec<String>,
+    #[serde(default)]
+    pub ssh_ca_certs: Vec<String>,
+}
+
+fn b64d(s: &str, what: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| anyhow!("{what}: bad base64: {e}"))
+}
+
+fn b64e(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl CertsJson {
+    /// Encode an identity's certificates as the web API returns them.
+    pub fn from_identity(id: &Identity) -> Result<CertsJson> {
+        Ok(CertsJson {
+            ssh: b64e(format!("{}\n", id.ssh_cert.to_openssh()?).as_bytes()),
+            tls: b64e(id.tls_cert_pem.as_bytes()),
+            tls_ca_certs: id.tls_cas.iter().map(|c| b64e(c.as_bytes())).collect(),
+            ssh_ca_certs: id
+                .host_cas
+                .iter()
+                .map(|c| {
+                    c.authorized_hosts_line()
+                        .map(|l| b64e(format!("{l}\n").as_bytes()))
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Decode into the parts of an identity (the caller supplies the private key).
+    pub fn decode(&self) -> Result<(String, String, Vec<String>, Vec<String>)> {
+        let s =
+            |b: Vec<u8>, what: &str| String::from_utf8(b).map_err(|_| anyhow!("{what}: not UTF-8"));
+        let ssh = s(b64d(&self.ssh, "ssh")?, "ssh")?;
+        let tls = s(b64d(&self.tls, "tls")?, "tls")?;
+        let tls_cas = self
+            .tls_ca_certs
+            .iter()
+            .map(|c| s(b64d(c, "tls_ca_certs")?, "tls_ca_certs"))
+            .collect::<Result<_>>()?;
+        let ssh_cas = self
+            .ssh_ca_certs
+            .iter()
+            .map(|c| s(b64d(c, "ssh_ca_certs")?, "ssh_ca_certs"))
+            .collect::<Result<_>>()?;
+        Ok((ssh, tls, tls_cas, ssh_cas))
+    }
+}
+
+/// An issued identity without its private key (the client keeps the key).
+pub struct IssuedCerts {
+    pub ssh_cert: russh::keys::ssh_key::Certificate,
+    pub tls_cert_pem: String,
+}
+
+/// Issue certificates for a public key (SSH public key + TLS SPKI of the same key).
+fn issue_for(
+    cas: &ClusterCas,
+    ssh_pub: &russh::keys::ssh_key::PublicKey,
+    spki: &[u8],
+    f: &UserCertFields,
+) -> Result<IssuedCerts> {
+    let ssh_cert = cas.issue_ssh_user(ssh_pub, f)?;
+    let mut traits = f.traits.clone();
+    traits
+        .entry("logins".into())
+        .or_insert_with(|| f.logins.to_vec());
+    let id = crate::identity::TlsIdentity {
+        username: f.username.to_string(),
+        groups: f.roles.to_vec(),
+        principals: f.logins.to_vec(),
+        route_to_cluster: f.route_to_cluster.to_string(),
+        traits,
+        teleport_cluster: cas.cluster.clone(),
+        renewable: f.renewable,
+        generation: f.generation,
+        impersonator: f.impersonator.to_string(),
+        disallow_reissue: f.disallow_reissue,
+        bot_name: f.bot_name.to_string(),
+        bot_instance_id: f.bot_instance_id.to_string(),
+        ..Default::default()
+    };
+    let tls_cert_pem = cas.issue_tls_user(spki, &id, f.ttl)?;
+    Ok(IssuedCerts {
+        ssh_cert,
+        tls_cert_pem,
+    })
+}
+
+/// Parse the public keys of a join request and check they are one key.
+fn request_keys(
+    req: &RegisterUsingTokenRequest,
+) -> Result<(russh::keys::ssh_key::PublicKey, Vec<u8>)> {
+    let ssh_line = String::from_utf8(b64d(&req.public_ssh_key, "public_ssh_key")?)
+        .map_err(|_| anyhow!("public_ssh_key: not UTF-8"))?;
+    let ssh_pub = russh::keys::ssh_key::PublicKey::from_openssh(ssh_line.trim())
+        .map_err(|e| anyhow!("public_ssh_key: {e}"))?;
+    let tls_pem = String::from_utf8(b64d(&req.public_tls_key, "public_tls_key")?)
+        .map_err(|_| anyhow!("public_tls_key: not UTF-8"))?;
+    let spki = public_pem_to_spki(&tls_pem)?;
+    let tls_key = crate::identity::keys::ssh_key_data_from_spki(&spki)
+        .map_err(|e| anyhow!("public_tls_key: {e}"))?;
+    if &tls_key != ssh_pub.key_data() {
+        bail!("public_tls_key and public_ssh_key are different keys");
+    }
+    Ok((ssh_pub, spki))
+}
+
+/// DER SPKI of a PEM public key (`PUBLIC KEY` PKIX, or `RSA PUBLIC KEY` PKCS#1).
+pub fn public_pem_to_spki(pem: &str) -> Result<Vec<u8>> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::EncodePublicKey;
+    let (label, doc) = der::Document::from_pem(pem).map_err(|e| anyhow!("public_tls_key: {e}"))?;
+    match label {
+        "PUBLIC KEY" => Ok(doc.as_bytes().to_vec()),
+        "RSA PUBLIC KEY" => {
+            let k = rsa::RsaPublicKey::from_pkcs1_der(doc.as_bytes())
+                .map_err(|e| anyhow!("public_tls_key: {e}"))?;
+            Ok(k.to_public_key_der()?.as_bytes().to_vec())
+        }
+        other => bail!("public_tls_key: unsupported PEM type {other:?}"),
+    }
+}
+
+/// The TTL a request asks for, capped.
+fn requested_ttl(expires: Option<&str>, default: Duration, cap: Duration) -> Result<Duration> {
+    let Some(e) = expires.filter(|e| !e.is_empty()) else {
+        return Ok(default);
+    };
+    let t = humantime::parse_rfc3339_weak(e).map_err(|err| anyhow!("expires {e:?}: {err}"))?;
+    let ttl = t
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::from_secs(60));
+    Ok(ttl.min(cap))
+}
+
+/// The bot's own renewable identity fields.
+fn bot_fields<'a>(
+    name: &'a str,
+    user: &'a str,
+    roles: &'a [String],
+    logins: &'a [String],
+    traits: &'a BTreeMap<String, Vec<String>>,
+    cluster: &'a str,
+    bot: &'a Bot,
+    ttl: Duration,
+) -> UserCertFields<'a> {
+    UserCertFields {
+        username: user,
+        logins,
+        roles,
+        traits,
+        route_to_cluster: cluster,
+        renewable: true,
+        generation: bot.generation,
+        bot_name: name,
+        bot_instance_id: &bot.instance_id,
+        impersonator: "",
+        disallow_reissue: false,
+        ttl,
+    }
+}
+
+/// `POST /webapi/host/credentials` for role `Bot` with a `token` join token.
+pub fn register_bot(
+    dir: &std::path::Path,
+    cas: &ClusterCas,
+    req: &RegisterUsingTokenRequest,
+) -> Result<CertsJson> {
+    if req.role != "Bot" {
+        bail!("this dev cluster joins bots only (role {:?})", req.role);
+    }
+    let (ssh_pub, spki) = request_keys(req)?;
+    let ttl = requested_ttl(req.expires.as_deref(), DEFAULT_JOIN_TTL, MAX_RENEWABLE_TTL)?;
+    let (name, bot) = State::modify(dir, |st| {
+        let t = st
+            .take_token(&req.token)
+            .map_err(|_| anyhow!("token expired or not found (a token joins once)"))?;
+        let bot = st
+            .bots
+            .get_mut(&t.bot)
+            .ok_or_else(|| anyhow!("bot {:?} of this token no longer exists", t.bot))?;
+        bot.generation = 1;
+        bot.locked = None;
+        bot.instance_id = uuid::Uuid::new_v4().to_string();
+        Ok((t.bot.clone(), bot.clone()))
+    })?;
+    let user = format!("bot-{name}");
+    let roles = vec![user.clone()];
+    let nologin = vec![format!("-teleport-nologin-{}", uuid::Uuid::new_v4())];
+    let traits = [("logins".to_string(), bot.logins.clone())].into();
+    let f = bot_fields(
+        &name,
+        &user,
+        &roles,
+        &nologin,
+        &traits,
+        &cas.cluster,
+        &bot,
+        ttl,
+    );
+    let issued = issue_for(cas, &ssh_pub, &spki, &f)?;
+    tracing::info!(bot = name, "bot joined");
+    certs_json(cas, issued)
+}
+
+fn certs_json(cas: &ClusterCas, c: IssuedCerts) -> Result<CertsJson> {
+    Ok(CertsJson {
+        ssh: b64e(format!("{}\n", c.ssh_cert.to_openssh()?).as_bytes()),
+        tls: b64e(c.tls_cert_pem.as_bytes()),
+        tls_ca_certs: vec![b64e(cas.host.tls_cert_pem.as_bytes())],
+        ssh_ca_certs: vec![b64e(
+            format!(
+                "{}\n",
+                crate::identity::HostCa {
+                    cluster: cas.cluster.clone(),
+                    key: cas.host.ssh_public()?
+                }
+                .authorized_hosts_line()?
+            )
+            .as_bytes(),
+        )],
+    })
+}
+
+/// The fields of a role-impersonated output identity for a bot (what tbot's outputs get).
+pub fn output_identity(
+    dir: &std::path::Path,
+    cas: &ClusterCas,
+    bot_name: &str,
+    key: &crate::identity::KeyPair,
+    roles: Option<&[String]>,
+    ttl: Duration,
+) -> Result<Identity> {
+    let st = State::load(dir)?;
+    let bot = st
+        .bots
+        .get(bot_name)
+        .ok_or_else(|| anyhow!("no bot named {bot_name:?} (see 'idmux cluster bots ls')"))?;
+    if let Some(reason) = &bot.locked {
+        bail!("bot {bot_name:?} is locked: {reason}");
+    }
+    let roles: Vec<String> = match roles {
+        Some(r) => {
+            for x in r {
+                if !bot.roles.contains(x) {
+                    bail!("bot {bot_name:?} may not impersonate role {x:?}");
+                }
+            }
+            r.to_vec()
+        }
+        None => bot.roles.clone(),
+    };
+    let mut logins = Vec::new();
+    for r in &roles {
+        let role = st
+            .roles
+            .get(r)
+            .ok_or_else(|| anyhow!("role {r:?} does not exist"))?;
+        for l in role.expand_logins(&bot.logins) {
+            if !logins.contains(&l) {
+                logins.push(l);
+            }
+        }
+    }
+    let user = format!("bot-{bot_name}");
+    let traits = [("logins".to_string(), bot.logins.clone())].into();
+    let f = UserCertFields {
+        username: &user,
+        logins: &logins,
+        roles: &roles,
+        traits: &traits,
+        route_to_cluster: &cas.cluster,
+        renewable: false,
+        generation: 0,
+        bot_name,
+        bot_instance_id: &bot.instance_id,
+        impersonator: &user,
+        disallow_reissue: true,
+        ttl,
+    };
+    cas.issue_identity(key, &f)
+}
+
+/// Check a token is well formed before it is stored.
+pub fn new_token() -> String {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    hex::encode(b)
+}
+
+/// Seconds until a token expires, for display.
+pub fn token_ttl_left(expires: u64) -> u64 {
+    expires.saturating_sub(now_unix())
+}
