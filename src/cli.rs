@@ -18,11 +18,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the bot: join with a token, renew, write the destination dir (tbot start).
+    Start(crate::bot::cmd::StartArgs),
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
     SshConfig(SshConfigArgs),
     /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
     #[command(subcommand)]
     Cluster(crate::cluster::cmd::ClusterCmd),
+    /// ProxyCommand for ssh: connect stdin/stdout to a node through the proxy (tbot's flags).
+    SshProxyCommand(SshProxyCommandArgs),
+}
+
+#[derive(clap::Args)]
+struct SshProxyCommandArgs {
+    /// The destination dir holding `identity` (written by idmux or tbot).
+    #[arg(long)]
+    destination_dir: PathBuf,
+    /// The proxy's address, host:port.
+    #[arg(long)]
+    proxy_server: String,
+    /// The cluster the node is in (default: the identity's cluster).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// ssh's %r (the proxy login is the certificate's first principal).
+    #[arg(long)]
+    user: Option<String>,
+    /// ssh's %h.
+    #[arg(long)]
+    host: String,
+    /// ssh's %p.
+    #[arg(long, default_value_t = 3022)]
+    port: u16,
+    /// tbot's transport switches, accepted and ignored (idmux always uses TLS routing).
+    #[arg(long, hide = true, overrides_with = "no_tls_routing")]
+    tls_routing: bool,
+    #[arg(long, hide = true)]
+    no_tls_routing: bool,
+    #[arg(long, hide = true, overrides_with = "no_connection_upgrade")]
+    connection_upgrade: bool,
+    #[arg(long, hide = true)]
+    no_connection_upgrade: bool,
+    #[arg(long, hide = true, overrides_with = "no_resume")]
+    resume: bool,
+    #[arg(long, hide = true)]
+    no_resume: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +83,9 @@ struct SshConfigArgs {
 /// Entry point of the `idmux` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Daemons log at info; one-shot commands (ssh-proxy-command runs inside ssh) only warn.
+    let daemon = matches!(cli.cmd, Cmd::Start(_) | Cmd::Cluster(_));
+    init_logging(if daemon { "info" } else { "warn" });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -53,10 +95,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Log to stderr; `IDMUX_LOG` (tracing's env-filter syntax, e.g. `debug`) overrides the level.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},russh=warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Start(a) => crate::bot::cmd::run(a),
         Cmd::SshConfig(a) => ssh_config(a),
         Cmd::Cluster(c) => crate::cluster::cmd::run(c),
+        Cmd::SshProxyCommand(a) => ssh_proxy_command(a),
     }
 }
 
@@ -99,4 +154,25 @@ fn ssh_config(a: SshConfigArgs) -> Result<()> {
     openssh::write_files(&params, &id.host_cas)?;
     println!("wrote {}", params.dir.join("ssh_config").display());
     Ok(())
+}
+
+fn ssh_proxy_command(a: SshProxyCommandArgs) -> Result<()> {
+    use crate::transport::proxy_command::{self, ProxyCommandArgs};
+    let args = ProxyCommandArgs {
+        destination_dir: a.destination_dir,
+        proxy_server: a.proxy_server,
+        cluster: a.cluster,
+        user: a.user,
+        host: a.host,
+        port: a.port,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(proxy_command::run(args));
+    // Do not wait for a blocking stdin read that will never finish.
+    rt.shutdown_background();
+    result
 }

@@ -15,5 +15,6 @@ pub mod cli;
 pub mod cluster;
 pub mod fsutil;
 pub mod identity;
+pub mod mux;
 pub mod openssh;
 pub mod transport;

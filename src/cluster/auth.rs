@@ -127,7 +127,7 @@ pub struct IssuedCerts {
 }
 
 /// Issue certificates for a public key (SSH public key + TLS SPKI of the same key).
-fn issue_for(
+pub(crate) fn issue_for(
     cas: &ClusterCas,
     ssh_pub: &russh::keys::ssh_key::PublicKey,
     spki: &[u8],
@@ -164,13 +164,24 @@ fn issue_for(
 fn request_keys(
     req: &RegisterUsingTokenRequest,
 ) -> Result<(russh::keys::ssh_key::PublicKey, Vec<u8>)> {
-    let ssh_line = String::from_utf8(b64d(&req.public_ssh_key, "public_ssh_key")?)
-        .map_err(|_| anyhow!("public_ssh_key: not UTF-8"))?;
+    public_keys(
+        &b64d(&req.public_ssh_key, "public_ssh_key")?,
+        &b64d(&req.public_tls_key, "public_tls_key")?,
+    )
+}
+
+/// Parse an SSH public key (authorized_keys line) and a TLS public key (PEM, `PUBLIC KEY` or
+/// `RSA PUBLIC KEY`) and check they are one key. Returns the SSH key and the DER SPKI.
+pub(crate) fn public_keys(
+    ssh_line: &[u8],
+    tls_pem: &[u8],
+) -> Result<(russh::keys::ssh_key::PublicKey, Vec<u8>)> {
+    let ssh_line =
+        std::str::from_utf8(ssh_line).map_err(|_| anyhow!("public_ssh_key: not UTF-8"))?;
     let ssh_pub = russh::keys::ssh_key::PublicKey::from_openssh(ssh_line.trim())
         .map_err(|e| anyhow!("public_ssh_key: {e}"))?;
-    let tls_pem = String::from_utf8(b64d(&req.public_tls_key, "public_tls_key")?)
-        .map_err(|_| anyhow!("public_tls_key: not UTF-8"))?;
-    let spki = public_pem_to_spki(&tls_pem)?;
+    let tls_pem = std::str::from_utf8(tls_pem).map_err(|_| anyhow!("public_tls_key: not UTF-8"))?;
+    let spki = public_pem_to_spki(tls_pem)?;
     let tls_key = crate::identity::keys::ssh_key_data_from_spki(&spki)
         .map_err(|e| anyhow!("public_tls_key: {e}"))?;
     if &tls_key != ssh_pub.key_data() {
@@ -207,33 +218,6 @@ fn requested_ttl(expires: Option<&str>, default: Duration, cap: Duration) -> Res
     Ok(ttl.min(cap))
 }
 
-/// The bot's own renewable identity fields.
-fn bot_fields<'a>(
-    name: &'a str,
-    user: &'a str,
-    roles: &'a [String],
-    logins: &'a [String],
-    traits: &'a BTreeMap<String, Vec<String>>,
-    cluster: &'a str,
-    bot: &'a Bot,
-    ttl: Duration,
-) -> UserCertFields<'a> {
-    UserCertFields {
-        username: user,
-        logins,
-        roles,
-        traits,
-        route_to_cluster: cluster,
-        renewable: true,
-        generation: bot.generation,
-        bot_name: name,
-        bot_instance_id: &bot.instance_id,
-        impersonator: "",
-        disallow_reissue: false,
-        ttl,
-    }
-}
-
 /// `POST /webapi/host/credentials` for role `Bot` with a `token` join token.
 pub fn register_bot(
     dir: &std::path::Path,
@@ -258,23 +242,53 @@ pub fn register_bot(
         bot.instance_id = uuid::Uuid::new_v4().to_string();
         Ok((t.bot.clone(), bot.clone()))
     })?;
+    let issued = issue_bot_identity(cas, &name, &bot, &ssh_pub, &spki, ttl)?;
+    tracing::info!(bot = name, "bot joined");
+    certs_json(cas, issued)
+}
+
+/// Issue the bot's own renewable identity (user and role `bot-NAME`, a nologin principal,
+/// `renewable`, the bot's current generation and instance id), as the join and renewals do.
+pub(crate) fn issue_bot_identity(
+    cas: &ClusterCas,
+    name: &str,
+    bot: &Bot,
+    ssh_pub: &russh::keys::ssh_key::PublicKey,
+    spki: &[u8],
+    ttl: Duration,
+) -> Result<IssuedCerts> {
     let user = format!("bot-{name}");
     let roles = vec![user.clone()];
     let nologin = vec![format!("-teleport-nologin-{}", uuid::Uuid::new_v4())];
     let traits = [("logins".to_string(), bot.logins.clone())].into();
-    let f = bot_fields(
-        &name,
-        &user,
-        &roles,
-        &nologin,
-        &traits,
-        &cas.cluster,
-        &bot,
+    let f = UserCertFields {
+        username: &user,
+        logins: &nologin,
+        roles: &roles,
+        traits: &traits,
+        route_to_cluster: &cas.cluster,
+        renewable: true,
+        generation: bot.generation,
+        bot_name: name,
+        bot_instance_id: &bot.instance_id,
+        impersonator: "",
+        disallow_reissue: false,
         ttl,
-    );
-    let issued = issue_for(cas, &ssh_pub, &spki, &f)?;
-    tracing::info!(bot = name, "bot joined");
-    certs_json(cas, issued)
+    };
+    issue_for(cas, ssh_pub, spki, &f)
+}
+
+/// The host CA's `@cert-authority <cluster>,*.<cluster> <key> type=host` line with a newline,
+/// as `ssh_ca_certs` carries it.
+pub(crate) fn host_ca_line(cas: &ClusterCas) -> Result<String> {
+    Ok(format!(
+        "{}\n",
+        crate::identity::HostCa {
+            cluster: cas.cluster.clone(),
+            key: cas.host.ssh_public()?
+        }
+        .authorized_hosts_line()?
+    ))
 }
 
 fn certs_json(cas: &ClusterCas, c: IssuedCerts) -> Result<CertsJson> {
@@ -282,18 +296,81 @@ fn certs_json(cas: &ClusterCas, c: IssuedCerts) -> Result<CertsJson> {
         ssh: b64e(format!("{}\n", c.ssh_cert.to_openssh()?).as_bytes()),
         tls: b64e(c.tls_cert_pem.as_bytes()),
         tls_ca_certs: vec![b64e(cas.host.tls_cert_pem.as_bytes())],
-        ssh_ca_certs: vec![b64e(
-            format!(
-                "{}\n",
-                crate::identity::HostCa {
-                    cluster: cas.cluster.clone(),
-                    key: cas.host.ssh_public()?
-                }
-                .authorized_hosts_line()?
-            )
-            .as_bytes(),
-        )],
+        ssh_ca_certs: vec![b64e(host_ca_line(cas)?.as_bytes())],
     })
+}
+
+/// What a role-impersonated output identity of a bot carries (owned; see [`OutputPlan::fields`]).
+pub(crate) struct OutputPlan {
+    pub user: String,
+    pub bot_name: String,
+    pub roles: Vec<String>,
+    pub logins: Vec<String>,
+    pub traits: BTreeMap<String, Vec<String>>,
+    pub instance_id: String,
+}
+
+impl OutputPlan {
+    /// Plan the output identity of `bot_name` impersonating `roles` (`None` = all its roles).
+    /// Fails if the bot does not exist, is locked, or may not impersonate a role.
+    pub(crate) fn new(st: &State, bot_name: &str, roles: Option<&[String]>) -> Result<OutputPlan> {
+        let bot = st
+            .bots
+            .get(bot_name)
+            .ok_or_else(|| anyhow!("no bot named {bot_name:?} (see 'idmux cluster bots ls')"))?;
+        if let Some(reason) = &bot.locked {
+            bail!("bot {bot_name:?} is locked: {reason}");
+        }
+        let roles: Vec<String> = match roles {
+            Some(r) => {
+                for x in r {
+                    if !bot.roles.contains(x) {
+                        bail!("bot {bot_name:?} may not impersonate role {x:?}");
+                    }
+                }
+                r.to_vec()
+            }
+            None => bot.roles.clone(),
+        };
+        let mut logins = Vec::new();
+        for r in &roles {
+            let role = st
+                .roles
+                .get(r)
+                .ok_or_else(|| anyhow!("role {r:?} does not exist"))?;
+            for l in role.expand_logins(&bot.logins) {
+                if !logins.contains(&l) {
+                    logins.push(l);
+                }
+            }
+        }
+        Ok(OutputPlan {
+            user: format!("bot-{bot_name}"),
+            bot_name: bot_name.to_string(),
+            roles,
+            logins,
+            traits: [("logins".to_string(), bot.logins.clone())].into(),
+            instance_id: bot.instance_id.clone(),
+        })
+    }
+
+    /// The certificate fields: impersonated by the bot's user, not renewable, not reissuable.
+    pub(crate) fn fields<'a>(&'a self, cluster: &'a str, ttl: Duration) -> UserCertFields<'a> {
+        UserCertFields {
+            username: &self.user,
+            logins: &self.logins,
+            roles: &self.roles,
+            traits: &self.traits,
+            route_to_cluster: cluster,
+            renewable: false,
+            generation: 0,
+            bot_name: &self.bot_name,
+            bot_instance_id: &self.instance_id,
+            impersonator: &self.user,
+            disallow_reissue: true,
+            ttl,
+        }
+    }
 }
 
 /// The fields of a role-impersonated output identity for a bot (what tbot's outputs get).
@@ -305,54 +382,8 @@ pub fn output_identity(
     roles: Option<&[String]>,
     ttl: Duration,
 ) -> Result<Identity> {
-    let st = State::load(dir)?;
-    let bot = st
-        .bots
-        .get(bot_name)
-        .ok_or_else(|| anyhow!("no bot named {bot_name:?} (see 'idmux cluster bots ls')"))?;
-    if let Some(reason) = &bot.locked {
-        bail!("bot {bot_name:?} is locked: {reason}");
-    }
-    let roles: Vec<String> = match roles {
-        Some(r) => {
-            for x in r {
-                if !bot.roles.contains(x) {
-                    bail!("bot {bot_name:?} may not impersonate role {x:?}");
-                }
-            }
-            r.to_vec()
-        }
-        None => bot.roles.clone(),
-    };
-    let mut logins = Vec::new();
-    for r in &roles {
-        let role = st
-            .roles
-            .get(r)
-            .ok_or_else(|| anyhow!("role {r:?} does not exist"))?;
-        for l in role.expand_logins(&bot.logins) {
-            if !logins.contains(&l) {
-                logins.push(l);
-            }
-        }
-    }
-    let user = format!("bot-{bot_name}");
-    let traits = [("logins".to_string(), bot.logins.clone())].into();
-    let f = UserCertFields {
-        username: &user,
-        logins: &logins,
-        roles: &roles,
-        traits: &traits,
-        route_to_cluster: &cas.cluster,
-        renewable: false,
-        generation: 0,
-        bot_name,
-        bot_instance_id: &bot.instance_id,
-        impersonator: &user,
-        disallow_reissue: true,
-        ttl,
-    };
-    cas.issue_identity(key, &f)
+    let plan = OutputPlan::new(&State::load(dir)?, bot_name, roles)?;
+    cas.issue_identity(key, &plan.fields(&cas.cluster, ttl))
 }
 
 /// Check a token is well formed before it is stored.

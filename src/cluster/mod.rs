@@ -3,11 +3,13 @@
 //! `idmux cluster start` creates (first time) the cluster's CAs in its data dir, starts N real
 //! OpenSSH nodes, and serves one TLS port routed by ALPN, as a Teleport proxy with TLS routing:
 //! `http/1.1` is the web API ([`web`]), `teleport-proxy-ssh` the proxy's SSH server
-//! ([`proxy_ssh`]). The proxy's TLS cert is signed by the host CA (`DIR/ca.pem`) and covers
-//! `localhost` and `127.0.0.1`. Roles, bots, tokens and nodes live in [`state`], which the admin
-//! commands change while the cluster runs.
+//! ([`proxy_ssh`]), `teleport-auth@...` the Auth gRPC service ([`auth_grpc`]). The proxy's TLS
+//! cert is signed by the host CA (`DIR/ca.pem`) and covers `localhost` and `127.0.0.1`. Roles,
+//! bots, tokens and nodes live in [`state`], which the admin commands change while the cluster
+//! runs.
 
 pub mod auth;
+pub mod auth_grpc;
 pub mod cmd;
 pub mod node;
 pub mod proxy_ssh;
@@ -43,6 +45,7 @@ pub struct Ctx {
     pub proxy_host: String,
     tls_web: Arc<rustls::ServerConfig>,
     tls_ssh: Arc<rustls::ServerConfig>,
+    tls_auth: Arc<rustls::ServerConfig>,
     ssh_config: Arc<russh::server::Config>,
 }
 
@@ -130,6 +133,7 @@ impl Ctx {
         )?;
         fsutil::write_atomic(&pdir.join("tls.crt"), cert.as_bytes(), PUBLIC)?;
         let (web, ssh) = tls_configs(&cas, &cert, &tls_key)?;
+        let auth = auth_grpc::tls_config(&pdir, &cas)?;
         // SSH: the proxy's host key and host cert.
         let host_key = key_file(&pdir.join("ssh_host_key"), KeyType::Ed25519)?;
         let host_id = proxy_host_id(dir)?;
@@ -138,7 +142,7 @@ impl Ctx {
             &host_id,
             "proxy",
             "Proxy",
-            &[proxy_host.clone()],
+            std::slice::from_ref(&proxy_host),
             Duration::from_secs(365 * 86400),
         )?;
         let mut sc = russh::server::Config {
@@ -161,6 +165,7 @@ impl Ctx {
             proxy_host,
             tls_web: Arc::new(web),
             tls_ssh: Arc::new(ssh),
+            tls_auth: Arc::new(auth),
             ssh_config: Arc::new(sc),
         })
     }
@@ -186,6 +191,15 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         .map(|i| i.map(|p| p.to_vec()).collect())
         .unwrap_or_default();
     let wants = |p: &[u8]| offered.iter().any(|o| o == p);
+    if auth_grpc::wants_auth(&offered) {
+        let tls = start
+            .into_stream(ctx.tls_auth.clone())
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let caller =
+            auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
+        return auth_grpc::serve(ctx, tls, caller).await;
+    }
     if wants(ALPN_PROXY_SSH) {
         let tls = start
             .into_stream(ctx.tls_ssh.clone())

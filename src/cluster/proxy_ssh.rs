@@ -161,14 +161,9 @@ impl ProxyConn {
 impl Handler for ProxyConn {
     type Error = anyhow::Error;
 
-    async fn auth_publickey_offered(
-        &mut self,
-        _user: &str,
-        _offer: russh::server::PublicKeyOffer<'_>,
-    ) -> Result<Auth> {
-        // Only certificates are accepted.
-        Ok(Auth::reject())
-    }
+    // `auth_publickey_offered` keeps its default (accept the offer): russh asks it for
+    // certificates too, before `auth_openssh_certificate` decides. Plain keys are refused by the
+    // default `auth_publickey`.
 
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth> {
         match self.check_cert(user, cert) {

@@ -95,3 +95,131 @@ pub fn ssh_g(config: &Path, dest: &str) -> Vec<(String, String)> {
 pub fn get<'a>(g: &'a [(String, String)], key: &str) -> Option<&'a str> {
     g.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
+
+/// A dev cluster run as a child process (`idmux cluster start`), stopped on drop.
+pub struct DevCluster {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub name: String,
+    pub child: std::process::Child,
+}
+
+impl DevCluster {
+    pub fn start(name: &str, nodes: usize) -> DevCluster {
+        Self::start_in(tempfile::tempdir().unwrap(), name, nodes)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, name: &str, nodes: usize) -> DevCluster {
+        use std::io::{BufRead, BufReader};
+        let port = idmux::cluster::node::free_port().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(idmux_bin())
+            .args([
+                "cluster",
+                "start",
+                "--listen",
+                &addr,
+                "--name",
+                name,
+                "--nodes",
+                &nodes.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().expect("cluster printed nothing").unwrap();
+        assert!(first.contains("ready on"), "cluster did not start: {first}");
+        // Keep draining stdout so the cluster never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        DevCluster {
+            dir,
+            addr,
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `idmux cluster <args> --data-dir DIR`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let o = run(Command::new(idmux_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path()));
+        o
+    }
+
+    /// Add a bot and write a destination dir for it with `auth sign`.
+    pub fn bot_destination(
+        &self,
+        bot: &str,
+        logins: &str,
+        roles: &str,
+        ttl: &str,
+        mode: &str,
+    ) -> PathBuf {
+        let o = self.admin(&["bots", "add", bot, "--logins", logins, "--roles", roles]);
+        assert!(o.status.success(), "bots add: {}", stderr(&o));
+        let dest = self.dir.path().join(format!("dest-{bot}"));
+        let o = self.admin(&[
+            "auth",
+            "sign",
+            "--bot",
+            bot,
+            "--ttl",
+            ttl,
+            "--mode",
+            mode,
+            "--destination-dir",
+            dest.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "auth sign: {}", stderr(&o));
+        dest
+    }
+
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `ssh -F CONFIG <args>` in batch mode with strict host key checking.
+pub fn ssh(config: &Path, args: &[&str]) -> Output {
+    run(Command::new("ssh")
+        .arg("-F")
+        .arg(config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+        ])
+        .args(args))
+}

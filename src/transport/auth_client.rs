@@ -1,0 +1,160 @@
+//! The Auth service client: gRPC `/proto.AuthService/GenerateUserCerts` through the proxy.
+//!
+//! With TLS routing the proxy passes connections that offer ALPN
+//! `teleport-auth@<hex(cluster)>.teleport.cluster.local` straight to Auth without ending TLS
+//! (PROTOCOL.md section 4), so the client does mutual TLS with Auth itself: SNI
+//! `teleport.cluster.local`, Auth's certificate checked against the identity's TLS CAs (the host
+//! CA) only, the identity's certificate as the client certificate, then HTTP/2 gRPC. Each call
+//! uses its own connection (renewals are minutes apart).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use http::uri::PathAndQuery;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
+use super::tls;
+use crate::identity::Identity;
+
+/// The SNI a Teleport API client sends to Auth.
+pub const AUTH_SERVER_NAME: &str = "teleport.cluster.local";
+/// How long one gRPC call may take once TLS is up.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ALPN that routes a connection to the Auth service of `cluster`:
+/// `teleport-auth@<hex(cluster)>.teleport.cluster.local`.
+pub fn auth_alpn(cluster: &str) -> String {
+    format!("teleport-auth@{}.{AUTH_SERVER_NAME}", hex::encode(cluster))
+}
+
+/// Connect to Auth through `proxy` (`host:port`) as `id`: TCP, then mutual TLS with SNI
+/// `teleport.cluster.local` and ALPN [`auth_alpn`] then `h2`.
+async fn dial_auth(
+    proxy: &str,
+    id: &Identity,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let cluster = id
+        .cluster_name()
+        .map_err(|e| anyhow!("the identity names no cluster: {e}"))?;
+    let alpn = auth_alpn(&cluster);
+    let protos: [&[u8]; 2] = [alpn.as_bytes(), b"h2"];
+    let cfg = tls::client_config(id, &protos)?;
+    let tcp = match tokio::time::timeout(tls::CONNECT_TIMEOUT, TcpStream::connect(proxy)).await {
+        Err(_) => bail!(
+            "cannot reach proxy {proxy}: no answer within {}s",
+            tls::CONNECT_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e)) => bail!("cannot reach proxy {proxy}: {}", tls::io_words(&e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(AUTH_SERVER_NAME).expect("static DNS name");
+    let connect = TlsConnector::from(cfg).connect(name, tcp);
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connect).await {
+        Err(_) => bail!(
+            "auth via proxy {proxy} did not complete the TLS handshake within {}s",
+            tls::HANDSHAKE_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e)) => bail!("auth via {}", tls::describe_tls_error(proxy, &protos, &e)),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Call `GenerateUserCerts` on the Auth service behind `proxy` (`host:port`) as `id`.
+///
+/// A renewal (`use_role_requests == false`) must come from the bot's renewable identity and
+/// name its own user; an impersonation request gets certificates for `role_requests`. A
+/// refusal by Auth is one line carrying Auth's message; connection errors name the proxy.
+pub async fn generate_user_certs(
+    proxy: &str,
+    id: &Identity,
+    req: UserCertsRequest,
+) -> Result<Certs> {
+    let what = if req.use_role_requests {
+        "the impersonated certificate request"
+    } else {
+        "the renewal"
+    };
+    let tls = dial_auth(proxy, id).await?;
+    // tonic dials through a connector; hand it the connection that is already up, once.
+    let slot = Arc::new(Mutex::new(Some(tls)));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            conn.map(TokioIo::new)
+                .ok_or_else(|| std::io::Error::other("the auth connection was already used"))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://teleport.cluster.local")
+        .timeout(CALL_TIMEOUT)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| anyhow!("auth via proxy {proxy}: connection not ready: {e}"))?;
+    let codec = tonic_prost::ProstCodec::<UserCertsRequest, Certs>::default();
+    let resp = grpc
+        .unary(
+            tonic::Request::new(req),
+            PathAndQuery::from_static(GENERATE_USER_CERTS),
+            codec,
+        )
+        .await;
+    match resp {
+        Ok(r) => Ok(r.into_inner()),
+        Err(status) => Err(anyhow!("{}", status_line(proxy, what, &status))),
+    }
+}
+
+/// One line for a failed call: Auth's own refusal, or what broke on the way.
+fn status_line(proxy: &str, what: &str, status: &tonic::Status) -> String {
+    let msg = one_line(status.message());
+    if std::error::Error::source(status).is_some() {
+        // tonic made this status from a transport error: nothing came from Auth.
+        return format!("auth via proxy {proxy}: {msg}");
+    }
+    match status.code() {
+        tonic::Code::Unimplemented => {
+            format!("auth via proxy {proxy} does not serve {GENERATE_USER_CERTS}: {msg}")
+        }
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            format!("auth via proxy {proxy} did not answer {what}: {msg}")
+        }
+        _ => format!("auth refused {what}: {msg}"),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpn_is_hex_of_cluster() {
+        assert_eq!(
+            auth_alpn("dev.idmux"),
+            "teleport-auth@6465762e69646d7578.teleport.cluster.local"
+        );
+    }
+
+    #[test]
+    fn refusals_are_one_line_with_the_message() {
+        let s = tonic::Status::permission_denied("user bot-x is locked:\n generation mismatch");
+        assert_eq!(
+            status_line("p:1", "the renewal", &s),
+            "auth refused the renewal: user bot-x is locked: generation mismatch"
+        );
+        let s = tonic::Status::unimplemented("nope");
+        assert!(status_line("p:1", "the renewal", &s).contains("does not serve"));
+    }
+}

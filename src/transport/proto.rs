@@ -1,0 +1,169 @@
+//! Teleport protobuf messages used by idmux, hand-written with Teleport's field numbers (no
+//! protoc, no codegen).
+//!
+//! Sources (repository gravitational/teleport): `UserCertsRequest` in
+//! `api/proto/teleport/legacy/client/proto/authservice.proto`, `Certs` in
+//! `api/proto/teleport/legacy/client/proto/certs.proto`, `google.protobuf.Timestamp` from the
+//! protobuf well-known types. Only the fields idmux reads or writes are declared; protobuf
+//! decoders skip the others, so a real Teleport auth server and idmux understand each other.
+//! Field numbers are on the wire forever: never renumber a field here.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The gRPC method that issues user (and bot) certificates.
+pub const GENERATE_USER_CERTS: &str = "/proto.AuthService/GenerateUserCerts";
+
+/// `google.protobuf.Timestamp`.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Timestamp {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+impl Timestamp {
+    /// The timestamp of a point in time (before 1970 counts as 1970).
+    pub fn from_system_time(t: SystemTime) -> Timestamp {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos() as i32,
+        }
+    }
+
+    /// The point in time, or `None` when unset: Go's zero `time.Time` (what Teleport sends for
+    /// a non-nullable timestamp left empty) and anything at or before 1970.
+    pub fn to_system_time(self) -> Option<SystemTime> {
+        let secs = u64::try_from(self.seconds).ok().filter(|s| *s > 0)?;
+        let nanos = u32::try_from(self.nanos).unwrap_or(0).min(999_999_999);
+        UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    }
+}
+
+/// `UserCertsRequest.CertUsage`: what the certificates may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum CertUsage {
+    /// SSH and TLS certificates for a whole session (what bots ask for).
+    All = 0,
+    /// An SSH certificate for one node.
+    Ssh = 1,
+}
+
+/// `proto.UserCertsRequest`: the parameters of `GenerateUserCerts`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct UserCertsRequest {
+    /// Deprecated single public key (authorized_keys format); superseded by 22 and 23.
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: Vec<u8>,
+    /// The user the certificates are for (a bot renewing: its own `bot-NAME`).
+    #[prost(string, tag = "2")]
+    pub username: String,
+    /// The requested expiry (the server caps it).
+    #[prost(message, optional, tag = "3")]
+    pub expires: Option<Timestamp>,
+    /// The cluster the certificates route to (empty = the issuing cluster).
+    #[prost(string, tag = "5")]
+    pub route_to_cluster: String,
+    /// A [`CertUsage`].
+    #[prost(enumeration = "CertUsage", tag = "10")]
+    pub usage: i32,
+    /// Roles to impersonate (with `use_role_requests`; empty = all the user may impersonate).
+    #[prost(string, repeated, tag = "12")]
+    pub role_requests: Vec<String>,
+    /// Role impersonation even when `role_requests` is empty.
+    #[prost(bool, tag = "14")]
+    pub use_role_requests: bool,
+    /// The SSH public key to sign, as an authorized_keys line.
+    #[prost(bytes = "vec", tag = "22")]
+    pub ssh_public_key: Vec<u8>,
+    /// The TLS public key to sign, PEM (`PUBLIC KEY`, or `RSA PUBLIC KEY` for RSA).
+    #[prost(bytes = "vec", tag = "23")]
+    pub tls_public_key: Vec<u8>,
+}
+
+/// `proto.Certs`: the answer of `GenerateUserCerts`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Certs {
+    /// The SSH certificate, an authorized_keys style line.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ssh: Vec<u8>,
+    /// The X.509 client certificate, PEM.
+    #[prost(bytes = "vec", tag = "2")]
+    pub tls: Vec<u8>,
+    /// The TLS CA certificates to trust (PEM each): the host CA.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub tls_ca_certs: Vec<Vec<u8>>,
+    /// The SSH host CA keys, `@cert-authority ... type=host` lines.
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub ssh_ca_certs: Vec<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn field_numbers_on_the_wire() {
+        let req = UserCertsRequest {
+            username: "bot-ci".into(),
+            usage: CertUsage::Ssh as i32,
+            use_role_requests: true,
+            ssh_public_key: b"k".to_vec(),
+            tls_public_key: b"t".to_vec(),
+            ..Default::default()
+        };
+        let b = req.encode_to_vec();
+        // 2 = username (wire type 2): key 0x12.
+        assert_eq!(&b[..2], &[0x12, 6]);
+        // 10 = usage (varint): key 0x50; 14 = use_role_requests: key 0x70.
+        assert!(b.windows(2).any(|w| w == [0x50, 1]), "{b:x?}");
+        assert!(b.windows(2).any(|w| w == [0x70, 1]), "{b:x?}");
+        // 22 and 23 (wire type 2) need two-byte keys: 0xb2 0x01 and 0xba 0x01.
+        assert!(
+            b.ends_with(&[0xb2, 0x01, 1, b'k', 0xba, 0x01, 1, b't']),
+            "{b:x?}"
+        );
+        assert_eq!(UserCertsRequest::decode(&b[..]).unwrap(), req);
+    }
+
+    #[test]
+    fn certs_round_trip_and_repeated_bytes() {
+        let c = Certs {
+            ssh: b"ssh".to_vec(),
+            tls: b"tls".to_vec(),
+            tls_ca_certs: vec![b"a".to_vec(), b"b".to_vec()],
+            ssh_ca_certs: vec![b"c".to_vec()],
+        };
+        let b = c.encode_to_vec();
+        assert_eq!(
+            b,
+            [
+                &[0x0a, 3][..],
+                b"ssh",
+                &[0x12, 3],
+                b"tls",
+                &[0x1a, 1, b'a', 0x1a, 1, b'b', 0x22, 1, b'c']
+            ]
+            .concat()
+        );
+        assert_eq!(Certs::decode(&b[..]).unwrap(), c);
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        let ts = Timestamp::from_system_time(t);
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 5));
+        assert_eq!(ts.to_system_time(), Some(t));
+        // Go's zero time.Time.
+        let zero = Timestamp {
+            seconds: -62_135_596_800,
+            nanos: 0,
+        };
+        assert_eq!(zero.to_system_time(), None);
+        assert_eq!(Timestamp::default().to_system_time(), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! Copying a node's SSH byte stream between a proxy channel and a local byte stream, both
+//! directions at once, with EOF and close handled the way a ProxyCommand needs.
+//!
+//! - local input -> channel in chunks of up to [`BUF_SIZE`]; input EOF sends channel EOF and
+//!   the relay keeps delivering the node's bytes.
+//! - channel -> local output, starting with the bytes that arrived before the proxy answered
+//!   the subsystem request; channel EOF or close flushes the output and ends the relay.
+//! - the proxy's stderr on the channel (extended data 1) goes to the given error stream.
+//!
+//! The channel side is always drained promptly: a stalled reader would stall russh's whole
+//! connection (research notes 1.5), which only the local output itself can cause here.
+
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use russh::ChannelMsg;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::transport::sshproxy::NodeChannel;
+
+/// Read size for the local input.
+pub const BUF_SIZE: usize = 64 * 1024;
+
+/// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
+/// at fault (`reading stdin`, `writing stdout`, ...) using `names` = (input, output).
+pub async fn relay<R, W, E>(
+    node: NodeChannel,
+    mut input: R,
+    mut output: W,
+    mut errors: E,
+    names: (&str, &str),
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let (in_name, out_name) = names;
+    let NodeChannel {
+        channel,
+        early_data,
+    } = node;
+    let (mut rx, tx) = channel.split();
+
+    let up = async {
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = input
+                .read(&mut buf)
+                .await
+                .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
+            if n == 0 {
+                // A failed EOF only means the channel is already gone; `down` reports that.
+                let _ = tx.eof().await;
+                return Ok::<bool, anyhow::Error>(true);
+            }
+            if tx
+                .data_bytes(Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .is_err()
+            {
+                // The channel closed under us; `down` sees the close and ends the relay.
+                return Ok(false);
+            }
+        }
+    };
+
+    let down = async {
+        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
+        if !early_data.is_empty() {
+            output.write_all(&early_data).await.map_err(write_err)?;
+        }
+        loop {
+            match rx.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    output.write_all(&data).await.map_err(write_err)?
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    // Best effort: the proxy's remarks must not break the data path.
+                    let _ = errors.write_all(&data).await;
+                    let _ = errors.flush().await;
+                }
+                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            }
+        }
+        output.flush().await.map_err(write_err)?;
+        let _ = output.shutdown().await;
+        Ok::<(), anyhow::Error>(())
+    };
+
+    tokio::pin!(up, down);
+    let mut up_done = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut up, if !up_done => match r {
+                Ok(_) => up_done = true,
+                Err(e) => break Err(e),
+            },
+            r = &mut down => break r,
+        }
+    };
+    let _ = tx.close().await;
+    result
+}

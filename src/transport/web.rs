@@ -1,0 +1,210 @@
+//! The proxy's web API from the client side: `GET /webapi/find`, `POST /webapi/host/credentials`
+//! and `GET /webapi/auth/export`, over HTTPS verified against a CA file or the system roots.
+//!
+//! The join happens before the bot has any certificate, so this connection has no client cert.
+//! `--insecure` skips verification and says so loudly; there is no silent insecure mode.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// How the proxy's web certificate is checked.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// PEM CA certificates from a file (`--ca-path`).
+    CaFile(std::path::PathBuf),
+    /// The system's root store.
+    System,
+    /// No verification (`--insecure`).
+    Insecure,
+}
+
+/// A client for one proxy's web API.
+pub struct WebClient {
+    proxy: String,
+    host: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl WebClient {
+    pub fn new(proxy: &str, trust: &Trust) -> Result<WebClient> {
+        let (host, _) = crate::openssh::split_host_port(proxy, "--proxy-server")?;
+        let builder = rustls::ClientConfig::builder();
+        let mut cfg = match trust {
+            Trust::Insecure => {
+                tracing::warn!("--insecure: the proxy's certificate is NOT verified; anyone on the path can impersonate {proxy}");
+                eprintln!("idmux: WARNING: --insecure: the proxy's TLS certificate is not verified; do not use this outside development");
+                let provider = rustls::crypto::CryptoProvider::get_default()
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                    .with_no_client_auth()
+            }
+            Trust::CaFile(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca-path {}: cannot read", path.display()))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&pem) {
+                    let c = c.map_err(|e| anyhow!("--ca-path {}: bad PEM: {e}", path.display()))?;
+                    roots.add(c).map_err(|e| {
+                        anyhow!("--ca-path {}: bad CA certificate: {e}", path.display())
+                    })?;
+                }
+                if roots.is_empty() {
+                    bail!(
+                        "--ca-path {}: no CA certificate in the file",
+                        path.display()
+                    );
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Trust::System => {
+                let mut roots = rustls::RootCertStore::empty();
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+                if roots.is_empty() {
+                    bail!("no system root certificates found; pass --ca-path with the proxy's CA");
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(WebClient {
+            proxy: proxy.to_string(),
+            host,
+            tls: Arc::new(cfg),
+        })
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes)> {
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&self.proxy),
+        )
+        .await
+        .map_err(|_| anyhow!("cannot reach proxy {}: timed out", self.proxy))?
+        .map_err(|e| anyhow!("cannot reach proxy {}: {e}", self.proxy))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| anyhow!("--proxy-server {}: bad host name", self.proxy))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "proxy {}: TLS failed: {e} (is --ca-path the cluster's CA?)",
+                    self.proxy
+                )
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| anyhow!("proxy {}: {path}: {e}", self.proxy))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    fn check(&self, path: &str, status: u16, body: &Bytes) -> Result<()> {
+        if status == 200 {
+            return Ok(());
+        }
+        let msg = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+        bail!("proxy {} refused {path} (HTTP {status}): {msg}", self.proxy)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (status, body) = self.request(Method::GET, path, None).await?;
+        self.check(path, status, &body)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+    }
+
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let (status, body) = self.request(Method::GET, path, None).await?;
+        self.check(path, status, &body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn post_json<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<R> {
+        let (status, bytes) = self
+            .request(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await?;
+        self.check(path, status, &bytes)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+    }
+}
