@@ -76,7 +76,7 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
     }
 
     let tls = tls::dial(&args.proxy_server, &id, &[tls::ALPN_PROXY_SSH]).await?;
-    let handle = sshproxy::connect(tls, &id, &proxy_host).await?;
+    let handle = sshproxy::connect(tls, &id, &args.proxy_server).await?;
     let node = sshproxy::open_node(&handle, host, args.port, &cluster).await?;
     relay::relay(
         node,
@@ -86,7 +86,7 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
         ("stdin", "stdout"),
     )
     .await?;
-    drop(handle);
+    sshproxy::close(handle).await;
     Ok(())
 }
 

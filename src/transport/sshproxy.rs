@@ -163,27 +163,28 @@ pub fn client_config() -> Arc<client::Config> {
 
 /// SSH over `stream` (the TLS stream to the proxy): check the proxy's host certificate, then
 /// log in as the first principal of the identity's SSH certificate.
-pub async fn connect<S>(stream: S, id: &Identity, proxy_host: &str) -> Result<Handle<ProxyHandler>>
+///
+/// `proxy` is the proxy's host, which its host certificate must name, or its `host:port`
+/// (the port then only shows in error messages).
+pub async fn connect<S>(stream: S, id: &Identity, proxy: &str) -> Result<Handle<ProxyHandler>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let proxy_host = host_of(proxy);
     let rejection = Arc::new(Mutex::new(None));
     let handler = ProxyHandler {
         trusted: host_ca_fingerprints(&id.host_cas),
-        proxy_host: proxy_host.to_string(),
+        proxy_host: proxy_host.clone(),
         rejection: rejection.clone(),
     };
     if handler.trusted.is_empty() {
-        bail!("the identity holds no host CA to check the proxy {proxy_host} with");
+        bail!("the identity holds no host CA to check the proxy {proxy} with");
     }
     let mut handle = match client::connect_stream(client_config(), stream, handler).await {
         Ok(h) => h,
         Err(e) => {
             let why = rejection.lock().ok().and_then(|mut r| r.take());
-            bail!(
-                "{}",
-                why.unwrap_or_else(|| describe_ssh_error(proxy_host, &e))
-            );
+            bail!("{}", why.unwrap_or_else(|| describe_ssh_error(proxy, &e)));
         }
     };
 
@@ -200,14 +201,14 @@ where
             handle
                 .authenticate_certificate_with(&user, cert, Some(HashAlg::Sha512), &mut signer)
                 .await
-                .map_err(|e| anyhow!("logging in to proxy {proxy_host}: {e}"))?
+                .map_err(|e| anyhow!("logging in to proxy {proxy}: {e}"))?
         }
         _ => {
             let key = Arc::new(id.key.to_ssh().context("the identity's private key")?);
             handle
                 .authenticate_openssh_cert(&user, key, cert)
                 .await
-                .map_err(|e| anyhow!("{}", describe_ssh_error(proxy_host, &e)))?
+                .map_err(|e| anyhow!("{}", describe_ssh_error(proxy, &e)))?
         }
     };
     if !result.success() {
@@ -216,26 +217,50 @@ where
     Ok(handle)
 }
 
-/// One line for an SSH-level failure talking to the proxy.
-pub fn describe_ssh_error(proxy_host: &str, e: &russh::Error) -> String {
+/// End the connection politely: SSH disconnect, then TLS close_notify (russh shuts the
+/// stream down when its session ends). Waits at most [`CLOSE_WAIT`]; errors are of no interest
+/// at this point.
+pub async fn close(handle: Handle<ProxyHandler>) {
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, handle).await;
+}
+
+/// How long [`close`] waits for the session to wind down.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The host part of `host`, `host:port` or `[v6]:port`; a bare IPv6 address stays whole.
+pub fn host_of(proxy: &str) -> String {
+    if proxy.parse::<std::net::IpAddr>().is_ok() {
+        return proxy.to_string();
+    }
+    match crate::openssh::split_host_port(proxy, "proxy") {
+        Ok((h, _)) => h,
+        Err(_) => proxy.to_string(),
+    }
+}
+
+/// One line for an SSH-level failure talking to the proxy (`proxy` as the user knows it).
+pub fn describe_ssh_error(proxy: &str, e: &russh::Error) -> String {
     match e {
         russh::Error::IO(io) if tls::rustls_error(io).is_some() => {
-            tls::describe_tls_error(proxy_host, &[tls::ALPN_PROXY_SSH], io)
+            tls::describe_tls_error(proxy, &[tls::ALPN_PROXY_SSH], io)
         }
         russh::Error::IO(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            format!("proxy {proxy_host} closed the connection during the SSH handshake")
+            format!("proxy {proxy} closed the connection during the SSH handshake")
         }
         russh::Error::IO(io) => format!(
-            "SSH connection to proxy {proxy_host} failed: {}",
+            "SSH connection to proxy {proxy} failed: {}",
             tls::io_words(io)
         ),
         russh::Error::Disconnect | russh::Error::HUP => {
-            format!("proxy {proxy_host} closed the SSH connection")
+            format!("proxy {proxy} closed the SSH connection")
         }
         russh::Error::UnknownKey => {
-            format!("proxy {proxy_host} host key was refused")
+            format!("proxy {proxy} host key was refused")
         }
-        other => format!("SSH handshake with proxy {proxy_host} failed: {other}"),
+        other => format!("SSH handshake with proxy {proxy} failed: {other}"),
     }
 }
 
@@ -354,6 +379,15 @@ mod tests {
     use crate::ca::ClusterCas;
     use crate::identity::KeyType;
     use russh::keys::ssh_key::Certificate;
+
+    #[test]
+    fn proxy_host_of_an_address() {
+        assert_eq!(host_of("proxy.example.com"), "proxy.example.com");
+        assert_eq!(host_of("proxy.example.com:3080"), "proxy.example.com");
+        assert_eq!(host_of("127.0.0.1:3080"), "127.0.0.1");
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(host_of("[::1]:3080"), "::1");
+    }
 
     #[test]
     fn subsystem_names() {

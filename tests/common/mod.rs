@@ -110,22 +110,38 @@ impl DevCluster {
     }
 
     pub fn start_in(dir: tempfile::TempDir, name: &str, nodes: usize) -> DevCluster {
-        use std::io::{BufRead, BufReader};
         let port = idmux::cluster::node::free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
+        let child = Self::spawn(dir.path(), &addr, name, nodes);
+        DevCluster {
+            dir,
+            addr,
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    /// Stop and start again on the same address and data dir.
+    pub fn restart(&mut self, nodes: usize) {
+        self.stop();
+        self.child = Self::spawn(self.dir.path(), &self.addr, &self.name, nodes);
+    }
+
+    fn spawn(dir: &Path, addr: &str, name: &str, nodes: usize) -> std::process::Child {
+        use std::io::{BufRead, BufReader};
         let mut child = Command::new(idmux_bin())
             .args([
                 "cluster",
                 "start",
                 "--listen",
-                &addr,
+                addr,
                 "--name",
                 name,
                 "--nodes",
                 &nodes.to_string(),
                 "--data-dir",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -136,12 +152,28 @@ impl DevCluster {
         assert!(first.contains("ready on"), "cluster did not start: {first}");
         // Keep draining stdout so the cluster never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        DevCluster {
-            dir,
-            addr,
-            name: name.to_string(),
-            child,
-        }
+        child
+    }
+
+    /// A fresh join token for a (new or updated) bot.
+    pub fn token(&self, bot: &str, logins: &str) -> String {
+        let o = self.admin(&["bots", "add", bot, "--logins", logins, "--format", "json"]);
+        assert!(o.status.success(), "bots add: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["token_id"].as_str().unwrap().to_string()
+    }
+
+    /// `idmux start` flags for this cluster.
+    pub fn start_args(&self, data: &Path, dest: &Path, token: &str) -> Vec<String> {
+        vec![
+            "start".into(),
+            format!("--data-dir={}", data.display()),
+            format!("--destination-dir={}", dest.display()),
+            format!("--token={token}"),
+            "--join-method=token".into(),
+            format!("--proxy-server={}", self.addr),
+            format!("--ca-path={}", self.dir.path().join("ca.pem").display()),
+        ]
     }
 
     pub fn data_dir(&self) -> &Path {
