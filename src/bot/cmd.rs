@@ -10,7 +10,10 @@ use crate::openssh::Mode;
 use crate::transport::web::Trust;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct StartArgs {
+    #[command(subcommand)]
+    pub service: Option<Service>,
     /// tbot-style YAML config (version v2); flags given too override it.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
@@ -44,9 +47,16 @@ pub struct StartArgs {
     /// Join or renew once, write the outputs and exit.
     #[arg(long)]
     pub oneshot: bool,
-    /// ProxyCommand style written into ssh_config.
-    #[arg(long, value_enum, default_value = "stdio")]
-    pub ssh_mode: Mode,
+    /// ProxyCommand style written into ssh_config (default: fdpass through the multiplexer,
+    /// stdio with --oneshot).
+    #[arg(long, value_enum)]
+    pub ssh_mode: Option<Mode>,
+    /// Serve the diagnostics endpoint (/metrics, /readyz, /livez) on this address.
+    #[arg(long)]
+    pub diag_addr: Option<std::net::SocketAddr>,
+    /// Channels per upstream connection before the multiplexer opens another.
+    #[arg(long, default_value_t = 100)]
+    pub max_channels_per_connection: usize,
     /// Roles to impersonate in the output (default: all the bot's roles).
     #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
@@ -72,6 +82,8 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
             oneshot: false,
             trust: Trust::System,
             multiplexer: None,
+            diag_addr: None,
+            max_channels: 100,
         },
     };
     if let Some(p) = a.proxy_server {
@@ -91,12 +103,21 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
         bail!("--data-dir is required");
     }
     if let Some(d) = a.destination_dir {
+        let oneshot = a.oneshot || c.oneshot;
+        let mode = a
+            .ssh_mode
+            .unwrap_or(if oneshot { Mode::Stdio } else { Mode::Fdpass });
+        if mode == Mode::Fdpass && !oneshot {
+            c.multiplexer = Some(d.clone());
+        }
         c.outputs.push(Output {
             dir: d,
             roles: a.roles.clone(),
-            mode: a.ssh_mode,
+            mode,
         });
     }
+    c.diag_addr = a.diag_addr;
+    c.max_channels = a.max_channels_per_connection;
     if let Some(t) = a.certificate_ttl {
         c.certificate_ttl = crate::cluster::state::parse_ttl(&t, "--certificate-ttl")?;
     }
@@ -119,7 +140,42 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
     Ok(c)
 }
 
+/// `idmux start ssh-multiplexer`: the multiplexer alone, on a destination dir that someone
+/// else (a real tbot, or another idmux) keeps renewed.
+#[derive(clap::Subcommand)]
+pub enum Service {
+    SshMultiplexer {
+        /// The destination dir holding `identity`; v1.sock and agent.sock are created here.
+        #[arg(long)]
+        destination_dir: PathBuf,
+        /// The proxy's address, host:port.
+        #[arg(long)]
+        proxy_server: String,
+        #[arg(long)]
+        diag_addr: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 100)]
+        max_channels_per_connection: usize,
+    },
+}
+
 pub fn run(a: StartArgs) -> Result<()> {
+    if let Some(Service::SshMultiplexer {
+        destination_dir,
+        proxy_server,
+        diag_addr,
+        max_channels_per_connection,
+    }) = a.service
+    {
+        crate::openssh::split_host_port(&proxy_server, "--proxy-server")?;
+        let dest = crate::cli::absolute(&destination_dir)?;
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(crate::mux::server::run(crate::mux::server::MuxOptions {
+            dest,
+            proxy: proxy_server,
+            cap: max_channels_per_connection,
+            diag_addr,
+        }));
+    }
     let cfg = to_config(a)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async { super::Bot::new(cfg)?.run().await })

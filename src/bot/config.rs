@@ -25,6 +25,10 @@ pub struct BotConfig {
     pub trust: Trust,
     /// Run the ssh multiplexer service (v1.sock, agent.sock) in this destination dir.
     pub multiplexer: Option<PathBuf>,
+    /// The multiplexer's diagnostics address.
+    pub diag_addr: Option<std::net::SocketAddr>,
+    /// Channels per upstream connection.
+    pub max_channels: usize,
 }
 
 /// One identity output (a destination dir).
@@ -211,6 +215,8 @@ pub fn parse_yaml(text: &str, origin: &str) -> Result<BotConfig> {
         oneshot: f.oneshot,
         trust,
         multiplexer,
+        diag_addr: None,
+        max_channels: 100,
     })
 }
 

@@ -302,6 +302,19 @@ impl Bot {
         if self.cfg.oneshot {
             return Ok(());
         }
+        if let Some(dest) = &self.cfg.multiplexer {
+            let opts = crate::mux::server::MuxOptions {
+                dest: crate::cli::absolute(dest)?,
+                proxy: self.cfg.proxy_server.clone(),
+                cap: self.cfg.max_channels,
+                diag_addr: self.cfg.diag_addr,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = crate::mux::server::run(opts).await {
+                    tracing::error!("multiplexer stopped: {e:#}");
+                }
+            });
+        }
         let mut failures = 0u32;
         let mut wait = self.cfg.renewal_interval;
         loop {

@@ -57,14 +57,6 @@ pub struct StartOptions {
     pub nodes: usize,
 }
 
-/// Teleport's `cleanTargetHost`: strip a trailing `.<proxy host>`, then a trailing `.<cluster>`.
-pub fn clean_target_host(host: &str, proxy_host: &str, cluster: &str) -> String {
-    let h = host.strip_suffix(&format!(".{proxy_host}")).unwrap_or(host);
-    h.strip_suffix(&format!(".{cluster}"))
-        .unwrap_or(h)
-        .to_string()
-}
-
 fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
     use rustls_pki_types::pem::PemObject;
     let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -409,27 +401,4 @@ pub fn roles_add(
         );
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clean_target_host_like_teleport() {
-        assert_eq!(
-            clean_target_host("node-1.example.com", "proxy.example.com", "example.com"),
-            "node-1"
-        );
-        assert_eq!(
-            clean_target_host(
-                "node-1.proxy.example.com",
-                "proxy.example.com",
-                "example.com"
-            ),
-            "node-1"
-        );
-        assert_eq!(clean_target_host("node-1", "p", "c"), "node-1");
-        assert_eq!(clean_target_host("10.0.0.1", "p", "c"), "10.0.0.1");
-    }
 }

@@ -142,8 +142,12 @@ impl ProxyConn {
                 _ => {}
             }
         }
-        let host = super::clean_target_host(&t.host, &self.ctx.proxy_host, &st.cluster_name);
-        let Some(node) = st.find_node(&host, t.port) else {
+        let host = crate::transport::proxy_command::clean_target_host(
+            &t.host,
+            &self.ctx.proxy_host,
+            &st.cluster_name,
+        );
+        let Some(node) = st.find_node(host, t.port) else {
             bail!("direct dialing to nodes not found in inventory is not supported (no node {:?} in cluster {:?})", host, st.cluster_name);
         };
         let allowed = a

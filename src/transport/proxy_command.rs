@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::identity::Identity;
 use crate::openssh::split_host_port;
@@ -78,14 +79,22 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
     let tls = tls::dial(&args.proxy_server, &id, &[tls::ALPN_PROXY_SSH]).await?;
     let handle = sshproxy::connect(tls, &id, &args.proxy_server).await?;
     let node = sshproxy::open_node(&handle, host, args.port, &cluster).await?;
-    relay::relay(
+    // ssh sends its ProxyCommand SIGHUP when it is done with the connection: end politely
+    // (SSH disconnect, TLS close_notify) rather than vanish mid-stream.
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let relay = relay::relay(
         node,
         stdio::stdin(),
         stdio::stdout(),
         tokio::io::stderr(),
         ("stdin", "stdout"),
-    )
-    .await?;
+    );
+    tokio::select! {
+        r = relay => r?,
+        _ = hup.recv() => {}
+        _ = term.recv() => {}
+    }
     sshproxy::close(handle).await;
     Ok(())
 }

@@ -1,0 +1,136 @@
+//! The multiplexer's counters and the diagnostics endpoint (`--diag-addr`): `/metrics`
+//! (Prometheus text, with tbot's three multiplexer metric names), `/readyz`, `/livez`.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests_started: AtomicU64,
+    pub handled_ok: AtomicU64,
+    pub handled_error: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub upstream_conns: AtomicUsize,
+    pub upstream_connects: AtomicU64,
+    pub open_channels: AtomicUsize,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub agent_connections: AtomicU64,
+    /// 1 once an upstream connection is up.
+    pub ready: AtomicUsize,
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let u = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
+        metric(
+            "tbot_ssh_multiplexer_requests_started_total",
+            "counter",
+            "Number of multiplexer requests started.",
+            &[(String::new(), g(&self.requests_started))],
+        );
+        metric(
+            "tbot_ssh_multiplexer_requests_handled_total",
+            "counter",
+            "Number of multiplexer requests handled, by status.",
+            &[
+                ("{status=\"OK\"}".into(), g(&self.handled_ok)),
+                ("{status=\"ERROR\"}".into(), g(&self.handled_error)),
+            ],
+        );
+        metric(
+            "tbot_ssh_multiplexer_requests_in_flight",
+            "gauge",
+            "Number of multiplexer requests in flight.",
+            &[(String::new(), u(&self.in_flight))],
+        );
+        metric(
+            "idmux_upstream_connections",
+            "gauge",
+            "Open SSH connections to the proxy.",
+            &[(String::new(), u(&self.upstream_conns))],
+        );
+        metric(
+            "idmux_upstream_connects_total",
+            "counter",
+            "SSH connections made to the proxy.",
+            &[(String::new(), g(&self.upstream_connects))],
+        );
+        metric(
+            "idmux_open_channels",
+            "gauge",
+            "Node channels open through the proxy.",
+            &[(String::new(), u(&self.open_channels))],
+        );
+        metric(
+            "idmux_relayed_bytes_total",
+            "counter",
+            "Bytes relayed between ssh clients and nodes.",
+            &[
+                ("{direction=\"up\"}".into(), g(&self.bytes_up)),
+                ("{direction=\"down\"}".into(), g(&self.bytes_down)),
+            ],
+        );
+        s
+    }
+}
+
+/// Serve `/metrics`, `/readyz` and `/livez` on `addr` until the process ends.
+pub async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--diag-addr {addr}: {e}"))?;
+    tracing::info!("diagnostics on http://{addr}/metrics");
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let m = m.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let m = m.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, m.render()),
+                        "/livez" => (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string()),
+                        "/readyz" if m.ready.load(Ordering::Relaxed) == 1 => {
+                            (StatusCode::OK, "{\"status\":\"healthy\"}\n".to_string())
+                        }
+                        "/readyz" => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "{\"status\":\"unhealthy\",\"reason\":\"no upstream connection\"}\n"
+                                .to_string(),
+                        ),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("static parts"),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
