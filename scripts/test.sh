@@ -3,6 +3,7 @@
 # Installs what the tests need when missing (scripts/install-deps.sh), then runs cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export IDMUX_WITH_ANSIBLE=1
 bash scripts/install-deps.sh
 cargo build --bins --quiet
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the bot: join with a token, renew, write the destination dir (tbot start).
-    Start(crate::bot::cmd::StartArgs),
+    Start(Box<crate::bot::cmd::StartArgs>),
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
     SshConfig(SshConfigArgs),
     /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
@@ -108,7 +108,7 @@ fn init_logging(default: &str) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Start(a) => crate::bot::cmd::run(a),
+        Cmd::Start(a) => crate::bot::cmd::run(*a),
         Cmd::SshConfig(a) => ssh_config(a),
         Cmd::Cluster(c) => crate::cluster::cmd::run(c),
         Cmd::SshProxyCommand(a) => ssh_proxy_command(a),

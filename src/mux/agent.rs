@@ -201,7 +201,7 @@ mod tests {
                 .map(|s: Signature| s)
                 .unwrap();
             use russh::keys::signature::Verifier;
-            k.public_key().verify(b"data to sign", &sig).unwrap();
+            Verifier::verify(k.public_key().key_data(), b"data to sign", &sig).unwrap();
             // The bare key signs too; an unknown key does not.
             let mut req2 = vec![SIGN_REQUEST];
             put_string(&mut req2, &key_blob);

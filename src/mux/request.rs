@@ -153,7 +153,7 @@ mod tests {
             let buf: Vec<u8> = (0..len)
                 .map(|_| {
                     x = x.wrapping_mul(1103515245).wrapping_add(12345);
-                    (x >> 16) as u8 % 64 + if x % 7 == 0 { 0 } else { 32 }
+                    (x >> 16) as u8 % 64 + if x.is_multiple_of(7) { 0 } else { 32 }
                 })
                 .collect();
             let _ = parse(&buf);
