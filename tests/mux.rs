@@ -354,3 +354,101 @@ fn hostile_input_on_v1_sock() {
     let mut d = d;
     assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited");
 }
+
+/// `idmux start ssh-multiplexer` alone on a destination dir written by someone else, reloading
+/// the identity when it changes, with its diagnostics endpoint.
+#[test]
+fn standalone_multiplexer_reloads_and_reports_metrics() {
+    let cl = DevCluster::start(C, 1);
+    let dest = cl.bot_destination("ext", &me(), "access", "1h", "fdpass");
+    let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
+    let mut mux = Command::new(idmux_bin())
+        .args([
+            "start",
+            "ssh-multiplexer",
+            "--proxy-server",
+            &cl.addr,
+            "--diag-addr",
+            &diag,
+            "--destination-dir",
+        ])
+        .arg(&dest)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dest.join("v1.sock").exists() {
+        assert!(Instant::now() < deadline, "no v1.sock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = dest.join("ssh_config");
+    let target = format!("{}@node-1.{C}", me());
+    let o = ssh(&cfg, &[&target, "echo standalone"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let serial_before = idmux::identity::Identity::load_destination(&dest)
+        .unwrap()
+        .ssh_cert
+        .serial();
+
+    // Someone else renews the dir: the multiplexer and its agent pick the new identity up.
+    let o = cl.admin(&[
+        "auth",
+        "sign",
+        "--bot",
+        "ext",
+        "--mode",
+        "fdpass",
+        "--destination-dir",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let serial_after = idmux::identity::Identity::load_destination(&dest)
+        .unwrap()
+        .ssh_cert
+        .serial();
+    assert_ne!(serial_before, serial_after);
+    std::thread::sleep(Duration::from_millis(600));
+    let o = ssh(&cfg, &[&target, "true"]);
+    assert!(
+        o.status.success(),
+        "after the identity changed: {}",
+        stderr(&o)
+    );
+    let o = run(Command::new("ssh-add")
+        .arg("-L")
+        .env("SSH_AUTH_SOCK", dest.join("agent.sock")));
+    let listed = stdout(&o);
+    let want = idmux::identity::Identity::load_destination(&dest)
+        .unwrap()
+        .ssh_cert
+        .to_openssh()
+        .unwrap();
+    let want_b64 = want.split_whitespace().nth(1).unwrap();
+    assert!(
+        listed.contains(want_b64),
+        "the agent does not serve the renewed cert:\n{listed}"
+    );
+    assert_eq!(listed.lines().count(), 2, "cert + bare key: {listed}");
+
+    let o = run(Command::new("curl").args(["-s", &format!("http://{diag}/metrics")]));
+    let m = stdout(&o);
+    for want in [
+        "tbot_ssh_multiplexer_requests_started_total 2",
+        "tbot_ssh_multiplexer_requests_handled_total{status=\"OK\"} 2",
+        "tbot_ssh_multiplexer_requests_in_flight 0",
+        "idmux_upstream_connections",
+    ] {
+        assert!(m.contains(want), "metrics lack {want:?}:\n{m}");
+    }
+    let o = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{diag}/readyz"),
+    ]));
+    assert_eq!(stdout(&o), "200");
+    let _ = mux.kill();
+    let _ = mux.wait();
+}
