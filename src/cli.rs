@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::identity::Identity;
-use crate::openssh::{self, Mode, SshConfigParams};
+use crate::openssh::{self, Mode};
 
 #[derive(Parser)]
 #[command(name = "idmux", version, about = "Teleport Machine ID for OpenSSH")]
@@ -130,27 +130,8 @@ pub fn exe_paths() -> Result<(PathBuf, PathBuf)> {
 fn ssh_config(a: SshConfigArgs) -> Result<()> {
     let dir = absolute(&a.destination_dir)?;
     let id = Identity::load_destination(&dir)?;
-    let (proxy_host, proxy_port) = openssh::split_host_port(&a.proxy_server, "--proxy-server")?;
-    let own = match a.cluster {
-        Some(c) => c,
-        None => id.cluster_name().with_context(|| {
-            format!(
-                "{}: cannot tell the cluster; pass --cluster",
-                dir.join("identity").display()
-            )
-        })?,
-    };
-    let (idmux_exe, fdpass_exe) = exe_paths()?;
-    let params = SshConfigParams {
-        clusters: openssh::clusters_of(&own, &id.host_cas),
-        dir,
-        proxy_host,
-        proxy_port,
-        cluster: own,
-        mode: a.mode,
-        idmux_exe,
-        fdpass_exe,
-    };
+    let params =
+        crate::bot::output::ssh_config_params(&dir, &id, &a.proxy_server, a.mode, a.cluster)?;
     openssh::write_files(&params, &id.host_cas)?;
     println!("wrote {}", params.dir.join("ssh_config").display());
     Ok(())

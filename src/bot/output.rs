@@ -18,21 +18,20 @@ pub struct CaPems {
     pub db: Vec<String>,
 }
 
-/// Write a complete destination dir for `id`.
-pub fn write_destination(
+/// The ssh_config parameters for a destination dir holding `id`. `cluster` overrides the
+/// identity's own cluster (bare names route there).
+pub fn ssh_config_params(
     dir: &Path,
     id: &Identity,
-    cas: &CaPems,
     proxy: &str,
     mode: Mode,
-) -> Result<()> {
+    cluster: Option<String>,
+) -> Result<SshConfigParams> {
     let dir = crate::cli::absolute(dir)?;
     let (proxy_host, proxy_port) = openssh::split_host_port(proxy, "--proxy-server")?;
-    id.write_destination_files(&dir)?;
-    write_ca_files(&dir, &cas.host, &cas.user, &cas.db)?;
-    let own = id.cluster_name()?;
+    let own = id.cluster_or(cluster, &dir.join("identity"))?;
     let (idmux_exe, fdpass_exe) = crate::cli::exe_paths()?;
-    let params = SshConfigParams {
+    Ok(SshConfigParams {
         clusters: openssh::clusters_of(&own, &id.host_cas),
         dir,
         proxy_host,
@@ -41,6 +40,19 @@ pub fn write_destination(
         mode,
         idmux_exe,
         fdpass_exe,
-    };
+    })
+}
+
+/// Write a complete destination dir for `id`.
+pub fn write_destination(
+    dir: &Path,
+    id: &Identity,
+    cas: &CaPems,
+    proxy: &str,
+    mode: Mode,
+) -> Result<()> {
+    let params = ssh_config_params(dir, id, proxy, mode, None)?;
+    id.write_destination_files(&params.dir)?;
+    write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
     openssh::write_files(&params, &id.host_cas)
 }

@@ -517,14 +517,15 @@ pub fn issuer_cluster(cert: &x509_cert::Certificate) -> Option<String> {
 }
 
 impl ClusterCas {
-    /// Issue a complete identity (SSH user cert + X.509 client cert + the CAs to trust) for
-    /// `key`, as Teleport's join and renewal return it.
-    pub fn issue_identity(
+    /// Issue the SSH user cert and the X.509 client cert of one identity for a public key
+    /// (given as SSH key and DER SubjectPublicKeyInfo of the same key).
+    pub fn issue_user_certs(
         &self,
-        key: &KeyPair,
+        ssh_pub: &PublicKey,
+        spki: &[u8],
         f: &UserCertFields,
-    ) -> Result<crate::identity::Identity> {
-        let ssh_cert = self.issue_ssh_user(&key.ssh_public()?, f)?;
+    ) -> Result<(Certificate, String)> {
+        let ssh_cert = self.issue_ssh_user(ssh_pub, f)?;
         let mut traits = f.traits.clone();
         traits
             .entry("logins".into())
@@ -544,7 +545,19 @@ impl ClusterCas {
             bot_instance_id: f.bot_instance_id.to_string(),
             ..Default::default()
         };
-        let tls_cert_pem = self.issue_tls_user(&key.spki_der()?, &id, f.ttl)?;
+        let tls_cert_pem = self.issue_tls_user(spki, &id, f.ttl)?;
+        Ok((ssh_cert, tls_cert_pem))
+    }
+
+    /// Issue a complete identity (SSH user cert + X.509 client cert + the CAs to trust) for
+    /// `key`, as Teleport's join and renewal return it.
+    pub fn issue_identity(
+        &self,
+        key: &KeyPair,
+        f: &UserCertFields,
+    ) -> Result<crate::identity::Identity> {
+        let (ssh_cert, tls_cert_pem) =
+            self.issue_user_certs(&key.ssh_public()?, &key.spki_der()?, f)?;
         Ok(crate::identity::Identity {
             key: key.clone(),
             ssh_cert,

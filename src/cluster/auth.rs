@@ -133,27 +133,7 @@ pub(crate) fn issue_for(
     spki: &[u8],
     f: &UserCertFields,
 ) -> Result<IssuedCerts> {
-    let ssh_cert = cas.issue_ssh_user(ssh_pub, f)?;
-    let mut traits = f.traits.clone();
-    traits
-        .entry("logins".into())
-        .or_insert_with(|| f.logins.to_vec());
-    let id = crate::identity::TlsIdentity {
-        username: f.username.to_string(),
-        groups: f.roles.to_vec(),
-        principals: f.logins.to_vec(),
-        route_to_cluster: f.route_to_cluster.to_string(),
-        traits,
-        teleport_cluster: cas.cluster.clone(),
-        renewable: f.renewable,
-        generation: f.generation,
-        impersonator: f.impersonator.to_string(),
-        disallow_reissue: f.disallow_reissue,
-        bot_name: f.bot_name.to_string(),
-        bot_instance_id: f.bot_instance_id.to_string(),
-        ..Default::default()
-    };
-    let tls_cert_pem = cas.issue_tls_user(spki, &id, f.ttl)?;
+    let (ssh_cert, tls_cert_pem) = cas.issue_user_certs(ssh_pub, spki, f)?;
     Ok(IssuedCerts {
         ssh_cert,
         tls_cert_pem,

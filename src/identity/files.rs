@@ -123,6 +123,19 @@ impl Identity {
         bail!("the TLS certificate names no cluster")
     }
 
+    /// The cluster named by a flag, else the identity's own (the error names `file`).
+    pub fn cluster_or(&self, flag: Option<String>, file: &Path) -> Result<String> {
+        match flag {
+            Some(c) => Ok(c),
+            None => self.cluster_name().with_context(|| {
+                format!(
+                    "{}: cannot tell the cluster; pass --cluster",
+                    file.display()
+                )
+            }),
+        }
+    }
+
     /// When the identity stops being valid (the earlier of the two certificates).
     pub fn expires(&self) -> Result<SystemTime> {
         let cert = ca::parse_cert_pem(&self.tls_cert_pem)?;
@@ -250,6 +263,12 @@ impl Identity {
             self.to_identity_file()?.as_bytes(),
             PRIVATE,
         )?;
+        self.write_key_and_certs(dir)?;
+        Ok(())
+    }
+
+    /// `tlscert`, `key.pub`, `key-cert.pub`, then `key` (shared by both dir kinds).
+    fn write_key_and_certs(&self, dir: &Path) -> Result<()> {
         fsutil::write_atomic(&dir.join("tlscert"), self.tls_cert_pem.as_bytes(), PUBLIC)?;
         fsutil::write_atomic(
             &dir.join("key.pub"),
@@ -284,18 +303,7 @@ impl Identity {
             self.tls_cas.join("$").as_bytes(),
             PUBLIC,
         )?;
-        fsutil::write_atomic(&dir.join("tlscert"), self.tls_cert_pem.as_bytes(), PUBLIC)?;
-        fsutil::write_atomic(
-            &dir.join("key.pub"),
-            self.key.ssh_authorized_key()?.as_bytes(),
-            PUBLIC,
-        )?;
-        fsutil::write_atomic(
-            &dir.join("key-cert.pub"),
-            format!("{}\n", self.ssh_cert.to_openssh()?).as_bytes(),
-            PUBLIC,
-        )?;
-        fsutil::write_atomic(&dir.join("key"), self.key.to_pem()?.as_bytes(), PRIVATE)?;
+        self.write_key_and_certs(dir)?;
         if let Some(t) = token {
             fsutil::write_atomic(&dir.join("tokenhash"), token_hash(t).as_bytes(), PRIVATE)?;
         }

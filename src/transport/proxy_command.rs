@@ -61,15 +61,7 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
             humantime::format_rfc3339_seconds(expires)
         );
     }
-    let cluster = match args.cluster {
-        Some(c) => c,
-        None => id.cluster_name().with_context(|| {
-            format!(
-                "{}: cannot tell the cluster; pass --cluster",
-                dir.join("identity").display()
-            )
-        })?,
-    };
+    let cluster = id.cluster_or(args.cluster, &dir.join("identity"))?;
     let (proxy_host, _) = split_host_port(&args.proxy_server, "--proxy-server")?;
     let host = clean_target_host(&args.host, &proxy_host, &cluster);
     if host.is_empty() {
