@@ -452,3 +452,47 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
     let _ = mux.kill();
     let _ = mux.wait();
 }
+
+/// One ssh client that stops reading must not stall the other sessions sharing the upstream.
+#[test]
+fn a_stalled_client_does_not_block_other_sessions() {
+    let cl = DevCluster::start(C, 1);
+    let d = daemon(&cl);
+    let cfg = d.dest.join("ssh_config");
+    let target = format!("{}@node-1.{C}", me());
+    // stdout is a pipe nobody reads: ssh blocks once it fills, the node keeps wanting to send.
+    let (_r, w) = nix::unistd::pipe().unwrap();
+    let mut stalled = Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            &target,
+            "head -c 200000000 /dev/zero",
+        ])
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let o = ssh(&cfg, &[&target, "echo alive"]);
+        assert!(
+            o.status.success(),
+            "session {i} beside a stalled one: {}",
+            stderr(&o)
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "session {i} took {:?}",
+            t0.elapsed()
+        );
+    }
+    // A small transfer works too while the stalled session holds its channel.
+    let o = ssh(&cfg, &[&target, "head -c 5000000 /dev/zero | wc -c"]);
+    assert_eq!(stdout(&o).trim(), "5000000", "{}", stderr(&o));
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+}

@@ -7,8 +7,10 @@
 //!   the subsystem request; channel EOF or close flushes the output and ends the relay.
 //! - the proxy's stderr on the channel (extended data 1) goes to the given error stream.
 //!
-//! The channel side is always drained promptly: a stalled reader would stall russh's whole
-//! connection (research notes 1.5), which only the local output itself can cause here.
+//! The channel side is always drained promptly, into a queue the output is written from: a
+//! stalled reader would otherwise stall russh's whole connection (research notes 1.5), and in
+//! the multiplexer every session on it. A reader that leaves more than [`OUTPUT_QUEUE_CAP`]
+//! unread has its channel closed.
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
@@ -19,6 +21,8 @@ use crate::transport::sshproxy::NodeChannel;
 
 /// Read size for the local input.
 pub const BUF_SIZE: usize = 64 * 1024;
+/// Node bytes a local reader may leave unread before its channel is closed.
+pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
 /// at fault (`reading stdin`, `writing stdout`, ...) using `names` = (input, output).
@@ -64,15 +68,27 @@ where
         }
     };
 
-    let down = async {
-        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
-        if !early_data.is_empty() {
-            output.write_all(&early_data).await.map_err(write_err)?;
-        }
+    // Channel -> queue -> output. The drain never waits on the output, so a client that
+    // stops reading cannot stall russh's connection (and every channel on it). The inner SSH
+    // session's own window (OpenSSH: 2 MiB per channel) bounds what a working client leaves
+    // unread; past OUTPUT_QUEUE_CAP the client is broken and its channel is closed.
+    let pending = std::sync::atomic::AtomicUsize::new(0);
+    let (qtx, mut qrx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let drain = async {
+        use std::sync::atomic::Ordering;
         loop {
             match rx.wait().await {
                 Some(ChannelMsg::Data { data }) => {
-                    output.write_all(&data).await.map_err(write_err)?
+                    let n = data.len();
+                    if pending.fetch_add(n, Ordering::Relaxed) + n > OUTPUT_QUEUE_CAP {
+                        return Err(anyhow!(
+                            "{out_name} left more than {} MiB unread; closing its channel",
+                            OUTPUT_QUEUE_CAP >> 20
+                        ));
+                    }
+                    if qtx.send(data).is_err() {
+                        break;
+                    }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                     // Best effort: the proxy's remarks must not break the data path.
@@ -83,9 +99,31 @@ where
                 Some(_) => {}
             }
         }
+        drop(qtx);
+        Ok::<(), anyhow::Error>(())
+    };
+    let write = async {
+        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
+        if !early_data.is_empty() {
+            output.write_all(&early_data).await.map_err(write_err)?;
+        }
+        while let Some(b) = qrx.recv().await {
+            output.write_all(&b).await.map_err(write_err)?;
+            pending.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         output.flush().await.map_err(write_err)?;
         let _ = output.shutdown().await;
         Ok::<(), anyhow::Error>(())
+    };
+    let down = async {
+        tokio::pin!(drain, write);
+        let mut drained = false;
+        loop {
+            tokio::select! {
+                r = &mut drain, if !drained => { r?; drained = true; }
+                r = &mut write => return r,
+            }
+        }
     };
 
     tokio::pin!(up, down);
