@@ -1,0 +1,1042 @@
+#!/usr/bin/env python3
+"""idmux benchmark harness (driven by scripts/bench.sh; see benches/README.md).
+
+Subcommands:
+  run  --config FILE --json OUT --md OUT   measure every path, print the table, write BENCHMARKS.md
+  wrap --out FILE [--subreaper] -- CMD...  run CMD, forward SIGHUP/SIGTERM/SIGINT to it, write its
+                                           wall time, CPU seconds and peak RSS (wait4 rusage) as
+                                           JSON. --subreaper also adopts and reaps every orphaned
+                                           descendant (ssh does not wait for its ProxyCommand), so
+                                           the CPU figures cover the whole process tree.
+
+Only the Python 3 standard library is used.
+"""
+
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import selectors
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+MIB = 1 << 20
+GIB = 1 << 30
+HERE = os.path.dirname(os.path.abspath(__file__))
+SELF = os.path.abspath(__file__)
+
+
+# ---------------------------------------------------------------------------------------------
+# wrap: rusage of a command (and, with --subreaper, of its whole process tree)
+
+
+def cmd_wrap(args):
+    cmd = args.cmd
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if args.subreaper:
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    t0 = time.monotonic()
+    child = subprocess.Popen(cmd)
+
+    def forward(sig, _frame):
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    hwm = None
+    if args.hwm:
+        # ru_maxrss of a forked child also counts the parent's (this Python's) pages from before
+        # exec; VmHWM is the exec'd image's own peak. Sample it until the child exits.
+        while True:
+            pid, status, ru = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            h = proc_status_kib(child.pid, "VmHWM")
+            if h is not None:
+                hwm = max(hwm or 0, h)
+            time.sleep(0.002)
+    else:
+        _, status, ru = os.wait4(child.pid, 0)
+    t1 = time.monotonic()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    out = {
+        "rc": child.returncode,
+        "t_start": t0,
+        "t_end": t1,
+        "wall": t1 - t0,
+        "utime": ru.ru_utime,
+        "stime": ru.ru_stime,
+        "maxrss_kib": ru.ru_maxrss,
+        "hwm_kib": hwm,
+        "reaped": 1,
+    }
+    if args.subreaper:
+        # Orphans (the ProxyCommand ssh SIGHUPs and never waits for, ssh -W of ProxyJump, ...)
+        # are now our children: reap them so their CPU time is counted too.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    out["unreaped"] = True
+                    break
+                time.sleep(0.005)
+                continue
+            out["utime"] += ru.ru_utime
+            out["stime"] += ru.ru_stime
+            out["reaped"] += 1
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.rename(args.out + ".tmp", args.out)
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def pctl(values, p):
+    """Nearest-rank percentile."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    return v[max(0, math.ceil(p / 100.0 * len(v)) - 1)]
+
+
+def proc_status_kib(pid, field="VmRSS"):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid):
+    """utime + stime of a whole process (all threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    # rest[0] is field 3 (state); utime, stime are fields 14 and 15.
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def children_of(pids):
+    """{pid: ppid} of live processes whose parent is in `pids`."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(rest[1]) in pids:
+            out[int(d)] = int(rest[1])
+    return out
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def sh(cmd):
+    try:
+        o = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (o.stdout + o.stderr).strip()
+    except Exception as e:  # noqa: BLE001
+        return f"({cmd[0]}: {e})"
+
+
+def proc_pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the paths
+
+
+class Path:
+    def __init__(self, key, label, ssh, scp, host, relay):
+        self.key, self.label, self.ssh, self.scp, self.host, self.relay = (
+            key,
+            label,
+            ssh,
+            scp,
+            host,
+            relay,
+        )
+        # ssh argv with the ProxyCommand wrapped by `wrap` (set up in make_paths), or None.
+        self.ssh_wrapped = None
+
+    def cmd(self, remote):
+        return self.ssh + [self.host, remote]
+
+
+def ssh_g(argv_prefix, host):
+    o = subprocess.run(argv_prefix + ["-G", host], capture_output=True, text=True, check=True)
+    g = {}
+    for line in o.stdout.splitlines():
+        k, _, v = line.partition(" ")
+        g.setdefault(k, v)
+    return g
+
+
+def make_paths(c, work):
+    common = [
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "ConnectTimeout=60",
+        "-o", "ServerAliveInterval=0",
+    ]
+    node = f"{c['user']}@node-1.{c['cluster']}"
+    paths = [
+        Path("direct", "direct",
+             ["ssh", "-F", c["bench_ssh_config"], "-T"] + common,
+             ["scp", "-F", c["bench_ssh_config"], "-q"] + common,
+             "bench-node", None),
+        Path("jump", "ProxyJump (-J bastion sshd)",
+             ["ssh", "-F", c["bench_ssh_config"], "-T", "-J", "bench-bastion"] + common,
+             ["scp", "-F", c["bench_ssh_config"], "-q", "-J", "bench-bastion"] + common,
+             "bench-node", "ssh -W"),
+        Path("stdio", "stdio ProxyCommand (idmux ssh-proxy-command)",
+             ["ssh", "-F", c["stdio_ssh_config"], "-T"] + common,
+             ["scp", "-F", c["stdio_ssh_config"], "-q"] + common,
+             node, "idmux ssh-proxy-command"),
+        Path("fdpass", "fdpass multiplexer (idmux-fdpass + daemon)",
+             ["ssh", "-F", c["fdpass_ssh_config"], "-T"] + common,
+             ["scp", "-F", c["fdpass_ssh_config"], "-q"] + common,
+             node, "idmux-fdpass"),
+    ]
+    for p in paths:
+        if p.key == "direct":
+            continue
+        if p.key == "jump":
+            # What -J expands to (ssh -W through the bastion), written out so it can be wrapped.
+            pc = f"ssh -F {shlex.quote(c['bench_ssh_config'])} -W '[%h]:%p' bench-bastion"
+            base = [a for a in p.ssh if a not in ("-J", "bench-bastion")]
+        else:
+            pc = ssh_g(p.ssh, p.host)["proxycommand"]
+            base = list(p.ssh)
+        p.proxy_command = pc
+        wrapped = (
+            f"{shlex.quote(sys.executable)} {shlex.quote(SELF)} wrap --hwm --out "
+            f"{shlex.quote(os.path.join(work, 'rss-' + p.key + '.json'))} -- {pc}"
+        )
+        p.ssh_wrapped = base + ["-o", f"ProxyCommand={wrapped}"]
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def run_quiet(argv, timeout=120, stdin=subprocess.DEVNULL):
+    return subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+
+
+def sanity(paths):
+    for p in paths:
+        o = subprocess.run(p.cmd("echo bench-ok"), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        if o.returncode != 0 or b"bench-ok" not in o.stdout:
+            raise SystemExit(f"bench: path {p.key} does not work: {o.stderr.decode(errors='replace').strip()}")
+        log(f"path {p.key}: ok")
+
+
+def latency(paths, runs, warmup=2):
+    res = {p.key: [] for p in paths}
+    fails = {p.key: 0 for p in paths}
+    errors = {}
+    for i in range(warmup + runs):
+        for p in paths:  # interleaved, so drift hits every path alike
+            t0 = time.perf_counter_ns()
+            o = run_quiet(p.cmd("true"))
+            dt = (time.perf_counter_ns() - t0) / 1e6
+            if i < warmup:
+                continue
+            if o.returncode == 0:
+                res[p.key].append(dt)
+            else:
+                fails[p.key] += 1
+                errors.setdefault(p.key, o.stderr.decode(errors="replace").strip()[:300])
+    out = {}
+    for p in paths:
+        v = res[p.key]
+        out[p.key] = {
+            "runs": len(v),
+            "fails": fails[p.key],
+            "median_ms": statistics.median(v) if v else None,
+            "p95_ms": pctl(v, 95) if v else None,
+            "min_ms": min(v) if v else None,
+            "max_ms": max(v) if v else None,
+            "error": errors.get(p.key),
+        }
+        log(f"latency {p.key}: median {out[p.key]['median_ms']:.1f} ms, p95 {out[p.key]['p95_ms']:.1f} ms")
+    return out
+
+
+def wrapped_run(argv, work, tag, stdin=subprocess.DEVNULL, feed=None):
+    """Run argv under `wrap --subreaper`; feed `feed` bytes of zeros to its stdin if given.
+    Returns (wrap json, time the first MiB was taken by the command or None)."""
+    out = os.path.join(work, f"cpu-{tag}.json")
+    if os.path.exists(out):
+        os.unlink(out)
+    w = [sys.executable, SELF, "wrap", "--subreaper", "--out", out, "--"] + argv
+    t_first = None
+    if feed is None:
+        o = subprocess.run(w, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+        err = o.stderr
+    else:
+        proc = subprocess.Popen(w, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        chunk = bytes(MIB)
+        left = feed
+        fd = proc.stdin.fileno()
+        try:
+            while left > 0:
+                mv = memoryview(chunk)[: min(MIB, left)]
+                while len(mv):
+                    n = os.write(fd, mv)
+                    mv = mv[n:]
+                left -= min(MIB, left)
+                if t_first is None:
+                    # The pipe holds 64 KiB: this 1 MiB write returns once ssh is reading.
+                    t_first = time.monotonic()
+        except BrokenPipeError:
+            pass
+        proc.stdin.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=900)
+    try:
+        with open(out) as f:
+            r = json.load(f)
+    except FileNotFoundError:
+        r = {"rc": -1}
+    r["stderr"] = err.decode(errors="replace").strip()[:300]
+    return r, t_first
+
+
+def throughput(paths, work, nbytes, runs, daemon_pid):
+    res = {p.key: [] for p in paths}
+    for i in range(runs):
+        for p in paths:
+            d0 = proc_cpu_s(daemon_pid)
+            r, t_first = wrapped_run(p.cmd("cat > /dev/null"), work, f"tp-{p.key}", feed=nbytes)
+            d1 = proc_cpu_s(daemon_pid)
+            if r.get("rc") != 0:
+                log(f"throughput {p.key}: failed: {r.get('stderr')}")
+                res[p.key].append({"ok": False, "error": r.get("stderr")})
+                continue
+            wall = r["wall"]
+            stream = None
+            if t_first is not None and r["t_end"] > t_first:
+                stream = (nbytes - MIB) / MIB / (r["t_end"] - t_first)
+            res[p.key].append({
+                "ok": True,
+                "wall_s": wall,
+                "mibps": nbytes / MIB / wall,
+                "stream_mibps": stream,
+                "cpu_s": r["utime"] + r["stime"],
+                "daemon_cpu_s": (d1 - d0) if p.key == "fdpass" else 0.0,
+                "reaped": r.get("reaped"),
+            })
+            log(f"throughput {p.key} run {i + 1}: {nbytes / MIB / wall:.0f} MiB/s end to end, "
+                f"{stream or 0:.0f} MiB/s streaming, ssh tree CPU {r['utime'] + r['stime']:.2f} s, "
+                f"daemon CPU {d1 - d0:.2f} s")
+    out = {}
+    for p in paths:
+        ok = [x for x in res[p.key] if x["ok"]]
+        if not ok:
+            out[p.key] = {"runs": 0, "fails": len(res[p.key]), "error": res[p.key][0].get("error")}
+            continue
+        gib = nbytes / GIB
+        out[p.key] = {
+            "runs": len(ok),
+            "fails": len(res[p.key]) - len(ok),
+            "mibps": statistics.median(x["mibps"] for x in ok),
+            "mibps_runs": [round(x["mibps"], 1) for x in ok],
+            "stream_mibps": statistics.median(x["stream_mibps"] for x in ok if x["stream_mibps"]),
+            "cpu_s_per_gib": statistics.median(x["cpu_s"] for x in ok) / gib,
+            "daemon_cpu_s_per_gib": statistics.median(x["daemon_cpu_s"] for x in ok) / gib,
+        }
+        out[p.key]["total_cpu_s_per_gib"] = out[p.key]["cpu_s_per_gib"] + out[p.key]["daemon_cpu_s_per_gib"]
+    return out
+
+
+def scp_bench(paths, work, src, nbytes, runs):
+    res = {p.key: [] for p in paths}
+    for i in range(runs):
+        for p in paths:
+            remote = os.path.join(work, f"scp-target-{p.key}")
+            t0 = time.perf_counter()
+            o = run_quiet(p.scp + [src, f"{p.host}:{remote}"], timeout=900)
+            dt = time.perf_counter() - t0
+            ok = o.returncode == 0 and os.path.getsize(remote) == nbytes
+            if ok:
+                res[p.key].append(nbytes / MIB / dt)
+                log(f"scp {p.key} run {i + 1}: {nbytes / MIB / dt:.0f} MiB/s")
+            else:
+                log(f"scp {p.key}: failed: {o.stderr.decode(errors='replace').strip()[:300]}")
+            try:
+                os.unlink(remote)
+            except FileNotFoundError:
+                pass
+    return {p.key: {"runs": len(res[p.key]), "mibps": statistics.median(res[p.key]) if res[p.key] else None,
+                    "mibps_runs": [round(x, 1) for x in res[p.key]]}
+            for p in paths}
+
+
+def storm(paths, n):
+    out = {}
+    for p in paths:
+        time.sleep(2)
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(p.cmd("true"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for _ in range(n)]
+        ok, first_err = 0, None
+        for pr in procs:
+            try:
+                _, err = pr.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                _, err = pr.communicate()
+            if pr.returncode == 0:
+                ok += 1
+            elif first_err is None:
+                first_err = err.decode(errors="replace").strip()[:300]
+        wall = time.perf_counter() - t0
+        out[p.key] = {"n": n, "ok": ok, "wall_s": wall, "first_error": first_err}
+        log(f"storm {p.key}: {ok}/{n} in {wall:.2f} s" + (f" (first error: {first_err})" if first_err else ""))
+    return out
+
+
+def open_sessions(p, n, daemon_pid, hold_timeout=180):
+    """n sessions held open by `sleep`; memory sampled once all are up, then all are closed."""
+    d_rss0, d_pss0 = proc_status_kib(daemon_pid), proc_pss_kib(daemon_pid)
+    # The remote shell waits on its stdin (our pipe): closing the pipe ends the session, and a
+    # dropped connection ends it too, so nothing is left running on the node (a remote
+    # `sleep` would outlive its ssh).
+    procs = [subprocess.Popen(p.cmd("echo up; read x"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    sel = selectors.DefaultSelector()
+    for pr in procs:
+        os.set_blocking(pr.stdout.fileno(), False)
+        sel.register(pr.stdout, selectors.EVENT_READ, pr)
+    up, dead = 0, 0
+    deadline = time.monotonic() + hold_timeout
+    t0 = time.monotonic()
+    while up + dead < n and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=1):
+            data = key.fileobj.read()
+            sel.unregister(key.fileobj)
+            if data and b"up" in data:
+                up += 1
+            else:
+                dead += 1
+    t_up = time.monotonic() - t0
+    time.sleep(1)
+    pids = {pr.pid for pr in procs}
+    relays = list(children_of(pids))
+    r = {
+        "n": n,
+        "up": up,
+        "failed": dead,
+        "all_up_s": t_up,
+        "daemon_rss_kib": proc_status_kib(daemon_pid),
+        "daemon_hwm_kib": proc_status_kib(daemon_pid, "VmHWM"),
+        "daemon_pss_kib": proc_pss_kib(daemon_pid),
+        "daemon_rss_before_kib": d_rss0,
+        "daemon_pss_before_kib": d_pss0,
+        "relay_procs": len(relays),
+        "relay_rss_kib": sum(proc_status_kib(c) or 0 for c in relays),
+        "relay_pss_kib": sum(proc_pss_kib(c) or 0 for c in relays),
+    }
+    if p.key == "fdpass":
+        r["per_session_pss_kib"] = ((r["daemon_pss_kib"] or 0) - (d_pss0 or 0)) / max(up, 1)
+        r["per_session_rss_kib"] = ((r["daemon_rss_kib"] or 0) - (d_rss0 or 0)) / max(up, 1)
+    elif relays:
+        r["per_session_pss_kib"] = r["relay_pss_kib"] / len(relays)
+        r["per_session_rss_kib"] = r["relay_rss_kib"] / len(relays)
+    first_err = None
+    for pr in procs:
+        pr.stdin.close()  # EOF: the remote `read` returns, the session ends
+    t_close = time.monotonic() + 60
+    for pr in procs:
+        try:
+            pr.wait(timeout=max(1, t_close - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pr.terminate()
+            try:
+                pr.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait()
+        if first_err is None and pr.returncode != 0:
+            first_err = pr.stderr.read().decode(errors="replace").strip()[:300]
+        pr.stdout.close()
+        pr.stderr.close()
+    r["first_error"] = first_err
+    log(f"sessions {p.key}: {up}/{n} up in {t_up:.1f} s; daemon RSS {r['daemon_rss_kib']} KiB "
+        f"(PSS {r['daemon_pss_kib']}); {len(relays)} relay processes: RSS {r['relay_rss_kib']} KiB, "
+        f"PSS {r['relay_pss_kib']} KiB in all; per session {r.get('per_session_pss_kib') or 0:.0f} KiB PSS")
+    return r
+
+
+def proxy_rss(p, work, transfer_bytes):
+    """Peak RSS (VmHWM) of the path's ProxyCommand process over 3 `ssh true` and one transfer."""
+    out = os.path.join(work, f"rss-{p.key}.json")
+    peaks, fails = [], 0
+    for i in range(4):
+        if os.path.exists(out):
+            os.unlink(out)
+        if i < 3:
+            o = run_quiet(p.ssh_wrapped + [p.host, "true"])
+        else:
+            feeder = subprocess.Popen(["head", "-c", str(transfer_bytes), "/dev/zero"], stdout=subprocess.PIPE)
+            o = subprocess.run(p.ssh_wrapped + [p.host, "cat > /dev/null"], stdin=feeder.stdout,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+            feeder.stdout.close()
+            feeder.wait()
+        # ssh does not wait for a stdio ProxyCommand: give the wrapper time to write its report.
+        for _ in range(500):
+            if os.path.exists(out):
+                break
+            time.sleep(0.01)
+        if o.returncode != 0 or not os.path.exists(out):
+            fails += 1
+            log(f"proxy rss {p.key}: run {i} failed: {o.stderr.decode(errors='replace').strip()[:300]}")
+            continue
+        with open(out) as f:
+            h = json.load(f).get("hwm_kib")
+        if h:
+            peaks.append(h)
+    r = {"peak_kib": max(peaks) if peaks else None, "runs": len(peaks), "fails": fails}
+    log(f"ProxyCommand peak RSS {p.key}: {r['peak_kib']} KiB over {len(peaks)} runs")
+    return r
+
+
+SENDMSG_NR = {"x86_64": 46, "aarch64": 211}.get(platform.machine())
+
+
+def fdpass_harness(argv, runs):
+    """Spawn idmux-fdpass with stdout = one end of a socketpair, as ssh does, `runs` times.
+    Times: spawn -> exit (wait4), and spawn -> SSH banner readable on the passed socket."""
+    devnull = os.open("/dev/null", os.O_RDWR)
+
+    def one(av, want_fd):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        t0 = time.perf_counter_ns()
+        pid = os.posix_spawn(av[0], av, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, b.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, devnull, 2),
+        ])
+        _, status, ru = os.wait4(pid, 0)
+        t_exit = time.perf_counter_ns() - t0
+        b.close()
+        t_banner, ok = None, os.waitstatus_to_exitcode(status) == 0
+        if want_fd and ok:
+            a.settimeout(10)
+            try:
+                _, fds, _, _ = socket.recv_fds(a, 16, 1)
+            except OSError:
+                fds = []
+            if fds:
+                s = socket.socket(fileno=fds[0])
+                s.settimeout(10)
+                try:
+                    ok = s.recv(64).startswith(b"SSH-")
+                except OSError:
+                    ok = False
+                t_banner = time.perf_counter_ns() - t0
+                s.close()
+            else:
+                ok = False
+        a.close()
+        return ok, t_exit / 1e6, (t_banner / 1e6 if t_banner else None), ru.ru_maxrss
+
+    def hwm_blocked(av):
+        """VmHWM of idmux-fdpass at its last step: with the socketpair's send buffer full, its
+        sendmsg of the connection to stdout blocks, after all its other work is done."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        b.setblocking(False)
+        for size in (65536, 4096, 256, 1):
+            try:
+                while True:
+                    b.send(bytes(size))
+            except BlockingIOError:
+                pass
+        pid = os.posix_spawn(av[0], av, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, b.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, devnull, 2),
+        ])
+        b.close()
+        blocked = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/syscall") as f:
+                    sc = f.read().split()
+            except OSError:
+                sc = []
+            if SENDMSG_NR is not None and len(sc) > 1 and sc[0] == str(SENDMSG_NR) and int(sc[1], 16) == 1:
+                blocked = True
+                break
+            if SENDMSG_NR is None and time.monotonic() > deadline - 4.8:
+                break
+            time.sleep(0.001)
+        hwm = proc_status_kib(pid, "VmHWM")
+        a.settimeout(10)
+        got = False
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(a, 1 << 20, 1)
+            except OSError:
+                break
+            for fd in fds:
+                os.close(fd)
+                got = True
+            if got or not data:
+                break
+        os.wait4(pid, 0)
+        a.close()
+        return hwm if (blocked or SENDMSG_NR is None) and got else None
+
+    hwms = [h for h in (hwm_blocked(argv) for _ in range(10)) if h]
+    base = [one(["/bin/true"], False) for _ in range(runs + 5)][5:]
+    res = [one(argv, True) for _ in range(runs + 5)][5:]
+    os.close(devnull)
+    okr = [r for r in res if r[0]]
+    out = {
+        "runs": len(res),
+        "ok": len(okr),
+        "exit_median_ms": statistics.median(r[1] for r in okr) if okr else None,
+        "exit_p95_ms": pctl([r[1] for r in okr], 95) if okr else None,
+        "banner_median_ms": statistics.median(r[2] for r in okr) if okr else None,
+        "peak_rss_kib": max(hwms) if hwms else None,
+        "peak_rss_runs": len(hwms),
+        "true_exit_median_ms": statistics.median(r[1] for r in base),
+    }
+    log(f"idmux-fdpass alone: {out['ok']}/{runs} ok, exit median {out['exit_median_ms']:.3f} ms "
+        f"(/bin/true {out['true_exit_median_ms']:.3f} ms), SSH banner in {out['banner_median_ms']:.2f} ms, "
+        f"peak RSS (VmHWM) {out['peak_rss_kib']} KiB")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def machine_info():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "openssh": sh(["ssh", "-V"]),
+        "rustc": sh(["rustc", "--version"]),
+        "python": platform.python_version(),
+    }
+
+
+def fmt(v, nd=1):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and math.isnan(v):
+        return "n/a"
+    return f"{v:.{nd}f}"
+
+
+def ratio(v, d):
+    if v is None or d is None or d == 0:
+        return None
+    return v / d
+
+
+def build_rows(R, order):
+    """Rows of (figure, {path: (value string, ratio against direct or None)})."""
+    rows = []
+    P = R["params"]
+    lat, tp, scp, st, mem, prss, fp = (R["latency"], R["throughput"], R["scp"], R["storm"], R["sessions"],
+                                       R["proxy_rss"], R["fdpass_alone"])
+
+    def add(name, get, nd=1, with_ratio=True):
+        cells = {}
+        d = get("direct")
+        for k in order:
+            v = get(k)
+            cells[k] = (fmt(v, nd), ratio(v, d) if with_ratio and k != "direct" else None)
+        rows.append((name, cells))
+
+    def cells_only(name, get):
+        rows.append((name, {k: (get(k), None) for k in order}))
+
+    size = (f"{P['throughput_bytes'] / GIB:g} GiB" if P["throughput_bytes"] >= GIB
+            else f"{P['throughput_bytes'] // MIB} MiB")
+    add(f"latency `ssh host true`, median (ms)", lambda k: lat[k]["median_ms"])
+    add(f"latency `ssh host true`, p95 (ms)", lambda k: lat[k]["p95_ms"])
+    add(f"throughput, {size} into `ssh host 'cat > /dev/null'`, end to end (MiB/s)",
+        lambda k: tp[k].get("mibps"), 0)
+    add("throughput, same transfer, streaming phase only (MiB/s)", lambda k: tp[k].get("stream_mibps"), 0)
+    add(f"scp upload of a {P['scp_bytes'] // MIB} MiB file (MiB/s)", lambda k: scp[k]["mibps"], 0)
+    add("client CPU, ssh process tree (s per GiB)", lambda k: tp[k].get("cpu_s_per_gib"), 2)
+    add("client CPU incl. the daemon (s per GiB)", lambda k: tp[k].get("total_cpu_s_per_gib"), 2)
+    cells_only(f"storm: {P['storm']} simultaneous `ssh host true`, successes",
+               lambda k: f"{st[k]['ok']}/{st[k]['n']}")
+    add(f"storm: wall time (s)", lambda k: st[k]["wall_s"], 2)
+
+    def daemon_cell(k, v):
+        return fmt(v / 1024, 1) if k == "fdpass" and v is not None else "-"
+
+    cells_only("daemon RSS, idle (MiB)", lambda k: daemon_cell(k, R["daemon_idle_kib"]))
+    f = mem.get("fdpass", {})
+    cells_only(f"daemon RSS with {f.get('n')} open sessions (MiB)",
+               lambda k: daemon_cell(k, f.get("daemon_rss_kib")) +
+               (f" ({fmt((f.get('daemon_rss_before_kib') or 0) / 1024)} just before; "
+                f"{f.get('up')}/{f.get('n')} up)" if k == "fdpass" else ""))
+
+    def per_session(k):
+        m = mem.get(k)
+        if not m or m.get("per_session_pss_kib") is None:
+            return "-"
+        how = "daemon growth" if k == "fdpass" else f"{m['relay_procs']} x {p_relay(k)}"
+        return f"{m['per_session_pss_kib']:.0f} ({how}, {m['up']}/{m['n']} up)"
+
+    cells_only("relay memory per open session (KiB PSS)", per_session)
+
+    def peak(k):
+        if k == "fdpass":
+            v = fp.get("peak_rss_kib")
+        else:
+            v = (prss.get(k) or {}).get("peak_kib")
+        return fmt(v / 1024, 2) if v else "-"
+
+    cells_only("ProxyCommand process peak RSS (MiB)", peak)
+    return rows
+
+
+def p_relay(k):
+    return {"jump": "ssh -W", "stdio": "ssh-proxy-command", "fdpass": "daemon"}.get(k, "")
+
+
+def goals(R):
+    lat, tp, scp, st, mem, fp = (R["latency"], R["throughput"], R["scp"], R["storm"], R["sessions"],
+                                 R["fdpass_alone"])
+    G = []
+
+    def g(text, ok, figure):
+        G.append({"goal": text, "met": bool(ok), "figure": figure})
+
+    d, f, j = lat["direct"]["median_ms"], lat["fdpass"]["median_ms"], lat["jump"]["median_ms"]
+    r = ratio(f, d)
+    g("multiplexer latency (median) at most 1.15x direct", r is not None and r <= 1.15,
+      f"{fmt(f)} ms vs {fmt(d)} ms = {fmt(r, 2)}x")
+    g("multiplexer latency (median) below ProxyJump", f is not None and j is not None and f < j,
+      f"{fmt(f)} ms vs {fmt(j)} ms")
+    r = ratio(tp["fdpass"].get("mibps"), tp["direct"].get("mibps"))
+    g("multiplexer throughput (`cat`, end to end) at least 0.8x direct", r is not None and r >= 0.8,
+      f"{fmt(tp['fdpass'].get('mibps'), 0)} vs {fmt(tp['direct'].get('mibps'), 0)} MiB/s = {fmt(r, 2)}x")
+    r = ratio(scp["fdpass"]["mibps"], scp["direct"]["mibps"])
+    g("multiplexer throughput (scp) at least 0.8x direct", r is not None and r >= 0.8,
+      f"{fmt(scp['fdpass']['mibps'], 0)} vs {fmt(scp['direct']['mibps'], 0)} MiB/s = {fmt(r, 2)}x")
+    e = fp.get("exit_median_ms")
+    g("idmux-fdpass under 1 ms (median, spawn to exit)", e is not None and e < 1.0,
+      f"{fmt(e, 3)} ms (spawning /bin/true the same way: {fmt(fp.get('true_exit_median_ms'), 3)} ms)")
+    m = fp.get("peak_rss_kib")
+    g("idmux-fdpass peak RSS under 2 MiB", m is not None and m < 2048,
+      f"{fmt(m / 1024 if m else None, 2)} MiB (VmHWM)")
+    s = mem.get("fdpass", {})
+    ok = s.get("daemon_rss_kib") is not None and s["daemon_rss_kib"] < 20 * 1024 and s["up"] == s["n"]
+    g(f"daemon RSS under 20 MiB with {s.get('n')} open sessions", ok,
+      f"{fmt((s.get('daemon_rss_kib') or 0) / 1024)} MiB with {s.get('up')}/{s.get('n')} sessions up "
+      f"({fmt((s.get('daemon_rss_before_kib') or 0) / 1024)} MiB just before, "
+      f"{fmt((R.get('daemon_idle_kib') or 0) / 1024)} MiB at the start of the run)")
+    so = st["fdpass"]
+    g(f"storm: {so['n']} of {so['n']} through the multiplexer", so["ok"] == so["n"],
+      f"{so['ok']}/{so['n']} in {fmt(so['wall_s'], 2)} s")
+    return G
+
+
+ORDER = ["direct", "jump", "stdio", "fdpass"]
+SHORT = {"direct": "direct", "jump": "ProxyJump", "stdio": "stdio ProxyCommand", "fdpass": "fdpass multiplexer"}
+
+
+def cell_text(c, k):
+    v, r = c[k]
+    return f"{v} ({r:.2f}x)" if r is not None else v
+
+
+def render(R, order):
+    rows = build_rows(R, order)
+    head = ["figure"] + [SHORT[k] for k in order]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(order)]
+    for name, cells in rows:
+        lines.append("| " + name + " | " + " | ".join(cell_text(cells, k) for k in order) + " |")
+    return "\n".join(lines)
+
+
+def render_plain(R, order):
+    rows = build_rows(R, order)
+    names = [n.replace("`", "") for n, _ in rows]
+    cells = [[cell_text(c, k) for k in order] for _, c in rows]
+    w0 = max(len(n) for n in names) + 2
+    ws = [max(len(SHORT[k]), *(len(r[i]) for r in cells)) + 2 for i, k in enumerate(order)]
+    out = ["".ljust(w0) + "".join(SHORT[k].ljust(ws[i]) for i, k in enumerate(order))]
+    for n, r in zip(names, cells):
+        out.append(n.ljust(w0) + "".join(v.ljust(ws[i]) for i, v in enumerate(r)))
+    return "\n".join(out)
+
+
+def runs_text(n):
+    return {1: "one run", 2: "mean of 2 runs"}.get(n, f"median of {n} runs")
+
+
+def write_md(R, path, order):
+    M, P = R["machine"], R["params"]
+    fp = R["fdpass_alone"]
+    G = R["goals"]
+    met = sum(1 for x in G if x["met"])
+    f = R["sessions"].get("fdpass", {})
+    L = []
+    L += ["# idmux benchmarks", ""]
+    L.append(f"Written by `scripts/bench.sh{' --quick' if P['quick'] else ''}` on {R['date']} "
+             f"({'quick' if P['quick'] else 'full'} run; {R['elapsed_s']:.0f} s of measurements). To rerun:")
+    L += ["", "```", "scripts/bench.sh            # full run", "scripts/bench.sh --quick    # fast check: fewer runs, smaller transfers, storm of 50", "```", ""]
+    L.append("One run, one dev cluster (`idmux cluster start`, one sshd node; proxy, node, bastion and "
+             "clients all on loopback on this machine), one bot daemon (`idmux start`) and one stdio "
+             "destination dir (`idmux cluster auth sign --mode stdio`). What is measured and how: "
+             "[benches/README.md](benches/README.md). Raw numbers: `target/bench/results.json`.")
+    L += ["", "## Machine", ""]
+    L.append(f"- {M['nproc']} CPUs, {M['cpu']}")
+    L.append(f"- Linux {M['kernel']}")
+    L.append(f"- {M['openssh']}")
+    L.append(f"- {M['rustc']}; idmux built with `cargo build --release --bins`")
+    L.append(f"- load average (1, 5, 15 min) when the measurements started: {R['load_start']}; at the end: "
+             f"{R['load_end']}. The machine is shared: other work running at the same time slows every "
+             "path (the end figure also counts this benchmark's own storm and session tests)")
+    L += ["", "## Paths", ""]
+    L.append("- **direct**: `ssh` straight to the node's sshd with the stdio destination's key and "
+             "certificate, its `known_hosts` and `HostKeyAlias=node-1.<cluster>`: the limit.")
+    L.append("- **ProxyJump**: `ssh -J` through a second, plain sshd on loopback (a copy of the node's "
+             "sshd_config on another port, trusting the same user CA), then to the node's address.")
+    L.append("- **stdio ProxyCommand**: the stdio destination's ssh_config: `idmux ssh-proxy-command` "
+             "per connection (TLS + SSH handshake with the proxy each time, like `tbot ssh-proxy-command`).")
+    L.append("- **fdpass multiplexer**: the bot's destination ssh_config: `idmux-fdpass` asks the "
+             "daemon's `v1.sock` for a channel on its warm upstream connection and hands the socket to "
+             "ssh (`ProxyUseFdpass yes`); keys from the daemon's `agent.sock`.")
+    L.append("- gRPC transport: not measured, it does not exist yet.")
+    L += ["", "## Figures", ""]
+    L.append(f"Ratios against **direct** from the same run in parentheses. Latency: {P['latency_runs']} "
+             "sequential runs per path, interleaved across paths, after 2 warm-up runs each. "
+             f"Throughput: {runs_text(P['throughput_runs'])} per path; scp: {runs_text(P['scp_runs'])} "
+             "per path.")
+    L += ["", render(R, order), ""]
+    L.append(f"**idmux-fdpass alone** ({fp['runs']} runs with its stdout one end of a socketpair, as "
+             f"ssh sets it up; {fp['ok']} ok): spawn to exit {fmt(fp['exit_median_ms'], 3)} ms median, "
+             f"p95 {fmt(fp['exit_p95_ms'], 3)} ms (spawning `/bin/true` the same way: "
+             f"{fmt(fp['true_exit_median_ms'], 3)} ms); the passed socket delivers the node's SSH banner "
+             f"{fmt(fp['banner_median_ms'], 2)} ms after the spawn (median); peak RSS "
+             f"{fmt(fp['peak_rss_kib'] / 1024 if fp['peak_rss_kib'] else None, 2)} MiB (VmHWM, "
+             f"{fp.get('peak_rss_runs')} runs).")
+    L.append("")
+    L.append(f"**Daemon memory** (VmRSS of `idmux start`): {fmt(R['daemon_idle_kib'] / 1024)} MiB idle at "
+             f"the start; {fmt((f.get('daemon_rss_before_kib') or 0) / 1024)} MiB after the latency, "
+             f"throughput, scp and storm tests; {fmt((f.get('daemon_rss_kib') or 0) / 1024)} MiB with "
+             f"{f.get('n')} sessions open ({f.get('up')} up; high-water mark "
+             f"{fmt((f.get('daemon_hwm_kib') or 0) / 1024)} MiB); {fmt((R.get('daemon_after_kib') or 0) / 1024)} "
+             "MiB after they closed.")
+    L += ["", "## Goals (issue 7)", ""]
+    L.append(f"{met} of {len(G)} met in this run.")
+    L += ["", "| goal | figure | status |", "|---|---|---|"]
+    for x in G:
+        L.append(f"| {x['goal']} | {x['figure']} | {'met' if x['met'] else '**not met**'} |")
+    L.append("")
+    if P["quick"]:
+        L += ["This was a `--quick` run (fewer runs, smaller transfers, smaller storm and session "
+              "counts); the goals are about the full run, `scripts/bench.sh`.", ""]
+    notes = R.get("notes") or []
+    if notes:
+        L += ["## Notes", ""]
+        L += [f"- {n}" for n in notes]
+        L.append("")
+    with open(path, "w") as fh:
+        fh.write("\n".join(L))
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def cmd_run(args):
+    # Own process group: scripts/bench.sh stops every ssh, ProxyCommand and wrapper we start
+    # with one kill of the group.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    t_start = time.monotonic()
+    with open(args.config) as f:
+        c = json.load(f)
+    work = c["work"]
+    quick = c["quick"]
+    P = {
+        "quick": quick,
+        "latency_runs": 10 if quick else 30,
+        "throughput_bytes": 256 * MIB if quick else GIB,
+        "throughput_runs": 1 if quick else 3,
+        "scp_bytes": 64 * MIB if quick else 256 * MIB,
+        "scp_runs": 1 if quick else 3,
+        "storm": 50 if quick else 200,
+        "sessions": 50 if quick else 200,
+        "relay_sessions": 10 if quick else 20,
+        "fdpass_runs": 100,
+    }
+    for k in list(P):  # BENCH_LATENCY_RUNS=50 etc. override
+        env = os.environ.get("BENCH_" + k.upper())
+        if env and k != "quick":
+            P[k] = int(env)
+    daemon = int(c["daemon_pid"])
+    paths = make_paths(c, work)
+    order = [p.key for p in paths]
+    labels = {p.key: p.label for p in paths}
+    byk = {p.key: p for p in paths}
+    R = {"params": P, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+         "machine": machine_info(), "load_start": loadavg(), "notes": []}
+
+    sanity(paths)
+    time.sleep(1)
+    R["daemon_idle_kib"] = proc_status_kib(daemon)
+    log(f"daemon RSS idle: {R['daemon_idle_kib']} KiB")
+
+    g = ssh_g(byk["fdpass"].ssh, byk["fdpass"].host)
+    fd_argv = [a.replace("%h", g["hostname"]).replace("%p", g["port"]).replace("%r", g["user"])
+               .replace("%%", "%") for a in shlex.split(g["proxycommand"])]
+    R["fdpass_alone"] = fdpass_harness(fd_argv, P["fdpass_runs"])
+
+    R["latency"] = latency(paths, P["latency_runs"])
+    R["proxy_rss"] = {k: proxy_rss(byk[k], work, 64 * MIB) for k in ("jump", "stdio")}
+    R["throughput"] = throughput(paths, work, P["throughput_bytes"], P["throughput_runs"], daemon)
+
+    src = os.path.join(work, "scp-source")
+    with open(src, "wb") as f:
+        left = P["scp_bytes"]
+        while left:
+            n = min(left, 16 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+    R["scp"] = scp_bench(paths, work, src, P["scp_bytes"], P["scp_runs"])
+    os.unlink(src)
+
+    R["storm"] = storm(paths, P["storm"])
+    R["sessions"] = {}
+    for k, n in (("fdpass", P["sessions"]), ("stdio", P["relay_sessions"]), ("jump", P["relay_sessions"])):
+        time.sleep(2)
+        R["sessions"][k] = open_sessions(byk[k], n, daemon)
+    time.sleep(3)
+    R["daemon_after_kib"] = proc_status_kib(daemon)
+    R["load_end"] = loadavg()
+
+    for k, s in R["storm"].items():
+        if s["first_error"]:
+            R["notes"].append(f"storm, {labels[k]}: {s['n'] - s['ok']} failed; first error: `{s['first_error']}`")
+    for k, s in R["sessions"].items():
+        if s["up"] != s["n"]:
+            R["notes"].append(f"open sessions, {labels[k]}: only {s['up']}/{s['n']} came up"
+                              + (f"; first error: `{s['first_error']}`" if s.get("first_error") else ""))
+    for k, l in R["latency"].items():
+        if l["fails"]:
+            R["notes"].append(f"latency, {labels[k]}: {l['fails']} failed runs; first error: `{l['error']}`")
+    for k, t in R["throughput"].items():
+        if t.get("fails"):
+            R["notes"].append(f"throughput, {labels[k]}: {t['fails']} failed runs")
+    if P["throughput_runs"] > 1:
+        R["notes"].append("Spread between runs (MiB/s, every run): throughput " + "; ".join(
+            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['throughput'][k].get('mibps_runs', []))}" for k in order)
+            + "; scp " + "; ".join(
+            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['scp'][k].get('mibps_runs', []))}" for k in order) + ".")
+    R["elapsed_s"] = time.monotonic() - t_start
+    R["goals"] = goals(R)
+    with open(args.json, "w") as f:
+        json.dump(R, f, indent=2)
+    write_md(R, args.md, order)
+    print()
+    print(render_plain(R, order))
+    print()
+    for x in R["goals"]:
+        print(f"  [{'met' if x['met'] else 'NOT met'}] {x['goal']}: {x['figure']}")
+    print()
+    print(f"wrote {args.md} ({R['elapsed_s']:.0f} s of measurements)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="sub", required=True)
+    w = sub.add_parser("wrap")
+    w.add_argument("--out", required=True)
+    w.add_argument("--subreaper", action="store_true")
+    w.add_argument("--hwm", action="store_true")
+    w.add_argument("cmd", nargs=argparse.REMAINDER)
+    r = sub.add_parser("run")
+    r.add_argument("--config", required=True)
+    r.add_argument("--json", required=True)
+    r.add_argument("--md", required=True)
+    r = sub.add_parser("report", help="render BENCHMARKS.md again from a results.json")
+    r.add_argument("--json", required=True)
+    r.add_argument("--md", required=True)
+    a = ap.parse_args()
+    if a.sub == "wrap":
+        sys.exit(cmd_wrap(a))
+    if a.sub == "report":
+        with open(a.json) as f:
+            R = json.load(f)
+        R["goals"] = goals(R)
+        write_md(R, a.md, ORDER)
+        print(render_plain(R, ORDER))
+        return
+    cmd_run(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Benchmarks (issue 7): idmux against direct ssh, OpenSSH ProxyJump and the per-connection stdio
+# ProxyCommand, side by side in one run. Writes BENCHMARKS.md at the repo root and prints the table.
+#
+#   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x3, storm of 200,
+#                              200 open sessions (about 5-10 minutes on 2 cores)
+#   scripts/bench.sh --quick   10 latency runs, 256 MiB throughput x1, storm of 50, 50 sessions
+#   scripts/bench.sh --keep    keep the work dir (cluster, destinations, logs) for inspection
+#
+# Starts, all on loopback: a dev cluster with one sshd node, a bot daemon (`idmux start`, fdpass
+# multiplexer), a stdio destination dir (`idmux cluster auth sign --mode stdio`) and a bastion
+# sshd for ProxyJump. Then benches/measure.py measures every path (see benches/README.md).
+# Everything started here is stopped on exit. Raw results: target/bench/results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+
+quick=0 keep=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    --keep) keep=1 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+bash scripts/install-deps.sh
+echo "bench: cargo build --release --bins" >&2
+cargo build --release --bins
+IDMUX="$ROOT/target/release/idmux"
+[ -x "$ROOT/target/release/idmux-fdpass" ] || { echo "bench: target/release/idmux-fdpass is missing" >&2; exit 1; }
+
+# 200 sessions + pipes need more than the usual 1024 descriptors.
+[ "$(ulimit -n)" -ge 8192 ] 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+unset SSH_AUTH_SOCK  # only the keys we name, for every path
+
+work=$(mktemp -d /tmp/idmux-bench.XXXXXX)
+mkdir -p "$ROOT/target/bench"
+cluster_pid="" bot_pid="" bastion_pid="" py_pid="" node_pid=""
+
+# Kill one process and the processes whose parent it is (sshd's per-connection children), by id.
+kill_tree() {
+  local pid=$1 kids
+  [ -n "$pid" ] || return 0
+  kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
+  kill "$pid" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  [ -z "$kids" ] || kill $kids 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$py_pid" ]; then
+    # The harness runs in its own process group (its pid): ssh clients, ProxyCommands, wrappers.
+    kill -- -"$py_pid" 2>/dev/null || true
+    kill "$py_pid" 2>/dev/null || true
+  fi
+  [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null || true
+  kill_tree "$bastion_pid"
+  kill_tree "$node_pid"
+  [ -n "$cluster_pid" ] && kill "$cluster_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    for f in cluster.log bot.log bastion.log; do
+      [ -s "$work/$f" ] && { echo "--- $f (last lines)" >&2; tail -n 15 "$work/$f" >&2; }
+    done
+  fi
+  if [ "$keep" = 1 ]; then echo "bench: work dir kept: $work" >&2; else rm -rf "$work"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+user=$(id -un)
+cluster="bench.idmux"
+port=$(free_port)
+proxy="127.0.0.1:$port"
+dev="$work/cluster"
+
+echo "bench: dev cluster $cluster with 1 node, proxy on $proxy" >&2
+"$IDMUX" cluster start --data-dir "$dev" --listen "$proxy" --name "$cluster" --nodes 1 > "$work/cluster.log" 2>&1 &
+cluster_pid=$!
+for _ in $(seq 200); do grep -q "ready on" "$work/cluster.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "ready on" "$work/cluster.log" || { echo "bench: the cluster did not start" >&2; exit 1; }
+
+node_addr=$("$IDMUX" cluster nodes ls --data-dir "$dev" --format json \
+  | python3 -c 'import json,sys; print([n for n in json.load(sys.stdin) if n["name"]=="node-1"][0]["addr"])')
+node_host=${node_addr%:*} node_port=${node_addr##*:}
+node_pid=$(cat "$dev/nodes/node-1/sshd.pid" 2>/dev/null || true)
+echo "bench: node-1 sshd on $node_addr" >&2
+
+echo "bench: stdio destination (idmux cluster auth sign --mode stdio)" >&2
+"$IDMUX" cluster bots add bench-stdio --logins "$user" --data-dir "$dev" > /dev/null
+"$IDMUX" cluster auth sign --data-dir "$dev" --bot bench-stdio --ttl 4h --mode stdio \
+  --destination-dir "$work/stdio" > /dev/null
+
+echo "bench: bot daemon (idmux start, fdpass multiplexer)" >&2
+token=$("$IDMUX" cluster bots add bench-bot --logins "$user" --format json --data-dir "$dev" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_id"])')
+"$IDMUX" start --data-dir="$work/bot-data" --destination-dir="$work/mux" \
+  --token="$token" --join-method=token --proxy-server="$proxy" --ca-path="$dev/ca.pem" \
+  > "$work/bot.log" 2>&1 &
+bot_pid=$!
+for _ in $(seq 200); do
+  [ -s "$work/mux/ssh_config" ] && [ -S "$work/mux/v1.sock" ] && [ -S "$work/mux/agent.sock" ] && break
+  sleep 0.1
+done
+[ -S "$work/mux/v1.sock" ] || { echo "bench: the daemon did not come up" >&2; exit 1; }
+grep -q ProxyUseFDPass "$work/mux/ssh_config" || { echo "bench: $work/mux/ssh_config is not in fdpass mode" >&2; exit 1; }
+
+echo "bench: bastion sshd for ProxyJump" >&2
+for _ in 1 2 3 4 5; do
+  bport=$(free_port)
+  sed -e "s|^ListenAddress .*|ListenAddress 127.0.0.1:$bport|" \
+      -e "s|^PidFile .*|PidFile $work/bastion.pid|" \
+      -e "s|^# sshd_config of idmux dev node.*|# bastion for scripts/bench.sh (copy of node-1's sshd_config)|" \
+      "$dev/nodes/node-1/sshd_config" > "$work/bastion_sshd_config"
+  /usr/sbin/sshd -D -e -f "$work/bastion_sshd_config" > "$work/bastion.log" 2>&1 &
+  bastion_pid=$!
+  up=0
+  for _ in $(seq 50); do
+    kill -0 "$bastion_pid" 2>/dev/null || break
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$bport),0.2)" 2>/dev/null; then up=1; break; fi
+    sleep 0.1
+  done
+  [ "$up" = 1 ] && break
+  kill "$bastion_pid" 2>/dev/null || true; wait "$bastion_pid" 2>/dev/null || true; bastion_pid=""
+done
+[ -n "$bastion_pid" ] || { echo "bench: the bastion sshd did not start" >&2; exit 1; }
+echo "bench: bastion sshd on 127.0.0.1:$bport" >&2
+
+# direct and ProxyJump: the stdio destination's key + cert and known_hosts; the node (and the
+# bastion, which serves the node's host key and certificate) checked as node-1.<cluster>.
+cat > "$work/bench_ssh_config" <<EOF
+# written by scripts/bench.sh
+Host bench-node
+    HostName $node_host
+    Port $node_port
+Host bench-bastion
+    HostName 127.0.0.1
+    Port $bport
+Host bench-*
+    User $user
+    HostKeyAlias node-1.$cluster
+    IdentityFile $work/stdio/key
+    CertificateFile $work/stdio/key-cert.pub
+    IdentitiesOnly yes
+    UserKnownHostsFile $work/stdio/known_hosts
+EOF
+
+python3 - "$work/bench.json" <<EOF
+import json, sys
+json.dump({
+    "work": "$work", "quick": bool($quick), "user": "$user", "cluster": "$cluster",
+    "proxy": "$proxy", "node_addr": "$node_addr", "bastion_port": $bport,
+    "daemon_pid": $bot_pid,
+    "bench_ssh_config": "$work/bench_ssh_config",
+    "stdio_ssh_config": "$work/stdio/ssh_config",
+    "fdpass_ssh_config": "$work/mux/ssh_config",
+}, open(sys.argv[1], "w"), indent=2)
+EOF
+
+echo "bench: measuring ($([ "$quick" = 1 ] && echo quick || echo full) run)" >&2
+python3 benches/measure.py run --config "$work/bench.json" \
+  --json "$ROOT/target/bench/results.json" --md "$ROOT/BENCHMARKS.md" &
+py_pid=$!
+wait "$py_pid"
+py_pid=""
