@@ -190,23 +190,11 @@ fn ssh_node(cfg: &Path, node: &SshdNode, target: &str, extra: &[&str]) -> std::p
         "bash -c 'exec 2>/dev/null 3<>/dev/tcp/127.0.0.1/{}; cat <&3 & cat >&3; kill $!'",
         node.addr.port()
     );
-    run(Command::new("ssh")
-        .arg("-F")
-        .arg(cfg)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "ConnectTimeout=10",
-        ])
-        .args(["-o", "GlobalKnownHostsFile=/dev/null"])
-        .arg("-o")
-        .arg(format!("ProxyCommand={relay}"))
-        .args(extra)
-        .arg(target)
-        .arg("echo hello-from-$(hostname)"))
+    let proxy = format!("ProxyCommand={relay}");
+    let mut args = vec!["-o", proxy.as_str()];
+    args.extend_from_slice(extra);
+    args.extend([target, "echo hello-from-$(hostname)"]);
+    ssh(cfg, &args)
 }
 
 #[test]

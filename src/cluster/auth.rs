@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::state::{now_unix, Bot, State};
+use super::state::{Bot, State};
 use crate::ca::{ClusterCas, UserCertFields};
 use crate::identity::Identity;
 
@@ -366,14 +366,9 @@ pub fn output_identity(
     cas.issue_identity(key, &plan.fields(&cas.cluster, ttl))
 }
 
-/// Check a token is well formed before it is stored.
+/// A new join token: 16 random bytes in hex, as tctl makes them.
 pub fn new_token() -> String {
     let mut b = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
     hex::encode(b)
-}
-
-/// Seconds until a token expires, for display.
-pub fn token_ttl_left(expires: u64) -> u64 {
-    expires.saturating_sub(now_unix())
 }

@@ -22,7 +22,7 @@ use sha2::Digest;
 use crate::ca;
 use crate::fsutil::{self, PRIVATE, PUBLIC};
 use crate::identity::keys::{ssh_key_data_from_spki, KeyPair};
-use crate::identity::tlsid::{self, TlsIdentity};
+use crate::identity::tlsid::TlsIdentity;
 
 /// A host CA key trusted for a cluster (one `@cert-authority` line).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,11 +383,4 @@ pub fn split_pem_certs(text: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// The cluster name an identity's TLS CA (issuer O) says, for a PEM cert.
-pub fn cert_cluster(pem: &str) -> Option<String> {
-    ca::parse_cert_pem(pem)
-        .ok()
-        .and_then(|c| tlsid::first_attr(&c.tbs_certificate.subject, tlsid::OID_O))
 }
