@@ -49,6 +49,10 @@ struct SshProxyCommandArgs {
     /// ssh's %p.
     #[arg(long, default_value_t = 3022)]
     port: u16,
+    /// How to reach the node: grpc (TransportService), ssh (the proxy's SSH subsystem), or
+    /// auto: grpc, falling back to ssh when the proxy does not offer it.
+    #[arg(long, value_enum, default_value_t = crate::transport::link::TransportKind::Auto)]
+    transport: crate::transport::link::TransportKind,
     /// tbot's transport switches, accepted and ignored (idmux always uses TLS routing).
     #[arg(long, hide = true, overrides_with = "no_tls_routing")]
     tls_routing: bool,
@@ -146,6 +150,7 @@ fn ssh_proxy_command(a: SshProxyCommandArgs) -> Result<()> {
         user: a.user,
         host: a.host,
         port: a.port,
+        transport: a.transport,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

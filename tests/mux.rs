@@ -440,6 +440,20 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
     ] {
         assert!(m.contains(want), "metrics lack {want:?}:\n{m}");
     }
+    // Every upstream connection used this run's transport.
+    let connects = |t: &str| -> u64 {
+        let key = format!("idmux_upstream_connects_total{{transport=\"{t}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{m}"))
+    };
+    let (used, unused) = match transport() {
+        "grpc" => ("grpc", "ssh"),
+        _ => ("ssh", "grpc"),
+    };
+    assert!(connects(used) >= 1, "no {used} connection:\n{m}");
+    assert_eq!(connects(unused), 0, "{unused} connections:\n{m}");
     let o = run(Command::new("curl").args([
         "-s",
         "-o",

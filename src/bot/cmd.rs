@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::config::{self, BotConfig, Output};
 use crate::openssh::Mode;
+use crate::transport::link::TransportKind;
 use crate::transport::web::Trust;
 
 #[derive(Args)]
@@ -57,6 +58,10 @@ pub struct StartArgs {
     /// Channels per upstream connection before the multiplexer opens another.
     #[arg(long, default_value_t = 100)]
     pub max_channels_per_connection: usize,
+    /// How the multiplexer reaches nodes: grpc (TransportService), ssh (the proxy's SSH
+    /// subsystem), or auto: grpc, falling back to ssh when the proxy does not offer it.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportKind>,
     /// Roles to impersonate in the output (default: all the bot's roles).
     #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
@@ -84,6 +89,7 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
             multiplexer: None,
             diag_addr: None,
             max_channels: 100,
+            transport: TransportKind::Auto,
         },
     };
     if let Some(p) = a.proxy_server {
@@ -118,6 +124,9 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
     }
     c.diag_addr = a.diag_addr;
     c.max_channels = a.max_channels_per_connection;
+    if let Some(t) = a.transport {
+        c.transport = t;
+    }
     if let Some(t) = a.certificate_ttl {
         c.certificate_ttl = crate::cluster::state::parse_ttl(&t, "--certificate-ttl")?;
     }
@@ -155,6 +164,9 @@ pub enum Service {
         diag_addr: Option<std::net::SocketAddr>,
         #[arg(long, default_value_t = 100)]
         max_channels_per_connection: usize,
+        /// grpc, ssh, or auto (grpc, falling back to ssh).
+        #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
+        transport: TransportKind,
     },
 }
 
@@ -164,6 +176,7 @@ pub fn run(a: StartArgs) -> Result<()> {
         proxy_server,
         diag_addr,
         max_channels_per_connection,
+        transport,
     }) = a.service
     {
         crate::openssh::split_host_port(&proxy_server, "--proxy-server")?;
@@ -173,6 +186,7 @@ pub fn run(a: StartArgs) -> Result<()> {
             dest,
             proxy: proxy_server,
             cap: max_channels_per_connection,
+            transport,
             diag_addr,
         }));
     }

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 
 use crate::openssh::Mode;
+use crate::transport::link::TransportKind;
 use crate::transport::web::Trust;
 
 /// Everything `idmux start` needs.
@@ -29,6 +30,8 @@ pub struct BotConfig {
     pub diag_addr: Option<std::net::SocketAddr>,
     /// Channels per upstream connection.
     pub max_channels: usize,
+    /// How the multiplexer reaches nodes.
+    pub transport: TransportKind,
 }
 
 /// One identity output (a destination dir).
@@ -60,6 +63,9 @@ struct FileV2 {
     insecure: bool,
     #[serde(default)]
     debug: bool,
+    /// idmux's own key (tbot has none): the node transport, auto|grpc|ssh.
+    #[serde(default)]
+    transport: TransportKind,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +223,7 @@ pub fn parse_yaml(text: &str, origin: &str) -> Result<BotConfig> {
         multiplexer,
         diag_addr: None,
         max_channels: 100,
+        transport: f.transport,
     })
 }
 

@@ -307,6 +307,7 @@ impl Bot {
                 dest: crate::cli::absolute(dest)?,
                 proxy: self.cfg.proxy_server.clone(),
                 cap: self.cfg.max_channels,
+                transport: self.cfg.transport,
                 diag_addr: self.cfg.diag_addr,
             };
             tokio::spawn(async move {

@@ -50,6 +50,9 @@ pub struct StartArgs {
     /// Number of sshd nodes (node-1..node-N).
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Node transports the proxy serves (leave one out to act as an older or newer proxy).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,ssh")]
+    pub transports: Vec<super::ProxyTransport>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,6 +155,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 listen: a.listen,
                 name: a.name,
                 nodes: a.nodes,
+                transports: a.transports,
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {

@@ -12,7 +12,9 @@ pub mod auth;
 pub mod auth_grpc;
 pub mod cmd;
 pub mod node;
+pub mod proxy_grpc;
 pub mod proxy_ssh;
+pub mod router;
 pub mod state;
 pub mod web;
 
@@ -31,11 +33,20 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::ca::ClusterCas;
 use crate::fsutil::{self, PRIVATE, PUBLIC};
 use crate::identity::keys::{KeyPair, KeyType};
-use crate::identity::TlsIdentity;
 use state::{Node, State};
 
 pub const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
+pub const ALPN_PROXY_GRPC: &[u8] = crate::transport::grpc::ALPN_PROXY_GRPC;
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A node transport the proxy can serve (`--transports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyTransport {
+    /// gRPC TransportService (ALPN teleport-proxy-ssh-grpc).
+    Grpc,
+    /// The SSH server and its proxy: subsystem (ALPN teleport-proxy-ssh).
+    Ssh,
+}
 
 /// What every connection handler needs.
 pub struct Ctx {
@@ -44,7 +55,9 @@ pub struct Ctx {
     pub proxy_addr: String,
     pub proxy_host: String,
     tls_web: Arc<rustls::ServerConfig>,
-    tls_ssh: Arc<rustls::ServerConfig>,
+    /// `None` when that transport is switched off (`--transports`), as on an older proxy.
+    tls_ssh: Option<Arc<rustls::ServerConfig>>,
+    tls_grpc: Option<Arc<rustls::ServerConfig>>,
     tls_auth: Arc<rustls::ServerConfig>,
     ssh_config: Arc<russh::server::Config>,
 }
@@ -55,6 +68,8 @@ pub struct StartOptions {
     pub listen: SocketAddr,
     pub name: String,
     pub nodes: usize,
+    /// The node transports served.
+    pub transports: Vec<ProxyTransport>,
 }
 
 fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
@@ -67,11 +82,18 @@ fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>
     Ok(certs)
 }
 
+/// TLS server configurations: the web's (client certificate optional) and the node
+/// transports' (client certificate from the user CA required; ALPN `teleport-proxy-ssh`, then
+/// the same with `teleport-proxy-ssh-grpc`).
 fn tls_configs(
     cas: &ClusterCas,
     cert_pem: &str,
     key: &KeyPair,
-) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
+) -> Result<(
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+)> {
     let mut roots = RootCertStore::empty();
     for c in cert_chain(&cas.user.tls_cert_pem)? {
         roots.add(c)?;
@@ -90,7 +112,9 @@ fn tls_configs(
         .with_client_cert_verifier(required)
         .with_single_cert(chain, key.to_rustls()?)?;
     ssh.alpn_protocols = vec![ALPN_PROXY_SSH.to_vec()];
-    Ok((web, ssh))
+    let mut grpc = ssh.clone();
+    grpc.alpn_protocols = vec![ALPN_PROXY_GRPC.to_vec()];
+    Ok((web, ssh, grpc))
 }
 
 /// Load or create a key file.
@@ -105,7 +129,12 @@ fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
 }
 
 impl Ctx {
-    fn new(dir: &Path, cas: ClusterCas, listen: SocketAddr) -> Result<Ctx> {
+    fn new(
+        dir: &Path,
+        cas: ClusterCas,
+        listen: SocketAddr,
+        transports: &[ProxyTransport],
+    ) -> Result<Ctx> {
         let proxy_host = listen.ip().to_string();
         let proxy_addr = listen.to_string();
         let pdir = dir.join("proxy");
@@ -124,7 +153,8 @@ impl Ctx {
             Duration::from_secs(365 * 86400),
         )?;
         fsutil::write_atomic(&pdir.join("tls.crt"), cert.as_bytes(), PUBLIC)?;
-        let (web, ssh) = tls_configs(&cas, &cert, &tls_key)?;
+        let (web, ssh, grpc) = tls_configs(&cas, &cert, &tls_key)?;
+        let serves = |t| transports.contains(&t);
         let auth = auth_grpc::tls_config(&pdir, &cas)?;
         // SSH: the proxy's host key and host cert.
         let host_key = key_file(&pdir.join("ssh_host_key"), KeyType::Ed25519)?;
@@ -156,7 +186,8 @@ impl Ctx {
             proxy_addr,
             proxy_host,
             tls_web: Arc::new(web),
-            tls_ssh: Arc::new(ssh),
+            tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
+            tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
             tls_auth: Arc::new(auth),
             ssh_config: Arc::new(sc),
         })
@@ -192,30 +223,37 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
         return auth_grpc::serve(ctx, tls, caller).await;
     }
-    if wants(ALPN_PROXY_SSH) {
+    if let Some(cfg) = ctx.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
         let tls = start
-            .into_stream(ctx.tls_ssh.clone())
+            .into_stream(cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
-        let user = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| crate::identity::tlsid::parse_cert_der(c).ok())
-            .and_then(|c| TlsIdentity::from_name(&c.tbs_certificate.subject).ok())
+        let caller = auth_grpc::peer_identity(&tls)
+            .map_err(|e| anyhow!("transport gRPC from {peer}: {e}"))?;
+        return proxy_grpc::serve(ctx, tls, caller).await;
+    }
+    if let Some(cfg) = ctx.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
+        let tls = start
+            .into_stream(cfg)
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let user = auth_grpc::peer_identity(&tls)
             .map(|i| i.username)
-            .ok_or_else(|| anyhow!("no client certificate from {peer}"))?;
+            .map_err(|e| anyhow!("proxy SSH from {peer}: {e}"))?;
         let handler = proxy_ssh::ProxyConn::new(ctx.clone(), user);
         let session = russh::server::run_stream(ctx.ssh_config.clone(), tls, handler).await?;
         session.await?;
         return Ok(());
     }
     if !offered.is_empty() && !wants(ALPN_HTTP1) {
+        // Finish the handshake with the web's configuration: rustls answers the client's
+        // unknown ALPN with a `no_application_protocol` alert, as any TLS server should, so a
+        // client can tell "not served here" from a broken connection.
         let names: Vec<String> = offered
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
+        let _ = start.into_stream(ctx.tls_web.clone()).await;
         bail!("{peer} offered no protocol this proxy serves: {names:?}");
     }
     let tls = start
@@ -245,7 +283,9 @@ pub async fn start(opts: StartOptions) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot listen", opts.listen))?;
     let listen = listener.local_addr()?;
-    let ctx = Arc::new(tokio::task::block_in_place(|| Ctx::new(dir, cas, listen))?);
+    let ctx = Arc::new(tokio::task::block_in_place(|| {
+        Ctx::new(dir, cas, listen, &opts.transports)
+    })?);
 
     // Nodes: keep host ids across restarts.
     let known = State::load(dir).map(|s| s.nodes).unwrap_or_default();

@@ -20,7 +20,7 @@ use russh::{Channel, ChannelId, ChannelMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::state::State;
+use super::router;
 use super::Ctx;
 
 /// Bytes a node may leave unread on one channel before the proxy closes that channel.
@@ -121,44 +121,18 @@ impl ProxyConn {
             .authed
             .as_ref()
             .ok_or_else(|| anyhow!("not authenticated"))?;
-        let st = State::load(&self.ctx.dir)?;
-        if !t.cluster.is_empty() && t.cluster != st.cluster_name {
-            bail!(
-                "cluster {:?} is not found (this proxy serves {:?})",
-                t.cluster,
-                st.cluster_name
-            );
-        }
-        if let Some(bot) = a.username.strip_prefix("bot-") {
-            match st.bots.get(bot) {
-                None => bail!("user {} does not exist (the bot was removed)", a.username),
-                Some(b) if b.locked.is_some() => {
-                    bail!(
-                        "user {} is locked: {}",
-                        a.username,
-                        b.locked.as_deref().unwrap_or("")
-                    )
-                }
-                _ => {}
-            }
-        }
-        let host = crate::transport::proxy_command::clean_target_host(
-            &t.host,
-            &self.ctx.proxy_host,
-            &st.cluster_name,
-        );
-        let Some(node) = st.find_node(host, t.port) else {
-            bail!("direct dialing to nodes not found in inventory is not supported (no node {:?} in cluster {:?})", host, st.cluster_name);
+        let caller = router::Caller {
+            username: &a.username,
+            roles: &a.roles,
         };
-        let allowed = a
-            .roles
-            .iter()
-            .filter_map(|r| st.roles.get(r))
-            .any(|r| r.allows_labels(&node.labels));
-        if !allowed {
-            bail!("access denied to {} connecting to {}.{} (its roles {:?} do not allow the node's labels)", a.username, node.name, st.cluster_name, a.roles);
-        }
-        Ok(node.addr.clone())
+        Ok(router::authorize(
+            &self.ctx.dir,
+            &self.ctx.proxy_host,
+            &caller,
+            &t.host,
+            t.port,
+            &t.cluster,
+        )?)
     }
 }
 

@@ -18,7 +18,9 @@ pub struct Metrics {
     pub handled_error: AtomicU64,
     pub in_flight: AtomicUsize,
     pub upstream_conns: AtomicUsize,
-    pub upstream_connects: AtomicU64,
+    /// Connections made to the proxy, by transport.
+    pub upstream_connects_grpc: AtomicU64,
+    pub upstream_connects_ssh: AtomicU64,
     pub open_channels: AtomicUsize,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -63,19 +65,25 @@ impl Metrics {
         metric(
             "idmux_upstream_connections",
             "gauge",
-            "Open SSH connections to the proxy.",
+            "Open connections to the proxy.",
             &[(String::new(), u(&self.upstream_conns))],
         );
         metric(
             "idmux_upstream_connects_total",
             "counter",
-            "SSH connections made to the proxy.",
-            &[(String::new(), g(&self.upstream_connects))],
+            "Connections made to the proxy, by node transport.",
+            &[
+                (
+                    "{transport=\"grpc\"}".into(),
+                    g(&self.upstream_connects_grpc),
+                ),
+                ("{transport=\"ssh\"}".into(), g(&self.upstream_connects_ssh)),
+            ],
         );
         metric(
             "idmux_open_channels",
             "gauge",
-            "Node channels open through the proxy.",
+            "Node connections (gRPC streams or SSH channels) open through the proxy.",
             &[(String::new(), u(&self.open_channels))],
         );
         metric(

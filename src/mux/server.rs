@@ -244,6 +244,7 @@ pub struct MuxOptions {
     pub dest: PathBuf,
     pub proxy: String,
     pub cap: usize,
+    pub transport: crate::transport::link::TransportKind,
     pub diag_addr: Option<std::net::SocketAddr>,
 }
 
@@ -251,17 +252,13 @@ pub struct MuxOptions {
 pub async fn run(opts: MuxOptions) -> Result<()> {
     let m = Arc::new(Metrics::default());
     let agent = Agent::default();
-    let a2 = agent.clone();
     let up = Upstream::new(
         &opts.proxy,
         opts.dest.clone(),
         opts.cap,
+        opts.transport,
         m.clone(),
-        Box::new(move |id| {
-            if let Ok(k) = id.key.to_ssh() {
-                a2.set(k, id.ssh_cert.clone());
-            }
-        }),
+        agent.clone(),
     )?;
     tokio::spawn(up.clone().keep_warm());
     if let Some(addr) = opts.diag_addr {

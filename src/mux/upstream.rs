@@ -1,7 +1,10 @@
-//! The warm upstream: authenticated TLS + SSH connections to the proxy, shared by every
-//! v1.sock request, one channel per node connection.
+//! The warm upstream: authenticated connections to the proxy, shared by every v1.sock
+//! request, one gRPC stream or SSH channel per node connection (see `transport::link`).
 //!
-//! A connection carries at most `cap` channels (default 100, as tbot's cycling client); past
+//! With `--transport auto` the first connection finds out whether the proxy offers gRPC; the
+//! answer holds until no connection is left (a proxy restart may bring an upgrade).
+//!
+//! A connection carries at most `cap` node connections (default 100, as tbot's cycling client); past
 //! that a new one is opened. Connections are made with the identity current at the time; when
 //! the identity file changes, new channels go to new connections and the old ones are closed
 //! once their last channel ends, so renewals never drop established sessions. A keeper task
@@ -14,17 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
-use russh::client::Handle;
 use tokio::sync::Mutex;
 
+use super::agent::Agent;
 use super::metrics::Metrics;
 use crate::identity::Identity;
-use crate::transport::sshproxy::{self, NodeChannel, ProxyHandler};
-use crate::transport::tls;
+use crate::transport::link::{self, Link, Node, TransportKind};
 
-/// One SSH connection to the proxy.
+/// One connection to the proxy.
 struct Conn {
-    handle: Handle<ProxyHandler>,
+    link: Link,
     open: AtomicUsize,
     epoch: u64,
 }
@@ -50,8 +52,20 @@ pub struct Upstream {
     identity: std::sync::RwLock<(Arc<Identity>, SystemTime)>,
     epoch: AtomicU64,
     metrics: Arc<Metrics>,
-    /// Called with each newly loaded identity (the agent swaps its keys).
-    on_identity: Box<dyn Fn(&Identity) + Send + Sync>,
+    /// Holds the current key and certificate (swapped on renewal); also answers the proxy's
+    /// agent requests on the gRPC transport.
+    agent: Agent,
+    /// What `--transport` asked for.
+    transport: TransportKind,
+    /// For `auto`: the transport the proxy was found to offer (`Auto` = not known yet).
+    resolved: std::sync::Mutex<TransportKind>,
+}
+
+/// Put an identity's key and certificate in the agent.
+fn load_agent(agent: &Agent, id: &Identity) {
+    if let Ok(k) = id.key.to_ssh() {
+        agent.set(k, id.ssh_cert.clone());
+    }
 }
 
 fn identity_mtime(dest: &std::path::Path) -> SystemTime {
@@ -65,12 +79,13 @@ impl Upstream {
         proxy: &str,
         dest: PathBuf,
         cap: usize,
+        transport: TransportKind,
         metrics: Arc<Metrics>,
-        on_identity: Box<dyn Fn(&Identity) + Send + Sync>,
+        agent: Agent,
     ) -> Result<Arc<Upstream>> {
         let mtime = identity_mtime(&dest);
         let id = Identity::load_destination(&dest)?;
-        on_identity(&id);
+        load_agent(&agent, &id);
         Ok(Arc::new(Upstream {
             proxy: proxy.to_string(),
             dest,
@@ -79,7 +94,9 @@ impl Upstream {
             identity: std::sync::RwLock::new((Arc::new(id), mtime)),
             epoch: AtomicU64::new(0),
             metrics,
-            on_identity,
+            agent,
+            transport,
+            resolved: std::sync::Mutex::new(TransportKind::Auto),
         }))
     }
 
@@ -94,7 +111,7 @@ impl Upstream {
         }
         match Identity::load_destination(&self.dest) {
             Ok(id) => {
-                (self.on_identity)(&id);
+                load_agent(&self.agent, &id);
                 let id = Arc::new(id);
                 *self.identity.write().unwrap_or_else(|e| e.into_inner()) = (id.clone(), mtime);
                 self.epoch.fetch_add(1, Ordering::Relaxed);
@@ -117,13 +134,21 @@ impl Upstream {
     async fn connect(&self) -> Result<Arc<Conn>> {
         let id = self.current_identity();
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let tls = tls::dial(&self.proxy, &id, &[tls::ALPN_PROXY_SSH]).await?;
-        let handle = sshproxy::connect(tls, &id, &self.proxy).await?;
-        self.metrics
-            .upstream_connects
-            .fetch_add(1, Ordering::Relaxed);
+        let kind = match self.transport {
+            TransportKind::Auto => *self.resolved.lock().unwrap_or_else(|e| e.into_inner()),
+            k => k,
+        };
+        let link = link::connect(&self.proxy, &id, kind).await?;
+        if self.transport == TransportKind::Auto {
+            *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = link.kind();
+        }
+        match link.kind() {
+            TransportKind::Grpc => &self.metrics.upstream_connects_grpc,
+            _ => &self.metrics.upstream_connects_ssh,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Conn {
-            handle,
+            link,
             open: AtomicUsize::new(0),
             epoch,
         }))
@@ -136,7 +161,7 @@ impl Upstream {
         let mut conns = self.conns.lock().await;
         // Drop closed connections, and old-identity ones that are idle.
         conns.retain(|c| {
-            !c.handle.is_closed() && (c.epoch == epoch || c.open.load(Ordering::Relaxed) > 0)
+            !c.link.is_closed() && (c.epoch == epoch || c.open.load(Ordering::Relaxed) > 0)
         });
         let found = conns
             .iter()
@@ -161,13 +186,17 @@ impl Upstream {
         })
     }
 
-    /// Open a channel to a node through the proxy.
-    pub async fn dial(&self, host: &str, port: u16, cluster: &str) -> Result<(NodeChannel, Lease)> {
+    /// Open a node connection through the proxy.
+    pub async fn dial(&self, host: &str, port: u16, cluster: &str) -> Result<(Node, Lease)> {
         let lease = self
             .lease()
             .await
             .map_err(|e| anyhow!("upstream to proxy {}: {e:#}", self.proxy))?;
-        let node = sshproxy::open_node(&lease.conn.handle, host, port, cluster).await?;
+        let node = lease
+            .conn
+            .link
+            .open_node(host, port, cluster, Some(self.agent.clone()))
+            .await?;
         Ok((node, lease))
     }
 
@@ -184,8 +213,12 @@ impl Upstream {
             let _ = self.current_identity();
             let live = {
                 let conns = self.conns.lock().await;
-                conns.iter().any(|c| !c.handle.is_closed())
+                conns.iter().any(|c| !c.link.is_closed())
             };
+            if !live {
+                // Ask again which transport the proxy offers: it may have been upgraded.
+                *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = TransportKind::Auto;
+            }
             if live {
                 backoff = Duration::from_millis(100);
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -194,11 +227,15 @@ impl Upstream {
             match self.connect().await {
                 Ok(c) => {
                     let mut conns = self.conns.lock().await;
-                    conns.push(c);
+                    conns.push(c.clone());
                     self.metrics
                         .upstream_conns
                         .store(conns.len(), Ordering::Relaxed);
-                    tracing::info!("multiplexer: upstream connected to {}", self.proxy);
+                    tracing::info!(
+                        "multiplexer: upstream connected to {} ({} transport)",
+                        self.proxy,
+                        c.link.kind()
+                    );
                     self.metrics.ready.store(1, Ordering::Relaxed);
                 }
                 Err(e) => {

@@ -1,6 +1,9 @@
-//! TLS + ALPN dial to the proxy, the SSH subsystem transport, and the stdio ProxyCommand.
+//! TLS + ALPN dial to the proxy, the two transports to nodes (gRPC TransportService and the
+//! SSH subsystem), and the stdio ProxyCommand.
 //!
 //! - [`tls`]: the TLS client configuration (cluster CA only, identity client cert) and dial.
+//! - [`link`]: a connection that reaches nodes over either transport; `--transport`.
+//! - [`grpc`]: the gRPC TransportService transport (`ProxySSH` streams).
 //! - [`sshproxy`]: SSH to the proxy over that stream, host-cert check, login, node channels.
 //! - [`relay`]: node bytes between a proxy channel and a local byte stream.
 //! - [`stdio`]: this process's stdin/stdout as async streams (non-blocking for pipes).
@@ -10,6 +13,8 @@
 //! - [`web`]: the proxy's web API (find, join, CA export) over verified HTTPS.
 
 pub mod auth_client;
+pub mod grpc;
+pub mod link;
 pub mod proto;
 pub mod proxy_command;
 pub mod relay;

@@ -3,8 +3,9 @@
 //!
 //! Sources (repository gravitational/teleport): `UserCertsRequest` in
 //! `api/proto/teleport/legacy/client/proto/authservice.proto`, `Certs` in
-//! `api/proto/teleport/legacy/client/proto/certs.proto`, `google.protobuf.Timestamp` from the
-//! protobuf well-known types. Only the fields idmux reads or writes are declared; protobuf
+//! `api/proto/teleport/legacy/client/proto/certs.proto`, the `teleport.transport.v1` messages
+//! in `api/proto/teleport/transport/v1/transport_service.proto`, `google.protobuf.Timestamp`
+//! from the protobuf well-known types. Only the fields idmux reads or writes are declared; protobuf
 //! decoders skip the others, so a real Teleport auth server and idmux understand each other.
 //! Field numbers are on the wire forever: never renumber a field here.
 
@@ -100,6 +101,76 @@ pub struct Certs {
     pub ssh_ca_certs: Vec<Vec<u8>>,
 }
 
+/// `teleport.transport.v1.TransportService/ProxySSH`: one bidi stream per node connection.
+pub const PROXY_SSH: &str = "/teleport.transport.v1.TransportService/ProxySSH";
+/// `teleport.transport.v1.TransportService/GetClusterDetails`.
+pub const GET_CLUSTER_DETAILS: &str = "/teleport.transport.v1.TransportService/GetClusterDetails";
+
+/// `teleport.transport.v1.Frame`: a chunk of one of the byte streams of a `ProxySSH` stream.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Frame {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub payload: bytes::Bytes,
+}
+
+/// `teleport.transport.v1.TargetHost`: the node to dial.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct TargetHost {
+    /// `host:port`; the proxy resolves the host (node name, UUID or registered address).
+    #[prost(string, tag = "1")]
+    pub host_port: String,
+    /// The cluster the node is in (empty = the proxy's own).
+    #[prost(string, tag = "2")]
+    pub cluster: String,
+}
+
+/// The stream a frame belongs to: the node's SSH bytes or the SSH agent protocol.
+#[derive(Clone, PartialEq, Eq, prost::Oneof)]
+pub enum SshFrame {
+    #[prost(message, tag = "2")]
+    Ssh(Frame),
+    #[prost(message, tag = "3")]
+    Agent(Frame),
+}
+
+/// `teleport.transport.v1.ProxySSHRequest`: the first carries `dial_target` (and no frame),
+/// the rest carry frames.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ProxySshRequest {
+    #[prost(message, optional, tag = "1")]
+    pub dial_target: Option<TargetHost>,
+    #[prost(oneof = "SshFrame", tags = "2, 3")]
+    pub frame: Option<SshFrame>,
+}
+
+/// `teleport.transport.v1.ClusterDetails`.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ClusterDetails {
+    #[prost(bool, tag = "1")]
+    pub fips_enabled: bool,
+}
+
+/// `teleport.transport.v1.ProxySSHResponse`: the first carries `details` once the node is
+/// connected, the rest carry frames.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ProxySshResponse {
+    #[prost(message, optional, tag = "1")]
+    pub details: Option<ClusterDetails>,
+    #[prost(oneof = "SshFrame", tags = "2, 3")]
+    pub frame: Option<SshFrame>,
+}
+
+/// `teleport.transport.v1.GetClusterDetailsRequest` (no fields).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct GetClusterDetailsRequest {}
+
+/// `teleport.transport.v1.GetClusterDetailsResponse`.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct GetClusterDetailsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub details: Option<ClusterDetails>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +221,55 @@ mod tests {
             .concat()
         );
         assert_eq!(Certs::decode(&b[..]).unwrap(), c);
+    }
+
+    #[test]
+    fn proxy_ssh_messages_on_the_wire() {
+        let first = ProxySshRequest {
+            dial_target: Some(TargetHost {
+                host_port: "n:3022".into(),
+                cluster: "c".into(),
+            }),
+            frame: None,
+        };
+        assert_eq!(
+            first.encode_to_vec(),
+            [&[0x0a, 11, 0x0a, 6][..], b"n:3022", &[0x12, 1], b"c"].concat()
+        );
+        let ssh = ProxySshRequest {
+            dial_target: None,
+            frame: Some(SshFrame::Ssh(Frame {
+                payload: bytes::Bytes::from_static(b"hi"),
+            })),
+        };
+        // 2 = ssh frame, holding 1 = payload.
+        assert_eq!(ssh.encode_to_vec(), [0x12, 4, 0x0a, 2, b'h', b'i']);
+        let agent = ProxySshResponse {
+            details: None,
+            frame: Some(SshFrame::Agent(Frame {
+                payload: bytes::Bytes::from_static(b"a"),
+            })),
+        };
+        assert_eq!(agent.encode_to_vec(), [0x1a, 3, 0x0a, 1, b'a']);
+        let details = ProxySshResponse {
+            details: Some(ClusterDetails { fips_enabled: true }),
+            frame: None,
+        };
+        assert_eq!(details.encode_to_vec(), [0x0a, 2, 0x08, 1]);
+        assert_eq!(
+            ProxySshResponse::decode(&agent.encode_to_vec()[..]).unwrap(),
+            agent
+        );
+        // An empty details message still marks the first response.
+        let empty = ProxySshResponse {
+            details: Some(ClusterDetails::default()),
+            frame: None,
+        };
+        assert_eq!(empty.encode_to_vec(), [0x0a, 0]);
+        assert!(ProxySshResponse::decode(&[0x0a, 0][..])
+            .unwrap()
+            .details
+            .is_some());
     }
 
     #[test]

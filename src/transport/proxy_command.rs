@@ -2,8 +2,8 @@
 //! per invocation, then the node's SSH bytes between stdin/stdout and the proxy channel.
 //!
 //! Flags match tbot's `ssh-proxy-command` so an ssh_config written by tbot works with the
-//! binary swapped; tbot's transport switches are accepted and ignored (idmux always uses TLS
-//! routing with ALPN `teleport-proxy-ssh`).
+//! binary swapped; tbot's TLS-routing switches are accepted and ignored (idmux always uses TLS
+//! routing). `--transport` picks gRPC TransportService or the SSH subsystem (`link`).
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -13,7 +13,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::identity::Identity;
 use crate::openssh::split_host_port;
-use crate::transport::{relay, sshproxy, stdio, tls};
+use crate::transport::link::{self, TransportKind};
+use crate::transport::{relay, stdio};
 
 /// What `ssh-proxy-command` needs (flag parsing is in `cli`).
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ pub struct ProxyCommandArgs {
     pub host: String,
     /// ssh's `%p`.
     pub port: u16,
+    /// Which transport reaches the node.
+    pub transport: TransportKind,
 }
 
 /// Teleport's cleanTargetHost: strip a trailing `.<proxy host>`, then a trailing `.<cluster>`.
@@ -68,9 +71,12 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
         bail!("--host {:?} names no node", args.host);
     }
 
-    let tls = tls::dial(&args.proxy_server, &id, &[tls::ALPN_PROXY_SSH]).await?;
-    let handle = sshproxy::connect(tls, &id, &args.proxy_server).await?;
-    let node = sshproxy::open_node(&handle, host, args.port, &cluster).await?;
+    let link = link::connect(&args.proxy_server, &id, args.transport).await?;
+    let agent = crate::mux::agent::Agent::default();
+    agent.set(id.key.to_ssh()?, id.ssh_cert.clone());
+    let node = link
+        .open_node(host, args.port, &cluster, Some(agent))
+        .await?;
     // ssh sends its ProxyCommand SIGHUP when it is done with the connection: end politely
     // (SSH disconnect, TLS close_notify) rather than vanish mid-stream.
     let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
@@ -87,7 +93,7 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
         _ = hup.recv() => {}
         _ = term.recv() => {}
     }
-    sshproxy::close(handle).await;
+    link.close().await;
     Ok(())
 }
 

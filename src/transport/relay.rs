@@ -1,6 +1,8 @@
-//! Copying a node's SSH byte stream between a proxy channel and a local byte stream, both
-//! directions at once, with EOF and close handled the way a ProxyCommand needs.
+//! Copying a node's SSH byte stream between a proxy connection and a local byte stream, both
+//! directions at once, with EOF and close handled the way a ProxyCommand needs. Either
+//! transport: an SSH channel ([`relay_ssh`]) or a gRPC `ProxySSH` stream ([`relay_grpc`]).
 //!
+//! SSH channel:
 //! - local input -> channel in chunks of up to [`BUF_SIZE`]; input EOF sends channel EOF and
 //!   the relay keeps delivering the node's bytes.
 //! - channel -> local output, starting with the bytes that arrived before the proxy answered
@@ -11,12 +13,21 @@
 //! stalled reader would otherwise stall russh's whole connection (research notes 1.5), and in
 //! the multiplexer every session on it. A reader that leaves more than [`OUTPUT_QUEUE_CAP`]
 //! unread has its channel closed.
+//!
+//! gRPC stream: the same directions, with no queue: HTTP/2 flow control paces each stream on
+//! its own, so the relay simply reads the next frame once the last one is written. Input EOF
+//! ends the request side; the response stream's end (or error status, written to the error
+//! stream) ends the relay. `agent` frames go to the in-memory agent, started on the first.
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::grpc::{self, GrpcNode, FRAME_SIZE};
+use super::link::Node;
+use super::proto::SshFrame;
+use crate::mux::agent::Agent;
 use crate::transport::sshproxy::NodeChannel;
 
 /// Read size for the local input.
@@ -27,6 +38,25 @@ pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
 /// at fault (`reading stdin`, `writing stdout`, ...) using `names` = (input, output).
 pub async fn relay<R, W, E>(
+    node: Node,
+    input: R,
+    output: W,
+    errors: E,
+    names: (&str, &str),
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    match node {
+        Node::Ssh(n) => relay_ssh(n, input, output, errors, names).await,
+        Node::Grpc(n) => relay_grpc(n, input, output, errors, names).await,
+    }
+}
+
+/// [`relay`] over an SSH channel.
+pub async fn relay_ssh<R, W, E>(
     node: NodeChannel,
     mut input: R,
     mut output: W,
@@ -139,4 +169,122 @@ where
     };
     let _ = tx.close().await;
     result
+}
+
+/// [`relay`] over a gRPC `ProxySSH` stream.
+pub async fn relay_grpc<R, W, E>(
+    node: GrpcNode,
+    mut input: R,
+    mut output: W,
+    mut errors: E,
+    names: (&str, &str),
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let (in_name, out_name) = names;
+    let GrpcNode { tx, mut rx, agent } = node;
+    // The agent's replies go out on a weak handle, so input EOF (dropping `tx`) still ends
+    // the request side.
+    let agent_tx = tx.downgrade();
+
+    let up = async move {
+        let mut buf = vec![0u8; FRAME_SIZE];
+        loop {
+            let n = input
+                .read(&mut buf)
+                .await
+                .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
+            if n == 0 {
+                drop(tx); // ends the request stream: the proxy passes the half-close on
+                return Ok::<(), anyhow::Error>(());
+            }
+            let frame = grpc::ssh_frame(Bytes::copy_from_slice(&buf[..n]));
+            if tx.send(frame).await.is_err() {
+                // The stream is gone; `down` sees why.
+                return Ok(());
+            }
+        }
+    };
+
+    let down = async {
+        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
+        let mut to_agent: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>> = None;
+        loop {
+            match rx.message().await {
+                Ok(Some(r)) => match r.frame {
+                    Some(SshFrame::Ssh(f)) => {
+                        output.write_all(&f.payload).await.map_err(write_err)?
+                    }
+                    Some(SshFrame::Agent(f)) => {
+                        let Some(agent) = &agent else { continue };
+                        let w = to_agent
+                            .get_or_insert_with(|| serve_agent(agent.clone(), agent_tx.clone()));
+                        // A failed write means the agent session ended; the proxy hears
+                        // nothing more from it, as from a closed agent socket.
+                        let _ = w.write_all(&f.payload).await;
+                    }
+                    None => {}
+                },
+                Ok(None) => break,
+                Err(s) => {
+                    let msg = s.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                    let _ = errors.write_all(format!("{msg}\n").as_bytes()).await;
+                    let _ = errors.flush().await;
+                    return Err(anyhow!(
+                        "the proxy ended the node's stream: {msg} ({:?})",
+                        s.code()
+                    ));
+                }
+            }
+        }
+        output.flush().await.map_err(write_err)?;
+        let _ = output.shutdown().await;
+        Ok::<(), anyhow::Error>(())
+    };
+
+    tokio::pin!(up, down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            r = &mut up, if !up_done => match r {
+                Ok(()) => up_done = true,
+                Err(e) => break Err(e),
+            },
+            r = &mut down => break r,
+        }
+    }
+}
+
+/// Start an agent session for the proxy: bytes written to the returned half are the
+/// proxy's requests; the agent's replies go back as `agent` frames.
+fn serve_agent(
+    agent: Agent,
+    tx: tokio::sync::mpsc::WeakSender<super::proto::ProxySshRequest>,
+) -> tokio::io::WriteHalf<tokio::io::DuplexStream> {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let _ = agent.serve(theirs).await;
+    });
+    let (mut replies, requests) = tokio::io::split(ours);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match replies.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let Some(tx) = tx.upgrade() else { return };
+            if tx
+                .send(grpc::agent_frame(Bytes::copy_from_slice(&buf[..n])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    requests
 }

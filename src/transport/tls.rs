@@ -25,6 +25,17 @@ use crate::openssh::split_host_port;
 /// ALPN of the proxy's SSH server (PROTOCOL.md section 4).
 pub const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
 
+/// The proxy does not serve the ALPN protocol asked for (it answered `no_application_protocol`
+/// or chose none): what `--transport auto` falls back on.
+#[derive(Debug, thiserror::Error)]
+#[error("proxy {proxy} does not offer ALPN {alpn}{}", if hint.is_empty() { String::new() } else { format!(" ({hint})") })]
+pub struct AlpnNotOffered {
+    pub proxy: String,
+    pub alpn: String,
+    /// What to do about it, for the user.
+    pub hint: &'static str,
+}
+
 /// How long the TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the TLS handshake may take once TCP is up.
@@ -94,14 +105,34 @@ pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStrea
             "proxy {proxy} did not complete the TLS handshake within {}s",
             HANDSHAKE_TIMEOUT.as_secs()
         ),
-        Ok(Err(e)) => bail!("{}", describe_tls_error(proxy, alpn, &e)),
+        Ok(Err(e)) => {
+            if matches!(
+                rustls_error(&e),
+                Some(rustls::Error::NoApplicationProtocol)
+                    | Some(rustls::Error::AlertReceived(
+                        AlertDescription::NoApplicationProtocol
+                    ))
+            ) {
+                return Err(not_offered(proxy, alpn));
+            }
+            bail!("{}", describe_tls_error(proxy, alpn, &e))
+        }
         Ok(Ok(s)) => s,
     };
     let got = tls.get_ref().1.alpn_protocol();
     if !alpn.is_empty() && !got.is_some_and(|g| alpn.contains(&g)) {
-        bail!("proxy {proxy} does not offer ALPN {}", alpn_text(alpn));
+        return Err(not_offered(proxy, alpn));
     }
     Ok(tls)
+}
+
+fn not_offered(proxy: &str, alpn: &[&[u8]]) -> anyhow::Error {
+    AlpnNotOffered {
+        proxy: proxy.to_string(),
+        alpn: alpn_text(alpn),
+        hint: "",
+    }
+    .into()
 }
 
 /// The rustls error inside an I/O error from tokio-rustls, if there is one.

@@ -96,12 +96,33 @@ pub fn get<'a>(g: &'a [(String, String)], key: &str) -> Option<&'a str> {
     g.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// The node transport this run of the suite exercises (`IDMUX_TEST_TRANSPORT`): `grpc` or
+/// `ssh`. Dev clusters then serve only that transport, so every client (`--transport auto`,
+/// the default) must use it, or fail. Unset: clusters serve both and clients pick gRPC.
+pub fn transport() -> &'static str {
+    match std::env::var("IDMUX_TEST_TRANSPORT").as_deref() {
+        Ok("ssh") => "ssh",
+        Ok("grpc") | Ok("") | Err(_) => "grpc",
+        Ok(other) => panic!("IDMUX_TEST_TRANSPORT={other:?}: want grpc or ssh"),
+    }
+}
+
+/// `idmux cluster start --transports` for this run (see [`transport`]).
+pub fn cluster_transports() -> &'static str {
+    match std::env::var("IDMUX_TEST_TRANSPORT") {
+        Ok(_) => transport(),
+        Err(_) => "grpc,ssh",
+    }
+}
+
 /// A dev cluster run as a child process (`idmux cluster start`), stopped on drop.
 pub struct DevCluster {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub name: String,
     pub child: std::process::Child,
+    /// `--transports` it serves.
+    pub transports: String,
 }
 
 impl DevCluster {
@@ -110,24 +131,47 @@ impl DevCluster {
     }
 
     pub fn start_in(dir: tempfile::TempDir, name: &str, nodes: usize) -> DevCluster {
+        Self::start_serving(dir, name, nodes, cluster_transports())
+    }
+
+    /// A cluster serving the given node transports (`grpc`, `ssh` or `grpc,ssh`).
+    pub fn start_serving(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+    ) -> DevCluster {
         let port = idmux::cluster::node::free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
-        let child = Self::spawn(dir.path(), &addr, name, nodes);
+        let child = Self::spawn(dir.path(), &addr, name, nodes, transports);
         DevCluster {
             dir,
             addr,
             name: name.to_string(),
             child,
+            transports: transports.to_string(),
         }
     }
 
     /// Stop and start again on the same address and data dir.
     pub fn restart(&mut self, nodes: usize) {
         self.stop();
-        self.child = Self::spawn(self.dir.path(), &self.addr, &self.name, nodes);
+        self.child = Self::spawn(
+            self.dir.path(),
+            &self.addr,
+            &self.name,
+            nodes,
+            &self.transports,
+        );
     }
 
-    fn spawn(dir: &Path, addr: &str, name: &str, nodes: usize) -> std::process::Child {
+    fn spawn(
+        dir: &Path,
+        addr: &str,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+    ) -> std::process::Child {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(idmux_bin())
             .args([
@@ -139,6 +183,8 @@ impl DevCluster {
                 name,
                 "--nodes",
                 &nodes.to_string(),
+                "--transports",
+                transports,
                 "--data-dir",
             ])
             .arg(dir)

@@ -1,0 +1,295 @@
+//! The gRPC transport to nodes (ALPN `teleport-proxy-ssh-grpc`): Teleport's
+//! `teleport.transport.v1.TransportService/ProxySSH`, what current tbot and tsh dial with
+//! (PROTOCOL.md section 4).
+//!
+//! One HTTP/2 connection over the TLS stream carries many `ProxySSH` streams, one per node
+//! connection. A stream's first request carries `dial_target {host_port, cluster}`; the
+//! proxy's first response carries `details` once the node answered (a refusal is the stream's
+//! status instead); then `ssh` frames carry the node's bytes both ways, and `agent` frames
+//! carry the SSH agent protocol when the proxy asks for the agent (answered from the
+//! in-memory agent, as tbot does with its keyring). HTTP/2 flow control paces every stream on
+//! its own, so a client that stops reading holds back only its own node.
+//!
+//! The HTTP/2 settings here are shared with the dev cluster's server side.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::proto::{Frame, ProxySshRequest, ProxySshResponse, SshFrame, TargetHost, PROXY_SSH};
+use crate::mux::agent::Agent;
+
+/// ALPN of the proxy's gRPC TransportService.
+pub const ALPN_PROXY_GRPC: &[u8] = b"teleport-proxy-ssh-grpc";
+
+/// Largest payload put in one frame (and read from a node at once).
+pub const FRAME_SIZE: usize = 64 * 1024;
+/// HTTP/2 receive window per stream: what one node connection may have in flight. Matches
+/// OpenSSH's 2 MiB channel window, so the outer layer never limits the inner SSH session.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 receive window per connection (shared by its streams).
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame we accept: fewer, larger frames for bulk transfers.
+pub const MAX_FRAME_SIZE: u32 = 256 << 10;
+/// Streams a server lets one connection open at once (clients cap themselves lower).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// HTTP/2 PING interval on idle connections, and how long an answer may take.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the proxy may take to connect a node.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests queued towards the proxy per stream before the sender waits.
+const REQUEST_QUEUE: usize = 4;
+
+/// An HTTP/2 connection to the proxy's TransportService.
+pub struct GrpcProxy {
+    send: SendRequest<tonic::body::Body>,
+    origin: http::Uri,
+    proxy: String,
+    /// Why the connection ended, in words, once it has (e.g. the proxy's TLS alert about our
+    /// certificate, which TLS 1.3 delivers only after the handshake).
+    ended: Arc<Mutex<Option<String>>>,
+}
+
+/// A node connection: one `ProxySSH` stream whose first response (`details`) has arrived.
+pub struct GrpcNode {
+    /// Requests to the proxy (`ssh` and `agent` frames); dropping it ends the request side.
+    pub tx: mpsc::Sender<ProxySshRequest>,
+    /// The proxy's responses: `ssh` and `agent` frames, then the status.
+    pub rx: tonic::Streaming<ProxySshResponse>,
+    /// Answers `agent` frames, if the caller has an agent.
+    pub agent: Option<Agent>,
+}
+
+/// Speak HTTP/2 over `stream` (TLS with ALPN [`ALPN_PROXY_GRPC`] to `proxy`).
+pub async fn connect<S>(stream: S, proxy: &str) -> Result<GrpcProxy>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .timer(hyper_util::rt::TokioTimer::new());
+    let (send, conn) = b
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| anyhow!("proxy {proxy}: HTTP/2 setup for the gRPC transport failed: {e}"))?;
+    let who = proxy.to_string();
+    let ended = Arc::new(Mutex::new(None));
+    let slot = ended.clone();
+    tokio::spawn(async move {
+        let why = match conn.await {
+            Ok(()) => "the proxy closed the connection".to_string(),
+            Err(e) => connection_error(&who, &e),
+        };
+        tracing::debug!("gRPC transport connection to {who} ended: {why}");
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    });
+    let origin = format!("https://{proxy}")
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("https://teleport.cluster.local"));
+    Ok(GrpcProxy {
+        send,
+        origin,
+        proxy: proxy.to_string(),
+        ended,
+    })
+}
+
+/// Why an HTTP/2 connection to `proxy` failed, in words: a TLS error (most often the proxy's
+/// verdict on our certificate) as the TLS dial words it, else hyper's description.
+fn connection_error(proxy: &str, e: &hyper::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if super::tls::rustls_error(io).is_some() {
+                return super::tls::describe_tls_error(proxy, &[ALPN_PROXY_GRPC], io);
+            }
+        }
+        source = s.source();
+    }
+    format!("proxy {proxy}: gRPC connection failed: {e}")
+}
+
+impl GrpcProxy {
+    /// Has the connection ended (GOAWAY, reset, keepalive timeout)?
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Open a `ProxySSH` stream to `host:port` in `cluster` (empty = the proxy's own) and wait
+    /// for the proxy to connect the node. A refusal is one line with the proxy's reason.
+    pub async fn open_node(
+        &self,
+        host: &str,
+        port: u16,
+        cluster: &str,
+        agent: Option<Agent>,
+    ) -> Result<GrpcNode> {
+        let send = self.send.clone();
+        let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+            let mut send = send.clone();
+            async move { send.send_request(req).await }
+        });
+        let mut grpc = tonic::client::Grpc::with_origin(svc, self.origin.clone());
+        let host_port = join_host_port(host, port);
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let first = ProxySshRequest {
+            dial_target: Some(TargetHost {
+                host_port: host_port.clone(),
+                cluster: cluster.to_string(),
+            }),
+            frame: None,
+        };
+        tx.send(first).await.expect("the receiver is in hand");
+        let codec = tonic_prost::ProstCodec::<ProxySshRequest, ProxySshResponse>::default();
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| anyhow!("proxy {}: gRPC connection not ready: {e}", self.proxy))?;
+            let resp = grpc
+                .streaming(
+                    tonic::Request::new(ReceiverStream::new(rx)),
+                    PathAndQuery::from_static(PROXY_SSH),
+                    codec,
+                )
+                .await
+                .map_err(|s| self.refusal(&host_port, &s));
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => return Err(self.why_ended().await.unwrap_or(e)),
+            };
+            let mut inbound = resp.into_inner();
+            match inbound.message().await {
+                Ok(Some(r)) if r.details.is_some() => Ok(inbound),
+                Ok(Some(_)) => bail!(
+                    "proxy {}: the first ProxySSH response to {host_port} carried no cluster \
+                     details",
+                    self.proxy
+                ),
+                Ok(None) => bail!(
+                    "proxy {} ended the ProxySSH stream to {host_port} before connecting it",
+                    self.proxy
+                ),
+                Err(s) => Err(self.refusal(&host_port, &s)),
+            }
+        };
+        let inbound = match tokio::time::timeout(DIAL_TIMEOUT, call).await {
+            Ok(r) => r?,
+            Err(_) => bail!(
+                "proxy {} did not connect {host_port} within {}s",
+                self.proxy,
+                DIAL_TIMEOUT.as_secs()
+            ),
+        };
+        Ok(GrpcNode {
+            tx,
+            rx: inbound,
+            agent,
+        })
+    }
+
+    fn refusal(&self, host_port: &str, s: &tonic::Status) -> anyhow::Error {
+        anyhow!("{}", status_line(&self.proxy, host_port, s))
+    }
+
+    /// If the connection has ended (or ends within a moment), why.
+    async fn why_ended(&self) -> Option<anyhow::Error> {
+        for _ in 0..20 {
+            if let Some(why) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Some(anyhow!("{why}"));
+            }
+            if !self.send.is_closed() {
+                // Still up: the failure was the stream's own.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+/// One line for a failed `ProxySSH`: the proxy's refusal, or what broke on the way.
+pub fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> String {
+    let msg = s.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    if std::error::Error::source(s).is_some() {
+        // Made by tonic from a transport error: nothing came from the proxy.
+        return format!("proxy {proxy}: the gRPC stream to {host_port} failed: {msg}");
+    }
+    match s.code() {
+        tonic::Code::Unimplemented => {
+            format!("proxy {proxy} does not serve {PROXY_SSH} (use --transport ssh): {msg}")
+        }
+        _ if msg.is_empty() => format!("proxy refused to connect to {host_port} ({:?})", s.code()),
+        _ => format!("proxy refused to connect to {host_port}: {msg}"),
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 literal (Go's net.JoinHostPort).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A request carrying `payload` on the node's SSH stream.
+pub fn ssh_frame(payload: Bytes) -> ProxySshRequest {
+    ProxySshRequest {
+        dial_target: None,
+        frame: Some(SshFrame::Ssh(Frame { payload })),
+    }
+}
+
+/// A request carrying `payload` on the agent stream.
+pub fn agent_frame(payload: Bytes) -> ProxySshRequest {
+    ProxySshRequest {
+        dial_target: None,
+        frame: Some(SshFrame::Agent(Frame { payload })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_like_go() {
+        assert_eq!(join_host_port("node-1", 3022), "node-1:3022");
+        assert_eq!(join_host_port("::1", 22), "[::1]:22");
+    }
+
+    #[test]
+    fn refusals_are_one_line_with_the_reason() {
+        let s = tonic::Status::not_found(
+            "failed to dial target host:\n direct dialing to nodes not found in inventory is \
+             not supported",
+        );
+        assert_eq!(
+            status_line("p:1", "node-9:3022", &s),
+            "proxy refused to connect to node-9:3022: failed to dial target host: direct \
+             dialing to nodes not found in inventory is not supported"
+        );
+        let s = tonic::Status::unimplemented("");
+        assert!(status_line("p:1", "n:1", &s).contains("--transport ssh"));
+        let s = tonic::Status::permission_denied("");
+        assert_eq!(
+            status_line("p:1", "n:1", &s),
+            "proxy refused to connect to n:1 (PermissionDenied)"
+        );
+    }
+}

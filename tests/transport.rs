@@ -1,0 +1,315 @@
+//! The choice of node transport (issue 6): `--transport grpc|ssh|auto` on the stdio
+//! ProxyCommand and the multiplexer, against proxies that serve one transport or both; and the
+//! gRPC transport's `agent` frames answered from the in-memory agent.
+//!
+//! (The rest of the end-to-end suite runs once per transport: `IDMUX_TEST_TRANSPORT`, see
+//! `scripts/test.sh`.)
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const C: &str = "transport.test";
+
+/// ssh through `idmux ssh-proxy-command --transport <t>` (overriding the ssh_config's own
+/// ProxyCommand).
+fn ssh_stdio(cl: &DevCluster, dest: &Path, t: &str, cmd: &str) -> std::process::Output {
+    let pc = format!(
+        "{} ssh-proxy-command --destination-dir={} --proxy-server={} --cluster={C} --host=%h \
+         --port=%p --transport={t}",
+        idmux_bin().display(),
+        dest.display(),
+        cl.addr
+    );
+    ssh(
+        &dest.join("ssh_config"),
+        &[
+            "-o",
+            &format!("ProxyCommand={pc}"),
+            "-o",
+            "ProxyUseFdpass=no",
+            &format!("{}@node-1.{C}", me()),
+            cmd,
+        ],
+    )
+}
+
+/// One `idmux:` line on stderr, containing `want`.
+fn assert_one_line(o: &std::process::Output, want: &str) {
+    assert!(!o.status.success(), "expected a failure ({want})");
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("idmux:")).collect();
+    assert_eq!(lines.len(), 1, "want one idmux: line, got: {err}");
+    assert!(lines[0].contains(want), "want {want:?} in: {err}");
+}
+
+/// `idmux start ssh-multiplexer --transport <t>` on `dest`, with its diagnostics address.
+struct Mux {
+    child: Child,
+    diag: String,
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mux(cl: &DevCluster, dest: &Path, t: &str) -> Mux {
+    let _ = std::fs::remove_file(dest.join("v1.sock"));
+    let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
+    let child = Command::new(idmux_bin())
+        .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
+        .args(["--diag-addr", &diag, "--transport", t, "--destination-dir"])
+        .arg(dest)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dest.join("v1.sock").exists() {
+        assert!(Instant::now() < deadline, "no v1.sock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Mux { child, diag }
+}
+
+/// `idmux_upstream_connects_total{transport=...}` from the multiplexer's metrics.
+fn connects(m: &Mux, transport: &str) -> u64 {
+    let o = run(Command::new("curl").args(["-s", &format!("http://{}/metrics", m.diag)]));
+    let text = stdout(&o);
+    let key = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{text}"))
+}
+
+fn fdpass_ssh(dest: &Path, cmd: &str) -> std::process::Output {
+    ssh(
+        &dest.join("ssh_config"),
+        &[&format!("{}@node-1.{C}", me()), cmd],
+    )
+}
+
+#[test]
+fn each_transport_on_demand_and_auto_falls_back() {
+    // A proxy serving both: each choice uses what it names, auto uses gRPC.
+    let cl = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "grpc,ssh");
+    let dest = cl.bot_destination("ci", &me(), "access", "1h", "fdpass");
+    for t in ["grpc", "ssh", "auto"] {
+        // (The fdpass ssh_config takes keys from the multiplexer's agent.sock.)
+        let m = mux(&cl, &dest, t);
+        let o = ssh_stdio(&cl, &dest, t, "echo via-stdio");
+        assert!(o.status.success(), "stdio --transport {t}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "via-stdio\n");
+        let o = fdpass_ssh(&dest, "echo via-fdpass");
+        assert!(o.status.success(), "fdpass --transport {t}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "via-fdpass\n");
+        let (used, unused) = if t == "ssh" {
+            ("ssh", "grpc")
+        } else {
+            ("grpc", "ssh")
+        };
+        assert!(
+            connects(&m, used) >= 1,
+            "--transport {t} made no {used} connection"
+        );
+        assert_eq!(
+            connects(&m, unused),
+            0,
+            "--transport {t} made {unused} connections"
+        );
+    }
+
+    // An older proxy (SSH transport only): auto falls back, grpc says what is wrong.
+    let old = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "ssh");
+    let dest = old.bot_destination("ci", &me(), "access", "1h", "fdpass");
+    let m = mux(&old, &dest, "auto");
+    let o = ssh_stdio(&old, &dest, "auto", "echo fell-back");
+    assert!(
+        o.status.success(),
+        "auto on an SSH-only proxy: {}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), "fell-back\n");
+    let o = ssh_stdio(&old, &dest, "grpc", "true");
+    assert_one_line(&o, "does not offer ALPN teleport-proxy-ssh-grpc");
+    assert_one_line(&o, "--transport auto or ssh");
+    let o = fdpass_ssh(&dest, "echo fell-back");
+    assert!(
+        o.status.success(),
+        "fdpass auto on an SSH-only proxy: {}",
+        stderr(&o)
+    );
+    assert!(connects(&m, "ssh") >= 1);
+    assert_eq!(connects(&m, "grpc"), 0);
+    drop(m);
+    let _m = mux(&old, &dest, "grpc");
+    let o = fdpass_ssh(&dest, "true");
+    assert_one_line(&o, "does not offer ALPN teleport-proxy-ssh-grpc");
+
+    // A proxy with the gRPC transport only: ssh says what is wrong.
+    let new = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "grpc");
+    let dest = new.bot_destination("ci", &me(), "access", "1h", "stdio");
+    let o = ssh_stdio(&new, &dest, "ssh", "true");
+    assert_one_line(&o, "does not offer ALPN teleport-proxy-ssh (");
+    let o = ssh_stdio(&new, &dest, "auto", "echo grpc-only");
+    assert!(
+        o.status.success(),
+        "auto on a gRPC-only proxy: {}",
+        stderr(&o)
+    );
+}
+
+/// A proxy that asks for the agent (as a Teleport proxy recording at the proxy does) gets
+/// answers from the in-memory agent over `agent` frames, alongside the node's bytes.
+#[test]
+fn grpc_agent_frames_are_answered_from_the_agent() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(agent_frames());
+}
+
+mod agent_proxy {
+    //! A TransportService that, once "connected", asks the client's agent for its identities
+    //! and sends what it learned back as the node's bytes.
+
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use bytes::Bytes;
+    use idmux::transport::proto::{
+        ClusterDetails, Frame, ProxySshRequest, ProxySshResponse, SshFrame,
+    };
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Status;
+
+    pub struct AskAgent;
+
+    type Responses = ReceiverStream<Result<ProxySshResponse, Status>>;
+
+    fn frame(f: SshFrame) -> Result<ProxySshResponse, Status> {
+        Ok(ProxySshResponse {
+            details: None,
+            frame: Some(f),
+        })
+    }
+
+    impl tonic::server::StreamingService<ProxySshRequest> for AskAgent {
+        type Response = ProxySshResponse;
+        type ResponseStream = Responses;
+        type Future =
+            Pin<Box<dyn Future<Output = Result<tonic::Response<Responses>, Status>> + Send>>;
+
+        fn call(&mut self, req: tonic::Request<tonic::Streaming<ProxySshRequest>>) -> Self::Future {
+            Box::pin(async move {
+                let mut inbound = req.into_inner();
+                let first = inbound.message().await?.expect("a first request");
+                let target = first.dial_target.expect("a dial target").host_port;
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let details = ProxySshResponse {
+                    details: Some(ClusterDetails::default()),
+                    frame: None,
+                };
+                tx.send(Ok(details)).await.unwrap();
+                tokio::spawn(async move {
+                    // SSH_AGENTC_REQUEST_IDENTITIES (11), length-prefixed, split over two
+                    // frames: the agent must not care where frames end.
+                    for part in [&[0u8, 0, 0][..], &[1, 11][..]] {
+                        let f = Frame {
+                            payload: Bytes::copy_from_slice(part),
+                        };
+                        tx.send(frame(SshFrame::Agent(f))).await.unwrap();
+                    }
+                    let mut answer = Vec::new();
+                    while let Ok(Some(m)) = inbound.message().await {
+                        if let Some(SshFrame::Agent(f)) = m.frame {
+                            answer.extend_from_slice(&f.payload);
+                        }
+                        if answer.len() >= 9 {
+                            let len = u32::from_be_bytes(answer[..4].try_into().unwrap());
+                            if answer.len() >= 4 + len as usize {
+                                break;
+                            }
+                        }
+                    }
+                    let keys = u32::from_be_bytes(answer[5..9].try_into().unwrap());
+                    let report = format!("target={target} reply={} keys={keys}", answer[4]);
+                    let f = Frame {
+                        payload: Bytes::from(report),
+                    };
+                    tx.send(frame(SshFrame::Ssh(f))).await.unwrap();
+                    // Dropping tx ends the stream with status OK: the "node" hung up.
+                });
+                Ok(tonic::Response::new(ReceiverStream::new(rx)))
+            })
+        }
+    }
+}
+
+async fn agent_frames() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use idmux::transport::link::Node;
+
+    let (client_io, server_io) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
+            let codec = tonic_prost::ProstCodec::<
+                idmux::transport::proto::ProxySshResponse,
+                idmux::transport::proto::ProxySshRequest,
+            >::default();
+            let resp = tonic::server::Grpc::new(codec)
+                .streaming(agent_proxy::AskAgent, req)
+                .await;
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(server_io), svc)
+            .await;
+    });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cas = idmux::ca::ClusterCas::create(&tmp.path().join("ca"), C).unwrap();
+    let id = issue(
+        &cas,
+        idmux::identity::KeyType::EcdsaP256,
+        &[me()],
+        &["access".to_string()],
+        Duration::from_secs(600),
+    );
+    let agent = idmux::mux::agent::Agent::default();
+    agent.set(id.key.to_ssh().unwrap(), id.ssh_cert.clone());
+
+    let proxy = idmux::transport::grpc::connect(client_io, "agent-proxy.test")
+        .await
+        .unwrap();
+    let node = proxy
+        .open_node("node-1", 3022, C, Some(agent))
+        .await
+        .unwrap();
+    // Input that stays open (ssh never closes its side first); the proxy ends the stream.
+    let (_hold, input) = tokio::io::duplex(1024);
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        idmux::transport::relay::relay(
+            Node::Grpc(node),
+            input,
+            &mut out,
+            tokio::io::sink(),
+            ("input", "output"),
+        ),
+    )
+    .await
+    .expect("the relay did not end when the proxy ended the stream")
+    .unwrap();
+    // 12 = SSH_AGENT_IDENTITIES_ANSWER, with the certificate and the bare key.
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "target=node-1:3022 reply=12 keys=2"
+    );
+}
