@@ -2,6 +2,11 @@
 # Run idmux's whole test suite: unit tests and end-to-end tests with real OpenSSH and Ansible.
 # Installs what the tests need when missing (scripts/install-deps.sh), then runs cargo test and
 # ends with one summary line over every test binary.
+#
+# The end-to-end tests that reach nodes run once per node transport (IDMUX_TEST_TRANSPORT):
+# first everything with dev clusters serving only gRPC TransportService, then the
+# node-reaching binaries again with clusters serving only the SSH transport. Clients use
+# --transport auto, so each pass proves its transport carries the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IDMUX_WITH_ANSIBLE=1
@@ -11,8 +16,16 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time
 # keeps a 2-core machine responsive. (No doc tests: the crate has none.)
+threads="${IDMUX_TEST_THREADS:-2}"
+# Test binaries whose tests reach nodes through the proxy.
+per_transport=(cluster_ssh mux bot ansible)
 status=0
-cargo test --no-fail-fast --lib --bins --tests -- --test-threads="${IDMUX_TEST_THREADS:-2}" "$@" 2>&1 | tee "$log" || status=$?
+echo "== pass 1: unit tests and every end-to-end test, node transport gRPC"
+IDMUX_TEST_TRANSPORT=grpc cargo test --no-fail-fast --lib --bins --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
+echo "== pass 2: the node-reaching end-to-end tests again, node transport SSH"
+args=()
+for t in "${per_transport[@]}"; do args+=(--test "$t"); done
+IDMUX_TEST_TRANSPORT=ssh cargo test --no-fail-fast "${args[@]}" -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+     END { printf "tests: %d passed, %d failed (both node transports)\n", p, f }' "$log"
 exit "$status"

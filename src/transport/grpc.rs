@@ -12,7 +12,9 @@
 //!
 //! The HTTP/2 settings here are shared with the dev cluster's server side.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -82,6 +84,12 @@ where
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .timer(hyper_util::rt::TokioTimer::new());
+    let tls_error = Arc::new(Mutex::new(None));
+    let stream = TlsWatch {
+        inner: stream,
+        proxy: proxy.to_string(),
+        seen: tls_error.clone(),
+    };
     let (send, conn) = b
         .handshake(TokioIo::new(stream))
         .await
@@ -90,9 +98,12 @@ where
     let ended = Arc::new(Mutex::new(None));
     let slot = ended.clone();
     tokio::spawn(async move {
-        let why = match conn.await {
-            Ok(()) => "the proxy closed the connection".to_string(),
-            Err(e) => connection_error(&who, &e),
+        let result = conn.await;
+        let tls = tls_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let why = match (result, tls) {
+            (_, Some(tls)) => tls,
+            (Ok(()), None) => format!("proxy {who} closed the connection"),
+            (Err(e), None) => format!("proxy {who}: gRPC connection failed: {e}"),
         };
         tracing::debug!("gRPC transport connection to {who} ended: {why}");
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -108,19 +119,75 @@ where
     })
 }
 
-/// Why an HTTP/2 connection to `proxy` failed, in words: a TLS error (most often the proxy's
-/// verdict on our certificate) as the TLS dial words it, else hyper's description.
-fn connection_error(proxy: &str, e: &hyper::Error) -> String {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if super::tls::rustls_error(io).is_some() {
-                return super::tls::describe_tls_error(proxy, &[ALPN_PROXY_GRPC], io);
+/// A byte stream that remembers, in words, the first TLS error seen on it. h2 keeps only
+/// the kind and text of an I/O error, so the TLS alert that tells why the proxy refused us
+/// (TLS 1.3 delivers it after the handshake) must be caught before HTTP/2 sees it.
+struct TlsWatch<S> {
+    inner: S,
+    proxy: String,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl<S> TlsWatch<S> {
+    fn check<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            if super::tls::rustls_error(e).is_some() {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.is_none() {
+                    *seen = Some(super::tls::describe_tls_error(
+                        &self.proxy,
+                        &[ALPN_PROXY_GRPC],
+                        e,
+                    ));
+                }
             }
         }
-        source = s.source();
+        r
     }
-    format!("proxy {proxy}: gRPC connection failed: {e}")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TlsWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        Poll::Ready(self.check(r))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TlsWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        Poll::Ready(self.check(r))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        Poll::Ready(self.check(r))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        Poll::Ready(self.check(r))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl GrpcProxy {
@@ -205,16 +272,12 @@ impl GrpcProxy {
         anyhow!("{}", status_line(&self.proxy, host_port, s))
     }
 
-    /// If the connection has ended (or ends within a moment), why.
+    /// If the connection has ended (or ends within 200 ms: the stream's failure may be the
+    /// first sign of it), why.
     async fn why_ended(&self) -> Option<anyhow::Error> {
         for _ in 0..20 {
             if let Some(why) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone() {
                 return Some(anyhow!("{why}"));
-            }
-            if !self.send.is_closed() {
-                // Still up: the failure was the stream's own.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
