@@ -232,11 +232,15 @@ impl GrpcProxy {
                     PathAndQuery::from_static(PROXY_SSH),
                     codec,
                 )
-                .await
-                .map_err(|s| self.refusal(&host_port, &s));
+                .await;
             let resp = match resp {
                 Ok(r) => r,
-                Err(e) => return Err(self.why_ended().await.unwrap_or(e)),
+                // Made by tonic from a transport error: the connection's end says more.
+                Err(s) if std::error::Error::source(&s).is_some() => {
+                    let e = self.refusal(&host_port, &s);
+                    return Err(self.why_ended().await.unwrap_or(e));
+                }
+                Err(s) => return Err(self.refusal(&host_port, &s)),
             };
             let mut inbound = resp.into_inner();
             match inbound.message().await {
