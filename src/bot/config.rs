@@ -257,6 +257,20 @@ renewal_interval: 10m
         assert_eq!(c.outputs[0].roles, vec!["access".to_string()]);
         assert_eq!(c.certificate_ttl, Duration::from_secs(1800));
         assert_eq!(c.renewal_interval, Duration::from_secs(600));
+        assert_eq!(c.transport, TransportKind::Auto);
+    }
+
+    #[test]
+    fn transport_key() {
+        let c = parse_yaml(&format!("{GOOD}transport: ssh\n"), "b").unwrap();
+        assert_eq!(c.transport, TransportKind::Ssh);
+        let c = parse_yaml(&format!("{GOOD}transport: grpc\n"), "b").unwrap();
+        assert_eq!(c.transport, TransportKind::Grpc);
+        let e = parse_yaml(&format!("{GOOD}transport: quic\n"), "b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quic") && e.contains("line 17"), "{e}");
+        assert_eq!(e.lines().count(), 1);
     }
 
     #[test]
