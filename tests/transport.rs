@@ -61,11 +61,17 @@ impl Drop for Mux {
 }
 
 fn mux(cl: &DevCluster, dest: &Path, t: &str) -> Mux {
+    mux_with(cl, dest, t, &[])
+}
+
+fn mux_with(cl: &DevCluster, dest: &Path, t: &str, extra: &[&str]) -> Mux {
     let _ = std::fs::remove_file(dest.join("v1.sock"));
     let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
     let child = Command::new(idmux_bin())
         .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
-        .args(["--diag-addr", &diag, "--transport", t, "--destination-dir"])
+        .args(["--diag-addr", &diag, "--transport", t])
+        .args(extra)
+        .arg("--destination-dir")
         .arg(dest)
         .stderr(Stdio::null())
         .spawn()
@@ -163,6 +169,42 @@ fn each_transport_on_demand_and_auto_falls_back() {
         o.status.success(),
         "auto on a gRPC-only proxy: {}",
         stderr(&o)
+    );
+}
+
+/// Past `--max-channels-per-connection` node connections, the multiplexer opens another
+/// upstream connection (tbot's cycling client does so at 100), on this run's transport.
+#[test]
+fn node_connections_per_upstream_connection_are_capped() {
+    let cl = DevCluster::start(C, 1);
+    let dest = cl.bot_destination("ci", &me(), "access", "1h", "fdpass");
+    let m = mux_with(&cl, &dest, "auto", &["--max-channels-per-connection", "2"]);
+    let sessions: Vec<_> = (0..5)
+        .map(|i| {
+            Command::new("ssh")
+                .arg("-F")
+                .arg(dest.join("ssh_config"))
+                .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+                .arg(format!("{}@node-1.{C}", me()))
+                .arg(format!("sleep 3; echo held-{i}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in sessions.into_iter().enumerate() {
+        let o = s.wait_with_output().unwrap();
+        assert!(o.status.success(), "session {i}: {}", stderr(&o));
+        assert_eq!(stdout(&o), format!("held-{i}\n"));
+    }
+    // 5 held at once, 2 per connection: at least 3 connections (the keeper's warm one may be
+    // one of them).
+    let made = connects(&m, transport());
+    assert!(
+        made >= 3,
+        "{made} {} connections for 5 sessions at 2 each",
+        transport()
     );
 }
 
