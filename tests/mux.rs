@@ -361,26 +361,8 @@ fn hostile_input_on_v1_sock() {
 fn standalone_multiplexer_reloads_and_reports_metrics() {
     let cl = DevCluster::start(C, 1);
     let dest = cl.bot_destination("ext", &me(), "access", "1h", "fdpass");
-    let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
-    let mut mux = Command::new(idmux_bin())
-        .args([
-            "start",
-            "ssh-multiplexer",
-            "--proxy-server",
-            &cl.addr,
-            "--diag-addr",
-            &diag,
-            "--destination-dir",
-        ])
-        .arg(&dest)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dest.join("v1.sock").exists() {
-        assert!(Instant::now() < deadline, "no v1.sock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mux = StandaloneMux::start(&cl, &dest, &[]);
+    let diag = mux.diag.clone();
     let cfg = dest.join("ssh_config");
     let target = format!("{}@node-1.{C}", me());
     let o = ssh(&cfg, &[&target, "echo standalone"]);
@@ -430,8 +412,7 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
     );
     assert_eq!(listed.lines().count(), 2, "cert + bare key: {listed}");
 
-    let o = run(Command::new("curl").args(["-s", &format!("http://{diag}/metrics")]));
-    let m = stdout(&o);
+    let m = mux.metrics();
     for want in [
         "tbot_ssh_multiplexer_requests_started_total 2",
         "tbot_ssh_multiplexer_requests_handled_total{status=\"OK\"} 2",
@@ -441,19 +422,12 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
         assert!(m.contains(want), "metrics lack {want:?}:\n{m}");
     }
     // Every upstream connection used this run's transport.
-    let connects = |t: &str| -> u64 {
-        let key = format!("idmux_upstream_connects_total{{transport=\"{t}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{m}"))
-    };
     let (used, unused) = match transport() {
         "grpc" => ("grpc", "ssh"),
         _ => ("ssh", "grpc"),
     };
-    assert!(connects(used) >= 1, "no {used} connection:\n{m}");
-    assert_eq!(connects(unused), 0, "{unused} connections:\n{m}");
+    assert!(mux.connects(used) >= 1, "no {used} connection:\n{m}");
+    assert_eq!(mux.connects(unused), 0, "{unused} connections:\n{m}");
     let o = run(Command::new("curl").args([
         "-s",
         "-o",
@@ -463,8 +437,6 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
         &format!("http://{diag}/readyz"),
     ]));
     assert_eq!(stdout(&o), "200");
-    let _ = mux.kill();
-    let _ = mux.wait();
 }
 
 /// One ssh client that stops reading must not stall the other sessions sharing the upstream.

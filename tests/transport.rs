@@ -8,8 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -47,52 +47,9 @@ fn assert_one_line(o: &std::process::Output, want: &str) {
     assert!(lines[0].contains(want), "want {want:?} in: {err}");
 }
 
-/// `idmux start ssh-multiplexer --transport <t>` on `dest`, with its diagnostics address.
-struct Mux {
-    child: Child,
-    diag: String,
-}
-
-impl Drop for Mux {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mux(cl: &DevCluster, dest: &Path, t: &str) -> Mux {
-    mux_with(cl, dest, t, &[])
-}
-
-fn mux_with(cl: &DevCluster, dest: &Path, t: &str, extra: &[&str]) -> Mux {
-    let _ = std::fs::remove_file(dest.join("v1.sock"));
-    let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
-    let child = Command::new(idmux_bin())
-        .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
-        .args(["--diag-addr", &diag, "--transport", t])
-        .args(extra)
-        .arg("--destination-dir")
-        .arg(dest)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dest.join("v1.sock").exists() {
-        assert!(Instant::now() < deadline, "no v1.sock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Mux { child, diag }
-}
-
-/// `idmux_upstream_connects_total{transport=...}` from the multiplexer's metrics.
-fn connects(m: &Mux, transport: &str) -> u64 {
-    let o = run(Command::new("curl").args(["-s", &format!("http://{}/metrics", m.diag)]));
-    let text = stdout(&o);
-    let key = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{text}"))
+/// `idmux start ssh-multiplexer --transport <t>` on `dest`.
+fn mux(cl: &DevCluster, dest: &Path, t: &str) -> StandaloneMux {
+    StandaloneMux::start(cl, dest, &["--transport", t])
 }
 
 fn fdpass_ssh(dest: &Path, cmd: &str) -> std::process::Output {
@@ -122,11 +79,11 @@ fn each_transport_on_demand_and_auto_falls_back() {
             ("grpc", "ssh")
         };
         assert!(
-            connects(&m, used) >= 1,
+            m.connects(used) >= 1,
             "--transport {t} made no {used} connection"
         );
         assert_eq!(
-            connects(&m, unused),
+            m.connects(unused),
             0,
             "--transport {t} made {unused} connections"
         );
@@ -152,8 +109,8 @@ fn each_transport_on_demand_and_auto_falls_back() {
         "fdpass auto on an SSH-only proxy: {}",
         stderr(&o)
     );
-    assert!(connects(&m, "ssh") >= 1);
-    assert_eq!(connects(&m, "grpc"), 0);
+    assert!(m.connects("ssh") >= 1);
+    assert_eq!(m.connects("grpc"), 0);
     drop(m);
     let _m = mux(&old, &dest, "grpc");
     let o = fdpass_ssh(&dest, "true");
@@ -178,7 +135,7 @@ fn each_transport_on_demand_and_auto_falls_back() {
 fn node_connections_per_upstream_connection_are_capped() {
     let cl = DevCluster::start(C, 1);
     let dest = cl.bot_destination("ci", &me(), "access", "1h", "fdpass");
-    let m = mux_with(&cl, &dest, "auto", &["--max-channels-per-connection", "2"]);
+    let m = StandaloneMux::start(&cl, &dest, &["--max-channels-per-connection", "2"]);
     let sessions: Vec<_> = (0..5)
         .map(|i| {
             Command::new("ssh")
@@ -200,7 +157,7 @@ fn node_connections_per_upstream_connection_are_capped() {
     }
     // 5 held at once, 2 per connection: at least 3 connections (the keeper's warm one may be
     // one of them).
-    let made = connects(&m, transport());
+    let made = m.connects(transport());
     assert!(
         made >= 3,
         "{made} {} connections for 5 sessions at 2 each",

@@ -156,19 +156,28 @@ where
         }
     };
 
+    let result = both(up, down).await;
+    let _ = tx.close().await;
+    result
+}
+
+/// Drive `up` (local input to the node) and `down` (the node to local output) together until
+/// `down` ends: input ending cleanly lets the node's bytes flow on; an input error ends it all.
+async fn both<T>(
+    up: impl std::future::Future<Output = Result<T>>,
+    down: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
     tokio::pin!(up, down);
     let mut up_done = false;
-    let result = loop {
+    loop {
         tokio::select! {
             r = &mut up, if !up_done => match r {
                 Ok(_) => up_done = true,
-                Err(e) => break Err(e),
+                Err(e) => return Err(e),
             },
-            r = &mut down => break r,
+            r = &mut down => return r,
         }
-    };
-    let _ = tx.close().await;
-    result
+    }
 }
 
 /// [`relay`] over a gRPC `ProxySSH` stream.
@@ -245,17 +254,7 @@ where
         Ok::<(), anyhow::Error>(())
     };
 
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    loop {
-        tokio::select! {
-            r = &mut up, if !up_done => match r {
-                Ok(()) => up_done = true,
-                Err(e) => break Err(e),
-            },
-            r = &mut down => break r,
-        }
-    }
+    both(up, down).await
 }
 
 /// Start an agent session for the proxy: bytes written to the returned half are the

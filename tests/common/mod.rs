@@ -292,3 +292,57 @@ pub fn ssh(config: &Path, args: &[&str]) -> Output {
         ])
         .args(args))
 }
+
+/// `idmux start ssh-multiplexer` on `dest` with a diagnostics address, killed on drop.
+pub struct StandaloneMux {
+    pub child: std::process::Child,
+    /// `host:port` of /metrics, /readyz, /livez.
+    pub diag: String,
+}
+
+impl StandaloneMux {
+    /// Start it with `extra` flags (e.g. `--transport ssh`) and wait for `v1.sock`.
+    pub fn start(cl: &DevCluster, dest: &Path, extra: &[&str]) -> StandaloneMux {
+        let _ = std::fs::remove_file(dest.join("v1.sock"));
+        let diag = format!("127.0.0.1:{}", idmux::cluster::node::free_port().unwrap());
+        let child = Command::new(idmux_bin())
+            .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
+            .args(["--diag-addr", &diag])
+            .args(extra)
+            .arg("--destination-dir")
+            .arg(dest)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dest.join("v1.sock").exists() {
+            assert!(std::time::Instant::now() < deadline, "no v1.sock");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        StandaloneMux { child, diag }
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self) -> String {
+        stdout(&run(
+            Command::new("curl").args(["-s", &format!("http://{}/metrics", self.diag)])
+        ))
+    }
+
+    /// `idmux_upstream_connects_total{transport=...}`.
+    pub fn connects(&self, transport: &str) -> u64 {
+        let text = self.metrics();
+        let key = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{text}"))
+    }
+}
+
+impl Drop for StandaloneMux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
