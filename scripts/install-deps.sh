@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what idmux's demo, tests and benchmarks need when it is missing: OpenSSH client and
-# server, rsync, openssl, curl, and Ansible (for the multiplexer's end-to-end tests).
+# server, rsync, openssl, curl, systemd-analyze, and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -12,6 +12,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v sftp >/dev/null || need+=(openssh-sftp-server)
 [ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
+# systemd-analyze checks the units `idmux install systemd` writes (no running systemd needed).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
 fi

@@ -12,6 +12,12 @@ use crate::openssh::{self, Mode};
 #[derive(Parser)]
 #[command(name = "idmux", version, about = "Teleport Machine ID for OpenSSH")]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: crate::ops::logging::LogFormat,
+    /// Log idmux's own decisions at debug level (IDMUX_LOG overrides).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -27,6 +33,16 @@ enum Cmd {
     Cluster(crate::cluster::cmd::ClusterCmd),
     /// ProxyCommand for ssh: connect stdin/stdout to a node through the proxy (tbot's flags).
     SshProxyCommand(SshProxyCommandArgs),
+    /// Install idmux as a service (systemd unit for the bot).
+    #[command(subcommand)]
+    Install(crate::ops::systemd::InstallCmd),
+    /// Check a destination dir, the daemon, the proxy and a node; one ok/warn/fail line each.
+    Doctor(crate::ops::doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion {
+        #[arg(value_enum)]
+        shell: crate::ops::completion::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,7 +105,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Daemons log at info; one-shot commands (ssh-proxy-command runs inside ssh) only warn.
     let daemon = matches!(cli.cmd, Cmd::Start(_) | Cmd::Cluster(_));
-    init_logging(if daemon { "info" } else { "warn" });
+    crate::ops::logging::init(
+        cli.log_format,
+        cli.debug,
+        if daemon { "info" } else { "warn" },
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,23 +119,26 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Log to stderr; `IDMUX_LOG` (tracing's env-filter syntax, e.g. `debug`) overrides the level.
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IDMUX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},russh=warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Start(a) => crate::bot::cmd::run(*a),
         Cmd::SshConfig(a) => ssh_config(a),
         Cmd::Cluster(c) => crate::cluster::cmd::run(c),
         Cmd::SshProxyCommand(a) => ssh_proxy_command(a),
+        Cmd::Install(crate::ops::systemd::InstallCmd::Systemd(a)) => {
+            crate::ops::systemd::run_bot(a)
+        }
+        Cmd::Doctor(a) => crate::ops::doctor::run(a),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            crate::ops::completion::write(
+                shell,
+                &mut Cli::command(),
+                "idmux",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

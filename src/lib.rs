@@ -6,6 +6,7 @@
 //! - [`openssh`]: ssh_config and known_hosts rendering for OpenSSH.
 //! - [`transport`]: TLS + ALPN dial to the proxy, the SSH subsystem path, the stdio ProxyCommand.
 //! - [`cluster`]: the development cluster (proxy + auth on one TLS port, real sshd nodes).
+//! - [`ops`]: systemd units, `doctor`, logging setup and shell completions.
 //! - [`fsutil`]: atomic, permission-aware file writes.
 //! - [`cli`]: the `idmux` command line (thin: parses flags and calls the modules above).
 
@@ -17,4 +18,5 @@ pub mod fsutil;
 pub mod identity;
 pub mod mux;
 pub mod openssh;
+pub mod ops;
 pub mod transport;

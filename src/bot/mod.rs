@@ -11,6 +11,10 @@
 //! impersonated identity. When the proxy is down the bot keeps its files, logs one line per
 //! failure and retries with backoff; a locked or removed bot stops.
 //!
+//! Logs: one info line per successful renewal (`renewed: ...`, with generation, expiry and
+//! outputs) and one warn line per failed attempt; SIGHUP renews at once (`systemctl reload`),
+//! SIGTERM and SIGINT stop. No line carries a key, a certificate or the join token.
+//!
 //! Key/cert pairing: OpenSSH reads `key` and `key-cert.pub` as two files, so an output keeps
 //! one key for the life of the process and only its certificates change; any `key` a reader
 //! sees matches any `key-cert.pub` it sees. (The multiplexer's agent socket swaps key and cert
@@ -212,7 +216,7 @@ impl Bot {
         };
         if let Some(id) = stored.filter(|_| !token_changed) {
             if id.expires()? > SystemTime::now() + Duration::from_secs(5) {
-                tracing::info!("renewing the stored identity in {}", d.display());
+                tracing::debug!("renewing the stored identity in {}", d.display());
                 self.identity = Some(id);
                 return self.renew_bot().await;
             }
@@ -250,7 +254,7 @@ impl Bot {
         )
         .await?;
         new.write_data_dir(&self.cfg.data_dir, None)?;
-        tracing::info!(
+        tracing::debug!(
             generation = new.tls_identity()?.generation,
             "renewed the bot identity"
         );
@@ -288,9 +292,30 @@ impl Bot {
             )
             .await?;
             output::write_destination(&o.dir, &id, &pems, &self.cfg.proxy_server, o.mode)?;
-            tracing::info!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
+            tracing::debug!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
         }
         Ok(())
+    }
+
+    /// The one info line of a successful renewal (or start): generation, expiry, outputs.
+    /// Names and times only, never key material.
+    fn log_renewed(&self, what: &str) {
+        let Some(id) = &self.identity else { return };
+        let generation = id.tls_identity().map(|t| t.generation).unwrap_or(0);
+        let expires = id.expires().map(rfc3339).unwrap_or_default();
+        let outputs: Vec<String> = self
+            .cfg
+            .outputs
+            .iter()
+            .map(|o| o.dir.display().to_string())
+            .collect();
+        tracing::info!(
+            generation,
+            expires = %expires,
+            outputs = %outputs.join(","),
+            "{what}: bot identity and {} output(s) written",
+            outputs.len()
+        );
     }
 
     /// Run until stopped (or once with `--oneshot`).
@@ -299,6 +324,7 @@ impl Bot {
         let _lock = lock_data_dir(&self.cfg.data_dir)?;
         self.start_identity().await?;
         self.write_outputs().await?;
+        self.log_renewed("identity ready");
         if self.cfg.oneshot {
             return Ok(());
         }
@@ -318,10 +344,19 @@ impl Bot {
         }
         let mut failures = 0u32;
         let mut wait = self.cfg.renewal_interval;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                // `systemctl reload`: renew now.
+                _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    return Ok(());
+                }
             }
             let r = async {
                 // An expired identity cannot renew: join again if a token allows it.
@@ -342,6 +377,7 @@ impl Bot {
                 Ok(()) => {
                     failures = 0;
                     wait = self.cfg.renewal_interval;
+                    self.log_renewed("renewed");
                 }
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => {

@@ -28,6 +28,9 @@ pub enum ClusterCmd {
     /// Issue certificates directly from the CA (like `tctl auth sign`).
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// Install the dev cluster as a service (systemd unit).
+    #[command(subcommand)]
+    Install(crate::ops::systemd::ClusterInstallCmd),
 }
 
 #[derive(Args)]
@@ -148,6 +151,9 @@ pub enum AuthCmd {
 
 pub fn run(cmd: ClusterCmd) -> Result<()> {
     match cmd {
+        ClusterCmd::Install(crate::ops::systemd::ClusterInstallCmd::Systemd(a)) => {
+            crate::ops::systemd::run_cluster(a)
+        }
         ClusterCmd::Start(a) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(super::start(super::StartOptions {

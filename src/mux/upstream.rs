@@ -115,7 +115,7 @@ impl Upstream {
                 let id = Arc::new(id);
                 *self.identity.write().unwrap_or_else(|e| e.into_inner()) = (id.clone(), mtime);
                 self.epoch.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
+                tracing::debug!(
                     "multiplexer: loaded the renewed identity; new upstream connections use it"
                 );
                 id

@@ -1,4 +1,4 @@
-//! The proxy's web API from the client side: `GET /webapi/find`, `POST /webapi/host/credentials`
+//! The proxy's web API from the client side: `GET /webapi/ping` and `/webapi/find`, `POST /webapi/host/credentials`
 //! and `GET /webapi/auth/export`, over HTTPS verified against a CA file or the system roots.
 //!
 //! The join happens before the bot has any certificate, so this connection has no client cert.
@@ -24,6 +24,15 @@ pub enum Trust {
     System,
     /// No verification (`--insecure`).
     Insecure,
+}
+
+/// The answer to `/webapi/ping` and when it came.
+pub struct Ping {
+    pub json: serde_json::Value,
+    /// The proxy's `Date` header (one-second resolution), if it sent one.
+    pub date: Option<std::time::SystemTime>,
+    pub sent: std::time::SystemTime,
+    pub received: std::time::SystemTime,
 }
 
 /// A client for one proxy's web API.
@@ -128,7 +137,7 @@ impl WebClient {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(u16, Bytes)> {
+    ) -> Result<(u16, http::HeaderMap, Bytes)> {
         let tcp = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             tokio::net::TcpStream::connect(&self.proxy),
@@ -163,8 +172,9 @@ impl WebClient {
             .await
             .map_err(|e| anyhow!("proxy {}: {path}: {e}", self.proxy))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, bytes))
+        Ok((status, headers, bytes))
     }
 
     fn check(&self, path: &str, status: u16, body: &Bytes) -> Result<()> {
@@ -183,14 +193,35 @@ impl WebClient {
     }
 
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let (status, body) = self.request(Method::GET, path, None).await?;
+        let (status, _, body) = self.request(Method::GET, path, None).await?;
         self.check(path, status, &body)?;
         serde_json::from_slice(&body)
             .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
     }
 
+    /// `GET /webapi/ping` with the proxy's clock: its HTTP `Date` header and the local times
+    /// just before the request and just after the answer.
+    pub async fn ping(&self) -> Result<Ping> {
+        let sent = std::time::SystemTime::now();
+        let (status, headers, body) = self.request(Method::GET, "/webapi/ping", None).await?;
+        let received = std::time::SystemTime::now();
+        self.check("/webapi/ping", status, &body)?;
+        let date = headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        let json = serde_json::from_slice(&body)
+            .map_err(|e| anyhow!("proxy {}: /webapi/ping: bad JSON: {e}", self.proxy))?;
+        Ok(Ping {
+            json,
+            date,
+            sent,
+            received,
+        })
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let (status, body) = self.request(Method::GET, path, None).await?;
+        let (status, _, body) = self.request(Method::GET, path, None).await?;
         self.check(path, status, &body)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
@@ -200,7 +231,7 @@ impl WebClient {
         path: &str,
         body: &T,
     ) -> Result<R> {
-        let (status, bytes) = self
+        let (status, _, bytes) = self
             .request(Method::POST, path, Some(serde_json::to_vec(body)?))
             .await?;
         self.check(path, status, &bytes)?;
