@@ -3,6 +3,9 @@
 
 Subcommands:
   run  --config FILE --json OUT --md OUT   measure every path, print the table, write BENCHMARKS.md
+                                           and the latency chart (benches/latency.svg, --svg)
+  report --json FILE --md OUT              BENCHMARKS.md and the chart again from a results.json
+  chart (--json FILE | --demo) --svg OUT   only the latency chart (--demo: seeded synthetic data)
   wrap --out FILE [--subreaper] -- CMD...  run CMD, forward SIGHUP/SIGTERM/SIGINT to it, write its
                                            wall time, CPU seconds and peak RSS (wait4 rusage) as
                                            JSON. --subreaper also adopts and reaps every orphaned
@@ -298,6 +301,7 @@ def latency(paths, runs, warmup=2):
             "p95_ms": pctl(v, 95) if v else None,
             "min_ms": min(v) if v else None,
             "max_ms": max(v) if v else None,
+            "samples_ms": [round(x, 3) for x in v],
             "error": errors.get(p.key),
         }
         log(f"latency {p.key}: median {out[p.key]['median_ms']:.1f} ms, p95 {out[p.key]['p95_ms']:.1f} ms")
@@ -794,6 +798,136 @@ def goals(R):
     return G
 
 
+# ---------------------------------------------------------------------------------------------
+# chart: the latency distribution of each path as an SVG (hand-written: no plotting library)
+
+COLORS = {"direct": "#6b7280", "jump": "#d97706", "stdio": "#2563eb", "fdpass": "#059669"}
+
+
+def quartiles(v):
+    """(q1, median, q3) by the same interpolation as pctl()."""
+    return pctl(v, 25), statistics.median(v), pctl(v, 75)
+
+
+def nice_step(span, ticks=6):
+    raw = span / ticks
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def esc(t):
+    return str(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def latency_svg(R, order):
+    """SVG text: one row per path with a box (quartiles), the median, a p95 mark, whiskers from
+    min to max and a dot per run (jittered vertically, deterministically). Results from before
+    per-run samples were kept (no samples_ms) get the summary only: min-max, median, p95."""
+    L = R["latency"]
+    keys = [k for k in order if k in L and L[k].get("median_ms") is not None]
+    if not keys:
+        return None
+    hi = max(L[k]["max_ms"] for k in keys)
+    lo_all = min(L[k]["min_ms"] for k in keys)
+    # Zoomed to the data (the axis says where it starts): paths a few ms apart stay apart.
+    step = nice_step((hi - lo_all) * 1.2 or hi)
+    x_min = max(0.0, step * math.floor((lo_all - (hi - lo_all) * 0.08) / step))
+    x_max = step * math.ceil((hi + (hi - lo_all) * 0.05) / step)
+    W, left, right, top, row = 820, 170, 150, 62, 58
+    H = top + row * len(keys) + 92
+    plot_w = W - left - right
+
+    def X(ms):
+        return left + plot_w * (ms - x_min) / (x_max - x_min)
+
+    runs = max(L[k].get("runs") or 0 for k in keys)
+    full = all(L[k].get("samples_ms") for k in keys)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'role="img" aria-label="Latency of ssh host true per path" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
+           "<title>Latency of `ssh host true` per path</title>",
+           f'<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>',
+           '<text x="20" y="26" font-size="16" font-weight="bold" fill="#111827">'
+           'Latency of `ssh host true` per path (ms, lower is better)</text>',
+           f'<text x="20" y="46" font-size="12" fill="#4b5563">{runs} sequential runs per path, '
+           f'interleaved across paths; {esc(R.get("date", ""))}'
+           f'{" (quick run)" if R.get("params", {}).get("quick") else ""}</text>']
+    # grid and axis
+    axis_y = top + row * len(keys) + 6
+    t = x_min
+    while t <= x_max + 1e-9:
+        x = X(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e7eb" stroke-width="1"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" font-size="12" fill="#374151" text-anchor="middle">{t:g}</text>')
+        t += step
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#9ca3af" stroke-width="1"/>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 36}" font-size="12" fill="#374151" text-anchor="middle">milliseconds from starting ssh to its exit'
+               f'{f" (axis starts at {x_min:g} ms)" if x_min > 0 else ""}</text>')
+    for i, k in enumerate(keys):
+        d = L[k]
+        c = COLORS.get(k, "#7c3aed")
+        cy = top + row * i + row / 2
+        label = SHORT.get(k, k)
+        out.append(f'<text x="{left - 12}" y="{cy + 4:.1f}" font-size="13" fill="#111827" text-anchor="end">{esc(label)}</text>')
+        lo, hi_k, med, p95 = d["min_ms"], d["max_ms"], d["median_ms"], d["p95_ms"]
+        out.append(f'<line x1="{X(lo):.1f}" y1="{cy:.1f}" x2="{X(hi_k):.1f}" y2="{cy:.1f}" stroke="{c}" stroke-width="1.5"/>')
+        for e in (lo, hi_k):
+            out.append(f'<line x1="{X(e):.1f}" y1="{cy - 7:.1f}" x2="{X(e):.1f}" y2="{cy + 7:.1f}" stroke="{c}" stroke-width="1.5"/>')
+        v = d.get("samples_ms") or []
+        bh = 24
+        if v:
+            q1, _, q3 = quartiles(v)
+            out.append(f'<rect x="{X(q1):.1f}" y="{cy - bh / 2:.1f}" width="{max(X(q3) - X(q1), 1):.1f}" height="{bh}" '
+                       f'fill="{c}" fill-opacity="0.18" stroke="{c}" stroke-width="1.5"/>')
+            for j, ms in enumerate(v):
+                jitter = ((j * 7919) % 17 - 8) / 8 * (bh / 2 - 2)
+                out.append(f'<circle cx="{X(ms):.1f}" cy="{cy + jitter:.1f}" r="2.6" fill="{c}" fill-opacity="0.55"/>')
+        else:
+            out.append(f'<rect x="{X(med):.1f}" y="{cy - bh / 2:.1f}" width="{max(X(p95) - X(med), 1):.1f}" height="{bh}" '
+                       f'fill="{c}" fill-opacity="0.18" stroke="{c}" stroke-width="1" stroke-dasharray="3,2"/>')
+        out.append(f'<line x1="{X(med):.1f}" y1="{cy - bh / 2 - 3:.1f}" x2="{X(med):.1f}" y2="{cy + bh / 2 + 3:.1f}" stroke="{c}" stroke-width="3.5"/>')
+        px, py = X(p95), cy - bh / 2 - 7
+        out.append(f'<path d="M{px:.1f},{py - 5:.1f} L{px + 5:.1f},{py:.1f} L{px:.1f},{py + 5:.1f} L{px - 5:.1f},{py:.1f} Z" fill="{c}"/>')
+        fails = f", {d['fails']} failed" if d.get("fails") else ""
+        out.append(f'<text x="{left + plot_w + 12}" y="{cy - 2:.1f}" font-size="12" fill="#111827">median {med:.1f}</text>')
+        out.append(f'<text x="{left + plot_w + 12}" y="{cy + 13:.1f}" font-size="11" fill="#4b5563">p95 {p95:.1f}{fails}</text>')
+    if full:
+        legend = ["thick line: median; box: the middle half of the runs; diamond: p95;",
+                  "whiskers: fastest to slowest run; dots: every run"]
+    else:
+        legend = ["thick line: median; dashed box: median to p95; diamond: p95; whiskers: fastest to",
+                  "slowest run (this run predates per-run samples, so no quartiles or dots)"]
+    for i, l in enumerate(legend):
+        out.append(f'<text x="20" y="{H - 26 + 15 * i}" font-size="11" fill="#4b5563">{esc(l)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_svg(R, order, path):
+    svg = latency_svg(R, order)
+    if svg is None:
+        return False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(svg)
+    return True
+
+
+def demo_results(seed=7, runs=30):
+    """Synthetic latency results (seeded) in the shape latency() returns, for `chart --demo`."""
+    import random
+    rnd = random.Random(seed)
+    base = {"direct": 350, "jump": 545, "stdio": 360, "fdpass": 315}
+    lat = {}
+    for k, b in base.items():
+        v = sorted(b * rnd.lognormvariate(0, 0.06) for _ in range(runs))
+        lat[k] = {"runs": runs, "fails": 0, "median_ms": statistics.median(v), "p95_ms": pctl(v, 95),
+                  "min_ms": v[0], "max_ms": v[-1], "samples_ms": v, "error": None}
+    return {"latency": lat, "date": "synthetic data (chart --demo)", "params": {"quick": False}}
+
+
 ORDER = ["direct", "jump", "stdio", "fdpass"]
 SHORT = {"direct": "direct", "jump": "ProxyJump", "stdio": "stdio ProxyCommand", "fdpass": "fdpass multiplexer"}
 
@@ -828,7 +962,8 @@ def runs_text(n):
     return {1: "one run", 2: "mean of 2 runs"}.get(n, f"median of {n} runs")
 
 
-def write_md(R, path, order):
+def write_md(R, path, order, svg=None):
+    """BENCHMARKS.md; `svg` is the latency chart's path, linked relative to the md file."""
     M, P = R["machine"], R["params"]
     fp = R["fdpass_alone"]
     G = R["goals"]
@@ -868,6 +1003,13 @@ def write_md(R, path, order):
              f"Throughput: {runs_text(P['throughput_runs'])} per path; scp: {runs_text(P['scp_runs'])} "
              "per path.")
     L += ["", render(R, order), ""]
+    if svg:
+        rel = os.path.relpath(os.path.abspath(svg), os.path.dirname(os.path.abspath(path)))
+        every = all(R["latency"][k].get("samples_ms") for k in order if k in R["latency"])
+        what = ("every run of the latency figures above" if every else
+                "median, p95, fastest and slowest run of the latency figures above")
+        L += [f"**Latency distribution** ({what}, per path):", "",
+              f"![Latency of ssh host true per path: median, p95 and the spread of the runs]({rel})", ""]
     L.append(f"**idmux-fdpass alone** ({fp['runs']} runs with its stdout one end of a socketpair, as "
              f"ssh sets it up; {fp['ok']} ok): spawn to exit {fmt(fp['exit_median_ms'], 3)} ms median, "
              f"p95 {fmt(fp['exit_p95_ms'], 3)} ms (spawning `/bin/true` the same way: "
@@ -1000,7 +1142,8 @@ def cmd_run(args):
     R["goals"] = goals(R)
     with open(args.json, "w") as f:
         json.dump(R, f, indent=2)
-    write_md(R, args.md, order)
+    svg = svg_path(args)
+    write_md(R, args.md, order, svg if write_svg(R, order, svg) else None)
     print()
     print(render_plain(R, order))
     print()
@@ -1008,6 +1151,11 @@ def cmd_run(args):
         print(f"  [{'met' if x['met'] else 'NOT met'}] {x['goal']}: {x['figure']}")
     print()
     print(f"wrote {args.md} ({R['elapsed_s']:.0f} s of measurements)")
+
+
+def svg_path(args):
+    """--svg, or benches/latency.svg beside the md file's folder."""
+    return args.svg or os.path.join(os.path.dirname(os.path.abspath(args.md)), "benches", "latency.svg")
 
 
 def main():
@@ -1022,17 +1170,35 @@ def main():
     r.add_argument("--config", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--md", required=True)
-    r = sub.add_parser("report", help="render BENCHMARKS.md again from a results.json")
+    r.add_argument("--svg", help="latency chart (default: benches/latency.svg beside the md)")
+    r = sub.add_parser("report", help="render BENCHMARKS.md and the chart again from a results.json")
     r.add_argument("--json", required=True)
     r.add_argument("--md", required=True)
+    r.add_argument("--svg", help="latency chart (default: benches/latency.svg beside the md)")
+    r = sub.add_parser("chart", help="draw only the latency chart, from a results.json or --demo data")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--json")
+    g.add_argument("--demo", action="store_true", help="seeded synthetic samples")
+    r.add_argument("--svg", required=True)
     a = ap.parse_args()
+    if a.sub == "chart":
+        if a.demo:
+            R = demo_results()
+        else:
+            with open(a.json) as f:
+                R = json.load(f)
+        if not write_svg(R, ORDER + [k for k in R["latency"] if k not in ORDER], a.svg):
+            raise SystemExit("chart: no latency figures in the results")
+        print(f"wrote {a.svg}")
+        return
     if a.sub == "wrap":
         sys.exit(cmd_wrap(a))
     if a.sub == "report":
         with open(a.json) as f:
             R = json.load(f)
         R["goals"] = goals(R)
-        write_md(R, a.md, ORDER)
+        svg = svg_path(a)
+        write_md(R, a.md, ORDER, svg if write_svg(R, ORDER, svg) else None)
         print(render_plain(R, ORDER))
         return
     cmd_run(a)

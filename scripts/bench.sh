@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (issue 7): idmux against direct ssh, OpenSSH ProxyJump and the per-connection stdio
-# ProxyCommand, side by side in one run. Writes BENCHMARKS.md at the repo root and prints the table.
+# ProxyCommand, side by side in one run. Writes BENCHMARKS.md at the repo root, with the latency
+# distribution of each path drawn in benches/latency.svg, and prints the table.
 #
 #   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x3, storm of 200,
 #                              200 open sessions (about 5-10 minutes on 2 cores)
@@ -20,7 +21,7 @@ for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -523,3 +523,31 @@ fn bot_logs_one_line_per_renewal_and_failure_never_secrets() {
         assert!(!all.contains(secret), "{secret:?} in the trace log");
     }
 }
+
+#[test]
+fn benchmark_latency_chart_is_a_well_formed_svg() {
+    let t = tempfile::tempdir().unwrap();
+    let svg = t.path().join("latency.svg");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = run(Command::new("python3")
+        .arg(root.join("benches/measure.py"))
+        .args(["chart", "--demo", "--svg"])
+        .arg(&svg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(Command::new("python3")
+        .args(["-c", "import sys, xml.dom.minidom as m; d = m.parse(sys.argv[1]); print(len(d.getElementsByTagName('circle')), len(d.getElementsByTagName('rect')))"])
+        .arg(&svg));
+    assert!(o.status.success(), "not well-formed XML: {}", stderr(&o));
+    // 4 paths x 30 runs as dots; a background plus one box per path.
+    assert_eq!(stdout(&o).trim(), "120 5");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "direct",
+        "ProxyJump",
+        "stdio ProxyCommand",
+        "fdpass multiplexer",
+        "median",
+    ] {
+        assert!(text.contains(label), "{label}");
+    }
+}
