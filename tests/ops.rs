@@ -378,6 +378,19 @@ fn doctor_healthy_then_broken() {
     let (lines, ok, text) = doctor(&stdio, &["--node", &format!("node-1.{C}")]);
     assert_eq!(status_of(&lines, "daemon"), "ok", "{text}");
     assert_eq!(status_of(&lines, "node"), "ok", "{text}");
+    assert!(
+        text.contains("gRPC transport") && text.contains("(grpc transport)"),
+        "{text}"
+    );
+    assert!(ok, "{text}");
+    // Both transports: the proxy's SSH server too.
+    let (lines, ok, text) = doctor(&stdio, &["--node", "node-1", "--transport", "ssh"]);
+    assert_eq!(status_of(&lines, "proxy"), "ok", "{text}");
+    assert_eq!(status_of(&lines, "node"), "ok", "{text}");
+    assert!(
+        text.contains("SSH transport: host certificate checked"),
+        "{text}"
+    );
     assert!(ok, "{text}");
 
     // The same certificate expired.
@@ -385,6 +398,18 @@ fn doctor_healthy_then_broken() {
     let (lines, ok, text) = doctor(&stdio, &[]);
     assert_eq!(status_of(&lines, "certificate"), "fail", "{text}");
     assert!(text.contains("expired"), "{text}");
+    // The proxy's verdict too, on either transport.
+    assert_eq!(status_of(&lines, "proxy"), "fail", "{text}");
+    assert!(
+        text.contains("refused this identity's certificate: certificate expired"),
+        "{text}"
+    );
+    let (lines, _, text) = doctor(&stdio, &["--transport", "ssh"]);
+    assert_eq!(status_of(&lines, "proxy"), "fail", "{text}");
+    assert!(
+        text.contains("refused this identity's certificate: certificate expired"),
+        "{text}"
+    );
     assert!(!ok);
 
     // An identity from another CA of the same name: the proxy's certificate does not verify.

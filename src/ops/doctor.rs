@@ -12,8 +12,9 @@
 //! - `certificate`: the time left (fail when expired or not yet valid, warn under a third of
 //!   its lifetime: the bot renews well before that).
 //! - `clock`: local time against the proxy's HTTP `Date` on `/webapi/ping`.
-//! - `proxy`: TLS with ALPN `teleport-proxy-ssh`, the proxy's certificate verified against the
-//!   cluster's CA in the identity, then the SSH login with the identity's certificate.
+//! - `proxy`: a connection as the daemon makes it (`--transport auto|grpc|ssh`): TLS with the
+//!   proxy's certificate verified against the cluster's CA in the identity, then gRPC's
+//!   TransportService or the SSH server (host certificate checked, login with the identity).
 //! - `daemon`: something answers on `v1.sock`, and `agent.sock` serves a valid certificate
 //!   (fdpass ssh_config); not needed for a stdio ssh_config.
 //! - `node` (with `--node host[:port]`): a dial through the daemon (or the proxy, for a stdio
@@ -35,6 +36,8 @@ use clap::Args;
 use russh::keys::ssh_key::Certificate;
 
 use crate::identity::{Identity, KeyPair};
+use crate::transport::link::{self, TransportKind};
+use crate::transport::relay;
 
 /// `idmux doctor`.
 #[derive(Args, Debug)]
@@ -48,6 +51,9 @@ pub struct DoctorArgs {
     /// Dial this node and read its SSH banner: host[:port] (port 3022 by default).
     #[arg(long)]
     pub node: Option<String>,
+    /// The transport to check the proxy with (as `idmux start --transport`).
+    #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
+    pub transport: TransportKind,
 }
 
 /// The verdict of one check.
@@ -519,24 +525,59 @@ async fn check_clock(proxy: &str, dir: &Path) -> Check {
     }
 }
 
-/// TLS to the proxy verified against the identity's cluster CA, then the SSH login.
-async fn check_proxy(proxy: &str, id: &Identity) -> Check {
-    const N: &str = "proxy";
-    use crate::transport::{sshproxy, tls};
-    let t0 = Instant::now();
-    let stream = match tls::dial(proxy, id, &[tls::ALPN_PROXY_SSH]).await {
+/// The proxy's verdict on the identity's certificate, read on a bare TLS connection (ALPN of
+/// the gRPC transport): under TLS 1.3 a refusal arrives as an alert on the first read. `None`
+/// when the proxy just waits for the client to speak (accepted).
+async fn tls_verdict(proxy: &str, id: &Identity) -> Option<String> {
+    use crate::transport::{grpc::ALPN_PROXY_GRPC, tls};
+    use tokio::io::AsyncReadExt;
+    let mut s = match tls::dial(proxy, id, &[ALPN_PROXY_GRPC]).await {
         Ok(s) => s,
-        Err(e) => return check(Status::Fail, N, format!("{e:#}")),
+        Err(e) => return Some(format!("{e:#}")),
     };
-    let tls_ms = t0.elapsed().as_millis();
-    match sshproxy::connect(stream, id, proxy).await {
-        Ok(h) => {
-            let all = t0.elapsed().as_millis();
-            sshproxy::close(h).await;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+        Ok(Err(e)) => Some(tls::describe_tls_error(proxy, &[ALPN_PROXY_GRPC], &e)),
+        Ok(Ok(0)) => Some(format!(
+            "proxy {proxy} closed the connection right after the TLS handshake"
+        )),
+        _ => None,
+    }
+}
+
+/// A connection to the proxy as the daemon makes it: TLS verified against the identity's
+/// cluster CA, then the transport (`--transport`: gRPC, or the SSH server whose host
+/// certificate is checked and which the identity logs in to).
+async fn check_proxy(proxy: &str, id: &Identity, kind: TransportKind) -> Check {
+    const N: &str = "proxy";
+    let t0 = Instant::now();
+    let connected = match link::connect(proxy, id, kind).await {
+        // gRPC: the handshake alone does not show the proxy's verdict on the certificate.
+        Ok(link::Link::Grpc(g)) => match g.cluster_details().await {
+            Ok(_) => Ok(link::Link::Grpc(g)),
+            // HTTP/2 may only see a broken pipe where the proxy sent a TLS alert: ask again
+            // on a bare TLS connection, whose first read carries the alert.
+            Err(e) => Err(tls_verdict(proxy, id)
+                .await
+                .map(|w| anyhow!("{w}"))
+                .unwrap_or(e)),
+        },
+        other => other,
+    };
+    match connected {
+        Ok(l) => {
+            let ms = t0.elapsed().as_millis();
+            let how = match l.kind() {
+                TransportKind::Ssh => "SSH transport: host certificate checked, login accepted",
+                _ => "gRPC transport: identity accepted (GetClusterDetails answered)",
+            };
+            l.close().await;
             check(
                 Status::Ok,
                 N,
-                format!("{proxy}: TLS certificate verified against the cluster CA ({tls_ms} ms), host certificate checked, SSH login with the identity accepted ({all} ms)"),
+                format!(
+                    "{proxy}: TLS certificate verified against the cluster CA; {how} ({ms} ms)"
+                ),
             )
         }
         Err(e) => check(Status::Fail, N, format!("{e:#}")),
@@ -680,26 +721,50 @@ fn dial_v1(v1: &Path, host: &str, port: u16) -> Result<String> {
     bail!("{why}")
 }
 
-/// Dial through the proxy directly (stdio ssh_config).
-async fn dial_proxy(proxy: &str, id: &Identity, host: &str, port: u16) -> Result<String> {
-    use crate::transport::{sshproxy, tls};
+/// Dial through the proxy directly (stdio ssh_config), over `kind`; the banner and the
+/// transport used.
+async fn dial_proxy(
+    proxy: &str,
+    id: &Identity,
+    host: &str,
+    port: u16,
+    kind: TransportKind,
+) -> Result<(String, TransportKind)> {
+    use tokio::io::AsyncReadExt;
     let cluster = id.cluster_name()?;
-    let stream = tls::dial(proxy, id, &[tls::ALPN_PROXY_SSH]).await?;
-    let h = sshproxy::connect(stream, id, proxy).await?;
-    let node = sshproxy::open_node(&h, host, port, &cluster).await;
+    let l = link::connect(proxy, id, kind).await?;
+    let used = l.kind();
     let result = async {
-        let mut n = node?;
-        let mut got = n.early_data.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !got.contains(&b'\n') {
-            match tokio::time::timeout_at(deadline, n.channel.wait()).await {
-                Ok(Some(russh::ChannelMsg::Data { data })) => got.extend_from_slice(&data),
-                Ok(Some(russh::ChannelMsg::Eof | russh::ChannelMsg::Close) | None) => break,
-                Ok(Some(_)) => {}
-                Err(_) => bail!("no SSH banner within 15s"),
+        let node = l.open_node(host, port, &cluster, None).await?;
+        // The relay writes the node's bytes into one end of a pipe; read the banner from the
+        // other, then drop both (the relay ends with them).
+        let (mut mine, theirs) = tokio::io::duplex(64 * 1024);
+        let (tr, tw) = tokio::io::split(theirs);
+        let relay = relay::relay(node, tr, tw, tokio::io::sink(), ("doctor", "doctor"));
+        tokio::pin!(relay);
+        let read = async {
+            let mut got = Vec::new();
+            let mut b = [0u8; 256];
+            while !got.contains(&b'\n') && got.len() < 1024 {
+                let n = mine.read(&mut b).await?;
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&b[..n]);
             }
-        }
-        let _ = n.channel.close().await;
+            anyhow::Ok(got)
+        };
+        let got = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::select! {
+                r = read => r,
+                r = &mut relay => match r {
+                    Ok(()) => bail!("the node closed the connection before its banner"),
+                    Err(e) => Err(e),
+                },
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("no SSH banner within 15s"))??;
         Ok(String::from_utf8_lossy(&got)
             .lines()
             .next()
@@ -708,8 +773,8 @@ async fn dial_proxy(proxy: &str, id: &Identity, host: &str, port: u16) -> Result
             .to_string())
     }
     .await;
-    sshproxy::close(h).await;
-    result
+    l.close().await;
+    result.map(|b| (b, used))
 }
 
 async fn check_node(
@@ -718,6 +783,7 @@ async fn check_node(
     fdpass: bool,
     proxy: Option<&str>,
     id: Option<&Identity>,
+    kind: TransportKind,
 ) -> Check {
     const N: &str = "node";
     let (host, port) = match node_target(node) {
@@ -731,10 +797,13 @@ async fn check_node(
         let r = tokio::task::spawn_blocking(move || dial_v1(&v1, &h, p))
             .await
             .unwrap_or_else(|e| Err(anyhow!("{e}")));
-        ("v1.sock", r)
+        ("v1.sock".to_string(), r)
     } else {
         match (proxy, id) {
-            (Some(p), Some(id)) => ("the proxy", dial_proxy(p, id, &host, port).await),
+            (Some(p), Some(id)) => match dial_proxy(p, id, &host, port, kind).await {
+                Ok((b, used)) => (format!("the proxy ({used} transport)"), Ok(b)),
+                Err(e) => ("the proxy".to_string(), Err(e)),
+            },
             _ => {
                 return check(
                     Status::Fail,
@@ -799,7 +868,7 @@ pub async fn checks(a: &DoctorArgs) -> Vec<Check> {
         Some(p) => {
             out.push(check_clock(p, &dir).await);
             match &id {
-                Some(id) => out.push(check_proxy(p, id).await),
+                Some(id) => out.push(check_proxy(p, id, a.transport).await),
                 None => out.push(check(
                     Status::Fail,
                     "proxy",
@@ -810,7 +879,7 @@ pub async fn checks(a: &DoctorArgs) -> Vec<Check> {
     }
     out.push(check_daemon(&dir, fdpass));
     if let Some(n) = &a.node {
-        out.push(check_node(n, &dir, fdpass, proxy.as_deref(), id.as_ref()).await);
+        out.push(check_node(n, &dir, fdpass, proxy.as_deref(), id.as_ref(), a.transport).await);
     }
     out
 }

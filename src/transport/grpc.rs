@@ -26,7 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::proto::{Frame, ProxySshRequest, ProxySshResponse, SshFrame, TargetHost, PROXY_SSH};
+use super::proto::{
+    Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest, ProxySshResponse,
+    SshFrame, TargetHost, GET_CLUSTER_DETAILS, PROXY_SSH,
+};
 use crate::mux::agent::Agent;
 
 /// ALPN of the proxy's gRPC TransportService.
@@ -270,6 +273,38 @@ impl GrpcProxy {
             rx: inbound,
             agent,
         })
+    }
+
+    /// `GetClusterDetails`: one round trip, so a proxy's refusal of the identity's certificate
+    /// (which TLS 1.3 delivers after the handshake) shows here (used by `idmux doctor`).
+    pub async fn cluster_details(&self) -> Result<GetClusterDetailsResponse> {
+        let send = self.send.clone();
+        let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+            let mut send = send.clone();
+            async move { send.send_request(req).await }
+        });
+        let mut grpc = tonic::client::Grpc::with_origin(svc, self.origin.clone());
+        let codec =
+            tonic_prost::ProstCodec::<GetClusterDetailsRequest, GetClusterDetailsResponse>::default(
+            );
+        let r = async {
+            grpc.ready()
+                .await
+                .map_err(|e| anyhow!("proxy {}: gRPC connection not ready: {e}", self.proxy))?;
+            grpc.unary(
+                tonic::Request::new(GetClusterDetailsRequest {}),
+                PathAndQuery::from_static(GET_CLUSTER_DETAILS),
+                codec,
+            )
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| anyhow!("proxy {}: GetClusterDetails: {}", self.proxy, s.message()))
+        }
+        .await;
+        match r {
+            Ok(d) => Ok(d),
+            Err(e) => Err(self.why_ended().await.unwrap_or(e)),
+        }
     }
 
     fn refusal(&self, host_port: &str, s: &tonic::Status) -> anyhow::Error {
