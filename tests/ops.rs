@@ -82,6 +82,8 @@ fn systemd_units_verify_and_install_atomically() {
         "--proxy-server=127.0.0.1:3080".to_string(),
         format!("--ca-path={}", t.path().join("ca.pem").display()),
         "--renewal-interval=10m".to_string(),
+        // The global logging flags pass through to ExecStart too.
+        "--log-format=json".to_string(),
     ];
     let mut args: Vec<String> = ["install", "systemd", "--systemd-directory"]
         .iter()

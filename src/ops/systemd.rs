@@ -97,17 +97,42 @@ pub enum ClusterInstallCmd {
     Systemd(ClusterUnitArgs),
 }
 
+/// The global flags `idmux` accepts anywhere on its command line (see `cli`).
+#[derive(Args)]
+struct GlobalFlags {
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<crate::ops::logging::LogFormat>,
+    #[arg(long, global = true)]
+    debug: bool,
+}
+
 /// The `start` command line alone, parsed with the real flags.
 #[derive(Parser)]
 #[command(name = "idmux", no_binary_name = true)]
-enum StartLine {
+struct StartLine {
+    #[command(flatten)]
+    _g: GlobalFlags,
+    #[command(subcommand)]
+    cmd: StartOnly,
+}
+
+#[derive(Subcommand)]
+enum StartOnly {
     Start(Box<crate::bot::cmd::StartArgs>),
 }
 
 /// The `cluster start` command line alone.
 #[derive(Parser)]
 #[command(name = "idmux", no_binary_name = true)]
-enum ClusterLine {
+struct ClusterLine {
+    #[command(flatten)]
+    _g: GlobalFlags,
+    #[command(subcommand)]
+    cmd: ClusterOnly,
+}
+
+#[derive(Subcommand)]
+enum ClusterOnly {
     #[command(subcommand)]
     Cluster(ClusterStartOnly),
 }
@@ -258,8 +283,9 @@ pub fn bot_unit(a: &BotUnitArgs, exe: &Path) -> Result<Unit> {
         _ => &a.start,
     };
     start.extend(rest.iter().cloned());
-    let StartLine::Start(args) = StartLine::try_parse_from(&start)
-        .map_err(|e| anyhow!("the idmux start flags: {}", first_line(&e.to_string())))?;
+    let StartOnly::Start(args) = StartLine::try_parse_from(&start)
+        .map_err(|e| anyhow!("the idmux start flags: {}", first_line(&e.to_string())))?
+        .cmd;
     let mut rw = Vec::new();
     let mut ro = Vec::new();
     // The standalone multiplexer has no SIGHUP handler: no ExecReload for it.
@@ -321,13 +347,14 @@ pub fn cluster_unit(a: &ClusterUnitArgs, exe: &Path) -> Result<Unit> {
     };
     let mut line = vec!["cluster".to_string(), "start".to_string()];
     line.extend(rest.iter().cloned());
-    let ClusterLine::Cluster(ClusterStartOnly::Start(s)) = ClusterLine::try_parse_from(&line)
+    let ClusterOnly::Cluster(ClusterStartOnly::Start(s)) = ClusterLine::try_parse_from(&line)
         .map_err(|e| {
             anyhow!(
                 "the idmux cluster start flags: {}",
                 first_line(&e.to_string())
             )
-        })?;
+        })?
+        .cmd;
     need_absolute(&s.d.data_dir, "--data-dir")?;
     let mut exec = vec![exe.display().to_string()];
     exec.extend(line);
