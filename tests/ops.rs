@@ -321,7 +321,8 @@ fn wait_for(p: &Path) {
 
 #[test]
 fn doctor_healthy_then_broken() {
-    let cl = DevCluster::start(C, 1);
+    // Both node transports: doctor checks the proxy over each.
+    let cl = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "grpc,ssh");
     let work = tempfile::tempdir().unwrap();
     let (data, dest) = (work.path().join("data"), work.path().join("dest"));
     let token = cl.token("doc", &me());
