@@ -8,6 +8,7 @@
 //! - [`cluster`]: the development cluster (proxy + auth on one TLS port, real sshd nodes).
 //! - [`ops`]: systemd units, `doctor`, logging setup and shell completions.
 //! - [`fsutil`]: atomic, permission-aware file writes.
+//! - `fuzzing`: the fuzz target bodies shared by `fuzz/` and the corpus replay test.
 //! - [`cli`]: the `idmux` command line (thin: parses flags and calls the modules above).
 
 pub mod bot;
@@ -15,6 +16,8 @@ pub mod ca;
 pub mod cli;
 pub mod cluster;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod mux;
 pub mod openssh;
