@@ -227,6 +227,15 @@ impl Upstream {
             match self.connect().await {
                 Ok(c) => {
                     let mut conns = self.conns.lock().await;
+                    if conns.iter().any(|c| !c.link.is_closed()) {
+                        // A request opened one while we dialed (right after a proxy restart):
+                        // keep one warm connection, not two for the life of the daemon.
+                        drop(conns);
+                        if let Ok(c) = Arc::try_unwrap(c) {
+                            c.link.close().await;
+                        }
+                        continue;
+                    }
                     conns.push(c.clone());
                     self.metrics
                         .upstream_conns

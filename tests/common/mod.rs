@@ -123,6 +123,17 @@ pub struct DevCluster {
     pub child: std::process::Child,
     /// `--transports` it serves.
     pub transports: String,
+    /// How the cluster process is run (environment, log file); kept across restarts.
+    pub opts: ClusterOptions,
+}
+
+/// Extra settings for a cluster process.
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// Environment variables for the `idmux cluster start` process.
+    pub env: Vec<(String, String)>,
+    /// Append stdout and stderr to this file instead of inheriting stderr.
+    pub log: Option<PathBuf>,
 }
 
 impl DevCluster {
@@ -141,15 +152,36 @@ impl DevCluster {
         nodes: usize,
         transports: &str,
     ) -> DevCluster {
+        Self::start_full(dir, name, nodes, transports, ClusterOptions::default())
+    }
+
+    /// Start with an environment and/or a log file (serving this run's transports).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        opts: ClusterOptions,
+    ) -> DevCluster {
+        Self::start_full(dir, name, nodes, cluster_transports(), opts)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+        opts: ClusterOptions,
+    ) -> DevCluster {
         let port = idmux::cluster::node::free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
-        let child = Self::spawn(dir.path(), &addr, name, nodes, transports);
+        let child = Self::spawn(dir.path(), &addr, name, nodes, transports, &opts);
         DevCluster {
             dir,
             addr,
             name: name.to_string(),
             child,
             transports: transports.to_string(),
+            opts,
         }
     }
 
@@ -162,6 +194,7 @@ impl DevCluster {
             &self.name,
             nodes,
             &self.transports,
+            &self.opts,
         );
     }
 
@@ -171,8 +204,20 @@ impl DevCluster {
         name: &str,
         nodes: usize,
         transports: &str,
+        opts: &ClusterOptions,
     ) -> std::process::Child {
-        use std::io::{BufRead, BufReader};
+        use std::io::{BufRead, BufReader, Write};
+        let log = opts.log.as_ref().map(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        });
+        let stderr = match &log {
+            Some(f) => std::process::Stdio::from(f.try_clone().unwrap()),
+            None => std::process::Stdio::inherit(),
+        };
         let mut child = Command::new(idmux_bin())
             .args([
                 "cluster",
@@ -188,16 +233,24 @@ impl DevCluster {
                 "--data-dir",
             ])
             .arg(dir)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         let first = lines.next().expect("cluster printed nothing").unwrap();
         assert!(first.contains("ready on"), "cluster did not start: {first}");
-        // Keep draining stdout so the cluster never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        // Keep draining stdout (into the log, if any) so the cluster never blocks on a pipe.
+        std::thread::spawn(move || {
+            let mut log = log;
+            for l in lines.map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{l}");
+                }
+            }
+        });
         child
     }
 
@@ -345,4 +398,161 @@ impl Drop for StandaloneMux {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Extra flags for every `idmux start` that the reliability tests (faults, soak, isolation)
+/// run: `IDMUX_TEST_START_ARGS`, split on whitespace (e.g. `--transport=grpc`), so the same
+/// tests can be run once per transport.
+pub fn extra_start_args() -> Vec<String> {
+    std::env::var("IDMUX_TEST_START_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// How to run a bot ([`BotProc::start`]).
+#[derive(Default)]
+pub struct BotOptions {
+    /// More `idmux start` flags (after the cluster's and [`extra_start_args`]).
+    pub args: Vec<String>,
+    /// Environment of the bot process.
+    pub env: Vec<(String, String)>,
+    /// Data and destination dirs (default: fresh folders in the bot's work dir).
+    pub data: Option<PathBuf>,
+    pub dest: Option<PathBuf>,
+    /// Join token (default: a fresh one for bot `ci` with the current user as login).
+    pub token: Option<String>,
+    /// Return at once instead of waiting for ssh_config, v1.sock and agent.sock.
+    pub no_wait: bool,
+}
+
+/// A running `idmux start` (bot + multiplexer) whose stderr goes to `log`; stopped on drop.
+pub struct BotProc {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    pub dest: PathBuf,
+    pub log: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+impl BotProc {
+    /// Start a bot against `cl` (by default as bot `ci` with a fresh token); waits until the
+    /// destination dir holds ssh_config, v1.sock and agent.sock.
+    pub fn start(cl: &DevCluster, o: BotOptions) -> BotProc {
+        let work = tempfile::tempdir().unwrap();
+        let data = o.data.clone().unwrap_or_else(|| work.path().join("data"));
+        let dest = o.dest.clone().unwrap_or_else(|| work.path().join("dest"));
+        let log = work.path().join("bot.log");
+        let token = o.token.clone().unwrap_or_else(|| cl.token("ci", &me()));
+        let child = Command::new(idmux_bin())
+            .args(cl.start_args(&data, &dest, &token))
+            .args(extra_start_args())
+            .args(&o.args)
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut b = BotProc {
+            child,
+            data,
+            dest,
+            log,
+            work,
+        };
+        if !o.no_wait {
+            b.wait_ready();
+        }
+        b
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(self.dest.join("ssh_config").exists()
+            && self.dest.join("v1.sock").exists()
+            && self.dest.join("agent.sock").exists())
+        {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("the bot exited ({st}): {}", self.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bot did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The destination's ssh_config.
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dest.join("ssh_config")
+    }
+}
+
+impl Drop for BotProc {
+    fn drop(&mut self) {
+        idmux::cluster::node::terminate(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Wait until `f` holds, checking every 100 ms; false if `limit` passed first.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `fd -> target` of every open descriptor of a process (for failure messages).
+pub fn fd_list(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let t = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
