@@ -103,6 +103,7 @@ where
     // session's own window (OpenSSH: 2 MiB per channel) bounds what a working client leaves
     // unread; past OUTPUT_QUEUE_CAP the client is broken and its channel is closed.
     let pending = std::sync::atomic::AtomicUsize::new(0);
+    let peer_closed = std::sync::atomic::AtomicBool::new(false);
     let (qtx, mut qrx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let drain = async {
         use std::sync::atomic::Ordering;
@@ -125,7 +126,11 @@ where
                     let _ = errors.write_all(&data).await;
                     let _ = errors.flush().await;
                 }
-                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
+                Some(ChannelMsg::Eof) => break,
+                Some(ChannelMsg::Close) | None => {
+                    peer_closed.store(true, Ordering::Relaxed);
+                    break;
+                }
                 Some(_) => {}
             }
         }
@@ -157,9 +162,33 @@ where
     };
 
     let result = both(up, down).await;
-    let _ = tx.close().await;
+    // Let the proxy close the channel after its EOF rather than close it ourselves: russh
+    // (0.65) keeps a channel's sender for the life of the connection when the client's CLOSE
+    // goes first (the peer's answering CLOSE is dropped before the map entry is removed), a
+    // few KiB per node connection in a long-lived multiplexer. The proxy closes right after the
+    // node does; only a peer that never closes costs the wait.
+    use std::sync::atomic::Ordering;
+    if result.is_ok() && !peer_closed.load(Ordering::Relaxed) {
+        let wait_close = async {
+            loop {
+                match rx.wait().await {
+                    Some(ChannelMsg::Close) | None => break true,
+                    Some(_) => {}
+                }
+            }
+        };
+        if let Ok(true) = tokio::time::timeout(PEER_CLOSE_WAIT, wait_close).await {
+            peer_closed.store(true, Ordering::Relaxed);
+        }
+    }
+    if !peer_closed.load(Ordering::Relaxed) {
+        let _ = tx.close().await;
+    }
     result
 }
+
+/// How long a finished SSH relay waits for the proxy to close the channel before closing it.
+pub const PEER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Drive `up` (local input to the node) and `down` (the node to local output) together until
 /// `down` ends: input ending cleanly lets the node's bytes flow on; an input error ends it all.
