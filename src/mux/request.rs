@@ -37,6 +37,7 @@ pub enum RequestError {
     TooManyFields(usize),
     MissingPort(String),
     EmptyHost,
+    BadHost(String),
     BadPort(String),
     EmptyCluster,
 }
@@ -56,6 +57,9 @@ impl fmt::Display for RequestError {
             ),
             RequestError::MissingPort(t) => write!(f, "target {t:?} has no port; want host:port"),
             RequestError::EmptyHost => write!(f, "target has an empty host"),
+            RequestError::BadHost(h) => {
+                write!(f, "target host {h:?} is neither a host name nor an address")
+            }
             RequestError::BadPort(p) => write!(f, "target port {p:?} is not a port number"),
             RequestError::EmptyCluster => write!(f, "target names an empty cluster after '|'"),
         }
@@ -95,6 +99,12 @@ pub fn parse(buf: &[u8]) -> Result<(Target, usize), RequestError> {
         .unwrap_or(host);
     if host.is_empty() {
         return Err(RequestError::EmptyHost);
+    }
+    // Brackets only enclose an IPv6 literal; any left over is no host. (Found by fuzzing:
+    // "[[]]:3" was accepted as host "[]", which the daemon then reported as "[]:3", a
+    // request that does not parse.)
+    if host.contains(['[', ']']) {
+        return Err(RequestError::BadHost(host.to_string()));
     }
     let port: u16 = port
         .parse()
@@ -144,6 +154,8 @@ mod tests {
         assert_eq!(parse(b"h\0"), Err(RequestError::MissingPort("h".into())));
         assert_eq!(parse(b"h:22|\0"), Err(RequestError::EmptyCluster));
         assert_eq!(parse(b"\xff:22\0"), Err(RequestError::NotUtf8));
+        assert_eq!(parse(b"[[]]:3\0"), Err(RequestError::BadHost("[]".into())));
+        assert_eq!(parse(b"a]:3\0"), Err(RequestError::BadHost("a]".into())));
     }
 
     #[test]
