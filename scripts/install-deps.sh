@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what idmux's demo, tests and benchmarks need when it is missing: OpenSSH client and
-# server, rsync, openssl, curl, systemd-analyze, and Ansible (for the multiplexer's end-to-end tests).
+# server, rsync, openssl, curl, systemd-analyze, libfaketime, passwd and mount (for the
+# reliability tests), and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -14,6 +15,11 @@ command -v sftp >/dev/null || need+=(openssh-sftp-server)
 [ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
 # systemd-analyze checks the units `idmux install systemd` writes (no running systemd needed).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The reliability tests: libfaketime moves the bot's clock (tests/faults.rs), useradd makes
+# the second user of tests/isolation.rs, mount/umount put the destination on a small tmpfs.
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
+command -v useradd >/dev/null || need+=(passwd)
+command -v mount >/dev/null || need+=(mount)
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
 fi

@@ -10,8 +10,11 @@
 use crate::identity::{HostCa, Identity, KeyPair};
 use crate::mux::request::{self, MAX_REQUEST};
 
+/// A target body: any bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name used for its folders under `fuzz/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("mux_request", mux_request),
     ("identity_file", identity_file),
     ("key_pem", key_pem),
@@ -28,7 +31,10 @@ pub fn mux_request(data: &[u8]) {
         assert!(!t.host.is_empty());
         // What the daemon logs and reports must itself be a request that parses.
         let again = format!("{t}\0");
-        assert!(request::parse(again.as_bytes()).is_ok(), "{t} does not parse back");
+        assert!(
+            request::parse(again.as_bytes()).is_ok(),
+            "{t} does not parse back"
+        );
     }
 }
 
@@ -82,7 +88,9 @@ pub fn known_hosts(data: &[u8]) {
     };
     for line in text.lines() {
         if let Ok(ca) = HostCa::parse_line(line) {
-            let out = ca.authorized_hosts_line().expect("a parsed CA line renders");
+            let out = ca
+                .authorized_hosts_line()
+                .expect("a parsed CA line renders");
             let back = HostCa::parse_line(&out).expect("a rendered CA line parses");
             assert_eq!(back.key, ca.key);
         }

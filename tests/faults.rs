@@ -163,7 +163,10 @@ fn proxy_restart_under_50_open_sessions() {
             Some(_) => {}
         }
     }
-    assert_eq!(hung, 0, "{hung} of 50 sessions hung after the proxy restart");
+    assert_eq!(
+        hung, 0,
+        "{hung} of 50 sessions hung after the proxy restart"
+    );
     drop(sessions);
     assert!(bot.alive(), "the daemon exited: {}", bot.log_text());
 
@@ -275,10 +278,7 @@ fn node_sshd_killed_mid_session() {
     let o = ssh(&cfg, &[&target("node-1"), "true"]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    let idmux_lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("idmux:"))
-        .collect();
+    let idmux_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("idmux:")).collect();
     assert_eq!(idmux_lines.len(), 1, "{}", stderr(&o));
     assert!(bot.alive(), "the daemon exited: {}", bot.log_text());
     drop((s1, s2));
@@ -308,10 +308,9 @@ fn count(log: &str, what: &str) -> usize {
 fn assert_destination_usable(dest: &Path, cfg: &Path) {
     let id = idmux::identity::Identity::load_destination(dest).expect("identity parses");
     id.check_consistent().unwrap();
-    let key = idmux::identity::KeyPair::from_pem(
-        &std::fs::read_to_string(dest.join("key")).unwrap(),
-    )
-    .expect("key parses");
+    let key =
+        idmux::identity::KeyPair::from_pem(&std::fs::read_to_string(dest.join("key")).unwrap())
+            .expect("key parses");
     let cert = russh::keys::ssh_key::Certificate::from_openssh(
         std::fs::read_to_string(dest.join("key-cert.pub"))
             .unwrap()
@@ -403,7 +402,10 @@ fn destination_disk_full_during_renewal() {
     }
     drop(f);
     let probe = dest.join("probe");
-    assert!(std::fs::write(&probe, b"x").is_err(), "the disk is not full");
+    assert!(
+        std::fs::write(&probe, b"x").is_err(),
+        "the disk is not full"
+    );
     let _ = std::fs::remove_file(&probe);
     let failed_before = count(&bot.log_text(), "No space left on device");
     assert!(
@@ -488,7 +490,11 @@ fn data_dir_lock_held() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["lock".to_string()], "wrote into a locked data dir");
+    assert_eq!(
+        names,
+        vec!["lock".to_string()],
+        "wrote into a locked data dir"
+    );
     assert!(!dest.exists(), "wrote a destination while locked");
 
     // Released: the same token still joins (the refused start did not spend it).
@@ -518,12 +524,19 @@ fn data_dir_lock_held() {
     );
 }
 
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// Debian's libfaketime (`/usr/lib/<multiarch>/faketime/libfaketime.so.1`), if installed.
+fn faketime_lib() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
 
 /// libfaketime settings for a process whose clock offset is read from `file` at every call.
-fn faketime_env(file: &Path) -> Vec<(String, String)> {
+fn faketime_env(lib: &Path, file: &Path) -> Vec<(String, String)> {
     vec![
-        ("LD_PRELOAD".into(), FAKETIME_LIB.into()),
+        ("LD_PRELOAD".into(), lib.display().to_string()),
         ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
         ("FAKETIME_NO_CACHE".into(), "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
@@ -551,13 +564,13 @@ fn last_log_time(log: &str) -> Option<std::time::SystemTime> {
 /// runs (libfaketime, offset read from a file): renewals and ssh keep working.
 #[test]
 fn clock_moved_five_minutes_either_way() {
-    if !Path::new(FAKETIME_LIB).exists() {
+    let Some(lib) = faketime_lib() else {
         eprintln!(
-            "SKIP clock_moved_five_minutes_either_way: {FAKETIME_LIB} missing \
+            "SKIP clock_moved_five_minutes_either_way: libfaketime.so.1 is missing \
              (scripts/install-deps.sh installs libfaketime)"
         );
         return;
-    }
+    };
     let work = tempfile::tempdir().unwrap();
     // The cluster's certificates must be older than the bot's lag, as a real proxy's are:
     // start the cluster 10 minutes in the past, then put its clock right.
@@ -568,7 +581,7 @@ fn clock_moved_five_minutes_either_way() {
         C,
         1,
         ClusterOptions {
-            env: faketime_env(&cluster_clock),
+            env: faketime_env(&lib, &cluster_clock),
             log: None,
         },
     );
@@ -579,7 +592,7 @@ fn clock_moved_five_minutes_either_way() {
     let mut bot = BotProc::start(
         &cl,
         BotOptions {
-            env: faketime_env(&bot_clock),
+            env: faketime_env(&lib, &bot_clock),
             args: vec![
                 "--certificate-ttl=20m".into(),
                 "--renewal-interval=2s".into(),

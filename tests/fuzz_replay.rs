@@ -83,7 +83,10 @@ fn write_seed_corpus() {
     };
 
     for (name, req) in [
-        ("node", &b"node-1.seed.test:3022|seed.test\0SSH-2.0-OpenSSH_9.2\r\n"[..]),
+        (
+            "node",
+            &b"node-1.seed.test:3022|seed.test\0SSH-2.0-OpenSSH_9.2\r\n"[..],
+        ),
         ("bare", b"node-1:22\0"),
         ("ipv6", b"[::1]:3022\0"),
         ("bad-port", b"h:99999\0"),
@@ -124,10 +127,14 @@ fn write_seed_corpus() {
             &format!("identity-{i}"),
             id.to_identity_file().unwrap().as_bytes(),
         );
-        put("key_pem", &format!("key-{i}"), key.to_pem().unwrap().as_bytes());
+        put(
+            "key_pem",
+            &format!("key-{i}"),
+            key.to_pem().unwrap().as_bytes(),
+        );
         put("cert_pem", &format!("user-{i}"), id.tls_cert_pem.as_bytes());
-        let kh = idmux::openssh::render_known_hosts("127.0.0.1", "seed.test", &id.host_cas)
-            .unwrap();
+        let kh =
+            idmux::openssh::render_known_hosts("127.0.0.1", "seed.test", &id.host_cas).unwrap();
         put("known_hosts", &format!("known_hosts-{i}"), kh.as_bytes());
     }
     let ec = KeyPair::generate(KeyType::EcdsaP256).unwrap();
