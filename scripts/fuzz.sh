@@ -36,8 +36,8 @@ else
 fi
 
 cd fuzz
-# Fuzz the dependency versions idmux ships with.
-[ -f Cargo.lock ] || cp ../Cargo.lock Cargo.lock
+# Fuzz the dependency versions idmux ships with (cargo adds libfuzzer-sys to the copy).
+cp ../Cargo.lock Cargo.lock
 cargo "+$toolchain" fuzz build "${flags[@]}" -O
 status=0
 for t in "${targets[@]}"; do

@@ -34,9 +34,18 @@ fn corpus_and_regressions_replay_without_panics() {
         let regressions = files(&fuzz_dir().join("regressions").join(name));
         for f in corpus.iter().chain(&regressions) {
             let data = std::fs::read(f).unwrap();
-            // A panic fails the test; name the input so it can be replayed alone.
-            let r = std::panic::catch_unwind(|| target(&data));
-            assert!(r.is_ok(), "{name}: {} panicked", f.display());
+            // A panic or a hang fails the test, naming the input so it can be replayed alone.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = *target;
+            std::thread::spawn(move || {
+                let r = std::panic::catch_unwind(|| t(&data));
+                let _ = tx.send(r.is_ok());
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(true) => {}
+                Ok(false) => panic!("{name}: {} panicked", f.display()),
+                Err(_) => panic!("{name}: {} did not finish within 10 s", f.display()),
+            }
             total += 1;
         }
         eprintln!(

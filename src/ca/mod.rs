@@ -500,8 +500,15 @@ fn spki_of(k: &KeyPair) -> Result<SubjectPublicKeyInfoOwned> {
 
 /// Parse one PEM certificate.
 pub fn parse_cert_pem(pem: &str) -> Result<x509_cert::Certificate> {
-    use der::DecodePem;
-    Ok(x509_cert::Certificate::from_pem(pem.trim().as_bytes())?)
+    use der::Decode;
+    // PEM first, then DER, rather than der's streaming `DecodePem`: der 0.7's PEM reader
+    // loops forever on some malformed bodies (found by fuzzing: a body of "MIIB\n\r"), which
+    // would hang the multiplexer's reload of a damaged identity file.
+    let (label, der) = der::pem::decode_vec(pem.trim().as_bytes()).map_err(der::Error::from)?;
+    if label != "CERTIFICATE" {
+        bail!("PEM block {label:?} is not a CERTIFICATE");
+    }
+    Ok(x509_cert::Certificate::from_der(&der)?)
 }
 
 /// The Teleport identity and validity of a PEM client certificate.
