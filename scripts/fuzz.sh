@@ -8,7 +8,7 @@
 # IDMUX_FUZZ_TOOLCHAIN=nightly to use nightly with AddressSanitizer instead.
 # New interesting inputs go to fuzz/target/corpus/<target>/ (not committed); the seeds in
 # fuzz/corpus/<target>/ are read too. A crash stops the run with its input in
-# fuzz/artifacts/<target>/: fix it, then copy the input to fuzz/regressions/<target>/, where
+# fuzz/artifacts/<target>/ (a panic, or a unit slower than 10 s): fix it, then copy the input to fuzz/regressions/<target>/, where
 # `cargo test --test fuzz_replay` (part of scripts/test.sh) replays it on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ for t in "${targets[@]}"; do
   mkdir -p "target/corpus/$t" "regressions/$t"
   echo "fuzz.sh: $t for ${secs}s" >&2
   if ! cargo "+$toolchain" fuzz run "${flags[@]}" -O "$t" "target/corpus/$t" "corpus/$t" "regressions/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>"target/$t.log"; then
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>"target/$t.log"; then
     echo "fuzz.sh: $t FAILED: input in fuzz/artifacts/$t/, log in fuzz/target/$t.log" >&2
     tail -n 30 "target/$t.log" >&2
     status=1
