@@ -7,9 +7,10 @@
 # (RUSTC_BOOTSTRAP=1, no sanitizer: `-s none`) so no nightly is needed; set
 # IDMUX_FUZZ_TOOLCHAIN=nightly to use nightly with AddressSanitizer instead.
 # New interesting inputs go to fuzz/target/corpus/<target>/ (not committed); the seeds in
-# fuzz/corpus/<target>/ are read too. A crash stops the run with its input in
-# fuzz/artifacts/<target>/ (a panic, or a unit slower than 10 s): fix it, then copy the input to fuzz/regressions/<target>/, where
-# `cargo test --test fuzz_replay` (part of scripts/test.sh) replays it on every test run.
+# fuzz/corpus/<target>/ are read too. A finding (a panic, or one input slower than 10 s) stops
+# the run with its input in fuzz/artifacts/<target>/: fix it, then copy the input to
+# fuzz/regressions/<target>/, where `cargo test --test fuzz_replay` (part of scripts/test.sh)
+# replays it on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
