@@ -229,8 +229,10 @@ impl Upstream {
                     let mut conns = self.conns.lock().await;
                     if conns.iter().any(|c| !c.link.is_closed()) {
                         // A request opened one while we dialed (right after a proxy restart):
-                        // keep one warm connection, not two for the life of the daemon.
+                        // keep one warm connection, not two for the life of the daemon. That
+                        // one is up, so the daemon is ready.
                         drop(conns);
+                        self.metrics.ready.store(1, Ordering::Relaxed);
                         if let Ok(c) = Arc::try_unwrap(c) {
                             c.link.close().await;
                         }
