@@ -18,7 +18,7 @@ trap 'rm -f "$log"' EXIT
 # keeps a 2-core machine responsive. (No doc tests: the crate has none.)
 threads="${IDMUX_TEST_THREADS:-2}"
 # Test binaries whose tests reach nodes through the proxy.
-per_transport=(cluster_ssh mux bot ansible transport)
+per_transport=(cluster_ssh mux bot ansible transport faults)
 status=0
 echo "== pass 1: unit tests and every end-to-end test, node transport gRPC"
 IDMUX_TEST_TRANSPORT=grpc cargo test --no-fail-fast --lib --bins --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
