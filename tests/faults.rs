@@ -385,7 +385,7 @@ fn destination_disk_full_during_renewal() {
     let cfg = bot.ssh_config();
     assert!(wait_for(Duration::from_secs(15), || count(
         &bot.log_text(),
-        "wrote output"
+        "output(s) written"
     ) >= 2));
     assert_destination_usable(&dest, &cfg);
 
@@ -426,12 +426,12 @@ fn destination_disk_full_during_renewal() {
 
     // Space returns: the next renewal writes the outputs again.
     std::fs::remove_file(&filler).unwrap();
-    let wrote = count(&bot.log_text(), "wrote output");
+    let wrote = count(&bot.log_text(), "output(s) written");
     let t0 = Instant::now();
     assert!(
         wait_for(Duration::from_secs(30), || count(
             &bot.log_text(),
-            "wrote output"
+            "output(s) written"
         ) > wrote),
         "no output written after space returned: {}",
         bot.log_text()
@@ -605,13 +605,13 @@ fn clock_moved_five_minutes_either_way() {
     let mut phases = Vec::new();
     for offset in ["+5m", "-5m", "+0"] {
         std::fs::write(&bot_clock, format!("{offset}\n")).unwrap();
-        let renewed = count(&bot.log_text(), "renewed the bot identity");
-        let wrote = count(&bot.log_text(), "wrote output");
+        let renewed = count(&bot.log_text(), "renewed: bot identity");
+        let wrote = count(&bot.log_text(), "output(s) written");
         assert!(
             wait_for(Duration::from_secs(20), || {
                 let l = bot.log_text();
-                count(&l, "renewed the bot identity") >= renewed + 2
-                    && count(&l, "wrote output") >= wrote + 2
+                count(&l, "renewed: bot identity") >= renewed + 2
+                    && count(&l, "output(s) written") >= wrote + 2
             }),
             "clock {offset}: no renewals: {}",
             bot.log_text()
@@ -646,6 +646,6 @@ fn clock_moved_five_minutes_either_way() {
     );
     eprintln!(
         "clock moved {phases:?}: {} renewals, none failed; ssh worked in every phase",
-        count(&log, "renewed the bot identity")
+        count(&log, "renewed: bot identity")
     );
 }

@@ -251,7 +251,7 @@ fn no_secret_in_any_log_at_trace_level() {
     // A few renewals (new bot keys each time).
     assert!(wait_for(Duration::from_secs(30), || {
         private_key_lines(std::slice::from_ref(&bot.data), &mut keys);
-        bot.log_text().matches("renewed the bot identity").count() >= 3
+        bot.log_text().matches("renewed: bot identity").count() >= 3
     }));
     private_key_lines(
         &[
