@@ -357,7 +357,8 @@ fn tls_first_bytes(
 
 #[test]
 fn dev_proxy_refuses_bad_tls_clients() {
-    let cl = DevCluster::start(C, 1);
+    // Both node transports' ALPNs are checked, whichever this run of the suite exercises.
+    let cl = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "grpc,ssh");
     let ca = std::fs::read_to_string(cl.data_dir().join("ca.pem")).unwrap();
     let dest = cl.bot_destination("tls", &me(), "access", "1h", "stdio");
     let id = Identity::load_destination(&dest).unwrap();
@@ -372,6 +373,7 @@ fn dev_proxy_refuses_bad_tls_clients() {
         Duration::from_secs(3600),
     );
     let ssh_alpn: &[&[u8]] = &[b"teleport-proxy-ssh"];
+    let grpc_alpn: &[&[u8]] = &[b"teleport-proxy-ssh-grpc"];
     let auth_alpn = idmux::transport::auth_client::auth_alpn(C);
     let auth_alpn: &[&[u8]] = &[auth_alpn.as_bytes(), b"h2"];
 
@@ -386,6 +388,16 @@ fn dev_proxy_refuses_bad_tls_clients() {
     assert!(
         ok.as_ref().is_ok_and(|b| b.len() >= 4 && b[3] == 4),
         "auth did not answer with SETTINGS: {ok:?}"
+    );
+    let ok = tls_first_bytes(
+        &cl.addr,
+        proxy,
+        client_tls(&ca, mine, grpc_alpn),
+        H2_PREFACE,
+    );
+    assert!(
+        ok.as_ref().is_ok_and(|b| b.len() >= 4 && b[3] == 4),
+        "the gRPC transport did not answer with SETTINGS: {ok:?}"
     );
 
     // The other CA has the same cluster name, so its CA's subject matches: only the
@@ -402,6 +414,18 @@ fn dev_proxy_refuses_bad_tls_clients() {
             proxy,
             client_tls(&ca, theirs, ssh_alpn),
             b"",
+        ),
+        (
+            "gRPC transport, no client certificate",
+            proxy,
+            client_tls(&ca, None, grpc_alpn),
+            H2_PREFACE,
+        ),
+        (
+            "gRPC transport, another CA's certificate",
+            proxy,
+            client_tls(&ca, theirs, grpc_alpn),
+            H2_PREFACE,
         ),
         (
             "a wrong ALPN",
