@@ -187,16 +187,42 @@ def proc_pss_kib(pid):
 # the paths
 
 
+# Every path, in table order, as data: key (results.json), column heading, kind (how ssh is
+# run and which figures apply: direct, jump, stdio, fdpass), idmux's transport, and for idmux
+# paths the bench.json entry (under "paths") with its ssh_config and, for fdpass, the daemon.
+PATHS = [
+    {"key": "direct", "short": "direct", "kind": "direct", "transport": None,
+     "label": "direct"},
+    {"key": "jump", "short": "ProxyJump", "kind": "jump", "transport": None,
+     "label": "ProxyJump (-J bastion sshd)"},
+    {"key": "stdio-grpc", "short": "stdio gRPC", "kind": "stdio", "transport": "grpc",
+     "label": "stdio ProxyCommand (idmux ssh-proxy-command --transport grpc)"},
+    {"key": "stdio-ssh", "short": "stdio SSH", "kind": "stdio", "transport": "ssh",
+     "label": "stdio ProxyCommand (idmux ssh-proxy-command --transport ssh)"},
+    {"key": "fdpass-grpc", "short": "fdpass gRPC", "kind": "fdpass", "transport": "grpc",
+     "label": "fdpass multiplexer (idmux-fdpass + daemon, --transport grpc)"},
+    {"key": "fdpass-ssh", "short": "fdpass SSH", "kind": "fdpass", "transport": "ssh",
+     "label": "fdpass multiplexer (idmux-fdpass + daemon, --transport ssh)"},
+]
+ORDER = [d["key"] for d in PATHS]
+SHORT = {d["key"]: d["short"] for d in PATHS}
+KIND = {d["key"]: d["kind"] for d in PATHS}
+# What relays a session's bytes on the client side, per kind.
+RELAY = {"jump": "ssh -W", "stdio": "idmux ssh-proxy-command", "fdpass": "idmux-fdpass"}
+
+
+def keys_of(kind, order=ORDER):
+    return [k for k in order if KIND.get(k) == kind]
+
+
 class Path:
-    def __init__(self, key, label, ssh, scp, host, relay):
-        self.key, self.label, self.ssh, self.scp, self.host, self.relay = (
-            key,
-            label,
-            ssh,
-            scp,
-            host,
-            relay,
-        )
+    def __init__(self, spec, ssh, scp, host, daemon=None):
+        self.key, self.label, self.kind = spec["key"], spec["label"], spec["kind"]
+        self.short, self.transport = spec["short"], spec["transport"]
+        self.ssh, self.scp, self.host = ssh, scp, host
+        self.relay = RELAY.get(self.kind)
+        # The daemon (`idmux start`) relaying this path's bytes (fdpass), or None.
+        self.daemon = daemon
         # ssh argv with the ProxyCommand wrapped by `wrap` (set up in make_paths), or None.
         self.ssh_wrapped = None
 
@@ -222,28 +248,20 @@ def make_paths(c, work):
         "-o", "ServerAliveInterval=0",
     ]
     node = f"{c['user']}@node-1.{c['cluster']}"
-    paths = [
-        Path("direct", "direct",
-             ["ssh", "-F", c["bench_ssh_config"], "-T"] + common,
-             ["scp", "-F", c["bench_ssh_config"], "-q"] + common,
-             "bench-node", None),
-        Path("jump", "ProxyJump (-J bastion sshd)",
-             ["ssh", "-F", c["bench_ssh_config"], "-T", "-J", "bench-bastion"] + common,
-             ["scp", "-F", c["bench_ssh_config"], "-q", "-J", "bench-bastion"] + common,
-             "bench-node", "ssh -W"),
-        Path("stdio", "stdio ProxyCommand (idmux ssh-proxy-command)",
-             ["ssh", "-F", c["stdio_ssh_config"], "-T"] + common,
-             ["scp", "-F", c["stdio_ssh_config"], "-q"] + common,
-             node, "idmux ssh-proxy-command"),
-        Path("fdpass", "fdpass multiplexer (idmux-fdpass + daemon)",
-             ["ssh", "-F", c["fdpass_ssh_config"], "-T"] + common,
-             ["scp", "-F", c["fdpass_ssh_config"], "-q"] + common,
-             node, "idmux-fdpass"),
-    ]
+    paths = []
+    for spec in PATHS:
+        if spec["kind"] in ("direct", "jump"):
+            jump = ["-J", "bench-bastion"] if spec["kind"] == "jump" else []
+            cfg, host, daemon = c["bench_ssh_config"], "bench-node", None
+        else:
+            entry = c["paths"][spec["key"]]
+            jump, cfg, host, daemon = [], entry["ssh_config"], node, entry.get("daemon_pid")
+        paths.append(Path(spec, ["ssh", "-F", cfg, "-T"] + jump + common,
+                          ["scp", "-F", cfg, "-q"] + jump + common, host, daemon))
     for p in paths:
-        if p.key == "direct":
+        if p.kind == "direct":
             continue
-        if p.key == "jump":
+        if p.kind == "jump":
             # What -J expands to (ssh -W through the bastion), written out so it can be wrapped.
             pc = f"ssh -F {shlex.quote(c['bench_ssh_config'])} -W '[%h]:%p' bench-bastion"
             base = [a for a in p.ssh if a not in ("-J", "bench-bastion")]
@@ -348,13 +366,13 @@ def wrapped_run(argv, work, tag, stdin=subprocess.DEVNULL, feed=None):
     return r, t_first
 
 
-def throughput(paths, work, nbytes, runs, daemon_pid):
+def throughput(paths, work, nbytes, runs):
     res = {p.key: [] for p in paths}
     for i in range(runs):
         for p in paths:
-            d0 = proc_cpu_s(daemon_pid)
+            d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
             r, t_first = wrapped_run(p.cmd("cat > /dev/null"), work, f"tp-{p.key}", feed=nbytes)
-            d1 = proc_cpu_s(daemon_pid)
+            d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
             if r.get("rc") != 0:
                 log(f"throughput {p.key}: failed: {r.get('stderr')}")
                 res[p.key].append({"ok": False, "error": r.get("stderr")})
@@ -369,7 +387,7 @@ def throughput(paths, work, nbytes, runs, daemon_pid):
                 "mibps": nbytes / MIB / wall,
                 "stream_mibps": stream,
                 "cpu_s": r["utime"] + r["stime"],
-                "daemon_cpu_s": (d1 - d0) if p.key == "fdpass" else 0.0,
+                "daemon_cpu_s": d1 - d0,
                 "reaped": r.get("reaped"),
             })
             log(f"throughput {p.key} run {i + 1}: {nbytes / MIB / wall:.0f} MiB/s end to end, "
@@ -442,9 +460,11 @@ def storm(paths, n):
     return out
 
 
-def open_sessions(p, n, daemon_pid, hold_timeout=180):
-    """n sessions held open by `sleep`; memory sampled once all are up, then all are closed."""
-    d_rss0, d_pss0 = proc_status_kib(daemon_pid), proc_pss_kib(daemon_pid)
+def open_sessions(p, n, hold_timeout=180):
+    """n sessions held open by a remote `read`; memory (the path's daemon if it has one, else
+    its relay processes) sampled once all are up, then all are closed."""
+    daemon_pid = p.daemon
+    d_rss0, d_pss0 = (proc_status_kib(daemon_pid), proc_pss_kib(daemon_pid)) if daemon_pid else (None, None)
     # The remote shell waits on its stdin (our pipe): closing the pipe ends the session, and a
     # dropped connection ends it too, so nothing is left running on the node (a remote
     # `sleep` would outlive its ssh).
@@ -474,16 +494,16 @@ def open_sessions(p, n, daemon_pid, hold_timeout=180):
         "up": up,
         "failed": dead,
         "all_up_s": t_up,
-        "daemon_rss_kib": proc_status_kib(daemon_pid),
-        "daemon_hwm_kib": proc_status_kib(daemon_pid, "VmHWM"),
-        "daemon_pss_kib": proc_pss_kib(daemon_pid),
+        "daemon_rss_kib": proc_status_kib(daemon_pid) if daemon_pid else None,
+        "daemon_hwm_kib": proc_status_kib(daemon_pid, "VmHWM") if daemon_pid else None,
+        "daemon_pss_kib": proc_pss_kib(daemon_pid) if daemon_pid else None,
         "daemon_rss_before_kib": d_rss0,
         "daemon_pss_before_kib": d_pss0,
         "relay_procs": len(relays),
         "relay_rss_kib": sum(proc_status_kib(c) or 0 for c in relays),
         "relay_pss_kib": sum(proc_pss_kib(c) or 0 for c in relays),
     }
-    if p.key == "fdpass":
+    if daemon_pid:
         r["per_session_pss_kib"] = ((r["daemon_pss_kib"] or 0) - (d_pss0 or 0)) / max(up, 1)
         r["per_session_rss_kib"] = ((r["daemon_rss_kib"] or 0) - (d_rss0 or 0)) / max(up, 1)
     elif relays:
@@ -644,6 +664,7 @@ def fdpass_harness(argv, runs):
         "runs": len(res),
         "ok": len(okr),
         "exit_median_ms": statistics.median(r[1] for r in okr) if okr else None,
+        "exit_ms": [round(r[1], 4) for r in okr],
         "exit_p95_ms": pctl([r[1] for r in okr], 95) if okr else None,
         "banner_median_ms": statistics.median(r[2] for r in okr) if okr else None,
         "peak_rss_kib": max(hwms) if hwms else None,
@@ -726,28 +747,27 @@ def build_rows(R, order):
                lambda k: f"{st[k]['ok']}/{st[k]['n']}")
     add(f"storm: wall time (s)", lambda k: st[k]["wall_s"], 2)
 
-    def daemon_cell(k, v):
-        return fmt(v / 1024, 1) if k == "fdpass" and v is not None else "-"
+    def daemon_cell(v):
+        return fmt(v / 1024, 1) if v is not None else "-"
 
-    cells_only("daemon RSS, idle (MiB)", lambda k: daemon_cell(k, R["daemon_idle_kib"]))
-    f = mem.get("fdpass", {})
-    cells_only(f"daemon RSS with {f.get('n')} open sessions (MiB)",
-               lambda k: daemon_cell(k, f.get("daemon_rss_kib")) +
-               (f" ({fmt((f.get('daemon_rss_before_kib') or 0) / 1024)} just before; "
-                f"{f.get('up')}/{f.get('n')} up)" if k == "fdpass" else ""))
+    cells_only("daemon RSS, idle (MiB)", lambda k: daemon_cell((R["daemon_idle_kib"] or {}).get(k)))
+    n_sessions = P["sessions"]
+    cells_only(f"daemon RSS with {n_sessions} open sessions (MiB)",
+               lambda k: daemon_cell((mem.get(k) or {}).get("daemon_rss_kib")) +
+               (f" ({mem[k]['up']}/{mem[k]['n']} up)" if KIND.get(k) == "fdpass" and k in mem else ""))
 
     def per_session(k):
         m = mem.get(k)
         if not m or m.get("per_session_pss_kib") is None:
             return "-"
-        how = "daemon growth" if k == "fdpass" else f"{m['relay_procs']} x {p_relay(k)}"
+        how = "daemon growth" if m.get("daemon_rss_kib") is not None else f"{m['relay_procs']} procs"
         return f"{m['per_session_pss_kib']:.0f} ({how}, {m['up']}/{m['n']} up)"
 
     cells_only("relay memory per open session (KiB PSS)", per_session)
 
     def peak(k):
-        if k == "fdpass":
-            v = fp.get("peak_rss_kib")
+        if KIND.get(k) == "fdpass":
+            v = (fp.get(k) or {}).get("peak_rss_kib")
         else:
             v = (prss.get(k) or {}).get("peak_kib")
         return fmt(v / 1024, 2) if v else "-"
@@ -756,52 +776,79 @@ def build_rows(R, order):
     return rows
 
 
-def p_relay(k):
-    return {"jump": "ssh -W", "stdio": "ssh-proxy-command", "fdpass": "daemon"}.get(k, "")
+def best(keys, value, higher=True):
+    """The key among `keys` with the best (highest, or lowest) non-None value, or None."""
+    have = [k for k in keys if value(k) is not None]
+    if not have:
+        return None
+    return (max if higher else min)(have, key=value)
 
 
-def goals(R):
+def goals(R, order=ORDER):
+    """Issue 7's goals, each judged on the best multiplexer transport for it (the figure names
+    which, and gives the other transports' figures too)."""
     lat, tp, scp, st, mem, fp = (R["latency"], R["throughput"], R["scp"], R["storm"], R["sessions"],
                                  R["fdpass_alone"])
+    mux = [k for k in keys_of("fdpass", order) if k in lat]
     G = []
 
     def g(text, ok, figure):
         G.append({"goal": text, "met": bool(ok), "figure": figure})
 
-    d, f, j = lat["direct"]["median_ms"], lat["fdpass"]["median_ms"], lat["jump"]["median_ms"]
-    r = ratio(f, d)
+    def each(fig, first):
+        """`first`'s figure, then the other multiplexer paths' in parentheses."""
+        rest = [f"{SHORT[k]} {fig(k)}" for k in mux if k != first]
+        return f"{SHORT[first]}: {fig(first)}" + (f" ({'; '.join(rest)})" if rest else "")
+
+    d, j = lat["direct"]["median_ms"], lat["jump"]["median_ms"]
+    lm = lambda k: lat[k]["median_ms"]
+    k = best(mux, lm, higher=False)
+    r = ratio(lm(k), d) if k else None
     g("multiplexer latency (median) at most 1.15x direct", r is not None and r <= 1.15,
-      f"{fmt(f)} ms vs {fmt(d)} ms = {fmt(r, 2)}x")
-    g("multiplexer latency (median) below ProxyJump", f is not None and j is not None and f < j,
-      f"{fmt(f)} ms vs {fmt(j)} ms")
-    r = ratio(tp["fdpass"].get("mibps"), tp["direct"].get("mibps"))
+      each(lambda x: f"{fmt(lm(x))} ms = {fmt(ratio(lm(x), d), 2)}x", k) + f" vs direct {fmt(d)} ms")
+    g("multiplexer latency (median) below ProxyJump", k is not None and j is not None and lm(k) < j,
+      each(lambda x: f"{fmt(lm(x))} ms", k) + f" vs ProxyJump {fmt(j)} ms")
+    tm = lambda x: tp[x].get("mibps")
+    k = best(mux, tm)
+    r = ratio(tm(k), tm("direct")) if k else None
     g("multiplexer throughput (`cat`, end to end) at least 0.8x direct", r is not None and r >= 0.8,
-      f"{fmt(tp['fdpass'].get('mibps'), 0)} vs {fmt(tp['direct'].get('mibps'), 0)} MiB/s = {fmt(r, 2)}x")
-    r = ratio(scp["fdpass"]["mibps"], scp["direct"]["mibps"])
+      each(lambda x: f"{fmt(tm(x), 0)} MiB/s = {fmt(ratio(tm(x), tm('direct')), 2)}x", k)
+      + f" vs direct {fmt(tm('direct'), 0)} MiB/s")
+    sm = lambda x: scp[x].get("mibps")
+    k = best(mux, sm)
+    r = ratio(sm(k), sm("direct")) if k else None
     g("multiplexer throughput (scp) at least 0.8x direct", r is not None and r >= 0.8,
-      f"{fmt(scp['fdpass']['mibps'], 0)} vs {fmt(scp['direct']['mibps'], 0)} MiB/s = {fmt(r, 2)}x")
-    e = fp.get("exit_median_ms")
+      each(lambda x: f"{fmt(sm(x), 0)} MiB/s = {fmt(ratio(sm(x), sm('direct')), 2)}x", k)
+      + f" vs direct {fmt(sm('direct'), 0)} MiB/s")
+    # idmux-fdpass does the same work whatever the daemon's transport: all its runs together.
+    runs = [v for x in mux for v in (fp.get(x) or {}).get("exit_ms", [])]
+    e = statistics.median(runs) if runs else None
+    t = statistics.median((fp.get(x) or {}).get("true_exit_median_ms") for x in mux) if mux else None
     g("idmux-fdpass under 1 ms (median, spawn to exit)", e is not None and e < 1.0,
-      f"{fmt(e, 3)} ms (spawning /bin/true the same way: {fmt(fp.get('true_exit_median_ms'), 3)} ms)")
-    m = fp.get("peak_rss_kib")
+      f"{fmt(e, 3)} ms over {len(runs)} runs (spawning /bin/true the same way: {fmt(t, 3)} ms)")
+    hw = [(fp.get(x) or {}).get("peak_rss_kib") for x in mux]
+    m = max((h for h in hw if h), default=None)
     g("idmux-fdpass peak RSS under 2 MiB", m is not None and m < 2048,
       f"{fmt(m / 1024 if m else None, 2)} MiB (VmHWM)")
-    s = mem.get("fdpass", {})
-    ok = s.get("daemon_rss_kib") is not None and s["daemon_rss_kib"] < 20 * 1024 and s["up"] == s["n"]
+    dm = lambda x: (mem.get(x) or {}).get("daemon_rss_kib")
+    k = best(mux, dm, higher=False)
+    s = mem.get(k, {}) if k else {}
+    ok = k is not None and dm(k) < 20 * 1024 and s["up"] == s["n"]
     g(f"daemon RSS under 20 MiB with {s.get('n')} open sessions", ok,
-      f"{fmt((s.get('daemon_rss_kib') or 0) / 1024)} MiB with {s.get('up')}/{s.get('n')} sessions up "
-      f"({fmt((s.get('daemon_rss_before_kib') or 0) / 1024)} MiB just before, "
-      f"{fmt((R.get('daemon_idle_kib') or 0) / 1024)} MiB at the start of the run)")
-    so = st["fdpass"]
-    g(f"storm: {so['n']} of {so['n']} through the multiplexer", so["ok"] == so["n"],
-      f"{so['ok']}/{so['n']} in {fmt(so['wall_s'], 2)} s")
+      each(lambda x: f"{fmt((dm(x) or 0) / 1024)} MiB with {mem[x]['up']}/{mem[x]['n']} up", k))
+    so = lambda x: st[x]["ok"]
+    k = best(mux, so)
+    g(f"storm: {st[k]['n']} of {st[k]['n']} through the multiplexer", st[k]["ok"] == st[k]["n"],
+      each(lambda x: f"{st[x]['ok']}/{st[x]['n']} in {fmt(st[x]['wall_s'], 2)} s", k))
     return G
 
 
 # ---------------------------------------------------------------------------------------------
 # chart: the latency distribution of each path as an SVG (hand-written: no plotting library)
 
-COLORS = {"direct": "#6b7280", "jump": "#d97706", "stdio": "#2563eb", "fdpass": "#059669"}
+# Per path key (PATHS); the SSH transport's paths a lighter shade of their gRPC sibling.
+COLORS = {"direct": "#6b7280", "jump": "#d97706", "stdio-grpc": "#2563eb", "stdio-ssh": "#60a5fa",
+          "fdpass-grpc": "#059669", "fdpass-ssh": "#34d399"}
 
 
 def quartiles(v):
@@ -919,17 +966,14 @@ def demo_results(seed=7, runs=30):
     """Synthetic latency results (seeded) in the shape latency() returns, for `chart --demo`."""
     import random
     rnd = random.Random(seed)
-    base = {"direct": 350, "jump": 545, "stdio": 360, "fdpass": 315}
+    base = {"direct": 350, "jump": 545, "stdio-grpc": 355, "stdio-ssh": 360, "fdpass-grpc": 312,
+            "fdpass-ssh": 315}
     lat = {}
     for k, b in base.items():
         v = sorted(b * rnd.lognormvariate(0, 0.06) for _ in range(runs))
         lat[k] = {"runs": runs, "fails": 0, "median_ms": statistics.median(v), "p95_ms": pctl(v, 95),
                   "min_ms": v[0], "max_ms": v[-1], "samples_ms": v, "error": None}
     return {"latency": lat, "date": "synthetic data (chart --demo)", "params": {"quick": False}}
-
-
-ORDER = ["direct", "jump", "stdio", "fdpass"]
-SHORT = {"direct": "direct", "jump": "ProxyJump", "stdio": "stdio ProxyCommand", "fdpass": "fdpass multiplexer"}
 
 
 def cell_text(c, k):
@@ -965,18 +1009,17 @@ def runs_text(n):
 def write_md(R, path, order, svg=None):
     """BENCHMARKS.md; `svg` is the latency chart's path, linked relative to the md file."""
     M, P = R["machine"], R["params"]
-    fp = R["fdpass_alone"]
     G = R["goals"]
     met = sum(1 for x in G if x["met"])
-    f = R["sessions"].get("fdpass", {})
     L = []
     L += ["# idmux benchmarks", ""]
     L.append(f"Written by `scripts/bench.sh{' --quick' if P['quick'] else ''}` on {R['date']} "
              f"({'quick' if P['quick'] else 'full'} run; {R['elapsed_s']:.0f} s of measurements). To rerun:")
     L += ["", "```", "scripts/bench.sh            # full run", "scripts/bench.sh --quick    # fast check: fewer runs, smaller transfers, storm of 50", "```", ""]
     L.append("One run, one dev cluster (`idmux cluster start`, one sshd node; proxy, node, bastion and "
-             "clients all on loopback on this machine), one bot daemon (`idmux start`) and one stdio "
-             "destination dir (`idmux cluster auth sign --mode stdio`). What is measured and how: "
+             "clients all on loopback on this machine), two bot daemons (`idmux start`, "
+             "one per transport, each with its own destination dir) and one stdio destination dir "
+             "(`idmux cluster auth sign --mode stdio`), used by both stdio paths. What is measured and how: "
              "[benches/README.md](benches/README.md). Raw numbers: `target/bench/results.json`.")
     L += ["", "## Machine", ""]
     L.append(f"- {M['nproc']} CPUs, {M['cpu']}")
@@ -991,12 +1034,15 @@ def write_md(R, path, order, svg=None):
              "certificate, its `known_hosts` and `HostKeyAlias=node-1.<cluster>`: the limit.")
     L.append("- **ProxyJump**: `ssh -J` through a second, plain sshd on loopback (a copy of the node's "
              "sshd_config on another port, trusting the same user CA), then to the node's address.")
-    L.append("- **stdio ProxyCommand**: the stdio destination's ssh_config: `idmux ssh-proxy-command` "
-             "per connection (TLS + SSH handshake with the proxy each time, like `tbot ssh-proxy-command`).")
-    L.append("- **fdpass multiplexer**: the bot's destination ssh_config: `idmux-fdpass` asks the "
-             "daemon's `v1.sock` for a channel on its warm upstream connection and hands the socket to "
-             "ssh (`ProxyUseFdpass yes`); keys from the daemon's `agent.sock`.")
-    L.append("- gRPC transport: not measured, it does not exist yet.")
+    L.append("- **stdio gRPC / stdio SSH**: the stdio destination's ssh_config with "
+             "`--transport grpc` / `--transport ssh` added to its ProxyCommand: `idmux ssh-proxy-command` "
+             "per connection (TLS handshake with the proxy each time, then an HTTP/2 `ProxySSH` stream, "
+             "or an SSH handshake and the `proxy:` subsystem; like `tbot ssh-proxy-command`).")
+    L.append("- **fdpass gRPC / fdpass SSH**: a bot's destination ssh_config: `idmux-fdpass` asks the "
+             "daemon's `v1.sock` for a node connection on its warm upstream connection and hands the "
+             "socket to ssh (`ProxyUseFdpass yes`); keys from the daemon's `agent.sock`. One daemon "
+             "per transport (`idmux start --transport grpc` and `--transport ssh`): a `ProxySSH` "
+             "stream on an HTTP/2 connection, or an SSH channel on the proxy's SSH server.")
     L += ["", "## Figures", ""]
     L.append(f"Ratios against **direct** from the same run in parentheses. Latency: {P['latency_runs']} "
              "sequential runs per path, interleaved across paths, after 2 warm-up runs each. "
@@ -1010,20 +1056,30 @@ def write_md(R, path, order, svg=None):
                 "median, p95, fastest and slowest run of the latency figures above")
         L += [f"**Latency distribution** ({what}, per path):", "",
               f"![Latency of ssh host true per path: median, p95 and the spread of the runs]({rel})", ""]
-    L.append(f"**idmux-fdpass alone** ({fp['runs']} runs with its stdout one end of a socketpair, as "
-             f"ssh sets it up; {fp['ok']} ok): spawn to exit {fmt(fp['exit_median_ms'], 3)} ms median, "
-             f"p95 {fmt(fp['exit_p95_ms'], 3)} ms (spawning `/bin/true` the same way: "
-             f"{fmt(fp['true_exit_median_ms'], 3)} ms); the passed socket delivers the node's SSH banner "
-             f"{fmt(fp['banner_median_ms'], 2)} ms after the spawn (median); peak RSS "
-             f"{fmt(fp['peak_rss_kib'] / 1024 if fp['peak_rss_kib'] else None, 2)} MiB (VmHWM, "
-             f"{fp.get('peak_rss_runs')} runs).")
-    L.append("")
-    L.append(f"**Daemon memory** (VmRSS of `idmux start`): {fmt(R['daemon_idle_kib'] / 1024)} MiB idle at "
-             f"the start; {fmt((f.get('daemon_rss_before_kib') or 0) / 1024)} MiB after the latency, "
-             f"throughput, scp and storm tests; {fmt((f.get('daemon_rss_kib') or 0) / 1024)} MiB with "
-             f"{f.get('n')} sessions open ({f.get('up')} up; high-water mark "
-             f"{fmt((f.get('daemon_hwm_kib') or 0) / 1024)} MiB); {fmt((R.get('daemon_after_kib') or 0) / 1024)} "
-             "MiB after they closed.")
+    for k in keys_of("fdpass", order):
+        fp = R["fdpass_alone"].get(k)
+        if not fp:
+            continue
+        L.append(f"**idmux-fdpass alone, {SHORT[k]}** ({fp['runs']} runs with its stdout one end of a "
+                 f"socketpair, as ssh sets it up; {fp['ok']} ok): spawn to exit "
+                 f"{fmt(fp['exit_median_ms'], 3)} ms median, p95 {fmt(fp['exit_p95_ms'], 3)} ms (spawning "
+                 f"`/bin/true` the same way: {fmt(fp['true_exit_median_ms'], 3)} ms); the passed socket "
+                 f"delivers the node's SSH banner {fmt(fp['banner_median_ms'], 2)} ms after the spawn "
+                 f"(median); peak RSS {fmt(fp['peak_rss_kib'] / 1024 if fp['peak_rss_kib'] else None, 2)} "
+                 f"MiB (VmHWM, {fp.get('peak_rss_runs')} runs).")
+        L.append("")
+    for k in keys_of("fdpass", order):
+        f = R["sessions"].get(k)
+        if not f:
+            continue
+        mib = lambda v: fmt((v or 0) / 1024)
+        L.append(f"**Daemon memory, {SHORT[k]}** (VmRSS of its `idmux start`): "
+                 f"{mib(R['daemon_idle_kib'].get(k))} MiB idle at the start; "
+                 f"{mib(f.get('daemon_rss_before_kib'))} MiB after the latency, throughput, scp and storm "
+                 f"tests; {mib(f.get('daemon_rss_kib'))} MiB with {f.get('n')} sessions open ({f.get('up')} "
+                 f"up; high-water mark {mib(f.get('daemon_hwm_kib'))} MiB); "
+                 f"{mib((R.get('daemon_after_kib') or {}).get(k))} MiB after they closed.")
+        L.append("")
     L += ["", "## Goals (issue 7)", ""]
     L.append(f"{met} of {len(G)} met in this run.")
     L += ["", "| goal | figure | status |", "|---|---|---|"]
@@ -1079,7 +1135,6 @@ def cmd_run(args):
         env = os.environ.get("BENCH_" + k.upper())
         if env and k != "quick":
             P[k] = int(env)
-    daemon = int(c["daemon_pid"])
     paths = make_paths(c, work)
     order = [p.key for p in paths]
     labels = {p.key: p.label for p in paths}
@@ -1089,17 +1144,20 @@ def cmd_run(args):
 
     sanity(paths)
     time.sleep(1)
-    R["daemon_idle_kib"] = proc_status_kib(daemon)
-    log(f"daemon RSS idle: {R['daemon_idle_kib']} KiB")
+    daemons = {p.key: p.daemon for p in paths if p.daemon}
+    R["daemon_idle_kib"] = {k: proc_status_kib(pid) for k, pid in daemons.items()}
+    log(f"daemon RSS idle (KiB): {R['daemon_idle_kib']}")
 
-    g = ssh_g(byk["fdpass"].ssh, byk["fdpass"].host)
-    fd_argv = [a.replace("%h", g["hostname"]).replace("%p", g["port"]).replace("%r", g["user"])
-               .replace("%%", "%") for a in shlex.split(g["proxycommand"])]
-    R["fdpass_alone"] = fdpass_harness(fd_argv, P["fdpass_runs"])
+    R["fdpass_alone"] = {}
+    for k in keys_of("fdpass", order):
+        g = ssh_g(byk[k].ssh, byk[k].host)
+        fd_argv = [a.replace("%h", g["hostname"]).replace("%p", g["port"]).replace("%r", g["user"])
+                   .replace("%%", "%") for a in shlex.split(g["proxycommand"])]
+        R["fdpass_alone"][k] = fdpass_harness(fd_argv, P["fdpass_runs"])
 
     R["latency"] = latency(paths, P["latency_runs"])
-    R["proxy_rss"] = {k: proxy_rss(byk[k], work, 64 * MIB) for k in ("jump", "stdio")}
-    R["throughput"] = throughput(paths, work, P["throughput_bytes"], P["throughput_runs"], daemon)
+    R["proxy_rss"] = {k: proxy_rss(byk[k], work, 64 * MIB) for k in order if byk[k].kind in ("jump", "stdio")}
+    R["throughput"] = throughput(paths, work, P["throughput_bytes"], P["throughput_runs"])
 
     src = os.path.join(work, "scp-source")
     with open(src, "wb") as f:
@@ -1113,11 +1171,13 @@ def cmd_run(args):
 
     R["storm"] = storm(paths, P["storm"])
     R["sessions"] = {}
-    for k, n in (("fdpass", P["sessions"]), ("stdio", P["relay_sessions"]), ("jump", P["relay_sessions"])):
+    for p in paths:
+        if p.kind == "direct":
+            continue
         time.sleep(2)
-        R["sessions"][k] = open_sessions(byk[k], n, daemon)
+        R["sessions"][p.key] = open_sessions(p, P["sessions"] if p.kind == "fdpass" else P["relay_sessions"])
     time.sleep(3)
-    R["daemon_after_kib"] = proc_status_kib(daemon)
+    R["daemon_after_kib"] = {k: proc_status_kib(pid) for k, pid in daemons.items()}
     R["load_end"] = loadavg()
 
     for k, s in R["storm"].items():
@@ -1139,7 +1199,8 @@ def cmd_run(args):
             + "; scp " + "; ".join(
             f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['scp'][k].get('mibps_runs', []))}" for k in order) + ".")
     R["elapsed_s"] = time.monotonic() - t_start
-    R["goals"] = goals(R)
+    R["goals"] = goals(R, order)
+    R["paths"] = [d for d in PATHS if d["key"] in order]
     with open(args.json, "w") as f:
         json.dump(R, f, indent=2)
     svg = svg_path(args)

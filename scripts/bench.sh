@@ -7,28 +7,33 @@
 #                              200 open sessions (about 5-10 minutes on 2 cores)
 #   scripts/bench.sh --quick   10 latency runs, 256 MiB throughput x1, storm of 50, 50 sessions
 #   scripts/bench.sh --keep    keep the work dir (cluster, destinations, logs) for inspection
+#   scripts/bench.sh --no-build  measure target/release as it is (no install-deps, no build)
 #
-# Starts, all on loopback: a dev cluster with one sshd node, a bot daemon (`idmux start`, fdpass
-# multiplexer), a stdio destination dir (`idmux cluster auth sign --mode stdio`) and a bastion
-# sshd for ProxyJump. Then benches/measure.py measures every path (see benches/README.md).
+# Starts, all on loopback: a dev cluster with one sshd node, two bot daemons (`idmux start`, fdpass
+# multiplexer; one with --transport grpc, one with --transport ssh), a stdio destination dir
+# (`idmux cluster auth sign --mode stdio`, used with either transport) and a bastion sshd for
+# ProxyJump. Then benches/measure.py measures every path (see benches/README.md).
 # Everything started here is stopped on exit. Raw results: target/bench/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
-quick=0 keep=0
+quick=0 keep=0 build=1
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-build) build=0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
   esac
 done
 
-bash scripts/install-deps.sh
-echo "bench: cargo build --release --bins" >&2
-cargo build --release --bins
+if [ "$build" = 1 ]; then
+  bash scripts/install-deps.sh
+  echo "bench: cargo build --release --bins" >&2
+  cargo build --release --bins
+fi
 IDMUX="$ROOT/target/release/idmux"
 [ -x "$ROOT/target/release/idmux-fdpass" ] || { echo "bench: target/release/idmux-fdpass is missing" >&2; exit 1; }
 
@@ -38,7 +43,7 @@ unset SSH_AUTH_SOCK  # only the keys we name, for every path
 
 work=$(mktemp -d /tmp/idmux-bench.XXXXXX)
 mkdir -p "$ROOT/target/bench"
-cluster_pid="" bot_pid="" bastion_pid="" py_pid="" node_pid=""
+cluster_pid="" bot_pids="" bastion_pid="" py_pid="" node_pid=""
 
 # Kill one process and the processes whose parent it is (sshd's per-connection children), by id.
 kill_tree() {
@@ -58,13 +63,13 @@ cleanup() {
     kill -- -"$py_pid" 2>/dev/null || true
     kill "$py_pid" 2>/dev/null || true
   fi
-  [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null || true
+  for p in $bot_pids; do kill "$p" 2>/dev/null || true; done
   kill_tree "$bastion_pid"
   kill_tree "$node_pid"
   [ -n "$cluster_pid" ] && kill "$cluster_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   if [ "$rc" != 0 ]; then
-    for f in cluster.log bot.log bastion.log; do
+    for f in cluster.log bot-grpc.log bot-ssh.log bastion.log; do
       [ -s "$work/$f" ] && { echo "--- $f (last lines)" >&2; tail -n 15 "$work/$f" >&2; }
     done
   fi
@@ -102,19 +107,33 @@ echo "bench: stdio destination (idmux cluster auth sign --mode stdio)" >&2
 "$IDMUX" cluster auth sign --data-dir "$dev" --bot bench-stdio --ttl 4h --mode stdio \
   --destination-dir "$work/stdio" > /dev/null
 
-echo "bench: bot daemon (idmux start, fdpass multiplexer)" >&2
-token=$("$IDMUX" cluster bots add bench-bot --logins "$user" --format json --data-dir "$dev" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_id"])')
-"$IDMUX" start --data-dir="$work/bot-data" --destination-dir="$work/mux" \
-  --token="$token" --join-method=token --proxy-server="$proxy" --ca-path="$dev/ca.pem" \
-  > "$work/bot.log" 2>&1 &
-bot_pid=$!
-for _ in $(seq 200); do
-  [ -s "$work/mux/ssh_config" ] && [ -S "$work/mux/v1.sock" ] && [ -S "$work/mux/agent.sock" ] && break
-  sleep 0.1
+# The stdio paths: the destination's ssh_config with the ProxyCommand's transport pinned.
+for t in grpc ssh; do
+  sed -e "/ssh-proxy-command/s|\$| --transport=$t|" "$work/stdio/ssh_config" > "$work/stdio-$t.ssh_config"
+  grep -q -- "--transport=$t" "$work/stdio-$t.ssh_config" || { echo "bench: no ProxyCommand in $work/stdio/ssh_config" >&2; exit 1; }
 done
-[ -S "$work/mux/v1.sock" ] || { echo "bench: the daemon did not come up" >&2; exit 1; }
-grep -q ProxyUseFDPass "$work/mux/ssh_config" || { echo "bench: $work/mux/ssh_config is not in fdpass mode" >&2; exit 1; }
+
+# One bot daemon per transport, each with its own data and destination dirs.
+declare -A bot_pid
+for t in grpc ssh; do
+  echo "bench: bot daemon (idmux start --transport $t, fdpass multiplexer)" >&2
+  token=$("$IDMUX" cluster bots add "bench-bot-$t" --logins "$user" --format json --data-dir "$dev" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_id"])')
+  "$IDMUX" start --data-dir="$work/bot-data-$t" --destination-dir="$work/mux-$t" \
+    --token="$token" --join-method=token --proxy-server="$proxy" --ca-path="$dev/ca.pem" \
+    --transport="$t" > "$work/bot-$t.log" 2>&1 &
+  bot_pid[$t]=$!
+  bot_pids="$bot_pids ${bot_pid[$t]}"
+done
+for t in grpc ssh; do
+  d="$work/mux-$t"
+  for _ in $(seq 300); do
+    [ -s "$d/ssh_config" ] && [ -S "$d/v1.sock" ] && [ -S "$d/agent.sock" ] && break
+    sleep 0.1
+  done
+  [ -S "$d/v1.sock" ] || { echo "bench: the $t daemon did not come up" >&2; exit 1; }
+  grep -q ProxyUseFDPass "$d/ssh_config" || { echo "bench: $d/ssh_config is not in fdpass mode" >&2; exit 1; }
+done
 
 echo "bench: bastion sshd for ProxyJump" >&2
 for _ in 1 2 3 4 5; do
@@ -161,10 +180,14 @@ import json, sys
 json.dump({
     "work": "$work", "quick": bool($quick), "user": "$user", "cluster": "$cluster",
     "proxy": "$proxy", "node_addr": "$node_addr", "bastion_port": $bport,
-    "daemon_pid": $bot_pid,
     "bench_ssh_config": "$work/bench_ssh_config",
-    "stdio_ssh_config": "$work/stdio/ssh_config",
-    "fdpass_ssh_config": "$work/mux/ssh_config",
+    # Per idmux path (keys as in measure.py's PATHS): its ssh_config and daemon.
+    "paths": {
+        "stdio-grpc": {"ssh_config": "$work/stdio-grpc.ssh_config"},
+        "stdio-ssh": {"ssh_config": "$work/stdio-ssh.ssh_config"},
+        "fdpass-grpc": {"ssh_config": "$work/mux-grpc/ssh_config", "daemon_pid": ${bot_pid[grpc]}},
+        "fdpass-ssh": {"ssh_config": "$work/mux-ssh/ssh_config", "daemon_pid": ${bot_pid[ssh]}},
+    },
 }, open(sys.argv[1], "w"), indent=2)
 EOF
 
