@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use bytes::Bytes;
+use bytes::BytesMut;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +33,7 @@ use crate::transport::proto::{
     ClusterDetails, Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest,
     ProxySshResponse, SshFrame, GET_CLUSTER_DETAILS, PROXY_SSH,
 };
+use crate::transport::relay;
 
 /// How long a client may take to send the dial target.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,16 +230,14 @@ async fn relay(
     };
     // Node -> client.
     let from_node = async {
-        let mut buf = vec![0u8; FRAME_SIZE];
+        let mut buf = BytesMut::new();
         loop {
-            match node_r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
+            match relay::read_chunk(&mut node_r, &mut buf, FRAME_SIZE).await {
+                Ok(None) | Err(_) => return,
+                Ok(Some(payload)) => {
                     let frame = ProxySshResponse {
                         details: None,
-                        frame: Some(SshFrame::Ssh(Frame {
-                            payload: Bytes::copy_from_slice(&buf[..n]),
-                        })),
+                        frame: Some(SshFrame::Ssh(Frame { payload })),
                     };
                     if tx.send(Ok(frame)).await.is_err() {
                         return;

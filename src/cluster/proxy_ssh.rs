@@ -17,7 +17,7 @@ use bytes::Bytes;
 use russh::keys::ssh_key::{certificate::CertType, Certificate, HashAlg};
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::router;
@@ -251,16 +251,12 @@ async fn relay(channel: Channel<Msg>, tcp: TcpStream) {
     };
     // Node -> channel.
     let from_node = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match tcp_r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .data_bytes(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
+            match crate::transport::relay::read_chunk(&mut tcp_r, &mut buf, 64 * 1024).await {
+                Ok(None) | Err(_) => break,
+                Ok(Some(chunk)) => {
+                    if tx.data_bytes(chunk).await.is_err() {
                         break;
                     }
                 }

@@ -20,7 +20,7 @@
 //! stream) ends the relay. `agent` frames go to the in-memory agent, started on the first.
 
 use anyhow::{anyhow, Result};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -34,6 +34,25 @@ use crate::transport::sshproxy::NodeChannel;
 pub const BUF_SIZE: usize = 64 * 1024;
 /// Node bytes a local reader may leave unread before its channel is closed.
 pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
+
+/// Read what `input` has, up to `max` bytes, as a `Bytes` of its own (`None` at EOF), with no
+/// copy: the bytes are read straight into `buf`'s spare room and split off. While earlier
+/// chunks are still queued `buf` gets a fresh allocation, which is only touched as far as
+/// data arrives, so an idle session costs no read buffer pages.
+pub async fn read_chunk<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<Option<Bytes>> {
+    if buf.capacity() < max {
+        buf.reserve(max);
+    }
+    let n = input.read_buf(&mut (&mut *buf).limit(max)).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(buf.split().freeze()))
+}
 
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
 /// at fault (`reading stdin`, `writing stdout`, ...) using `names` = (input, output).
@@ -76,22 +95,17 @@ where
     let (mut rx, tx) = channel.split();
 
     let up = async {
-        let mut buf = vec![0u8; BUF_SIZE];
+        let mut buf = BytesMut::new();
         loop {
-            let n = input
-                .read(&mut buf)
+            let chunk = read_chunk(&mut input, &mut buf, BUF_SIZE)
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
-            if n == 0 {
+            let Some(chunk) = chunk else {
                 // A failed EOF only means the channel is already gone; `down` reports that.
                 let _ = tx.eof().await;
                 return Ok::<bool, anyhow::Error>(true);
-            }
-            if tx
-                .data_bytes(Bytes::copy_from_slice(&buf[..n]))
-                .await
-                .is_err()
-            {
+            };
+            if tx.data_bytes(chunk).await.is_err() {
                 // The channel closed under us; `down` sees the close and ends the relay.
                 return Ok(false);
             }
@@ -229,17 +243,16 @@ where
     let agent_tx = tx.downgrade();
 
     let up = async move {
-        let mut buf = vec![0u8; FRAME_SIZE];
+        let mut buf = BytesMut::new();
         loop {
-            let n = input
-                .read(&mut buf)
+            let chunk = read_chunk(&mut input, &mut buf, FRAME_SIZE)
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
-            if n == 0 {
+            let Some(chunk) = chunk else {
                 drop(tx); // ends the request stream: the proxy passes the half-close on
                 return Ok::<(), anyhow::Error>(());
-            }
-            let frame = grpc::ssh_frame(Bytes::copy_from_slice(&buf[..n]));
+            };
+            let frame = grpc::ssh_frame(chunk);
             if tx.send(frame).await.is_err() {
                 // The stream is gone; `down` sees why.
                 return Ok(());
