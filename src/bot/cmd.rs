@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::config::{self, BotConfig, Output};
@@ -181,7 +181,7 @@ pub fn run(a: StartArgs) -> Result<()> {
     {
         crate::openssh::split_host_port(&proxy_server, "--proxy-server")?;
         let dest = crate::cli::absolute(&destination_dir)?;
-        let rt = tokio::runtime::Runtime::new()?;
+        let rt = daemon_runtime()?;
         return rt.block_on(crate::mux::server::run(crate::mux::server::MuxOptions {
             dest,
             proxy: proxy_server,
@@ -191,6 +191,18 @@ pub fn run(a: StartArgs) -> Result<()> {
         }));
     }
     let cfg = to_config(a)?;
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = daemon_runtime()?;
     rt.block_on(async { super::Bot::new(cfg)?.run().await })
+}
+
+/// The daemon's async runtime: one thread (plus tokio's blocking pool for file I/O). The
+/// daemon's work per byte is a short hop between sockets (read, frame, encrypt, write); with
+/// worker threads each chunk crossed threads between the relay task and the connection's
+/// task, and the futex wake-ups and cache misses cost more CPU per GiB than the crypto
+/// (BENCHMARKS.md). One thread also means one malloc arena instead of one per worker.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
