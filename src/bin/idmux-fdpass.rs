@@ -4,18 +4,26 @@
 //! (SCM_RIGHTS) so the daemon can report a failed dial, then hands the connected socket to ssh
 //! over stdout (one 0x00 byte + SCM_RIGHTS) and exits. No async runtime: a handful of syscalls.
 //! Byte for byte what Teleport's `fdpass-teleport` does (PROTOCOL.md section 2).
+//!
+//! ssh runs it for every connection, so its start-up is on every connection's path. It has
+//! its own C `main` (`#![no_main]`): Rust's usual start-up (checking fds 0-2 with `poll`,
+//! ignoring SIGPIPE, finding the main thread's stack guard by reading `/proc/self/maps`,
+//! installing an alternate signal stack for overflow reports) is about a third of the
+//! binary's run and none of it is needed here. std still works (on Linux glibc hands `argv`
+//! to std's initialiser before `main`); writes use `MSG_NOSIGNAL`, so a vanished peer is an
+//! error, not a SIGPIPE.
+#![no_main]
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::ExitCode;
 
 use nix::sys::socket::{getsockname, sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
-fn fail(msg: String) -> ExitCode {
+fn fail(msg: String) -> i32 {
     eprintln!("idmux-fdpass: {msg}");
-    ExitCode::FAILURE
+    1
 }
 
 /// sendmsg all of `data` with `fd` attached to the first part.
@@ -26,7 +34,7 @@ fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> nix::Result<()> {
         let iov = [IoSlice::new(&data[sent..])];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let cmsgs: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
-        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::empty(), None) {
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => sent += n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e),
@@ -35,7 +43,13 @@ fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> nix::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// The process's entry point, called by the C runtime.
+#[no_mangle]
+pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+    run()
+}
+
+fn run() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {
         return fail(format!(
@@ -87,5 +101,5 @@ fn main() -> ExitCode {
     if let Err(e) = send_with_fd(1, &[0u8], conn.as_raw_fd()) {
         return fail(format!("cannot pass the connection to ssh: {e}"));
     }
-    ExitCode::SUCCESS
+    0
 }
