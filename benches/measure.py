@@ -605,7 +605,7 @@ def fdpass_harness(argv, runs):
             else:
                 ok = False
         a.close()
-        return ok, t_exit / 1e6, (t_banner / 1e6 if t_banner else None), ru.ru_maxrss
+        return ok, t_exit / 1e6, (t_banner / 1e6 if t_banner else None), (ru.ru_utime + ru.ru_stime) * 1e3
 
     def hwm_blocked(av):
         """VmHWM of idmux-fdpass at its last step: with the socketpair's send buffer full, its
@@ -665,6 +665,10 @@ def fdpass_harness(argv, runs):
         "ok": len(okr),
         "exit_median_ms": statistics.median(r[1] for r in okr) if okr else None,
         "exit_ms": [round(r[1], 4) for r in okr],
+        # The process's own CPU time (wait4 rusage): what it costs, without the time it
+        # waits for a CPU while the daemon, proxy and node (woken by its request) run.
+        "cpu_median_ms": statistics.median(r[3] for r in okr) if okr else None,
+        "true_cpu_median_ms": statistics.median(r[3] for r in base),
         "exit_p95_ms": pctl([r[1] for r in okr], 95) if okr else None,
         "banner_median_ms": statistics.median(r[2] for r in okr) if okr else None,
         "peak_rss_kib": max(hwms) if hwms else None,
@@ -824,8 +828,10 @@ def goals(R, order=ORDER):
     runs = [v for x in mux for v in (fp.get(x) or {}).get("exit_ms", [])]
     e = statistics.median(runs) if runs else None
     t = statistics.median((fp.get(x) or {}).get("true_exit_median_ms") for x in mux) if mux else None
+    cpu = [c for c in ((fp.get(x) or {}).get("cpu_median_ms") for x in mux) if c is not None]
     g("idmux-fdpass under 1 ms (median, spawn to exit)", e is not None and e < 1.0,
-      f"{fmt(e, 3)} ms over {len(runs)} runs (spawning /bin/true the same way: {fmt(t, 3)} ms)")
+      f"{fmt(e, 3)} ms over {len(runs)} runs (spawning /bin/true the same way: {fmt(t, 3)} ms); "
+      f"its own CPU time {fmt(max(cpu) if cpu else None, 3)} ms")
     hw = [(fp.get(x) or {}).get("peak_rss_kib") for x in mux]
     m = max((h for h in hw if h), default=None)
     g("idmux-fdpass peak RSS under 2 MiB", m is not None and m < 2048,
@@ -835,9 +841,8 @@ def goals(R, order=ORDER):
     s = mem.get(k, {}) if k else {}
     ok = k is not None and dm(k) < 20 * 1024 and s["up"] == s["n"]
     g(f"daemon RSS under 20 MiB with {s.get('n')} open sessions", ok,
-      each(lambda x: f"{fmt((dm(x) or 0) / 1024)} MiB with {mem[x]['up']}/{mem[x]['n']} up", k))
-    so = lambda x: st[x]["ok"]
-    k = best(mux, so)
+      each(lambda x: f"{fmt((dm(x) or 0) / 1024, 2)} MiB with {mem[x]['up']}/{mem[x]['n']} up", k))
+    k = best(mux, lambda x: (st[x]["ok"], -st[x]["wall_s"]))  # most successes, then fastest
     g(f"storm: {st[k]['n']} of {st[k]['n']} through the multiplexer", st[k]["ok"] == st[k]["n"],
       each(lambda x: f"{st[x]['ok']}/{st[x]['n']} in {fmt(st[x]['wall_s'], 2)} s", k))
     return G
@@ -1063,7 +1068,9 @@ def write_md(R, path, order, svg=None):
         L.append(f"**idmux-fdpass alone, {SHORT[k]}** ({fp['runs']} runs with its stdout one end of a "
                  f"socketpair, as ssh sets it up; {fp['ok']} ok): spawn to exit "
                  f"{fmt(fp['exit_median_ms'], 3)} ms median, p95 {fmt(fp['exit_p95_ms'], 3)} ms (spawning "
-                 f"`/bin/true` the same way: {fmt(fp['true_exit_median_ms'], 3)} ms); the passed socket "
+                 f"`/bin/true` the same way: {fmt(fp['true_exit_median_ms'], 3)} ms); its own CPU time "
+                 f"{fmt(fp.get('cpu_median_ms'), 3)} ms median (`/bin/true`: {fmt(fp.get('true_cpu_median_ms'), 3)} ms); "
+                 "the passed socket "
                  f"delivers the node's SSH banner {fmt(fp['banner_median_ms'], 2)} ms after the spawn "
                  f"(median); peak RSS {fmt(fp['peak_rss_kib'] / 1024 if fp['peak_rss_kib'] else None, 2)} "
                  f"MiB (VmHWM, {fp.get('peak_rss_runs')} runs).")
