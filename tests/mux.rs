@@ -447,21 +447,28 @@ fn a_stalled_client_does_not_block_other_sessions() {
     let cfg = d.dest.join("ssh_config");
     let target = format!("{}@node-1.{C}", me());
     // stdout is a pipe nobody reads: ssh blocks once it fills, the node keeps wanting to send.
-    let (_r, w) = nix::unistd::pipe().unwrap();
-    let mut stalled = Command::new("ssh")
-        .arg("-F")
-        .arg(&cfg)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            &target,
-            "head -c 200000000 /dev/zero",
-        ])
-        .stdout(Stdio::from(w))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Twenty of them, all on the one upstream connection: together they leave more unread
+    // than a whole connection's share (gRPC: 20 x ~2 MiB stream windows).
+    let mut stalled: Vec<(Child, _)> = (0..20)
+        .map(|_| {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            let child = Command::new("ssh")
+                .arg("-F")
+                .arg(&cfg)
+                .args([
+                    "-o",
+                    "BatchMode=yes",
+                    &target,
+                    "head -c 200000000 /dev/zero",
+                ])
+                .stdout(Stdio::from(w))
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, r)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
     for i in 0..5 {
         let t0 = Instant::now();
         let o = ssh(&cfg, &[&target, "echo alive"]);
@@ -479,6 +486,8 @@ fn a_stalled_client_does_not_block_other_sessions() {
     // A small transfer works too while the stalled session holds its channel.
     let o = ssh(&cfg, &[&target, "head -c 5000000 /dev/zero | wc -c"]);
     assert_eq!(stdout(&o).trim(), "5000000", "{}", stderr(&o));
-    let _ = stalled.kill();
-    let _ = stalled.wait();
+    for (c, _) in stalled.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

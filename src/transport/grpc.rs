@@ -40,8 +40,11 @@ pub const FRAME_SIZE: usize = 64 * 1024;
 /// HTTP/2 receive window per stream: what one node connection may have in flight. Matches
 /// OpenSSH's 2 MiB channel window, so the outer layer never limits the inner SSH session.
 pub const STREAM_WINDOW: u32 = 2 << 20;
-/// HTTP/2 receive window per connection (shared by its streams).
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// HTTP/2 receive window per connection, shared by its streams. Bytes a stalled client leaves
+/// unread hold their share of it, so it covers 128 streams' full windows (more than the 100
+/// node connections tbot and idmux put on one connection): a few stalled clients can never
+/// starve their neighbours. Memory is spent only on bytes actually unread.
+pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * 128;
 /// Largest HTTP/2 frame we accept: fewer, larger frames for bulk transfers.
 pub const MAX_FRAME_SIZE: u32 = 256 << 10;
 /// Streams a server lets one connection open at once (clients cap themselves lower).
