@@ -261,22 +261,6 @@ fn v1(sock: &Path, bytes: &[u8], pass_fd: bool, close_early: bool) -> String {
     out
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn hostile_input_on_v1_sock() {
     let cl = DevCluster::start(C, 1);
