@@ -159,17 +159,8 @@ async fn dial(
     let target = first
         .dial_target
         .ok_or_else(|| Status::invalid_argument("first frame must contain a dial target"))?;
-    let (host, port) = target
-        .host_port
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse().ok()?,
-            ))
-        })
-        .filter(|(h, _)| !h.is_empty())
-        .ok_or_else(|| Status::invalid_argument("dial target contains an invalid hostport"))?;
+    let (host, port) = router::split_target(&target.host_port)
+        .map_err(|_| Status::invalid_argument("dial target contains an invalid hostport"))?;
     let who = Caller {
         username: &caller.username,
         roles: &caller.groups,

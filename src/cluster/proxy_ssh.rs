@@ -43,16 +43,8 @@ pub fn parse_subsystem(name: &str) -> Result<ProxyTarget> {
         Some((hp, c)) => (hp, c.to_string()),
         None => (rest, String::new()),
     };
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("bad proxy subsystem target {hostport:?}: want host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        bail!("bad proxy subsystem target {hostport:?}: empty host");
-    }
-    let port = port
-        .parse()
-        .map_err(|_| anyhow!("bad proxy subsystem target {hostport:?}: bad port"))?;
+    let (host, port) = router::split_target(hostport)
+        .map_err(|why| anyhow!("bad proxy subsystem target {hostport:?}: {why}"))?;
     Ok(ProxyTarget {
         host: host.to_string(),
         port,

@@ -682,12 +682,17 @@ fn read_line(s: &mut UnixStream) -> Result<String> {
         }
         got.extend_from_slice(&b[..n]);
     }
-    Ok(String::from_utf8_lossy(&got)
+    Ok(first_line(&got))
+}
+
+/// The first line of what a node sent (its SSH banner), trimmed.
+fn first_line(got: &[u8]) -> String {
+    String::from_utf8_lossy(got)
         .lines()
         .next()
         .unwrap_or("")
         .trim()
-        .to_string())
+        .to_string()
 }
 
 /// Dial through `v1.sock` as idmux-fdpass does, with a pipe as the "stderr" the daemon
@@ -765,12 +770,7 @@ async fn dial_proxy(
         })
         .await
         .map_err(|_| anyhow!("no SSH banner within 15s"))??;
-        Ok(String::from_utf8_lossy(&got)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string())
+        Ok(first_line(&got))
     }
     .await;
     l.close().await;

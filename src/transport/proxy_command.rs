@@ -72,11 +72,16 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
     }
 
     let link = link::connect(&args.proxy_server, &id, args.transport).await?;
-    let agent = crate::mux::agent::Agent::default();
-    agent.set(id.key.to_ssh()?, id.ssh_cert.clone());
-    let node = link
-        .open_node(host, args.port, &cluster, Some(agent))
-        .await?;
+    // Only a gRPC proxy may ask for the agent (agent frames); the SSH transport never does.
+    let agent = match link {
+        link::Link::Grpc(_) => {
+            let agent = crate::mux::agent::Agent::default();
+            agent.set(id.key.to_ssh()?, id.ssh_cert.clone());
+            Some(agent)
+        }
+        link::Link::Ssh(_) => None,
+    };
+    let node = link.open_node(host, args.port, &cluster, agent).await?;
     // ssh sends its ProxyCommand SIGHUP when it is done with the connection: end politely
     // (SSH disconnect, TLS close_notify) rather than vanish mid-stream.
     let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
