@@ -152,6 +152,19 @@ impl<S> TlsWatch<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> TlsWatch<S> {
+    /// A write failed (the proxy closed after refusing us, so the socket says only "broken
+    /// pipe"): read what it sent before closing, which holds the TLS alert that says why. The
+    /// connection is dead either way, so nothing readable is lost.
+    fn read_pending_alert(&mut self, cx: &mut Context<'_>) {
+        let mut scratch = [0u8; 512];
+        let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+        if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+            let _ = self.check(r);
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for TlsWatch<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -163,13 +176,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for TlsWatch<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TlsWatch<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsWatch<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if r.is_err() {
+            self.read_pending_alert(cx);
+        }
         Poll::Ready(self.check(r))
     }
 
@@ -179,6 +195,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TlsWatch<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        if r.is_err() {
+            self.read_pending_alert(cx);
+        }
         Poll::Ready(self.check(r))
     }
 
@@ -188,6 +207,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TlsWatch<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let r = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        if r.is_err() {
+            self.read_pending_alert(cx);
+        }
         Poll::Ready(self.check(r))
     }
 
