@@ -21,11 +21,15 @@ threads="${IDMUX_TEST_THREADS:-2}"
 per_transport=(cluster_ssh mux bot ansible transport faults)
 status=0
 echo "== pass 1: unit tests and every end-to-end test, node transport gRPC"
-IDMUX_TEST_TRANSPORT=grpc cargo test --no-fail-fast --lib --bins --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
+IDMUX_TEST_TRANSPORT=grpc cargo test --no-fail-fast --lib --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
 echo "== pass 2: the node-reaching end-to-end tests again, node transport SSH"
 args=()
 for t in "${per_transport[@]}"; do args+=(--test "$t"); done
 IDMUX_TEST_TRANSPORT=ssh cargo test --no-fail-fast "${args[@]}" -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
+# A test binary that dies (signal, abort, exit from a thread) prints no "test result:" line;
+# cargo names it with "to rerun pass", so list those too: the summary must never hide one.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed (both node transports)\n", p, f }' "$log"
+     /^error: test failed, to rerun pass/ { bins = bins "\n  failed binary: " $0 }
+     /process didn.t exit successfully/ { bins = bins "\n    " $0 }
+     END { printf "tests: %d passed, %d failed (both node transports)%s\n", p, f, bins }' "$log"
 exit "$status"
