@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export IDMUX_WITH_ANSIBLE=1
 bash scripts/install-deps.sh
-cargo build --bins --quiet
+# No separate `cargo build`: cargo test builds both binaries for the end-to-end tests, and a
+# plain build would compile russh and nix a second time (the dev-dependencies change features).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time
