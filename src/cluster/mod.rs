@@ -204,6 +204,39 @@ fn proxy_host_id(dir: &Path) -> Result<String> {
     Ok(id)
 }
 
+/// How long a refused client gets to read our TLS alert before its socket is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Finish the TLS handshake with `config`. A failed handshake (a client certificate from an
+/// unknown CA, an unserved ALPN) has queued a TLS alert that says why; the socket is then
+/// half-closed and drained for up to [`REFUSAL_LINGER`] before it is dropped. Closing at once
+/// with the client's next bytes (TLS 1.3 clients send data right after their Finished) still
+/// unread would send a TCP reset, which destroys the alert before the client reads it.
+async fn handshake(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    match start.into_stream(config).into_fallible().await {
+        Ok(tls) => Ok(tls),
+        Err((e, mut tcp)) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tcp.shutdown().await;
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                let mut left = 1usize << 20;
+                while left > 0 {
+                    match tcp.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+            Err(e)
+        }
+    }
+}
+
 /// Accept one TLS connection and route it by ALPN.
 async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
     let _ = tcp.set_nodelay(true);
@@ -215,8 +248,7 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         .unwrap_or_default();
     let wants = |p: &[u8]| offered.iter().any(|o| o == p);
     if auth_grpc::wants_auth(&offered) {
-        let tls = start
-            .into_stream(ctx.tls_auth.clone())
+        let tls = handshake(start, ctx.tls_auth.clone())
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         let caller =
@@ -224,8 +256,7 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         return auth_grpc::serve(ctx, tls, caller).await;
     }
     if let Some(cfg) = ctx.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
-        let tls = start
-            .into_stream(cfg)
+        let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         let caller = auth_grpc::peer_identity(&tls)
@@ -233,8 +264,7 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         return proxy_grpc::serve(ctx, tls, caller).await;
     }
     if let Some(cfg) = ctx.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
-        let tls = start
-            .into_stream(cfg)
+        let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         let user = auth_grpc::peer_identity(&tls)
@@ -253,11 +283,10 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
-        let _ = start.into_stream(ctx.tls_web.clone()).await;
+        let _ = handshake(start, ctx.tls_web.clone()).await;
         bail!("{peer} offered no protocol this proxy serves: {names:?}");
     }
-    let tls = start
-        .into_stream(ctx.tls_web.clone())
+    let tls = handshake(start, ctx.tls_web.clone())
         .await
         .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
     let svc_ctx = ctx.clone();

@@ -95,6 +95,7 @@ where
         inner: stream,
         proxy: proxy.to_string(),
         seen: tls_error.clone(),
+        heard: false,
     };
     let (send, conn) = b
         .handshake(TokioIo::new(stream))
@@ -105,7 +106,11 @@ where
     let slot = ended.clone();
     tokio::spawn(async move {
         let result = conn.await;
-        let tls = tls_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tls = tls_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|s: Seen| s.words);
         let why = match (result, tls) {
             (_, Some(tls)) => tls,
             (Ok(()), None) => format!("proxy {who} closed the connection"),
@@ -125,29 +130,55 @@ where
     })
 }
 
-/// A byte stream that remembers, in words, the first TLS error seen on it. h2 keeps only
-/// the kind and text of an I/O error, so the TLS alert that tells why the proxy refused us
-/// (TLS 1.3 delivers it after the handshake) must be caught before HTTP/2 sees it.
+/// A byte stream that remembers, in words, why it failed. h2 keeps only the kind and text of
+/// an I/O error, so the TLS alert that tells why the proxy refused us (TLS 1.3 delivers it
+/// after the handshake) must be caught before HTTP/2 sees it.
 struct TlsWatch<S> {
     inner: S,
     proxy: String,
-    seen: Arc<Mutex<Option<String>>>,
+    seen: Arc<Mutex<Option<Seen>>>,
+    /// Has the proxy sent any bytes since the handshake (its HTTP/2 SETTINGS at least)?
+    heard: bool,
+}
+
+/// Why a [`TlsWatch`] stream failed.
+struct Seen {
+    /// From the proxy's TLS alert or our TLS check: certain, never replaced.
+    tls: bool,
+    words: String,
 }
 
 impl<S> TlsWatch<S> {
     fn check<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
-        if let Err(e) = &r {
-            if super::tls::rustls_error(e).is_some() {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                if seen.is_none() {
-                    *seen = Some(super::tls::describe_tls_error(
-                        &self.proxy,
-                        &[ALPN_PROXY_GRPC],
-                        e,
-                    ));
-                }
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        let Err(e) = &r else { return r };
+        tracing::debug!("gRPC transport to {}: {:?}: {e}", self.proxy, e.kind());
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if super::tls::rustls_error(e).is_some() {
+            if !seen.as_ref().is_some_and(|s| s.tls) {
+                *seen = Some(Seen {
+                    tls: true,
+                    words: super::tls::describe_tls_error(&self.proxy, &[ALPN_PROXY_GRPC], e),
+                });
             }
+        } else if !self.heard
+            && seen.is_none()
+            && matches!(e.kind(), ConnectionReset | BrokenPipe | UnexpectedEof)
+        {
+            // A proxy that refuses the client certificate may close before its alert is
+            // read (a TCP reset destroys it): dropped before a single HTTP/2 byte says the same.
+            *seen = Some(Seen {
+                tls: false,
+                words: format!(
+                    "proxy {} dropped the connection right after the TLS handshake, before \
+                     speaking HTTP/2 ({}): it most likely refused this identity's certificate \
+                     (expired, or issued by another cluster)",
+                    self.proxy,
+                    super::tls::io_words(e)
+                ),
+            });
         }
+        drop(seen);
         r
     }
 }
@@ -171,7 +202,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for TlsWatch<S> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         let r = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if buf.filled().len() > before {
+            self.heard = true;
+        }
         Poll::Ready(self.check(r))
     }
 }
@@ -393,6 +428,85 @@ pub fn agent_frame(payload: Bytes) -> ProxySshRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream whose reads and writes fail with the queued errors (then EOF).
+    struct Failing(std::collections::VecDeque<std::io::Error>);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(self.0.pop_front().map_or(Ok(()), Err))
+        }
+    }
+
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(self.0.pop_front().map_or(Ok(b.len()), Err))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn watch(errors: Vec<std::io::Error>) -> (TlsWatch<Failing>, Arc<Mutex<Option<Seen>>>) {
+        let seen = Arc::new(Mutex::new(None));
+        let w = TlsWatch {
+            inner: Failing(errors.into()),
+            proxy: "proxy.test:443".into(),
+            seen: seen.clone(),
+            heard: false,
+        };
+        (w, seen)
+    }
+
+    fn words(seen: &Arc<Mutex<Option<Seen>>>) -> String {
+        seen.lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.words.clone())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_reset_before_any_http2_byte_reads_as_a_refused_certificate() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let (mut w, seen) = watch(vec![reset()]);
+        assert!(w.read(&mut [0u8; 16]).await.is_err());
+        let got = words(&seen);
+        assert!(
+            got.contains("proxy proxy.test:443 dropped the connection"),
+            "{got}"
+        );
+        assert!(got.contains("refused this identity's certificate"), "{got}");
+
+        // The proxy's TLS alert, read after a failed write, wins over the guess.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+        );
+        let (mut w, seen) = watch(vec![reset(), alert]);
+        assert!(w.write_all(b"PRI * HTTP/2.0").await.is_err());
+        let got = words(&seen);
+        assert!(got.contains("TLS alert UnknownCA"), "{got}");
+
+        // Once the proxy has spoken HTTP/2, a reset is only a reset.
+        let (mut w, seen) = watch(vec![]);
+        w.inner.0.push_back(reset());
+        w.heard = true;
+        assert!(w.read(&mut [0u8; 16]).await.is_err());
+        assert!(seen.lock().unwrap().is_none());
+    }
 
     #[test]
     fn host_ports_like_go() {
