@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use bytes::BytesMut;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -221,9 +220,9 @@ async fn relay(
     };
     // Node -> client.
     let from_node = async {
-        let mut buf = BytesMut::new();
+        let mut chunks = relay::Chunks::new();
         loop {
-            match relay::read_chunk(&mut node_r, &mut buf, FRAME_SIZE).await {
+            match chunks.read(&mut node_r, FRAME_SIZE).await {
                 Ok(None) | Err(_) => return,
                 Ok(Some(payload)) => {
                     let frame = ProxySshResponse {

@@ -243,9 +243,9 @@ async fn relay(channel: Channel<Msg>, tcp: TcpStream) {
     };
     // Node -> channel.
     let from_node = async {
-        let mut buf = bytes::BytesMut::new();
+        let mut chunks = crate::transport::relay::Chunks::new();
         loop {
-            match crate::transport::relay::read_chunk(&mut tcp_r, &mut buf, 64 * 1024).await {
+            match chunks.read(&mut tcp_r, 64 * 1024).await {
                 Ok(None) | Err(_) => break,
                 Ok(Some(chunk)) => {
                     if tx.data_bytes(chunk).await.is_err() {

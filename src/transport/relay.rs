@@ -35,23 +35,52 @@ pub const BUF_SIZE: usize = 64 * 1024;
 /// Node bytes a local reader may leave unread before its channel is closed.
 pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 
-/// Read what `input` has, up to `max` bytes, as a `Bytes` of its own (`None` at EOF), with no
-/// copy: the bytes are read straight into `buf`'s spare room and split off. While earlier
-/// chunks are still queued `buf` gets a fresh allocation, which is only touched as far as
-/// data arrives, so an idle session costs no read buffer pages.
-pub async fn read_chunk<R: AsyncRead + Unpin>(
-    input: &mut R,
-    buf: &mut BytesMut,
-    max: usize,
-) -> std::io::Result<Option<Bytes>> {
-    if buf.capacity() < max {
-        buf.reserve(max);
+/// First read size of a [`Chunks`] reader, and the least it shrinks back to.
+pub const MIN_CHUNK: usize = 4 * 1024;
+
+/// Reads a byte stream as `Bytes` chunks of its own, with no copy: bytes are read straight
+/// into a buffer's spare room and split off. The read size adapts: it doubles (up to the
+/// caller's `max`) while reads fill it and falls back to what the last read needed, so a bulk
+/// transfer reads `max` at a time while an idle or interactive session keeps a
+/// [`MIN_CHUNK`]-sized buffer. (A fixed 64 KiB buffer was touched page by page by a session's
+/// small reads and cost every open session its full size in memory.)
+#[derive(Default)]
+pub struct Chunks {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl Chunks {
+    pub fn new() -> Self {
+        Self::default()
     }
-    let n = input.read_buf(&mut (&mut *buf).limit(max)).await?;
-    if n == 0 {
-        return Ok(None);
+
+    /// The next chunk of what `input` has, up to `max` bytes; `None` at EOF.
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        input: &mut R,
+        max: usize,
+    ) -> std::io::Result<Option<Bytes>> {
+        let want = self.size.clamp(MIN_CHUNK.min(max), max);
+        if self.buf.capacity() < want {
+            self.buf.reserve(want);
+        }
+        let n = input.read_buf(&mut (&mut self.buf).limit(want)).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.size = next_size(want, n, max);
+        Ok(Some(self.buf.split().freeze()))
     }
-    Ok(Some(buf.split().freeze()))
+}
+
+/// The read size after a read of `n` bytes into room for `want`.
+fn next_size(want: usize, n: usize, max: usize) -> usize {
+    if n >= want {
+        (want * 2).min(max)
+    } else {
+        n.next_power_of_two().clamp(MIN_CHUNK.min(max), max)
+    }
 }
 
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
@@ -95,9 +124,10 @@ where
     let (mut rx, tx) = channel.split();
 
     let up = async {
-        let mut buf = BytesMut::new();
+        let mut chunks = Chunks::new();
         loop {
-            let chunk = read_chunk(&mut input, &mut buf, BUF_SIZE)
+            let chunk = chunks
+                .read(&mut input, BUF_SIZE)
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
             let Some(chunk) = chunk else {
@@ -243,9 +273,10 @@ where
     let agent_tx = tx.downgrade();
 
     let up = async move {
-        let mut buf = BytesMut::new();
+        let mut chunks = Chunks::new();
         loop {
-            let chunk = read_chunk(&mut input, &mut buf, FRAME_SIZE)
+            let chunk = chunks
+                .read(&mut input, FRAME_SIZE)
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
             let Some(chunk) = chunk else {
@@ -328,4 +359,49 @@ fn serve_agent(
         }
     });
     requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_grows_while_reads_fill_it_and_falls_back_after() {
+        const MAX: usize = 64 * 1024;
+        let mut size = MIN_CHUNK;
+        let mut seen = vec![size];
+        for _ in 0..6 {
+            size = next_size(size, size, MAX);
+            seen.push(size);
+        }
+        assert_eq!(seen, [4, 8, 16, 32, 64, 64, 64].map(|k| k * 1024));
+        // A part-full read keeps a bulk transfer's size; a small one falls back.
+        assert_eq!(next_size(MAX, 40 * 1024, MAX), MAX);
+        assert_eq!(next_size(MAX, 100, MAX), MIN_CHUNK);
+        assert_eq!(next_size(MAX, 5000, MAX), 8 * 1024);
+        // A cap below the minimum is still honoured.
+        assert_eq!(next_size(1024, 1024, 1024), 1024);
+    }
+
+    #[tokio::test]
+    async fn chunks_carry_every_byte_in_order() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut w, mut r) = tokio::io::duplex(8 * 1024);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for part in sent.chunks(777) {
+                w.write_all(part).await.unwrap();
+            }
+        });
+        let mut chunks = Chunks::new();
+        let mut got = Vec::new();
+        let mut held = Vec::new(); // chunks kept alive, as queued frames are
+        while let Some(c) = chunks.read(&mut r, 64 * 1024).await.unwrap() {
+            assert!(!c.is_empty() && c.len() <= 64 * 1024);
+            got.extend_from_slice(&c);
+            held.push(c);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, data);
+    }
 }
