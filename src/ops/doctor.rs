@@ -35,7 +35,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use russh::keys::ssh_key::Certificate;
 
-use crate::identity::{Identity, KeyPair};
+use crate::identity::{rfc3339, unix_now, Identity, KeyPair};
 use crate::transport::link::{self, TransportKind};
 use crate::transport::relay;
 
@@ -190,17 +190,6 @@ pub fn short_duration(secs: u64) -> String {
         (0, _) => format!("{m}m{s}s"),
         _ => format!("{h}h{m}m"),
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// Run `ssh` with args; the text of stdout and stderr.
@@ -415,7 +404,7 @@ fn check_identity(dir: &Path) -> (Check, Option<Identity>, Option<Certificate>) 
 
 fn check_certificate(id: &Identity, cert: &Certificate) -> Check {
     const N: &str = "certificate";
-    let now = now_secs();
+    let now = unix_now();
     let tls_end = id
         .expires()
         .ok()
@@ -634,7 +623,7 @@ fn check_daemon(dir: &Path, fdpass: bool) -> Check {
             ),
         ),
         Ok(certs) => {
-            let now = now_secs();
+            let now = unix_now();
             let best = certs.iter().map(|c| c.valid_before()).max().unwrap_or(0);
             if best <= now {
                 check(

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use russh::client::{self, Handle, Msg};
@@ -16,7 +16,7 @@ use russh::keys::{HashAlg, PrivateKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::identity::{HostCa, Identity, KeyPair};
+use crate::identity::{rfc3339, unix_now, HostCa, Identity, KeyPair};
 use crate::transport::tls;
 
 /// How often to send an SSH keepalive to the proxy.
@@ -47,17 +47,6 @@ impl client::Handler for ProxyHandler {
             }
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 /// SHA-256 fingerprints of the host CA keys (what `Certificate::validate` takes).
