@@ -192,11 +192,16 @@ impl WebClient {
         bail!("proxy {} refused {path} (HTTP {status}): {msg}", self.proxy)
     }
 
+    /// The JSON body of an answer from `path`.
+    fn parse<R: serde::de::DeserializeOwned>(&self, path: &str, body: &Bytes) -> Result<R> {
+        serde_json::from_slice(body)
+            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
         let (status, _, body) = self.request(Method::GET, path, None).await?;
         self.check(path, status, &body)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+        self.parse(path, &body)
     }
 
     /// `GET /webapi/ping` with the proxy's clock: its HTTP `Date` header and the local times
@@ -210,8 +215,7 @@ impl WebClient {
             .get(http::header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
-        let json = serde_json::from_slice(&body)
-            .map_err(|e| anyhow!("proxy {}: /webapi/ping: bad JSON: {e}", self.proxy))?;
+        let json = self.parse("/webapi/ping", &body)?;
         Ok(Ping {
             json,
             date,
@@ -235,7 +239,6 @@ impl WebClient {
             .request(Method::POST, path, Some(serde_json::to_vec(body)?))
             .await?;
         self.check(path, status, &bytes)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+        self.parse(path, &bytes)
     }
 }
