@@ -178,7 +178,6 @@ impl<S> TlsWatch<S> {
                 ),
             });
         }
-        drop(seen);
         r
     }
 }
@@ -259,6 +258,25 @@ impl GrpcProxy {
         self.send.is_closed()
     }
 
+    /// A tonic client whose calls are streams on this connection.
+    fn client(
+        &self,
+    ) -> tonic::client::Grpc<
+        impl tonic::client::GrpcService<
+                tonic::body::Body,
+                ResponseBody = hyper::body::Incoming,
+                Error = hyper::Error,
+                Future: Send,
+            > + Send,
+    > {
+        let send = self.send.clone();
+        let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+            let mut send = send.clone();
+            async move { send.send_request(req).await }
+        });
+        tonic::client::Grpc::with_origin(svc, self.origin.clone())
+    }
+
     /// Open a `ProxySSH` stream to `host:port` in `cluster` (empty = the proxy's own) and wait
     /// for the proxy to connect the node. A refusal is one line with the proxy's reason.
     pub async fn open_node(
@@ -268,12 +286,7 @@ impl GrpcProxy {
         cluster: &str,
         agent: Option<Agent>,
     ) -> Result<GrpcNode> {
-        let send = self.send.clone();
-        let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let mut send = send.clone();
-            async move { send.send_request(req).await }
-        });
-        let mut grpc = tonic::client::Grpc::with_origin(svc, self.origin.clone());
+        let mut grpc = self.client();
         let host_port = join_host_port(host, port);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let first = ProxySshRequest {
@@ -338,12 +351,7 @@ impl GrpcProxy {
     /// `GetClusterDetails`: one round trip, so a proxy's refusal of the identity's certificate
     /// (which TLS 1.3 delivers after the handshake) shows here (used by `idmux doctor`).
     pub async fn cluster_details(&self) -> Result<GetClusterDetailsResponse> {
-        let send = self.send.clone();
-        let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let mut send = send.clone();
-            async move { send.send_request(req).await }
-        });
-        let mut grpc = tonic::client::Grpc::with_origin(svc, self.origin.clone());
+        let mut grpc = self.client();
         let codec =
             tonic_prost::ProstCodec::<GetClusterDetailsRequest, GetClusterDetailsResponse>::default(
             );
