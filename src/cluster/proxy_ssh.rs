@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 
 use super::router;
 use super::Ctx;
+use crate::transport::relay::{Chunks, BUF_SIZE};
 
 /// Bytes a node may leave unread on one channel before the proxy closes that channel.
 const NODE_QUEUE_CAP: usize = 16 << 20;
@@ -243,9 +244,9 @@ async fn relay(channel: Channel<Msg>, tcp: TcpStream) {
     };
     // Node -> channel.
     let from_node = async {
-        let mut chunks = crate::transport::relay::Chunks::new();
+        let mut chunks = Chunks::new();
         loop {
-            match chunks.read(&mut tcp_r, 64 * 1024).await {
+            match chunks.read(&mut tcp_r, BUF_SIZE).await {
                 Ok(None) | Err(_) => break,
                 Ok(Some(chunk)) => {
                     if tx.data_bytes(chunk).await.is_err() {
