@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use idmux::identity::{Identity, KeyPair, KeyType};
+use idmux::identity::{Identity, KeyPair};
 
 const C: &str = "dev.test";
 
@@ -364,14 +364,7 @@ fn dev_proxy_refuses_bad_tls_clients() {
     let id = Identity::load_destination(&dest).unwrap();
     // An identity from another cluster's CA, same names.
     let other = tempfile::tempdir().unwrap();
-    let foreign_cas = idmux::ca::ClusterCas::create(other.path(), C).unwrap();
-    let foreign = issue(
-        &foreign_cas,
-        KeyType::EcdsaP256,
-        &[me()],
-        &["access".to_string()],
-        Duration::from_secs(3600),
-    );
+    let (_, foreign) = new_ca_and_identity(other.path(), C, Duration::from_secs(3600));
     let ssh_alpn: &[&[u8]] = &[b"teleport-proxy-ssh"];
     let grpc_alpn: &[&[u8]] = &[b"teleport-proxy-ssh-grpc"];
     let auth_alpn = idmux::transport::auth_client::auth_alpn(C);

@@ -417,14 +417,7 @@ fn doctor_healthy_then_broken() {
 
     // An identity from another CA of the same name: the proxy's certificate does not verify.
     let other = tempfile::tempdir().unwrap();
-    let cas = idmux::ca::ClusterCas::create(&other.path().join("ca"), C).unwrap();
-    let id = issue(
-        &cas,
-        idmux::identity::KeyType::EcdsaP256,
-        &[me()],
-        &["access".to_string()],
-        Duration::from_secs(600),
-    );
+    let (cas, id) = new_ca_and_identity(&other.path().join("ca"), C, Duration::from_secs(600));
     let fake = other.path().join("dest");
     write_destination(&fake, &cas, &id);
     let (lines, ok, text) = doctor(&fake, &["--proxy-server", &cl.addr]);

@@ -272,14 +272,7 @@ async fn agent_frames() {
     });
 
     let tmp = tempfile::tempdir().unwrap();
-    let cas = idmux::ca::ClusterCas::create(&tmp.path().join("ca"), C).unwrap();
-    let id = issue(
-        &cas,
-        idmux::identity::KeyType::EcdsaP256,
-        &[me()],
-        &["access".to_string()],
-        Duration::from_secs(600),
-    );
+    let (_, id) = new_ca_and_identity(&tmp.path().join("ca"), C, Duration::from_secs(600));
     let agent = idmux::mux::agent::Agent::default();
     agent.set(id.key.to_ssh().unwrap(), id.ssh_cert.clone());
 

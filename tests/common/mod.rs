@@ -33,6 +33,20 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A new CA for `cluster` in `dir` and an ECDSA identity it issued (logins: me; role
+/// `access`), as another cluster of the same name would have.
+pub fn new_ca_and_identity(dir: &Path, cluster: &str, ttl: Duration) -> (ClusterCas, Identity) {
+    let cas = ClusterCas::create(dir, cluster).unwrap();
+    let id = issue(
+        &cas,
+        KeyType::EcdsaP256,
+        &[me()],
+        &["access".to_string()],
+        ttl,
+    );
+    (cas, id)
+}
+
 /// Issue an identity for a bot with the given logins and roles.
 pub fn issue(
     cas: &ClusterCas,
