@@ -45,13 +45,12 @@ impl Refusal {
 /// Split a dial target `host:port` (`[v6]:port` too) as both transports receive it (pure).
 /// The error says what is wrong: `want host:port`, `empty host` or `bad port`.
 pub fn split_target(host_port: &str) -> Result<(&str, u16), &'static str> {
-    let (host, port) = host_port.rsplit_once(':').ok_or("want host:port")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err("empty host");
-    }
-    let port = port.parse().map_err(|_| "bad port")?;
-    Ok((host, port))
+    use crate::openssh::HostPortError;
+    crate::openssh::parse_host_port(host_port).map_err(|e| match e {
+        HostPortError::NoPort => "want host:port",
+        HostPortError::EmptyHost => "empty host",
+        HostPortError::BadPort(_) => "bad port",
+    })
 }
 
 /// The caller of a dial: its Teleport user (`bot-NAME` for bots) and roles.

@@ -263,20 +263,37 @@ pub fn clusters_of(own: &str, cas: &[HostCa]) -> Vec<String> {
     out
 }
 
-/// Split `host:port` (port required), naming the flag in the error.
-pub fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
-    let Some((h, p)) = s.rsplit_once(':') else {
-        bail!("{what} {s:?}: want host:port");
-    };
+/// What is wrong with a `host:port`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostPortError<'a> {
+    /// No `:port` at all.
+    NoPort,
+    EmptyHost,
+    /// The text after the last `:`, not a `u16`.
+    BadPort(&'a str),
+}
+
+/// Split `host:port` (`[v6]:port` too; the brackets are dropped), pure. Port 0 parses; the
+/// callers decide whether it is allowed.
+pub fn parse_host_port(s: &str) -> Result<(&str, u16), HostPortError<'_>> {
+    let (h, p) = s.rsplit_once(':').ok_or(HostPortError::NoPort)?;
     let h = h.trim_start_matches('[').trim_end_matches(']');
     if h.is_empty() {
-        bail!("{what} {s:?}: empty host");
+        return Err(HostPortError::EmptyHost);
     }
-    let port = p.parse::<u16>().ok().filter(|p| *p > 0);
-    let Some(port) = port else {
-        bail!("{what} {s:?}: bad port {p:?}");
-    };
-    Ok((h.to_string(), port))
+    let port = p.parse().map_err(|_| HostPortError::BadPort(p))?;
+    Ok((h, port))
+}
+
+/// Split `host:port` (port required, not 0), naming the flag in the error.
+pub fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
+    match parse_host_port(s) {
+        Ok((h, port)) if port > 0 => Ok((h.to_string(), port)),
+        Ok(_) => bail!("{what} {s:?}: bad port \"0\""),
+        Err(HostPortError::NoPort) => bail!("{what} {s:?}: want host:port"),
+        Err(HostPortError::EmptyHost) => bail!("{what} {s:?}: empty host"),
+        Err(HostPortError::BadPort(p)) => bail!("{what} {s:?}: bad port {p:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +331,20 @@ mod tests {
             stdio.proxy_command("example.com"),
             "'/usr/bin/idmux' ssh-proxy-command --destination-dir='/opt/machine-id' \
              --proxy-server='proxy.example.com:443' --cluster='example.com' --user=%r --host=%h --port=%p"
+        );
+    }
+
+    #[test]
+    fn host_port_parts() {
+        assert_eq!(parse_host_port("node-1:3022"), Ok(("node-1", 3022)));
+        assert_eq!(parse_host_port("[::1]:22"), Ok(("::1", 22)));
+        assert_eq!(parse_host_port("h:0"), Ok(("h", 0)));
+        assert_eq!(parse_host_port("h"), Err(HostPortError::NoPort));
+        assert_eq!(parse_host_port("[]:22"), Err(HostPortError::EmptyHost));
+        assert_eq!(parse_host_port("h:x"), Err(HostPortError::BadPort("x")));
+        assert_eq!(
+            split_host_port("h:0", "--x").unwrap_err().to_string(),
+            "--x \"h:0\": bad port \"0\""
         );
     }
 
