@@ -15,8 +15,8 @@ command -v sftp >/dev/null || need+=(openssh-sftp-server)
 [ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
 # systemd-analyze checks the units `idmux install systemd` writes (no running systemd needed).
 command -v systemd-analyze >/dev/null || need+=(systemd)
-# The reliability tests: libfaketime moves the bot's clock (tests/faults.rs), useradd makes
-# the second user of tests/isolation.rs, mount/umount put the destination on a small tmpfs.
+# The reliability tests: libfaketime moves the bot's clock (tests/e2e/faults.rs), useradd makes
+# the second user of tests/e2e/isolation.rs, mount/umount put the destination on a small tmpfs.
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
 command -v mount >/dev/null || need+=(mount)

@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# Run idmux's whole test suite: unit tests and end-to-end tests with real OpenSSH and Ansible.
-# Installs what the tests need when missing (scripts/install-deps.sh), then runs cargo test and
-# ends with one summary line over every test binary.
+# Run idmux's whole test suite: every crate's unit tests and the end-to-end tests (one binary,
+# tests/e2e/) with real OpenSSH and Ansible. Installs what the tests need when missing
+# (scripts/install-deps.sh), then runs cargo test and ends with one summary line over every
+# test binary.
+#
+#   scripts/test.sh            the default suite (about 12 minutes on 2 cores)
+#   scripts/test.sh --long     also the long tier: the full soak (7,000 connections through
+#                              v1.sock) instead of its short form
 #
 # The end-to-end tests that reach nodes run once per node transport (IDMUX_TEST_TRANSPORT):
 # first everything with dev clusters serving only gRPC TransportService, then the
-# node-reaching binaries again with clusters serving only the SSH transport. Clients use
+# node-reaching modules again with clusters serving only the SSH transport. Clients use
 # --transport auto, so each pass proves its transport carries the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--long" ]; then
+  shift
+  export IDMUX_LONG=1
+fi
 export IDMUX_WITH_ANSIBLE=1
 bash scripts/install-deps.sh
-# No separate `cargo build`: cargo test builds both binaries for the end-to-end tests, and a
-# plain build would compile russh and nix a second time (the dev-dependencies change features).
+# Both binaries the end-to-end tests run (idmux-fdpass is its own package, so cargo test does
+# not build it for tests/e2e): one build of the whole workspace, features as the tests use them.
+cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time
-# keeps a 2-core machine responsive. (No doc tests: the crate has none.)
+# keeps a 2-core machine responsive. (No doc tests: the crates have none.)
 threads="${IDMUX_TEST_THREADS:-2}"
-# Test binaries whose tests reach nodes through the proxy.
-per_transport=(cluster_ssh mux bot ansible transport faults)
+# End-to-end modules whose tests reach nodes through the proxy (test names start `MODULE::`).
+per_transport=(cluster_ssh:: mux:: bot:: ansible:: transport:: faults::)
 status=0
-echo "== pass 1: unit tests and every end-to-end test, node transport gRPC"
-IDMUX_TEST_TRANSPORT=grpc cargo test --no-fail-fast --lib --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
+echo "== pass 1: unit tests of every crate and every end-to-end test, node transport gRPC"
+IDMUX_TEST_TRANSPORT=grpc cargo test --workspace --no-fail-fast --lib --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
 echo "== pass 2: the node-reaching end-to-end tests again, node transport SSH"
-args=()
-for t in "${per_transport[@]}"; do args+=(--test "$t"); done
-IDMUX_TEST_TRANSPORT=ssh cargo test --no-fail-fast "${args[@]}" -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?
+IDMUX_TEST_TRANSPORT=ssh cargo test --no-fail-fast --test e2e -- --test-threads="$threads" "${per_transport[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
 # A test binary that dies (signal, abort, exit from a thread) prints no "test result:" line;
 # cargo names it with "to rerun pass", so list those too: the summary must never hide one.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -1,5 +1,8 @@
-//! The `idmux` binary: all logic lives in the library; see `idmux::cli`.
+//! The `idmux` binary: the only crate that knows clap. Commands live in [`cmd`]; the work is
+//! in the library crates (`idmux-client`, `idmux-devcluster`, ...).
+
+mod cmd;
 
 fn main() -> std::process::ExitCode {
-    idmux::cli::main()
+    cmd::main()
 }

@@ -1,4 +1,4 @@
-//! Fuzz target `key_pem`: the body is idmux::fuzzing::key_pem (shared with tests/fuzz_replay.rs).
+//! Fuzz target `key_pem`: the body is idmux_testkit::fuzzing::key_pem (shared with tests/e2e/fuzz_replay.rs).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| idmux::fuzzing::key_pem(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| idmux_testkit::fuzzing::key_pem(data));

@@ -19,10 +19,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::{Certificate, PublicKey};
 use sha2::Digest;
 
-use crate::ca;
+use crate::x509 as ca;
 use crate::fsutil::{self, PRIVATE, PUBLIC};
-use crate::identity::keys::{ssh_key_data_from_spki, KeyPair};
-use crate::identity::tlsid::TlsIdentity;
+use crate::keys::{ssh_key_data_from_spki, KeyPair};
+use crate::tlsid::TlsIdentity;
 
 /// A host CA key trusted for a cluster (one `@cert-authority` line).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,22 +15,16 @@ use http::uri::PathAndQuery;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use super::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
-use super::tls;
-use crate::identity::Identity;
+use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
+use crate::refusal::{Refused, RefusedWith};
+use crate::tls;
+use idmux_identity::Identity;
 
-/// The SNI a Teleport API client sends to Auth.
-pub const AUTH_SERVER_NAME: &str = "teleport.cluster.local";
+pub use idmux_wire::alpn::{auth as auth_alpn, AUTH_SERVER_NAME};
 /// How long one gRPC call may take once TLS is up.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The ALPN that routes a connection to the Auth service of `cluster`:
-/// `teleport-auth@<hex(cluster)>.teleport.cluster.local`.
-pub fn auth_alpn(cluster: &str) -> String {
-    format!("teleport-auth@{}.{AUTH_SERVER_NAME}", hex::encode(cluster))
-}
 
 /// Connect to Auth through `proxy` (`host:port`) as `id`: TCP, then mutual TLS with SNI
 /// `teleport.cluster.local` and ALPN [`auth_alpn`] then `h2`.
@@ -44,24 +38,11 @@ async fn dial_auth(
     let alpn = auth_alpn(&cluster);
     let protos: [&[u8]; 2] = [alpn.as_bytes(), b"h2"];
     let cfg = tls::client_config(id, &protos)?;
-    let tcp = match tokio::time::timeout(tls::CONNECT_TIMEOUT, TcpStream::connect(proxy)).await {
-        Err(_) => bail!(
-            "cannot reach proxy {proxy}: no answer within {}s",
-            tls::CONNECT_TIMEOUT.as_secs()
-        ),
-        Ok(Err(e)) => bail!("cannot reach proxy {proxy}: {}", tls::io_words(&e)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = tls::tcp_connect(proxy).await?;
     let name = ServerName::try_from(AUTH_SERVER_NAME).expect("static DNS name");
-    let connect = TlsConnector::from(cfg).connect(name, tcp);
-    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connect).await {
-        Err(_) => bail!(
-            "auth via proxy {proxy} did not complete the TLS handshake within {}s",
-            tls::HANDSHAKE_TIMEOUT.as_secs()
-        ),
-        Ok(Err(e)) => bail!("auth via {}", tls::describe_tls_error(proxy, &protos, &e)),
-        Ok(Ok(s)) => Ok(s),
+    match tls::handshake(&format!("auth via proxy {proxy}"), cfg, name, tcp).await? {
+        Err(e) => bail!("auth via {}", tls::describe_tls_error(proxy, &protos, &e)),
+        Ok(s) => Ok(s),
     }
 }
 
@@ -109,6 +90,13 @@ pub async fn generate_user_certs(
         .await;
     match resp {
         Ok(r) => Ok(r.into_inner()),
+        // Auth's own refusal is typed (the bot stops on some codes); what broke on the way
+        // (tonic made the status from a transport error) is a plain error.
+        Err(status) if std::error::Error::source(&status).is_none() => Err(Refused {
+            with: RefusedWith::Grpc(status.code()),
+            line: status_line(proxy, what, &status),
+        }
+        .into()),
         Err(status) => Err(anyhow!("{}", status_line(proxy, what, &status))),
     }
 }

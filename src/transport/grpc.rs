@@ -26,11 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::proto::{
+use idmux_wire::proto::{
     Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest, ProxySshResponse,
     SshFrame, TargetHost, GET_CLUSTER_DETAILS, PROXY_SSH,
 };
-use crate::mux::agent::Agent;
+use crate::agent::Agent;
 
 /// ALPN of the proxy's gRPC TransportService.
 pub const ALPN_PROXY_GRPC: &[u8] = b"teleport-proxy-ssh-grpc";
@@ -154,11 +154,11 @@ impl<S> TlsWatch<S> {
         let Err(e) = &r else { return r };
         tracing::debug!("gRPC transport to {}: {:?}: {e}", self.proxy, e.kind());
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if super::tls::rustls_error(e).is_some() {
+        if crate::tls::rustls_error(e).is_some() {
             if !seen.as_ref().is_some_and(|s| s.tls) {
                 *seen = Some(Seen {
                     tls: true,
-                    words: super::tls::describe_tls_error(&self.proxy, &[ALPN_PROXY_GRPC], e),
+                    words: crate::tls::describe_tls_error(&self.proxy, &[ALPN_PROXY_GRPC], e),
                 });
             }
         } else if !self.heard
@@ -174,7 +174,7 @@ impl<S> TlsWatch<S> {
                      speaking HTTP/2 ({}): it most likely refused this identity's certificate \
                      (expired, or issued by another cluster)",
                     self.proxy,
-                    super::tls::io_words(e)
+                    crate::tls::io_words(e)
                 ),
             });
         }
@@ -287,7 +287,7 @@ impl GrpcProxy {
         agent: Option<Agent>,
     ) -> Result<GrpcNode> {
         let mut grpc = self.client();
-        let host_port = join_host_port(host, port);
+        let host_port = idmux_wire::hostport::join(host, port);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let first = ProxySshRequest {
             dial_target: Some(TargetHost {
@@ -408,15 +408,6 @@ pub fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> String {
     }
 }
 
-/// `host:port`, with brackets around an IPv6 literal (Go's net.JoinHostPort).
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// A request carrying `payload` on the node's SSH stream.
 pub fn ssh_frame(payload: Bytes) -> ProxySshRequest {
     ProxySshRequest {
@@ -514,12 +505,6 @@ mod tests {
         w.heard = true;
         assert!(w.read(&mut [0u8; 16]).await.is_err());
         assert!(seen.lock().unwrap().is_none());
-    }
-
-    #[test]
-    fn host_ports_like_go() {
-        assert_eq!(join_host_port("node-1", 3022), "node-1:3022");
-        assert_eq!(join_host_port("::1", 22), "[::1]:22");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! A connection to the proxy that reaches nodes, over either transport, and the choice
 //! between them (`--transport auto|grpc|ssh`).
 //!
-//! - `grpc`: TransportService over ALPN `teleport-proxy-ssh-grpc` ([`super::grpc`]), what
+//! - `grpc`: TransportService over ALPN `teleport-proxy-ssh-grpc` ([`crate::grpc`]), what
 //!   current tbot and tsh use; one layer of encryption (TLS) around the node's bytes.
 //! - `ssh`: the proxy's SSH server over ALPN `teleport-proxy-ssh` and the `proxy:` subsystem
-//!   ([`super::sshproxy`]), what older proxies serve.
+//!   ([`crate::sshproxy`]), what older proxies serve.
 //! - `auto` (the default): gRPC, and the SSH transport when the proxy does not offer gRPC's
 //!   ALPN. Any other failure (refused certificate, unreachable proxy) is reported as it is,
 //!   never hidden behind a second attempt.
@@ -12,11 +12,11 @@
 use anyhow::Result;
 use russh::client::Handle;
 
-use super::grpc::{self, GrpcNode, GrpcProxy, ALPN_PROXY_GRPC};
-use super::sshproxy::{self, NodeChannel, ProxyHandler};
-use super::tls::{self, AlpnNotOffered, ALPN_PROXY_SSH};
-use crate::identity::Identity;
-use crate::mux::agent::Agent;
+use crate::grpc::{self, GrpcNode, GrpcProxy, ALPN_PROXY_GRPC};
+use crate::sshproxy::{self, NodeChannel, ProxyHandler};
+use crate::tls::{self, AlpnNotOffered, ALPN_PROXY_SSH};
+use idmux_identity::Identity;
+use crate::agent::Agent;
 
 /// Which transport carries node connections.
 #[derive(
@@ -26,7 +26,6 @@ use crate::mux::agent::Agent;
     Default,
     PartialEq,
     Eq,
-    clap::ValueEnum,
     serde::Deserialize,
     serde::Serialize,
 )]

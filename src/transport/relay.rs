@@ -24,11 +24,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::grpc::{self, GrpcNode, FRAME_SIZE};
-use super::link::Node;
-use super::proto::SshFrame;
-use crate::mux::agent::Agent;
-use crate::transport::sshproxy::NodeChannel;
+use crate::grpc::{self, GrpcNode, FRAME_SIZE};
+use crate::link::Node;
+use idmux_wire::proto::SshFrame;
+use crate::agent::Agent;
+use crate::sshproxy::NodeChannel;
 
 /// Read size for the local input.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -334,7 +334,7 @@ where
 /// proxy's requests; the agent's replies go back as `agent` frames.
 fn serve_agent(
     agent: Agent,
-    tx: tokio::sync::mpsc::WeakSender<super::proto::ProxySshRequest>,
+    tx: tokio::sync::mpsc::WeakSender<idmux_wire::proto::ProxySshRequest>,
 ) -> tokio::io::WriteHalf<tokio::io::DuplexStream> {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {

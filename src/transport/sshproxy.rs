@@ -16,8 +16,8 @@ use russh::keys::{HashAlg, PrivateKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::identity::{rfc3339, unix_now, HostCa, Identity, KeyPair};
-use crate::transport::tls;
+use idmux_identity::{rfc3339, unix_now, HostCa, Identity, KeyPair};
+use crate::tls;
 
 /// How often to send an SSH keepalive to the proxy.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -159,7 +159,7 @@ pub async fn connect<S>(stream: S, id: &Identity, proxy: &str) -> Result<Handle<
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy_host = host_of(proxy);
+    let proxy_host = idmux_wire::hostport::host_of(proxy).to_string();
     let rejection = Arc::new(Mutex::new(None));
     let handler = ProxyHandler {
         trusted: host_ca_fingerprints(&id.host_cas),
@@ -218,17 +218,6 @@ pub async fn close(handle: Handle<ProxyHandler>) {
 
 /// How long [`close`] waits for the session to wind down.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// The host part of `host`, `host:port` or `[v6]:port`; a bare IPv6 address stays whole.
-pub fn host_of(proxy: &str) -> String {
-    if proxy.parse::<std::net::IpAddr>().is_ok() {
-        return proxy.to_string();
-    }
-    match crate::openssh::split_host_port(proxy, "proxy") {
-        Ok((h, _)) => h,
-        Err(_) => proxy.to_string(),
-    }
-}
 
 /// One line for an SSH-level failure talking to the proxy (`proxy` as the user knows it).
 pub fn describe_ssh_error(proxy: &str, e: &russh::Error) -> String {
@@ -365,18 +354,9 @@ pub fn refusal_message(stderr: &[u8], host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::ClusterCas;
-    use crate::identity::KeyType;
+    use idmux_devcluster::ca::ClusterCas;
+    use idmux_identity::KeyType;
     use russh::keys::ssh_key::Certificate;
-
-    #[test]
-    fn proxy_host_of_an_address() {
-        assert_eq!(host_of("proxy.example.com"), "proxy.example.com");
-        assert_eq!(host_of("proxy.example.com:3080"), "proxy.example.com");
-        assert_eq!(host_of("127.0.0.1:3080"), "127.0.0.1");
-        assert_eq!(host_of("::1"), "::1");
-        assert_eq!(host_of("[::1]:3080"), "::1");
-    }
 
     #[test]
     fn subsystem_names() {

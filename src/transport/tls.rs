@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::identity::Identity;
-use crate::openssh::split_host_port;
+use idmux_identity::Identity;
+use idmux_wire::hostport::split_host_port;
 
 /// ALPN of the proxy's SSH server (PROTOCOL.md section 4).
 pub const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
@@ -84,11 +84,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
         .map_err(|_| anyhow!("proxy host {host:?} is neither a DNS name nor an IP address"))
 }
 
-/// Connect to `proxy` (`host:port`) over TCP and TLS with `alpn`, as `id`.
-pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>> {
-    let (host, _) = split_host_port(proxy, "proxy address")?;
-    let name = server_name(&host)?;
-    let cfg = client_config(id, alpn)?;
+/// The one TCP connect to a proxy: [`CONNECT_TIMEOUT`], TCP_NODELAY, errors naming `proxy`.
+/// Every connection idmux makes to a proxy (node transports, Auth, the web API) starts here.
+pub async fn tcp_connect(proxy: &str) -> Result<TcpStream> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(proxy)).await {
         Err(_) => bail!(
             "cannot reach proxy {proxy}: no answer within {}s",
@@ -99,13 +97,36 @@ pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStrea
     };
     tcp.set_nodelay(true)
         .map_err(|e| anyhow!("proxy {proxy}: cannot set TCP_NODELAY: {}", io_words(&e)))?;
-    let connect = TlsConnector::from(cfg).connect(name, tcp);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+    Ok(tcp)
+}
+
+/// The one TLS handshake over a [`tcp_connect`]ed stream, within [`HANDSHAKE_TIMEOUT`].
+/// `Ok(Err(e))` is the handshake's own error, for the caller to word; a timeout is an error
+/// naming `what` (e.g. `proxy HOST:PORT`).
+pub async fn handshake(
+    what: &str,
+    cfg: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+) -> Result<io::Result<TlsStream<TcpStream>>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp)).await
+    {
         Err(_) => bail!(
-            "proxy {proxy} did not complete the TLS handshake within {}s",
+            "{what} did not complete the TLS handshake within {}s",
             HANDSHAKE_TIMEOUT.as_secs()
         ),
-        Ok(Err(e)) => {
+        Ok(r) => Ok(r),
+    }
+}
+
+/// Connect to `proxy` (`host:port`) over TCP and TLS with `alpn`, as `id`.
+pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>> {
+    let (host, _) = split_host_port(proxy, "proxy address")?;
+    let name = server_name(&host)?;
+    let cfg = client_config(id, alpn)?;
+    let tcp = tcp_connect(proxy).await?;
+    let tls = match handshake(&format!("proxy {proxy}"), cfg, name, tcp).await? {
+        Err(e) => {
             if matches!(
                 rustls_error(&e),
                 Some(rustls::Error::NoApplicationProtocol)
@@ -117,7 +138,7 @@ pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStrea
             }
             bail!("{}", describe_tls_error(proxy, alpn, &e))
         }
-        Ok(Ok(s)) => s,
+        Ok(s) => s,
     };
     let got = tls.get_ref().1.alpn_protocol();
     if !alpn.is_empty() && !got.is_some_and(|g| alpn.contains(&g)) {

@@ -15,6 +15,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// How long a request may wait for the proxy's whole answer once TLS is up.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the proxy's web certificate is checked.
 #[derive(Clone, Debug)]
 pub enum Trust {
@@ -79,7 +82,7 @@ impl ServerCertVerifier for NoVerify {
 
 impl WebClient {
     pub fn new(proxy: &str, trust: &Trust) -> Result<WebClient> {
-        let (host, _) = crate::openssh::split_host_port(proxy, "--proxy-server")?;
+        let (host, _) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
         let builder = rustls::ClientConfig::builder();
         let mut cfg = match trust {
             Trust::Insecure => {
@@ -138,19 +141,12 @@ impl WebClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, http::HeaderMap, Bytes)> {
-        let tcp = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tokio::net::TcpStream::connect(&self.proxy),
-        )
-        .await
-        .map_err(|_| anyhow!("cannot reach proxy {}: timed out", self.proxy))?
-        .map_err(|e| anyhow!("cannot reach proxy {}: {e}", self.proxy))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::tls::tcp_connect(&self.proxy).await?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| anyhow!("--proxy-server {}: bad host name", self.proxy))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
+        let what = format!("proxy {}", self.proxy);
+        let tls = crate::tls::handshake(&what, self.tls.clone(), name, tcp)
+            .await?
             .map_err(|e| {
                 anyhow!(
                     "proxy {}: TLS failed: {e} (is --ca-path the cluster's CA?)",
@@ -167,14 +163,27 @@ impl WebClient {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender
-            .send_request(req)
+        // The answer, whole, within the deadline: a proxy that accepts and then stalls must
+        // not hold the bot.
+        let answer = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| anyhow!("proxy {}: {path}: {e}", self.proxy))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((status, headers, bytes))
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, answer)
             .await
-            .map_err(|e| anyhow!("proxy {}: {path}: {e}", self.proxy))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, headers, bytes))
+            .map_err(|_| {
+                anyhow!(
+                    "proxy {}: {path}: no answer within {}s",
+                    self.proxy,
+                    ANSWER_TIMEOUT.as_secs()
+                )
+            })?
     }
 
     fn check(&self, path: &str, status: u16, body: &Bytes) -> Result<()> {
@@ -189,7 +198,11 @@ impl WebClient {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-        bail!("proxy {} refused {path} (HTTP {status}): {msg}", self.proxy)
+        Err(crate::refusal::Refused {
+            with: crate::refusal::RefusedWith::Http(status),
+            line: format!("proxy {} refused {path} (HTTP {status}): {msg}", self.proxy),
+        }
+        .into())
     }
 
     /// The JSON body of an answer from `path`.

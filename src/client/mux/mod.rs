@@ -1,0 +1,14 @@
+//! The multiplexer: the `v1.sock` server, the relay to the warm upstream, and the agent socket.
+//!
+//! - [`upstream`]: the pool of authenticated connections to the proxy, and where its identity
+//!   comes from ([`upstream::IdentitySource`]).
+//! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
+//! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
+//! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
+//!
+//! The request format is `idmux_wire::v1`; the agent is `idmux_transport::agent`.
+
+pub mod local;
+pub mod metrics;
+pub mod server;
+pub mod upstream;

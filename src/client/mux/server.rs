@@ -1,0 +1,281 @@
+//! The daemon's sockets: `v1.sock` (the V1 multiplexer protocol) and `agent.sock`.
+//!
+//! A v1.sock connection: the first read is a recvmsg that may carry one fd (the client's
+//! stderr); the request `host:port[|cluster]\0` follows, read within a time limit; the target
+//! is dialed through the warm upstream; a failure is written to the stderr fd as one line
+//! `idmux: ...` and the connection closed; on success the stderr fd is closed and the socket
+//! becomes the node's raw SSH stream (bytes after the NUL go upstream first). Every connection
+//! runs in its own task and nothing a client sends can stop the daemon.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+
+use idmux_transport::agent::Agent;
+use crate::mux::metrics::Metrics;
+use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
+use crate::mux::upstream::{IdentitySource, Upstream};
+use idmux_transport::relay;
+use idmux_wire::hostport::clean_target_host;
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bind a unix socket owner-only, replacing a stale one.
+pub fn bind_owner_only(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        // A live daemon still answering means a second one must not steal the socket.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() && path.ends_with("v1.sock") {
+            bail!(
+                "{}: another multiplexer is serving this socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("{}: cannot remove the stale socket", path.display()))?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let l = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = l.with_context(|| format!("{}: cannot listen", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Read the request: the first recvmsg may carry the stderr fd. Returns the stderr fd, the
+/// target and the bytes that followed the NUL.
+async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::Target, Vec<u8>)>) {
+    let mut buf = vec![0u8; MAX_REQUEST + 4096];
+    let mut len = 0;
+    let mut stderr: Option<OwnedFd> = None;
+    loop {
+        if len >= buf.len() {
+            return (stderr, Err(RequestError::TooLong.into()));
+        }
+        if conn.readable().await.is_err() {
+            return (stderr, Err(anyhow!("connection failed")));
+        }
+        let got = conn.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut buf[len..])];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        // SAFETY: the kernel just installed these fds in our table for us; each
+                        // is wrapped exactly once, so each is closed exactly once.
+                        fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+            }
+            Ok((msg.bytes, fds))
+        });
+        match got {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return (stderr, Err(anyhow!("reading the request: {e}"))),
+            Ok((n, fds)) => {
+                // Keep the first fd as stderr; any others are closed by dropping them.
+                for fd in fds {
+                    if stderr.is_none() {
+                        stderr = Some(fd);
+                    }
+                }
+                if n == 0 {
+                    return (
+                        stderr,
+                        Err(anyhow!("client disconnected before the request's NUL")),
+                    );
+                }
+                len += n;
+                match request::parse(&buf[..len]) {
+                    Ok((t, used)) => return (stderr, Ok((t, buf[used..len].to_vec()))),
+                    Err(RequestError::Incomplete) => continue,
+                    Err(e) => return (stderr, Err(anyhow!("bad request: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// Write one error line to the client's stderr fd (blocking, off the runtime).
+async fn report(stderr: Option<OwnedFd>, msg: String) {
+    if let Some(fd) = stderr {
+        let _ = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::from(fd);
+            let _ = f.write_all(format!("idmux: {msg}\n").as_bytes());
+        })
+        .await;
+    }
+}
+
+/// Counts bytes read through it.
+struct Counted<R> {
+    inner: R,
+    metrics: Arc<Metrics>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.metrics.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<Metrics>) {
+    m.requests_started.fetch_add(1, Ordering::Relaxed);
+    m.in_flight.fetch_add(1, Ordering::Relaxed);
+    let (stderr, req) = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&conn)).await {
+        Ok(x) => x,
+        Err(_) => (
+            None,
+            Err(anyhow!("no complete request within {REQUEST_TIMEOUT:?}")),
+        ),
+    };
+    let dialed = match req {
+        Ok((t, extra)) => {
+            let cluster = if t.cluster.is_empty() {
+                up.cluster()
+            } else {
+                t.cluster.clone()
+            };
+            let host = clean_target_host(&t.host, &proxy_host, &cluster).to_string();
+            up.dial(&host, t.port, &t.cluster)
+                .await
+                .map(|d| (d, extra))
+                .map_err(|e| anyhow!("{t}: {e:#}"))
+        }
+        Err(e) => Err(e),
+    };
+    match dialed {
+        Err(e) => {
+            m.handled_error.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("v1.sock: {e:#}");
+            report(stderr, format!("{e:#}")).await;
+        }
+        Ok(((node, lease), extra)) => {
+            drop(stderr); // relaying starts: stop writing to the client's stderr
+            m.handled_ok.fetch_add(1, Ordering::Relaxed);
+            let (r, w) = conn.into_split();
+            let input = Counted {
+                inner: std::io::Cursor::new(extra).chain(r),
+                metrics: m.clone(),
+            };
+            let r = relay::relay(
+                node,
+                input,
+                w,
+                tokio::io::sink(),
+                ("ssh client", "ssh client"),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::debug!("v1.sock relay ended: {e:#}");
+            }
+            drop(lease);
+        }
+    }
+    m.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serve `v1.sock` in `dir` until the task is dropped.
+pub async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Result<()> {
+    let listener = bind_owner_only(&dir.join("v1.sock"))?;
+    let proxy_host = idmux_wire::hostport::host_of(&up.proxy).to_string();
+    tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                tokio::spawn(handle(conn, up.clone(), proxy_host.clone(), m.clone()));
+            }
+            Err(e) => {
+                // Out of fds, most likely: back off rather than spin.
+                tracing::warn!("v1.sock accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serve `agent.sock` in `dir`.
+pub async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
+    let listener = bind_owner_only(&dir.join("agent.sock"))?;
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                m.agent_connections.fetch_add(1, Ordering::Relaxed);
+                let a = agent.clone();
+                tokio::spawn(async move {
+                    let _ = a.serve(conn).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("agent.sock accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Options of the multiplexer.
+pub struct MuxOptions {
+    /// The destination dir: `v1.sock` and `agent.sock` go here.
+    pub dest: PathBuf,
+    /// Where renewed identities come from.
+    pub identity: IdentitySource,
+    pub proxy: String,
+    pub cap: usize,
+    pub transport: idmux_transport::link::TransportKind,
+    pub diag_addr: Option<std::net::SocketAddr>,
+}
+
+/// Run the multiplexer for a destination dir whose identity someone keeps renewed.
+pub async fn run(opts: MuxOptions) -> Result<()> {
+    let m = Arc::new(Metrics::default());
+    let agent = Agent::default();
+    let up = Upstream::new(
+        &opts.proxy,
+        opts.identity,
+        opts.cap,
+        opts.transport,
+        m.clone(),
+        agent.clone(),
+    )?;
+    tokio::spawn(up.clone().keep_warm());
+    if let Some(addr) = opts.diag_addr {
+        let m2 = m.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::mux::metrics::serve_diag(addr, m2).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+    let agent_task = tokio::spawn(serve_agent(opts.dest.clone(), agent, m.clone()));
+    tokio::select! {
+        r = serve_v1(opts.dest.clone(), up, m) => r,
+        r = agent_task => r.map_err(|e| anyhow!("agent task: {e}"))?,
+    }
+}

@@ -1,0 +1,306 @@
+//! The warm upstream: authenticated connections to the proxy, shared by every v1.sock
+//! request, one gRPC stream or SSH channel per node connection (see `transport::link`).
+//!
+//! With `--transport auto` the first connection finds out whether the proxy offers gRPC; the
+//! answer holds until no connection is left (a proxy restart may bring an upgrade).
+//!
+//! A connection carries at most `cap` node connections (default 100, as tbot's cycling client); past
+//! that a new one is opened. Connections are made with the identity current at the time; when
+//! the identity changes ([`IdentitySource`]: the bot in this process publishes each renewal on
+//! a `watch`; a standalone multiplexer polls the identity file another tool renews), new
+//! channels go to new connections and the old ones are closed
+//! once their last channel ends, so renewals never drop established sessions. A keeper task
+//! holds one connection open and reconnects with backoff (100 ms doubling to 2 s) when it
+//! drops, so the first request after a proxy restart finds a warm connection.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Result};
+use tokio::sync::{watch, Mutex};
+
+use idmux_transport::agent::Agent;
+use crate::mux::metrics::Metrics;
+use idmux_identity::Identity;
+use idmux_transport::link::{self, Link, Node, TransportKind};
+
+/// One connection to the proxy.
+struct Conn {
+    link: Link,
+    open: AtomicUsize,
+    epoch: u64,
+}
+
+/// A channel's claim on its connection; releases the slot when dropped.
+pub struct Lease {
+    conn: Arc<Conn>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open_channels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Upstream {
+    pub proxy: String,
+    source: IdentitySource,
+    cap: usize,
+    conns: Mutex<Vec<Arc<Conn>>>,
+    identity: std::sync::RwLock<Current>,
+    epoch: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Holds the current key and certificate (swapped on renewal); also answers the proxy's
+    /// agent requests on the gRPC transport.
+    agent: Agent,
+    /// What `--transport` asked for.
+    transport: TransportKind,
+    /// For `auto`: the transport the proxy was found to offer (`Auto` = not known yet).
+    resolved: std::sync::Mutex<TransportKind>,
+}
+
+/// Where the multiplexer's identity comes from.
+pub enum IdentitySource {
+    /// The bot in this process sends each renewed identity (`idmux start`).
+    Watch(watch::Receiver<Arc<Identity>>),
+    /// Another tool (tbot, a separate `idmux start`) renews the `identity` file in this
+    /// destination dir: reload it when its modification time changes.
+    Poll(PathBuf),
+}
+
+/// The identity in use and what it was read from (the file's mtime when polling).
+type Current = (Arc<Identity>, SystemTime);
+
+impl IdentitySource {
+    fn initial(&self) -> Result<Current> {
+        match self {
+            IdentitySource::Watch(rx) => Ok((rx.borrow().clone(), SystemTime::UNIX_EPOCH)),
+            IdentitySource::Poll(dest) => {
+                let mtime = identity_mtime(dest);
+                Ok((Arc::new(Identity::load_destination(dest)?), mtime))
+            }
+        }
+    }
+
+    /// A newer identity than `have`, if there is one (an error: a changed file that does not
+    /// read).
+    fn newer(&self, have: &Current) -> Option<Result<Current>> {
+        match self {
+            IdentitySource::Watch(rx) => {
+                let latest = rx.borrow().clone();
+                (!Arc::ptr_eq(&latest, &have.0)).then_some(Ok((latest, have.1)))
+            }
+            IdentitySource::Poll(dest) => {
+                let mtime = identity_mtime(dest);
+                (mtime != have.1)
+                    .then(|| Identity::load_destination(dest).map(|id| (Arc::new(id), mtime)))
+            }
+        }
+    }
+}
+
+/// Put an identity's key and certificate in the agent.
+fn load_agent(agent: &Agent, id: &Identity) {
+    if let Ok(k) = id.key.to_ssh() {
+        agent.set(k, id.ssh_cert.clone());
+    }
+}
+
+fn identity_mtime(dest: &std::path::Path) -> SystemTime {
+    std::fs::metadata(dest.join("identity"))
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl Upstream {
+    pub fn new(
+        proxy: &str,
+        source: IdentitySource,
+        cap: usize,
+        transport: TransportKind,
+        metrics: Arc<Metrics>,
+        agent: Agent,
+    ) -> Result<Arc<Upstream>> {
+        let current = source.initial()?;
+        load_agent(&agent, &current.0);
+        Ok(Arc::new(Upstream {
+            proxy: proxy.to_string(),
+            source,
+            cap: cap.max(1),
+            conns: Mutex::new(Vec::new()),
+            identity: std::sync::RwLock::new(current),
+            epoch: AtomicU64::new(0),
+            metrics,
+            agent,
+            transport,
+            resolved: std::sync::Mutex::new(TransportKind::Auto),
+        }))
+    }
+
+    /// The identity to use now: the newest the source has.
+    fn current_identity(&self) -> Arc<Identity> {
+        let newer = {
+            let g = self.identity.read().unwrap_or_else(|e| e.into_inner());
+            match self.source.newer(&g) {
+                None => return g.0.clone(),
+                Some(r) => r,
+            }
+        };
+        match newer {
+            Ok(current) => {
+                load_agent(&self.agent, &current.0);
+                let id = current.0.clone();
+                *self.identity.write().unwrap_or_else(|e| e.into_inner()) = current;
+                self.epoch.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "multiplexer: loaded the renewed identity; new upstream connections use it"
+                );
+                id
+            }
+            Err(e) => {
+                tracing::warn!("multiplexer: keeping the previous identity: {e:#}");
+                self.identity
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .clone()
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Conn>> {
+        let id = self.current_identity();
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let kind = match self.transport {
+            TransportKind::Auto => *self.resolved.lock().unwrap_or_else(|e| e.into_inner()),
+            k => k,
+        };
+        let link = link::connect(&self.proxy, &id, kind).await?;
+        if self.transport == TransportKind::Auto {
+            *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = link.kind();
+        }
+        match link.kind() {
+            TransportKind::Grpc => &self.metrics.upstream_connects_grpc,
+            _ => &self.metrics.upstream_connects_ssh,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Conn {
+            link,
+            open: AtomicUsize::new(0),
+            epoch,
+        }))
+    }
+
+    /// A connection with a free slot (claimed), opening one if needed.
+    async fn lease(&self) -> Result<Lease> {
+        let _ = self.current_identity();
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let mut conns = self.conns.lock().await;
+        // Drop closed connections, and old-identity ones that are idle.
+        conns.retain(|c| {
+            !c.link.is_closed() && (c.epoch == epoch || c.open.load(Ordering::Relaxed) > 0)
+        });
+        let found = conns
+            .iter()
+            .find(|c| c.epoch == epoch && c.open.load(Ordering::Relaxed) < self.cap)
+            .cloned();
+        let conn = match found {
+            Some(c) => c,
+            None => {
+                let c = self.connect().await?;
+                conns.push(c.clone());
+                c
+            }
+        };
+        self.metrics
+            .upstream_conns
+            .store(conns.len(), Ordering::Relaxed);
+        conn.open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open_channels.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            conn,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Open a node connection through the proxy.
+    pub async fn dial(&self, host: &str, port: u16, cluster: &str) -> Result<(Node, Lease)> {
+        let lease = self
+            .lease()
+            .await
+            .map_err(|e| anyhow!("upstream to proxy {}: {e:#}", self.proxy))?;
+        let node = lease
+            .conn
+            .link
+            .open_node(host, port, cluster, Some(self.agent.clone()))
+            .await?;
+        Ok((node, lease))
+    }
+
+    /// The cluster and proxy host, for target name cleaning.
+    pub fn cluster(&self) -> String {
+        self.current_identity().cluster_name().unwrap_or_default()
+    }
+
+    /// Keep one connection warm; reconnect with backoff when it drops.
+    pub async fn keep_warm(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // Picks up a renewed identity (and swaps the agent's keys) within 250 ms.
+            let _ = self.current_identity();
+            let live = {
+                let conns = self.conns.lock().await;
+                conns.iter().any(|c| !c.link.is_closed())
+            };
+            if !live {
+                // Ask again which transport the proxy offers: it may have been upgraded.
+                *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = TransportKind::Auto;
+            }
+            if live {
+                backoff = Duration::from_millis(100);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            match self.connect().await {
+                Ok(c) => {
+                    let mut conns = self.conns.lock().await;
+                    if conns.iter().any(|c| !c.link.is_closed()) {
+                        // A request opened one while we dialed (right after a proxy restart):
+                        // keep one warm connection, not two for the life of the daemon. That
+                        // one is up, so the daemon is ready.
+                        drop(conns);
+                        self.metrics.ready.store(1, Ordering::Relaxed);
+                        if let Ok(c) = Arc::try_unwrap(c) {
+                            c.link.close().await;
+                        }
+                        continue;
+                    }
+                    conns.push(c.clone());
+                    self.metrics
+                        .upstream_conns
+                        .store(conns.len(), Ordering::Relaxed);
+                    tracing::info!(
+                        "multiplexer: upstream connected to {} ({} transport)",
+                        self.proxy,
+                        c.link.kind()
+                    );
+                    self.metrics.ready.store(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.ready.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        "multiplexer: upstream to {} failed, retrying in {:?}: {e:#}",
+                        self.proxy,
+                        backoff
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! `idmux cluster ...`: flags of the dev cluster's commands, and their output.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use idmux_devcluster::state::State;
+use idmux_identity::time::parse_ttl;
+use idmux_identity::destination::{write_destination, CaPems};
+use idmux_devcluster::ca::ClusterCas;
+use idmux_identity::{KeyPair, KeyType};
+use super::choices::{ModeArg, ProxyTransportArg};
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Run a dev cluster in the foreground: proxy + auth on one TLS port, N sshd nodes.
+    Start(StartArgs),
+    /// Manage bots.
+    #[command(subcommand)]
+    Bots(BotsCmd),
+    /// List the registered nodes.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Manage roles.
+    #[command(subcommand)]
+    Roles(RolesCmd),
+    /// Issue certificates directly from the CA (like `tctl auth sign`).
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Install the dev cluster as a service (systemd unit).
+    #[command(subcommand)]
+    Install(crate::cmd::systemd::ClusterInstallCmd),
+}
+
+#[derive(Args)]
+pub struct DataDir {
+    /// The cluster's data dir.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub d: DataDir,
+    /// Address of the proxy's TLS port.
+    #[arg(long, default_value = "127.0.0.1:3080")]
+    pub listen: std::net::SocketAddr,
+    /// Cluster name (fixed at first start).
+    #[arg(long, default_value = "dev.idmux")]
+    pub name: String,
+    /// Number of sshd nodes (node-1..node-N).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Node transports the proxy serves (leave one out to act as an older or newer proxy).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,ssh")]
+    pub transports: Vec<ProxyTransportArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum BotsCmd {
+    /// Add a bot (or update its roles and logins) and print a one-time join token.
+    Add {
+        name: String,
+        #[command(flatten)]
+        d: DataDir,
+        /// Roles the bot may impersonate, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "access")]
+        roles: Vec<String>,
+        /// Node logins, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        logins: Vec<String>,
+        /// How long the join token is valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List bots.
+    Ls {
+        #[command(flatten)]
+        d: DataDir,
+    },
+    /// Remove a bot: its certificates stop working at the proxy.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        d: DataDir,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    Ls {
+        #[command(flatten)]
+        d: DataDir,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RolesCmd {
+    /// Create or replace a role.
+    Add {
+        name: String,
+        #[command(flatten)]
+        d: DataDir,
+        /// Logins granted; `{{internal.logins}}` expands to the bot's logins.
+        #[arg(long, value_delimiter = ',', default_value = "{{internal.logins}}")]
+        logins: Vec<String>,
+        /// Node labels this role reaches, key=value, comma separated (`*=*` for all).
+        #[arg(long, value_delimiter = ',')]
+        node_labels: Vec<String>,
+    },
+    Ls {
+        #[command(flatten)]
+        d: DataDir,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuthCmd {
+    /// Write a destination dir with an output identity for a bot, signed by the cluster's CA.
+    Sign {
+        #[command(flatten)]
+        d: DataDir,
+        #[arg(long)]
+        bot: String,
+        #[arg(long)]
+        destination_dir: PathBuf,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Key type: ecdsa (balanced-v1), rsa (legacy) or ed25519.
+        #[arg(long, default_value = "ecdsa")]
+        key_type: String,
+        #[arg(long, value_enum, default_value = "stdio")]
+        mode: ModeArg,
+        /// Proxy address for ssh_config (default: the running cluster's).
+        #[arg(long)]
+        proxy_server: Option<String>,
+    },
+}
+
+pub fn run(cmd: ClusterCmd) -> Result<()> {
+    match cmd {
+        ClusterCmd::Install(crate::cmd::systemd::ClusterInstallCmd::Systemd(a)) => {
+            crate::cmd::systemd::run_cluster(a)
+        }
+        ClusterCmd::Start(a) => {
+            let rt = super::runtime::build(super::runtime::Kind::Cluster)?;
+            rt.block_on(idmux_devcluster::start(idmux_devcluster::StartOptions {
+                dir: a.d.data_dir,
+                listen: a.listen,
+                name: a.name,
+                nodes: a.nodes,
+                transports: a.transports.iter().map(|&t| t.into()).collect(),
+            }))
+        }
+        ClusterCmd::Bots(BotsCmd::Add {
+            name,
+            d,
+            roles,
+            logins,
+            ttl,
+            format,
+        }) => {
+            let ttl = parse_ttl(&ttl, "--ttl")?;
+            if logins.is_empty() {
+                bail!("--logins: give at least one node login (e.g. --logins=root)");
+            }
+            let (token, st) = idmux_devcluster::bots_add(&d.data_dir, &name, &roles, &logins, ttl)?;
+            print_bot_added(&name, &token, ttl, &st, &d.data_dir, format);
+            Ok(())
+        }
+        ClusterCmd::Bots(BotsCmd::Ls { d }) => {
+            let st = State::load(&d.data_dir)?;
+            println!(
+                "{:<20} {:<24} {:<20} {:<10} STATUS",
+                "BOT", "ROLES", "LOGINS", "GEN"
+            );
+            for (n, b) in &st.bots {
+                let status = b
+                    .locked
+                    .as_deref()
+                    .map(|r| format!("locked: {r}"))
+                    .unwrap_or_else(|| "active".into());
+                println!(
+                    "{:<20} {:<24} {:<20} {:<10} {status}",
+                    n,
+                    b.roles.join(","),
+                    b.logins.join(","),
+                    b.generation
+                );
+            }
+            Ok(())
+        }
+        ClusterCmd::Bots(BotsCmd::Rm { name, d }) => {
+            idmux_devcluster::bots_rm(&d.data_dir, &name)?;
+            println!("bot {name:?} removed");
+            Ok(())
+        }
+        ClusterCmd::Nodes(NodesCmd::Ls { d, format }) => {
+            let st = State::load(&d.data_dir)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&st.nodes)?),
+                Format::Text => {
+                    println!("{:<12} {:<22} {:<38} LABELS", "NAME", "ADDR", "UUID");
+                    for n in &st.nodes {
+                        let labels: Vec<String> =
+                            n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        println!(
+                            "{:<12} {:<22} {:<38} {}",
+                            n.name,
+                            n.addr,
+                            n.host_id,
+                            labels.join(",")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        ClusterCmd::Roles(RolesCmd::Add {
+            name,
+            d,
+            logins,
+            node_labels,
+        }) => {
+            let mut labels = Vec::new();
+            for l in &node_labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    bail!("--node-labels {l:?}: want key=value");
+                };
+                labels.push((k.to_string(), v.to_string()));
+            }
+            idmux_devcluster::roles_add(&d.data_dir, &name, &logins, &labels)?;
+            println!("role {name:?} saved");
+            Ok(())
+        }
+        ClusterCmd::Roles(RolesCmd::Ls { d }) => {
+            let st = State::load(&d.data_dir)?;
+            for (n, r) in &st.roles {
+                println!("{n}: logins={:?} node_labels={:?}", r.logins, r.node_labels);
+            }
+            Ok(())
+        }
+        ClusterCmd::Auth(AuthCmd::Sign {
+            d,
+            bot,
+            destination_dir,
+            ttl,
+            key_type,
+            mode,
+            proxy_server,
+        }) => {
+            let ttl = parse_ttl(&ttl, "--ttl")?;
+            let kind: KeyType = key_type.parse().context("--key-type")?;
+            let cas = ClusterCas::load(&d.data_dir.join("ca"))?;
+            let proxy = match proxy_server {
+                Some(p) => p,
+                None => {
+                    let p = State::load(&d.data_dir)?.proxy_addr;
+                    if p.is_empty() {
+                        bail!(
+                            "the cluster in {} is not running; pass --proxy-server",
+                            d.data_dir.display()
+                        );
+                    }
+                    p
+                }
+            };
+            let key = KeyPair::generate(kind)?;
+            let id = idmux_devcluster::auth::output_identity(&d.data_dir, &cas, &bot, &key, None, ttl)?;
+            let pems = CaPems {
+                host: vec![cas.host.tls_cert_pem.clone()],
+                user: vec![cas.user.tls_cert_pem.clone()],
+                db: vec![cas.db.tls_cert_pem.clone()],
+            };
+            write_destination(&destination_dir, &id, &pems, &proxy, mode.into())?;
+            println!("wrote {}", destination_dir.join("ssh_config").display());
+            Ok(())
+        }
+    }
+}
+
+fn print_bot_added(
+    name: &str,
+    token: &str,
+    ttl: Duration,
+    st: &State,
+    data_dir: &std::path::Path,
+    format: Format,
+) {
+    let user = format!("bot-{name}");
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"user_name": user, "role_name": user, "token_id": token, "token_ttl": ttl.as_nanos() as i64})
+        ),
+        Format::Text => {
+            let proxy = if st.proxy_addr.is_empty() {
+                "127.0.0.1:3080"
+            } else {
+                &st.proxy_addr
+            };
+            let ca = idmux_identity::paths::absolute(&data_dir.join("ca.pem"))
+                .unwrap_or_else(|_| data_dir.join("ca.pem"));
+            println!("The bot token: {token}");
+            println!("This token will expire in {} minutes.", ttl.as_secs() / 60);
+            println!();
+            println!("Run this on the machine the bot serves:");
+            println!();
+            println!("> idmux start \\");
+            println!("   --data-dir=/var/lib/idmux \\");
+            println!("   --destination-dir=/opt/machine-id \\");
+            println!("   --token={token} \\");
+            println!("   --join-method=token \\");
+            println!("   --proxy-server={proxy} \\");
+            println!("   --ca-path={}", ca.display());
+            println!();
+            println!("  - This is a single-use token: it is consumed when the bot joins.");
+            println!("  - {proxy} must be reachable from the bot's machine.");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `idmux doctor --destination-dir D`: checks what a person would check when `ssh -F
+//! D/ssh_config` fails, and says what it found, one `ok`/`warn`/`fail` line per check:
+//!
+//! - `openssh`: the `ssh` client's version (`ssh -V`) has `ProxyUseFdpass` (6.5+) when the
+//!   ssh_config uses it, and its `ssh -Q key-cert` / `ssh -Q key` lists hold the identity's
+//!   certificate type and the host CA key types; an `ssh-rsa` (SHA-1) signed certificate is a
+//!   warning (OpenSSH 8.2+ servers refuse it by default).
+//! - `files`: the key and identity files are owner-only, the folder and sockets are not open
+//!   to other users, and the files ssh reads are there.
+//! - `identity`: the identity file parses, its key matches its certificates, and `key` matches
+//!   `key-cert.pub` (the pair OpenSSH reads).
+//! - `certificate`: the time left (fail when expired or not yet valid, warn under a third of
+//!   its lifetime: the bot renews well before that).
+//! - `clock`: local time against the proxy's HTTP `Date` on `/webapi/ping`.
+//! - `proxy`: a connection as the daemon makes it (`--transport auto|grpc|ssh`): TLS with the
+//!   proxy's certificate verified against the cluster's CA in the identity, then gRPC's
+//!   TransportService or the SSH server (host certificate checked, login with the identity).
+//! - `daemon`: something answers on `v1.sock`, and `agent.sock` serves a valid certificate
+//!   (fdpass ssh_config); not needed for a stdio ssh_config.
+//! - `node` (with `--node host[:port]`): a dial through the daemon (or the proxy, for a stdio
+//!   ssh_config) returns the node's SSH banner; a refusal shows the daemon's own error line.
+//!
+//! The exit status is non-zero when any check fails. Parsing (`ssh -V`, the ssh_config's proxy
+//! address, the agent's answer) is pure and unit-tested; the checks themselves are tested end
+//! to end against a dev cluster and a running bot.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::choices::TransportArg;
+
+mod local;
+mod parse;
+mod remote;
+
+use local::*;
+pub use parse::*;
+use remote::*;
+
+/// `idmux doctor`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The destination dir to check (written by `idmux start` or tbot).
+    #[arg(long)]
+    pub destination_dir: PathBuf,
+    /// The proxy, host:port (default: the address in the destination's ssh_config).
+    #[arg(long)]
+    pub proxy_server: Option<String>,
+    /// Dial this node and read its SSH banner: host[:port] (port 3022 by default).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The transport to check the proxy with (as `idmux start --transport`).
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
+}
+
+/// The verdict of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub status: Status,
+    pub name: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<4} {}: {}",
+            self.status.word(),
+            self.name,
+            self.detail
+        )
+    }
+}
+
+fn check(status: Status, name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        status,
+        name,
+        detail: detail.into(),
+    }
+}
+
+/// Run every check; the lines in order.
+pub async fn checks(a: &DoctorArgs) -> Vec<Check> {
+    let dir = idmux_identity::paths::absolute(&a.destination_dir).unwrap_or(a.destination_dir.clone());
+    let mut out = Vec::new();
+    let cfg = std::fs::read_to_string(dir.join("ssh_config")).unwrap_or_default();
+    let fdpass = uses_fdpass(&cfg);
+    let (idc, id, cert) = check_identity(&dir);
+    out.push(check_openssh(id.as_ref(), fdpass));
+    out.push(check_files(&dir, fdpass));
+    out.push(idc);
+    if let (Some(id), Some(cert)) = (&id, &cert) {
+        out.push(check_certificate(id, cert));
+    }
+    let proxy = a.proxy_server.clone().or_else(|| {
+        let mut texts = vec![cfg.clone()];
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".ssh_config") {
+                    texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        texts.iter().find_map(|t| proxy_from_ssh_config(t))
+    });
+    match &proxy {
+        None => out.push(check(
+            Status::Warn,
+            "proxy",
+            "not checked: no proxy address in the ssh_config; pass --proxy-server host:port",
+        )),
+        Some(p) => {
+            out.push(check_clock(p, &dir).await);
+            match &id {
+                Some(id) => out.push(check_proxy(p, id, a.transport.into()).await),
+                None => out.push(check(
+                    Status::Fail,
+                    "proxy",
+                    "not checked: no usable identity",
+                )),
+            }
+        }
+    }
+    out.push(check_daemon(&dir, fdpass));
+    if let Some(n) = &a.node {
+        out.push(check_node(n, &dir, fdpass, proxy.as_deref(), id.as_ref(), a.transport.into()).await);
+    }
+    out
+}
+
+/// `idmux doctor`: print the lines and a summary; an error (exit status 1) if any failed.
+pub fn run(a: DoctorArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let rt = crate::cmd::runtime::build(crate::cmd::runtime::Kind::OneShot)?;
+    let lines = rt.block_on(checks(&a));
+    let mut n = [0usize; 3];
+    for c in &lines {
+        println!("{c}");
+        n[c.status as usize] += 1;
+    }
+    println!(
+        "doctor: {} ok, {} warn, {} fail ({} ms)",
+        n[0],
+        n[1],
+        n[2],
+        t0.elapsed().as_millis()
+    );
+    let _ = std::io::stdout().flush();
+    if n[2] > 0 {
+        bail!("{} check(s) failed", n[2]);
+    }
+    Ok(())
+}
+

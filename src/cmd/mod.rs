@@ -1,0 +1,185 @@
+//! The `idmux` command line: flag parsing and dispatch only; the work is in the library
+//! crates. One file per command ([`start`], [`cluster`], [`doctor`], [`systemd`]), plus the
+//! process-wide set-up every command shares: [`logging`], [`completion`], the runtime.
+
+mod choices;
+pub mod cluster;
+mod completion;
+mod doctor;
+mod logging;
+mod runtime;
+pub mod start;
+mod systemd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use choices::{ModeArg, TransportArg};
+use idmux_identity::paths::absolute;
+use clap::{Parser, Subcommand};
+
+use idmux_identity::Identity;
+use idmux_identity::openssh;
+
+#[derive(Parser)]
+#[command(name = "idmux", version, about = "Teleport Machine ID for OpenSSH")]
+struct Cli {
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: crate::cmd::logging::LogFormat,
+    /// Log idmux's own decisions at debug level (IDMUX_LOG overrides).
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the bot: join with a token, renew, write the destination dir (tbot start).
+    Start(Box<crate::cmd::start::StartArgs>),
+    /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
+    SshConfig(SshConfigArgs),
+    /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
+    #[command(subcommand)]
+    Cluster(crate::cmd::cluster::ClusterCmd),
+    /// ProxyCommand for ssh: connect stdin/stdout to a node through the proxy (tbot's flags).
+    SshProxyCommand(SshProxyCommandArgs),
+    /// Install idmux as a service (systemd unit for the bot).
+    #[command(subcommand)]
+    Install(crate::cmd::systemd::InstallCmd),
+    /// Check a destination dir, the daemon, the proxy and a node; one ok/warn/fail line each.
+    Doctor(crate::cmd::doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion {
+        #[arg(value_enum)]
+        shell: crate::cmd::completion::Shell,
+    },
+}
+
+#[derive(clap::Args)]
+struct SshProxyCommandArgs {
+    /// The destination dir holding `identity` (written by idmux or tbot).
+    #[arg(long)]
+    destination_dir: PathBuf,
+    /// The proxy's address, host:port.
+    #[arg(long)]
+    proxy_server: String,
+    /// The cluster the node is in (default: the identity's cluster).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// ssh's %r (the proxy login is the certificate's first principal).
+    #[arg(long)]
+    user: Option<String>,
+    /// ssh's %h.
+    #[arg(long)]
+    host: String,
+    /// ssh's %p.
+    #[arg(long, default_value_t = 3022)]
+    port: u16,
+    /// How to reach the node: grpc (TransportService), ssh (the proxy's SSH subsystem), or
+    /// auto: grpc, falling back to ssh when the proxy does not offer it.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
+    /// tbot's transport switches, accepted and ignored (idmux always uses TLS routing).
+    #[arg(long, hide = true, overrides_with = "no_tls_routing")]
+    tls_routing: bool,
+    #[arg(long, hide = true)]
+    no_tls_routing: bool,
+    #[arg(long, hide = true, overrides_with = "no_connection_upgrade")]
+    connection_upgrade: bool,
+    #[arg(long, hide = true)]
+    no_connection_upgrade: bool,
+    #[arg(long, hide = true, overrides_with = "no_resume")]
+    resume: bool,
+    #[arg(long, hide = true)]
+    no_resume: bool,
+}
+
+#[derive(clap::Args)]
+struct SshConfigArgs {
+    /// The destination dir holding `identity` (written by idmux or tbot).
+    #[arg(long)]
+    destination_dir: PathBuf,
+    /// The proxy's public address, host:port.
+    #[arg(long)]
+    proxy_server: String,
+    /// The cluster whose nodes bare names route to (default: the identity's cluster).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// How ssh reaches the proxy.
+    #[arg(long, value_enum, default_value = "stdio")]
+    mode: ModeArg,
+}
+
+/// Entry point of the `idmux` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Daemons log at info; one-shot commands (ssh-proxy-command runs inside ssh) only warn.
+    let daemon = matches!(cli.cmd, Cmd::Start(_) | Cmd::Cluster(_));
+    crate::cmd::logging::init(
+        cli.log_format,
+        cli.debug,
+        if daemon { "info" } else { "warn" },
+    );
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("idmux: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Start(a) => crate::cmd::start::run(*a),
+        Cmd::SshConfig(a) => ssh_config(a),
+        Cmd::Cluster(c) => crate::cmd::cluster::run(c),
+        Cmd::SshProxyCommand(a) => ssh_proxy_command(a),
+        Cmd::Install(crate::cmd::systemd::InstallCmd::Systemd(a)) => {
+            crate::cmd::systemd::run_bot(a)
+        }
+        Cmd::Doctor(a) => crate::cmd::doctor::run(a),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            crate::cmd::completion::write(
+                shell,
+                &mut Cli::command(),
+                "idmux",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn ssh_config(a: SshConfigArgs) -> Result<()> {
+    let dir = absolute(&a.destination_dir)?;
+    let id = Identity::load_destination(&dir)?;
+    let params =
+        idmux_identity::destination::ssh_config_params(&dir, &id, &a.proxy_server, a.mode.into(), a.cluster)?;
+    openssh::write_files(&params, &id.host_cas)?;
+    println!("wrote {}", params.dir.join("ssh_config").display());
+    Ok(())
+}
+
+fn ssh_proxy_command(a: SshProxyCommandArgs) -> Result<()> {
+    use idmux_client::proxy_command::{self, ProxyCommandArgs};
+    let args = ProxyCommandArgs {
+        destination_dir: a.destination_dir,
+        proxy_server: a.proxy_server,
+        cluster: a.cluster,
+        user: a.user,
+        host: a.host,
+        port: a.port,
+        transport: a.transport.into(),
+    };
+    let rt = runtime::build(runtime::Kind::ProxyCommand)?;
+    let result = rt.block_on(proxy_command::run(args));
+    // Do not wait for a blocking stdin read that will never finish.
+    rt.shutdown_background();
+    result
+}

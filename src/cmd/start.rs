@@ -1,0 +1,246 @@
+//! `idmux start`: the flags of `tbot start` (identity output), or `-c` a tbot v2 YAML config.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use idmux_client::bot::config::{self, BotConfig, Output};
+use idmux_identity::openssh::Mode;
+use idmux_transport::link::TransportKind;
+
+use idmux_client::bot::Bot;
+use idmux_client::mux::server::{self as mux, MuxOptions};
+use idmux_client::mux::upstream::IdentitySource;
+
+use super::choices::{ModeArg, TransportArg};
+use idmux_transport::web::Trust;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct StartArgs {
+    #[command(subcommand)]
+    pub service: Option<Service>,
+    /// tbot-style YAML config (version v2); flags given too override it.
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// Where the bot keeps its own renewable identity.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the identity output goes (key, certs, identity, known_hosts, ssh_config).
+    #[arg(long)]
+    pub destination_dir: Option<PathBuf>,
+    /// The one-time join token from `bots add`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Join method (only `token`).
+    #[arg(long, default_value = "token")]
+    pub join_method: String,
+    /// The proxy's address, host:port.
+    #[arg(long)]
+    pub proxy_server: Option<String>,
+    /// CA certificate(s) the proxy's TLS certificate must chain to (default: system roots).
+    #[arg(long)]
+    pub ca_path: Option<PathBuf>,
+    /// Do not verify the proxy's TLS certificate (development only; warns).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Lifetime of issued certificates.
+    #[arg(long)]
+    pub certificate_ttl: Option<String>,
+    /// How often to renew.
+    #[arg(long)]
+    pub renewal_interval: Option<String>,
+    /// Join or renew once, write the outputs and exit.
+    #[arg(long)]
+    pub oneshot: bool,
+    /// ProxyCommand style written into ssh_config (default: fdpass through the multiplexer,
+    /// stdio with --oneshot).
+    #[arg(long, value_enum)]
+    pub ssh_mode: Option<ModeArg>,
+    /// Serve the diagnostics endpoint (/metrics, /readyz, /livez) on this address.
+    #[arg(long)]
+    pub diag_addr: Option<std::net::SocketAddr>,
+    /// Channels per upstream connection before the multiplexer opens another.
+    #[arg(long, default_value_t = 100)]
+    pub max_channels_per_connection: usize,
+    /// How the multiplexer reaches nodes: grpc (TransportService), ssh (the proxy's SSH
+    /// subsystem), or auto: grpc, falling back to ssh when the proxy does not offer it.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportArg>,
+    /// Roles to impersonate in the output (default: all the bot's roles).
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+}
+
+/// Build the bot configuration from the config file and flags.
+pub fn to_config(a: StartArgs) -> Result<BotConfig> {
+    if a.join_method != "token" {
+        bail!(
+            "--join-method {:?} is not supported (want token)",
+            a.join_method
+        );
+    }
+    let mut c = match &a.config {
+        Some(p) => config::parse_yaml(&idmux_identity::fsutil::read_string(p)?, &p.display().to_string())?,
+        None => BotConfig {
+            proxy_server: String::new(),
+            token: None,
+            data_dir: PathBuf::new(),
+            outputs: vec![],
+            certificate_ttl: std::time::Duration::from_secs(3600),
+            renewal_interval: std::time::Duration::from_secs(20 * 60),
+            oneshot: false,
+            trust: Trust::System,
+            multiplexer: None,
+            diag_addr: None,
+            max_channels: 100,
+            transport: TransportKind::Auto,
+        },
+    };
+    if let Some(p) = a.proxy_server {
+        c.proxy_server = p;
+    }
+    if c.proxy_server.is_empty() {
+        bail!("--proxy-server is required (host:port of the proxy)");
+    }
+    idmux_wire::hostport::split_host_port(&c.proxy_server, "--proxy-server")?;
+    if a.token.is_some() {
+        c.token = a.token;
+    }
+    if let Some(d) = a.data_dir {
+        c.data_dir = d;
+    }
+    if c.data_dir.as_os_str().is_empty() {
+        bail!("--data-dir is required");
+    }
+    if let Some(d) = a.destination_dir {
+        let oneshot = a.oneshot || c.oneshot;
+        let mode = a
+            .ssh_mode
+            .map(Mode::from)
+            .unwrap_or(if oneshot { Mode::Stdio } else { Mode::Fdpass });
+        if mode == Mode::Fdpass && !oneshot {
+            c.multiplexer = Some(d.clone());
+        }
+        c.outputs.push(Output {
+            dir: d,
+            roles: a.roles.clone(),
+            mode,
+        });
+    }
+    c.diag_addr = a.diag_addr;
+    c.max_channels = a.max_channels_per_connection;
+    if let Some(t) = a.transport {
+        c.transport = t.into();
+    }
+    if let Some(t) = a.certificate_ttl {
+        c.certificate_ttl = idmux_identity::time::parse_ttl(&t, "--certificate-ttl")?;
+    }
+    if let Some(t) = a.renewal_interval {
+        c.renewal_interval = idmux_identity::time::parse_ttl(&t, "--renewal-interval")?;
+    }
+    if c.renewal_interval.is_zero() || c.renewal_interval >= c.certificate_ttl {
+        bail!(
+            "--renewal-interval {:?} must be shorter than --certificate-ttl {:?}",
+            c.renewal_interval,
+            c.certificate_ttl
+        );
+    }
+    c.oneshot |= a.oneshot;
+    if a.insecure {
+        c.trust = Trust::Insecure;
+    } else if let Some(p) = a.ca_path {
+        c.trust = Trust::CaFile(p);
+    }
+    Ok(c)
+}
+
+/// `idmux start ssh-multiplexer`: the multiplexer alone, on a destination dir that someone
+/// else (a real tbot, or another idmux) keeps renewed.
+#[derive(clap::Subcommand)]
+pub enum Service {
+    SshMultiplexer {
+        /// The destination dir holding `identity`; v1.sock and agent.sock are created here.
+        #[arg(long)]
+        destination_dir: PathBuf,
+        /// The proxy's address, host:port.
+        #[arg(long)]
+        proxy_server: String,
+        #[arg(long)]
+        diag_addr: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 100)]
+        max_channels_per_connection: usize,
+        /// grpc, ssh, or auto (grpc, falling back to ssh).
+        #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+        transport: TransportArg,
+    },
+}
+
+pub fn run(a: StartArgs) -> Result<()> {
+    if let Some(Service::SshMultiplexer {
+        destination_dir,
+        proxy_server,
+        diag_addr,
+        max_channels_per_connection,
+        transport,
+    }) = a.service
+    {
+        idmux_wire::hostport::split_host_port(&proxy_server, "--proxy-server")?;
+        let dest = idmux_identity::paths::absolute(&destination_dir)?;
+        let rt = super::runtime::build(super::runtime::Kind::Daemon)?;
+        // Another tool renews this dir: follow its identity file.
+        return rt.block_on(mux::run(MuxOptions {
+            identity: IdentitySource::Poll(dest.clone()),
+            dest,
+            proxy: proxy_server,
+            cap: max_channels_per_connection,
+            transport: transport.into(),
+            diag_addr,
+        }));
+    }
+    let cfg = to_config(a)?;
+    let rt = super::runtime::build(super::runtime::Kind::Daemon)?;
+    rt.block_on(run_bot(cfg))
+}
+
+/// The bot, and the multiplexer on its output when one is configured: the bot renews, the
+/// multiplexer follows each renewal through a `watch` (no file polling in one process).
+async fn run_bot(cfg: BotConfig) -> Result<()> {
+    let oneshot = cfg.oneshot;
+    let mux_opts = cfg.multiplexer.clone().map(|d| {
+        (
+            d,
+            cfg.proxy_server.clone(),
+            cfg.max_channels,
+            cfg.transport,
+            cfg.diag_addr,
+        )
+    });
+    let mut bot = Bot::new(cfg)?;
+    bot.start().await?;
+    if oneshot {
+        return Ok(());
+    }
+    if let Some((dir, proxy, cap, transport, diag_addr)) = mux_opts {
+        let dest = idmux_identity::paths::absolute(&dir)?;
+        let identity = match bot.subscribe(&dest) {
+            Some(rx) => IdentitySource::Watch(rx),
+            None => IdentitySource::Poll(dest.clone()),
+        };
+        let opts = MuxOptions {
+            dest,
+            identity,
+            proxy,
+            cap,
+            transport,
+            diag_addr,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = mux::run(opts).await {
+                tracing::error!("multiplexer stopped: {e:#}");
+            }
+        });
+    }
+    bot.renew_until_stopped().await
+}

@@ -1,0 +1,507 @@
+//! The dev cluster's Auth gRPC service: `/proto.AuthService/GenerateUserCerts` only.
+//!
+//! Connections offering ALPN `teleport-auth@<hex(cluster)>.teleport.cluster.local` reach it
+//! (see `serve_conn`): mutual TLS with a certificate for `teleport.cluster.local` and
+//! `*.teleport.cluster.local` from the host CA, a client certificate from the user CA required,
+//! then HTTP/2 gRPC on that one connection. Any other method answers UNIMPLEMENTED.
+//!
+//! The caller is the identity in its client certificate; it must be a bot (`bot-NAME`) that
+//! exists and is not locked. Two kinds of request, as tbot sends them (PROTOCOL.md section 6):
+//! - renewal (`use_role_requests` false): from the renewable identity, for its own user. The
+//!   certificate's generation must equal the stored one, which is then incremented and put in
+//!   the new certificates; a mismatch means two copies of one identity are renewing (a copied
+//!   data dir), so the bot is locked.
+//! - impersonation (`use_role_requests` true): output certificates for a subset of the bot's
+//!   roles (empty = all), as `auth sign` issues them.
+//!
+//! The decisions are plain functions over the state ([`renew`], [`impersonated_roles`], ...),
+//! so they are tested without a network.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tonic::{Code, Status};
+
+use crate::auth::{self, IssuedCerts, OutputPlan, MAX_RENEWABLE_TTL};
+use crate::state::{Bot, State};
+use crate::Ctx;
+use crate::ca::ClusterCas;
+use idmux_identity::fsutil::{self, PUBLIC};
+use idmux_identity::keys::KeyType;
+use idmux_identity::TlsIdentity;
+use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
+
+/// Offered ALPNs starting with this route to Auth.
+pub const ALPN_AUTH_PREFIX: &[u8] = b"teleport-auth@";
+/// The DNS names of Auth's certificate.
+pub const AUTH_DNS_NAMES: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
+/// TTL of certificates when the request sets no expiry.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Why a bot is locked when two copies of its renewable identity renew.
+pub const GENERATION_MISMATCH: &str =
+    "renewable certificate generation mismatch (a copied data dir?)";
+
+/// Does a client offering these ALPNs want Auth?
+pub fn wants_auth(offered: &[Vec<u8>]) -> bool {
+    offered.iter().any(|p| p.starts_with(ALPN_AUTH_PREFIX))
+}
+
+/// Auth's TLS server configuration: its key and certificate in `dir` (created on first use,
+/// the certificate reissued on every start), client certificates required from the user CA,
+/// ALPN `h2`.
+pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerConfig> {
+    let key = crate::key_file(&dir.join("auth_tls.key"), KeyType::EcdsaP256)?;
+    let dns: Vec<String> = AUTH_DNS_NAMES.iter().map(|s| s.to_string()).collect();
+    let cert = cas.issue_tls_server(
+        &key.spki_der()?,
+        "auth",
+        &dns,
+        &[],
+        Duration::from_secs(365 * 86400),
+    )?;
+    fsutil::write_atomic(&dir.join("auth_tls.crt"), cert.as_bytes(), PUBLIC)?;
+    let mut roots = RootCertStore::empty();
+    for c in crate::cert_chain(&cas.user.tls_cert_pem)? {
+        roots.add(c)?;
+    }
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(crate::cert_chain(&cert)?, key.to_rustls()?)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// The identity in the verified client certificate of a TLS connection.
+pub fn peer_identity(tls: &TlsStream<TcpStream>) -> Result<TlsIdentity> {
+    let der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| anyhow!("no client certificate"))?;
+    let cert = idmux_identity::tlsid::parse_cert_der(der)?;
+    TlsIdentity::from_name(&cert.tbs_certificate.subject)
+}
+
+/// Serve gRPC on one Auth connection from `caller` until the client closes it.
+pub async fn serve(ctx: Arc<Ctx>, tls: TlsStream<TcpStream>, caller: TlsIdentity) -> Result<()> {
+    let caller = Arc::new(caller);
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (ctx, caller) = (ctx.clone(), caller.clone());
+        async move { Ok::<_, Infallible>(route(ctx, caller, req).await) }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc)
+        .await
+        .map_err(|e| anyhow!("auth gRPC: {e}"))
+}
+
+async fn route(
+    ctx: Arc<Ctx>,
+    caller: Arc<TlsIdentity>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<tonic::body::Body> {
+    if req.uri().path() != GENERATE_USER_CERTS {
+        let msg = format!(
+            "{} is not served by the idmux dev cluster",
+            req.uri().path()
+        );
+        return Status::unimplemented(msg).into_http();
+    }
+    let codec = tonic_prost::ProstCodec::<Certs, UserCertsRequest>::default();
+    tonic::server::Grpc::new(codec)
+        .unary(GenerateUserCerts { ctx, caller }, req)
+        .await
+}
+
+struct GenerateUserCerts {
+    ctx: Arc<Ctx>,
+    caller: Arc<TlsIdentity>,
+}
+
+type CertsFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Certs>, Status>> + Send>>;
+
+impl tonic::server::UnaryService<UserCertsRequest> for GenerateUserCerts {
+    type Response = Certs;
+    type Future = CertsFuture;
+
+    fn call(&mut self, req: tonic::Request<UserCertsRequest>) -> CertsFuture {
+        let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
+        Box::pin(async move {
+            let req = req.into_inner();
+            // State changes take a file lock: keep them off the async workers.
+            let certs = tokio::task::spawn_blocking(move || {
+                generate_user_certs(&ctx.dir, &ctx.cas, &caller, &req, SystemTime::now())
+            })
+            .await
+            .map_err(|e| Status::internal(format!("certificate issuance failed: {e}")))??;
+            Ok(tonic::Response::new(certs))
+        })
+    }
+}
+
+/// `GenerateUserCerts` for `caller` against the cluster in `dir`.
+pub fn generate_user_certs(
+    dir: &Path,
+    cas: &ClusterCas,
+    caller: &TlsIdentity,
+    req: &UserCertsRequest,
+    now: SystemTime,
+) -> Result<Certs, Status> {
+    let name = caller_bot_name(caller)?;
+    let (ssh_pub, spki) = auth::public_keys(&req.ssh_public_key, &req.tls_public_key)
+        .map_err(|e| invalid_keys(req, e))?;
+    let ttl = requested_ttl(req, now);
+    let issued = if req.use_role_requests {
+        if caller.disallow_reissue {
+            return Err(denied(format!(
+                "user {} holds certificates that may not be reissued",
+                caller.username
+            )));
+        }
+        let st = State::load(dir).map_err(internal)?;
+        let bot = check_bot(&st, name)?;
+        let roles = impersonated_roles(bot, name, &req.role_requests)?;
+        let plan = OutputPlan::new(&st, name, Some(&roles))
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        let f = plan.fields(&cas.cluster, ttl);
+        auth::issue_for(cas, &ssh_pub, &spki, &f).map_err(internal)?
+    } else {
+        check_renewal_request(caller, req)?;
+        // The closure always succeeds so that a lock set by `renew` is written.
+        let decided = State::modify(dir, |st| {
+            if let Err(e) = check_bot(st, name) {
+                return Ok(Err(e));
+            }
+            Ok(match st.bots.get_mut(name) {
+                Some(bot) => renew(bot, caller, name),
+                None => Err(denied(format!("user bot-{name} does not exist"))),
+            })
+        })
+        .map_err(internal)?;
+        let bot = decided?;
+        tracing::info!(bot = name, generation = bot.generation, "bot renewed");
+        auth::issue_bot_identity(cas, name, &bot, &ssh_pub, &spki, ttl).map_err(internal)?
+    };
+    to_certs(cas, issued).map_err(internal)
+}
+
+/// The bot a caller is: its user is `bot-NAME`.
+pub fn caller_bot_name(caller: &TlsIdentity) -> Result<&str, Status> {
+    caller
+        .username
+        .strip_prefix("bot-")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            denied(format!(
+                "user {:?} is not a bot; this dev cluster issues certificates to bots only",
+                caller.username
+            ))
+        })
+}
+
+/// The bot's record: it must exist and not be locked.
+pub fn check_bot<'a>(st: &'a State, name: &str) -> Result<&'a Bot, Status> {
+    let bot = st
+        .bots
+        .get(name)
+        .ok_or_else(|| denied(format!("user bot-{name} does not exist")))?;
+    if let Some(reason) = &bot.locked {
+        return Err(denied(format!("user bot-{name} is locked: {reason}")));
+    }
+    Ok(bot)
+}
+
+/// A renewal must come from a renewable certificate and name the caller's own user.
+pub fn check_renewal_request(caller: &TlsIdentity, req: &UserCertsRequest) -> Result<(), Status> {
+    if !caller.renewable {
+        return Err(denied(format!(
+            "the certificate of user {} is not renewable",
+            caller.username
+        )));
+    }
+    if req.username != caller.username {
+        return Err(denied(format!(
+            "user {} may not renew certificates of user {:?}",
+            caller.username, req.username
+        )));
+    }
+    Ok(())
+}
+
+/// The renewal decision, under the state lock: the caller's generation must be the stored one.
+/// On a match the stored generation is incremented and the updated bot returned; on a
+/// mismatch the bot is locked. A certificate of an earlier bot instance (the bot joined again
+/// since) is refused without locking.
+pub fn renew(bot: &mut Bot, caller: &TlsIdentity, name: &str) -> Result<Bot, Status> {
+    if !caller.bot_instance_id.is_empty() && caller.bot_instance_id != bot.instance_id {
+        return Err(denied(format!(
+            "bot instance {} of user bot-{name} was replaced by a newer join",
+            caller.bot_instance_id
+        )));
+    }
+    if caller.generation != bot.generation {
+        tracing::warn!(
+            bot = name,
+            presented = caller.generation,
+            stored = bot.generation,
+            "generation mismatch: locking the bot"
+        );
+        bot.locked = Some(GENERATION_MISMATCH.to_string());
+        return Err(denied(format!(
+            "user bot-{name} is locked: {GENERATION_MISMATCH}"
+        )));
+    }
+    bot.generation += 1;
+    Ok(bot.clone())
+}
+
+/// The roles an impersonation request gets: the requested ones, each of which the bot may
+/// impersonate, or all of the bot's roles when none are requested.
+pub fn impersonated_roles(
+    bot: &Bot,
+    name: &str,
+    requested: &[String],
+) -> Result<Vec<String>, Status> {
+    if requested.is_empty() {
+        return Ok(bot.roles.clone());
+    }
+    let mut out = Vec::new();
+    for r in requested {
+        if !bot.roles.contains(r) {
+            return Err(denied(format!(
+                "user bot-{name} may not impersonate role {r:?} (roles: {})",
+                bot.roles.join(", ")
+            )));
+        }
+        if !out.contains(r) {
+            out.push(r.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The certificate TTL: until the requested expiry (default 1h), at most 24h, at least 1m.
+pub fn requested_ttl(req: &UserCertsRequest, now: SystemTime) -> Duration {
+    let Some(expires) = req.expires.and_then(|t| t.to_system_time()) else {
+        return DEFAULT_TTL;
+    };
+    expires
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .clamp(Duration::from_secs(60), MAX_RENEWABLE_TTL)
+}
+
+fn to_certs(cas: &ClusterCas, c: IssuedCerts) -> Result<Certs> {
+    Ok(Certs {
+        ssh: format!("{}\n", c.ssh_cert.to_openssh()?).into_bytes(),
+        tls: c.tls_cert_pem.into_bytes(),
+        tls_ca_certs: vec![cas.host.tls_cert_pem.clone().into_bytes()],
+        ssh_ca_certs: vec![auth::host_ca_line(cas)?.into_bytes()],
+    })
+}
+
+fn invalid_keys(req: &UserCertsRequest, e: anyhow::Error) -> Status {
+    if req.ssh_public_key.is_empty() || req.tls_public_key.is_empty() {
+        return Status::invalid_argument(
+            "ssh_public_key (22) and tls_public_key (23) are required; \
+             the deprecated public_key (1) alone is not supported",
+        );
+    }
+    Status::invalid_argument(format!("{e:#}"))
+}
+
+fn denied(msg: String) -> Status {
+    Status::new(Code::PermissionDenied, msg)
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::warn!("GenerateUserCerts: {e:#}");
+    Status::internal(format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idmux_wire::proto::Timestamp;
+
+    fn bot(generation: u64) -> Bot {
+        Bot {
+            roles: vec!["access".into(), "editor".into()],
+            logins: vec!["root".into()],
+            generation,
+            locked: None,
+            instance_id: "inst-1".into(),
+        }
+    }
+
+    fn caller(generation: u64) -> TlsIdentity {
+        TlsIdentity {
+            username: "bot-ci".into(),
+            renewable: true,
+            generation,
+            bot_name: "ci".into(),
+            bot_instance_id: "inst-1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn matching_generation_increments() {
+        let mut b = bot(3);
+        let got = renew(&mut b, &caller(3), "ci").unwrap();
+        assert_eq!(got.generation, 4);
+        assert_eq!(b.generation, 4);
+        assert_eq!(b.locked, None);
+    }
+
+    #[test]
+    fn mismatching_generation_locks() {
+        let mut b = bot(3);
+        let err = renew(&mut b, &caller(2), "ci").unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("generation mismatch"), "{err}");
+        assert_eq!(b.generation, 3);
+        assert_eq!(b.locked.as_deref(), Some(GENERATION_MISMATCH));
+        // Locked now: even the right generation is refused.
+        let mut st = State::default();
+        st.bots.insert("ci".into(), b);
+        let err = check_bot(&st, "ci").unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!("user bot-ci is locked: {GENERATION_MISMATCH}")
+        );
+        assert_eq!(
+            check_bot(&st, "nope").unwrap_err().message(),
+            "user bot-nope does not exist"
+        );
+    }
+
+    #[test]
+    fn old_instance_is_refused_without_locking() {
+        let mut b = bot(1);
+        let mut c = caller(1);
+        c.bot_instance_id = "inst-0".into();
+        assert!(renew(&mut b, &c, "ci").is_err());
+        assert_eq!(b.locked, None);
+        assert_eq!(b.generation, 1);
+    }
+
+    #[test]
+    fn renewal_needs_renewable_cert_for_own_user() {
+        let mut req = UserCertsRequest {
+            username: "bot-ci".into(),
+            ..Default::default()
+        };
+        assert!(check_renewal_request(&caller(1), &req).is_ok());
+        let mut c = caller(1);
+        c.renewable = false;
+        assert!(check_renewal_request(&c, &req).is_err());
+        req.username = "bot-other".into();
+        assert!(check_renewal_request(&caller(1), &req).is_err());
+        let mut human = caller(1);
+        human.username = "alice".into();
+        assert!(caller_bot_name(&human).is_err());
+        assert_eq!(caller_bot_name(&caller(1)).unwrap(), "ci");
+    }
+
+    #[test]
+    fn impersonation_is_a_subset_of_the_bot_roles() {
+        let b = bot(1);
+        assert_eq!(
+            impersonated_roles(&b, "ci", &[]).unwrap(),
+            vec!["access".to_string(), "editor".to_string()]
+        );
+        assert_eq!(
+            impersonated_roles(&b, "ci", &["editor".into(), "editor".into()]).unwrap(),
+            vec!["editor".to_string()]
+        );
+        let err = impersonated_roles(&b, "ci", &["access".into(), "admin".into()]).unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("\"admin\""), "{err}");
+    }
+
+    #[test]
+    fn ttl_defaults_and_caps() {
+        let now = SystemTime::now();
+        let mut req = UserCertsRequest::default();
+        assert_eq!(requested_ttl(&req, now), DEFAULT_TTL);
+        req.expires = Some(Timestamp::from_system_time(now + Duration::from_secs(600)));
+        assert_eq!(requested_ttl(&req, now), Duration::from_secs(600));
+        req.expires = Some(Timestamp::from_system_time(
+            now + Duration::from_secs(72 * 3600),
+        ));
+        assert_eq!(requested_ttl(&req, now), MAX_RENEWABLE_TTL);
+        req.expires = Some(Timestamp::from_system_time(now - Duration::from_secs(5)));
+        assert_eq!(requested_ttl(&req, now), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn full_renewal_and_impersonation_against_a_state_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let cas = ClusterCas::create(&d.path().join("ca"), "unit.test").unwrap();
+        State::modify(d.path(), |s| {
+            let mut b = bot(1);
+            b.roles = vec!["access".into()];
+            s.bots.insert("ci".into(), b);
+            Ok(())
+        })
+        .unwrap();
+        let key = idmux_identity::KeyPair::generate(KeyType::EcdsaP256).unwrap();
+        let mut req = UserCertsRequest {
+            username: "bot-ci".into(),
+            ssh_public_key: key.ssh_authorized_key().unwrap().into_bytes(),
+            tls_public_key: key.tls_public_pem().unwrap().into_bytes(),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let certs = generate_user_certs(d.path(), &cas, &caller(1), &req, now).unwrap();
+        let (id, _) = idmux_identity::x509::tls_identity_of(std::str::from_utf8(&certs.tls).unwrap()).unwrap();
+        assert_eq!((id.generation, id.renewable), (2, true));
+        assert_eq!(
+            certs.tls_ca_certs,
+            vec![cas.host.tls_cert_pem.clone().into_bytes()]
+        );
+        assert!(std::str::from_utf8(&certs.ssh_ca_certs[0])
+            .unwrap()
+            .starts_with("@cert-authority unit.test,*.unit.test "));
+
+        req.use_role_requests = true;
+        let certs = generate_user_certs(d.path(), &cas, &caller(2), &req, now).unwrap();
+        let ssh = russh::keys::ssh_key::Certificate::from_openssh(
+            std::str::from_utf8(&certs.ssh).unwrap().trim(),
+        )
+        .unwrap();
+        assert_eq!(
+            ssh.valid_principals(),
+            ["root".to_string(), "-teleport-internal-join".to_string()]
+        );
+
+        // Mismatched keys are refused before anything changes.
+        let other = idmux_identity::KeyPair::generate(KeyType::Ed25519).unwrap();
+        req.tls_public_key = other.tls_public_pem().unwrap().into_bytes();
+        let err = generate_user_certs(d.path(), &cas, &caller(2), &req, now).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // The stale generation-1 identity renews again: the bot is locked, and stays locked.
+        req.use_role_requests = false;
+        req.tls_public_key = key.tls_public_pem().unwrap().into_bytes();
+        let err = generate_user_certs(d.path(), &cas, &caller(1), &req, now).unwrap_err();
+        assert!(err.message().contains("generation mismatch"), "{err}");
+        let st = State::load(d.path()).unwrap();
+        assert_eq!(st.bots["ci"].locked.as_deref(), Some(GENERATION_MISMATCH));
+        let err = generate_user_certs(d.path(), &cas, &caller(2), &req, now).unwrap_err();
+        assert!(err.message().contains("is locked"), "{err}");
+    }
+}

@@ -1,0 +1,478 @@
+//! idmux-devcluster: the development cluster, a strict witness of Teleport: proxy + auth on
+//! one TLS port on loopback, with real sshd nodes. Every answer has Teleport's shape and
+//! every refusal Teleport's words, traced to Teleport's sources.
+//!
+//! Must not know: the client (`idmux-client`: the bot, the multiplexer); it shares only the
+//! byte formats (`idmux-wire`), the identity formats (`idmux-identity`) and the relay
+//! (`idmux-transport`) with it. No flags either: `idmux cluster` parses them.
+//!
+//! `idmux cluster start` creates (first time) the cluster's CAs in its data dir, starts N real
+//! OpenSSH nodes, and serves one TLS port routed by ALPN, as a Teleport proxy with TLS routing:
+//! `http/1.1` is the web API ([`web`]), `teleport-proxy-ssh` the proxy's SSH server
+//! ([`proxy_ssh`]), `teleport-auth@...` the Auth gRPC service ([`auth_grpc`]). The proxy's TLS
+//! cert is signed by the host CA (`DIR/ca.pem`) and covers `localhost` and `127.0.0.1`. Roles,
+//! bots, tokens and nodes live in [`state`], which the admin commands change while the cluster
+//! runs.
+
+pub mod auth;
+pub mod auth_grpc;
+pub mod ca;
+pub mod node;
+pub mod proxy_grpc;
+pub mod proxy_ssh;
+pub mod router;
+pub mod state;
+pub mod web;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::ca::ClusterCas;
+use idmux_identity::fsutil::{self, PRIVATE, PUBLIC};
+use idmux_identity::keys::{KeyPair, KeyType};
+use state::{Node, State};
+
+pub use idmux_wire::alpn::{PROXY_GRPC as ALPN_PROXY_GRPC, PROXY_SSH as ALPN_PROXY_SSH};
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A node transport the proxy can serve (`--transports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyTransport {
+    /// gRPC TransportService (ALPN teleport-proxy-ssh-grpc).
+    Grpc,
+    /// The SSH server and its proxy: subsystem (ALPN teleport-proxy-ssh).
+    Ssh,
+}
+
+/// What every connection handler needs.
+pub struct Ctx {
+    pub dir: PathBuf,
+    pub cas: ClusterCas,
+    pub proxy_addr: String,
+    pub proxy_host: String,
+    tls_web: Arc<rustls::ServerConfig>,
+    /// `None` when that transport is switched off (`--transports`), as on an older proxy.
+    tls_ssh: Option<Arc<rustls::ServerConfig>>,
+    tls_grpc: Option<Arc<rustls::ServerConfig>>,
+    tls_auth: Arc<rustls::ServerConfig>,
+    ssh_config: Arc<russh::server::Config>,
+}
+
+/// Options of `idmux cluster start`.
+pub struct StartOptions {
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub name: String,
+    pub nodes: usize,
+    /// The node transports served.
+    pub transports: Vec<ProxyTransport>,
+}
+
+fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        bail!("no certificate in PEM");
+    }
+    Ok(certs)
+}
+
+/// TLS server configurations: the web's (client certificate optional) and the node
+/// transports' (client certificate from the user CA required; ALPN `teleport-proxy-ssh`, then
+/// the same with `teleport-proxy-ssh-grpc`).
+fn tls_configs(
+    cas: &ClusterCas,
+    cert_pem: &str,
+    key: &KeyPair,
+) -> Result<(
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+)> {
+    let mut roots = RootCertStore::empty();
+    for c in cert_chain(&cas.user.tls_cert_pem)? {
+        roots.add(c)?;
+    }
+    let roots = Arc::new(roots);
+    let chain = cert_chain(cert_pem)?;
+    let optional = WebPkiClientVerifier::builder(roots.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut web = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain.clone(), key.to_rustls()?)?;
+    web.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let required = WebPkiClientVerifier::builder(roots).build()?;
+    let mut ssh = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(required)
+        .with_single_cert(chain, key.to_rustls()?)?;
+    ssh.alpn_protocols = vec![ALPN_PROXY_SSH.to_vec()];
+    let mut grpc = ssh.clone();
+    grpc.alpn_protocols = vec![ALPN_PROXY_GRPC.to_vec()];
+    Ok((web, ssh, grpc))
+}
+
+/// Load or create a key file.
+fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
+    if path.exists() {
+        return KeyPair::from_pem(&fsutil::read_string(path)?)
+            .with_context(|| path.display().to_string());
+    }
+    let k = KeyPair::generate(kind)?;
+    fsutil::write_atomic(path, k.to_pem()?.as_bytes(), PRIVATE)?;
+    Ok(k)
+}
+
+impl Ctx {
+    fn new(
+        dir: &Path,
+        cas: ClusterCas,
+        listen: SocketAddr,
+        transports: &[ProxyTransport],
+    ) -> Result<Ctx> {
+        let proxy_host = listen.ip().to_string();
+        let proxy_addr = listen.to_string();
+        let pdir = dir.join("proxy");
+        fsutil::ensure_private_dir(&pdir)?;
+        // TLS: the proxy's web/ALPN certificate, from the host CA.
+        let tls_key = key_file(&pdir.join("tls.key"), KeyType::EcdsaP256)?;
+        let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
+        if !ips.contains(&listen.ip()) {
+            ips.push(listen.ip());
+        }
+        let cert = cas.issue_tls_server(
+            &tls_key.spki_der()?,
+            "proxy",
+            &["localhost".into()],
+            &ips,
+            Duration::from_secs(365 * 86400),
+        )?;
+        fsutil::write_atomic(&pdir.join("tls.crt"), cert.as_bytes(), PUBLIC)?;
+        let (web, ssh, grpc) = tls_configs(&cas, &cert, &tls_key)?;
+        let serves = |t| transports.contains(&t);
+        let auth = auth_grpc::tls_config(&pdir, &cas)?;
+        // SSH: the proxy's host key and host cert.
+        let host_key = key_file(&pdir.join("ssh_host_key"), KeyType::Ed25519)?;
+        let host_id = proxy_host_id(dir)?;
+        let host_cert = cas.issue_ssh_host(
+            &host_key.ssh_public()?,
+            &host_id,
+            "proxy",
+            "Proxy",
+            std::slice::from_ref(&proxy_host),
+            Duration::from_secs(365 * 86400),
+        )?;
+        let mut sc = russh::server::Config {
+            keys: vec![host_key.to_ssh()?],
+            certificates: vec![host_cert],
+            auth_rejection_time: Duration::from_millis(50),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            // Small windows keep russh's receive-side buffering bounded (see proxy_ssh).
+            window_size: 256 * 1024,
+            nodelay: true,
+            ..Default::default()
+        };
+        sc.methods = russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]);
+        Ok(Ctx {
+            dir: dir.to_path_buf(),
+            cas,
+            proxy_addr,
+            proxy_host,
+            tls_web: Arc::new(web),
+            tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
+            tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
+            tls_auth: Arc::new(auth),
+            ssh_config: Arc::new(sc),
+        })
+    }
+}
+
+fn proxy_host_id(dir: &Path) -> Result<String> {
+    let p = dir.join("proxy").join("host_id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        return Ok(s.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    fsutil::write_atomic(&p, id.as_bytes(), PUBLIC)?;
+    Ok(id)
+}
+
+/// How long a refused client gets to read our TLS alert before its socket is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Finish the TLS handshake with `config`. A failed handshake (a client certificate from an
+/// unknown CA, an unserved ALPN) has queued a TLS alert that says why; the socket is then
+/// half-closed and drained for up to [`REFUSAL_LINGER`] before it is dropped. Closing at once
+/// with the client's next bytes (TLS 1.3 clients send data right after their Finished) still
+/// unread would send a TCP reset, which destroys the alert before the client reads it.
+async fn handshake(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    match start.into_stream(config).into_fallible().await {
+        Ok(tls) => Ok(tls),
+        Err((e, mut tcp)) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tcp.shutdown().await;
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                let mut left = 1usize << 20;
+                while left > 0 {
+                    match tcp.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+            Err(e)
+        }
+    }
+}
+
+/// Accept one TLS connection and route it by ALPN.
+async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let offered: Vec<Vec<u8>> = start
+        .client_hello()
+        .alpn()
+        .map(|i| i.map(|p| p.to_vec()).collect())
+        .unwrap_or_default();
+    let wants = |p: &[u8]| offered.iter().any(|o| o == p);
+    if auth_grpc::wants_auth(&offered) {
+        let tls = handshake(start, ctx.tls_auth.clone())
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let caller =
+            auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
+        return auth_grpc::serve(ctx, tls, caller).await;
+    }
+    if let Some(cfg) = ctx.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
+        let tls = handshake(start, cfg)
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let caller = auth_grpc::peer_identity(&tls)
+            .map_err(|e| anyhow!("transport gRPC from {peer}: {e}"))?;
+        return proxy_grpc::serve(ctx, tls, caller).await;
+    }
+    if let Some(cfg) = ctx.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
+        let tls = handshake(start, cfg)
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let user = auth_grpc::peer_identity(&tls)
+            .map(|i| i.username)
+            .map_err(|e| anyhow!("proxy SSH from {peer}: {e}"))?;
+        let handler = proxy_ssh::ProxyConn::new(ctx.clone(), user);
+        let session = russh::server::run_stream(ctx.ssh_config.clone(), tls, handler).await?;
+        session.await?;
+        return Ok(());
+    }
+    if !offered.is_empty() && !wants(ALPN_HTTP1) {
+        // Finish the handshake with the web's configuration: rustls answers the client's
+        // unknown ALPN with a `no_application_protocol` alert, as any TLS server should, so a
+        // client can tell "not served here" from a broken connection.
+        let names: Vec<String> = offered
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let _ = handshake(start, ctx.tls_web.clone()).await;
+        bail!("{peer} offered no protocol this proxy serves: {names:?}");
+    }
+    let tls = handshake(start, ctx.tls_web.clone())
+        .await
+        .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req| web::handle(svc_ctx.clone(), req));
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), svc)
+        .await?;
+    Ok(())
+}
+
+/// Run the cluster in the foreground until SIGINT/SIGTERM.
+pub async fn start(opts: StartOptions) -> Result<()> {
+    let dir = &opts.dir;
+    fsutil::ensure_private_dir(dir)?;
+    let cas =
+        tokio::task::block_in_place(|| ClusterCas::load_or_create(&dir.join("ca"), &opts.name))?;
+    fsutil::write_atomic(
+        &dir.join("ca.pem"),
+        cas.host.tls_cert_pem.as_bytes(),
+        PUBLIC,
+    )?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen", opts.listen))?;
+    let listen = listener.local_addr()?;
+    let ctx = Arc::new(tokio::task::block_in_place(|| {
+        Ctx::new(dir, cas, listen, &opts.transports)
+    })?);
+
+    // Nodes: keep host ids across restarts.
+    let known = State::load(dir).map(|s| s.nodes).unwrap_or_default();
+    let mut nodes = Vec::new();
+    for i in 1..=opts.nodes {
+        let name = format!("node-{i}");
+        let host_id = known
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.host_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let n = tokio::task::block_in_place(|| {
+            node::SshdNode::start(&ctx.cas, &dir.join("nodes").join(&name), &name, &host_id)
+        })?;
+        nodes.push(n);
+    }
+    let inventory: Vec<Node> = nodes
+        .iter()
+        .map(|n| Node {
+            name: n.name.clone(),
+            host_id: n.host_id.clone(),
+            addr: n.addr.to_string(),
+            labels: [
+                ("env".to_string(), "dev".to_string()),
+                ("name".to_string(), n.name.clone()),
+            ]
+            .into(),
+        })
+        .collect();
+    let cluster_name = ctx.cas.cluster.clone();
+    let proxy_addr = ctx.proxy_addr.clone();
+    State::modify(dir, move |s| {
+        s.cluster_name = cluster_name;
+        s.proxy_addr = proxy_addr;
+        s.nodes = inventory;
+        Ok(())
+    })?;
+
+    println!(
+        "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s)",
+        ctx.cas.cluster,
+        ctx.proxy_addr,
+        dir.join("ca.pem").display(),
+        nodes.len()
+    );
+    for n in &nodes {
+        println!("  node {} at {}", n.name, n.addr);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let (tcp, peer) = match acc {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!("accept: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                };
+                let c = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_conn(c, tcp, peer).await {
+                        tracing::info!("connection from {peer}: {e:#}");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    println!("idmux dev cluster stopping");
+    drop(nodes); // stops every sshd
+    let _ = State::modify(dir, |s| {
+        s.proxy_addr.clear();
+        Ok(())
+    });
+    Ok(())
+}
+
+// ---- admin operations (used by `idmux cluster ...`) ----
+
+/// `bots add`: create or update a bot and mint a single-use join token.
+pub fn bots_add(
+    dir: &Path,
+    name: &str,
+    roles: &[String],
+    logins: &[String],
+    ttl: Duration,
+) -> Result<(String, State)> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        bail!("bot name {name:?}: must be non-empty without spaces");
+    }
+    let token = auth::new_token();
+    let st = State::modify(dir, |s| {
+        for r in roles {
+            if !s.roles.contains_key(r) {
+                bail!(
+                    "--roles: role {r:?} does not exist (roles: {})",
+                    s.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let bot = s.bots.entry(name.to_string()).or_insert(state::Bot {
+            roles: vec![],
+            logins: vec![],
+            generation: 0,
+            locked: None,
+            instance_id: String::new(),
+        });
+        bot.roles = roles.to_vec();
+        bot.logins = logins.to_vec();
+        s.tokens.insert(
+            token.clone(),
+            state::Token {
+                bot: name.to_string(),
+                expires: idmux_identity::unix_now() + ttl.as_secs(),
+            },
+        );
+        Ok(s.clone())
+    })?;
+    Ok((token, st))
+}
+
+/// `bots rm`: remove a bot and its tokens.
+pub fn bots_rm(dir: &Path, name: &str) -> Result<()> {
+    State::modify(dir, |s| {
+        if s.bots.remove(name).is_none() {
+            bail!("no bot named {name:?}");
+        }
+        s.tokens.retain(|_, t| t.bot != name);
+        Ok(())
+    })
+}
+
+/// `roles add`: create or replace a role.
+pub fn roles_add(
+    dir: &Path,
+    name: &str,
+    logins: &[String],
+    labels: &[(String, String)],
+) -> Result<()> {
+    let mut node_labels = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (k, v) in labels {
+        node_labels.entry(k.clone()).or_default().push(v.clone());
+    }
+    State::modify(dir, |s| {
+        s.roles.insert(
+            name.to_string(),
+            state::Role {
+                logins: logins.to_vec(),
+                node_labels,
+            },
+        );
+        Ok(())
+    })
+}

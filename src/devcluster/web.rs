@@ -1,0 +1,146 @@
+//! The proxy's web API (ALPN `http/1.1`): `/webapi/ping`, `/webapi/find`,
+//! `POST /webapi/host/credentials` (the join) and `/webapi/auth/export`.
+//!
+//! JSON shapes follow Teleport's webclient: errors are `{"error":{"message":..}}` with a status
+//! chosen by the kind of failure.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::auth;
+use idmux_wire::web::RegisterUsingTokenRequest;
+use crate::Ctx;
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()))
+        .expect("static response parts")
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
+    reply(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
+    let m = msg.to_string();
+    json_reply(status, json!({"error": {"message": m}, "messages": [m]}))
+}
+
+/// The PingResponse JSON (same body for ping and find).
+pub fn ping_json(ctx: &Ctx) -> serde_json::Value {
+    json!({
+        "auth": {
+            "type": "local",
+            "second_factor": "off",
+            "local": {"name": ""},
+            "signature_algorithm_suite": "balanced-v1",
+        },
+        "proxy": {
+            "kube": {"enabled": false},
+            "ssh": {
+                "listen_addr": ctx.proxy_addr,
+                "tunnel_listen_addr": ctx.proxy_addr,
+                "web_listen_addr": ctx.proxy_addr,
+                "public_addr": ctx.proxy_addr,
+            },
+            "db": {},
+            "tls_routing_enabled": true,
+        },
+        "server_version": concat!("idmux-dev-", env!("CARGO_PKG_VERSION")),
+        "min_client_version": "0.0.0",
+        "cluster_name": ctx.cas.cluster,
+        "edition": "community",
+        "fips": false,
+    })
+}
+
+/// Serve one HTTP request.
+pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/webapi/ping") | (&Method::GET, "/webapi/find") => {
+            json_reply(StatusCode::OK, ping_json(&ctx))
+        }
+        (&Method::POST, "/webapi/host/credentials") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read request body: {e}"),
+                    ))
+                }
+            };
+            match serde_json::from_slice::<RegisterUsingTokenRequest>(&body) {
+                Err(e) => error(StatusCode::BAD_REQUEST, format!("bad join request: {e}")),
+                Ok(r) => {
+                    let ctx2 = ctx.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        auth::register_bot(&ctx2.dir, &ctx2.cas, &r)
+                    })
+                    .await
+                    {
+                        Ok(Ok(certs)) => json_reply(
+                            StatusCode::OK,
+                            serde_json::to_value(certs).unwrap_or_default(),
+                        ),
+                        Ok(Err(e)) => {
+                            let msg = format!("{e:#}");
+                            let status = if msg.contains("token") {
+                                StatusCode::FORBIDDEN
+                            } else {
+                                StatusCode::BAD_REQUEST
+                            };
+                            tracing::info!("join refused: {msg}");
+                            error(status, msg)
+                        }
+                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    }
+                }
+            }
+        }
+        (&Method::GET, "/webapi/auth/export") => export(&ctx, &query),
+        _ => error(StatusCode::NOT_FOUND, format!("not found: {path}")),
+    };
+    Ok(resp)
+}
+
+fn export(ctx: &Ctx, query: &str) -> Resp {
+    let kind = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("type="))
+        .unwrap_or("");
+    let c = &ctx.cas;
+    let line = |a: &crate::ca::Authority| a.ssh_public_line().unwrap_or_default();
+    let body = match kind {
+        "" | "user" => format!("cert-authority {}\n", line(&c.user)),
+        "openssh" => format!("cert-authority {}\n", line(&c.openssh)),
+        "host" => format!(
+            "@cert-authority {},*.{} {} type=host\n",
+            c.cluster,
+            c.cluster,
+            line(&c.host)
+        ),
+        "tls" | "tls-host" => c.host.tls_cert_pem.clone(),
+        "tls-user" => c.user.tls_cert_pem.clone(),
+        "db" | "tls-db" => c.db.tls_cert_pem.clone(),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported export type {other:?}"),
+            )
+        }
+    };
+    reply(StatusCode::OK, "text/plain", body)
+}

@@ -1,0 +1,58 @@
+//! An identity output: everything tbot writes into a destination dir.
+//!
+//! `identity`, `key`, `key.pub`, `key-cert.pub`, `tlscert`, the three CA files, then
+//! `known_hosts`, `ssh_config` and the per-cluster files. Every file is written atomically.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::files::write_ca_files;
+use crate::Identity;
+use crate::openssh::{self, Mode, SshConfigParams};
+
+/// The TLS CA certs (PEM) a destination dir gets, per CA.
+pub struct CaPems {
+    pub host: Vec<String>,
+    pub user: Vec<String>,
+    pub db: Vec<String>,
+}
+
+/// The ssh_config parameters for a destination dir holding `id`. `cluster` overrides the
+/// identity's own cluster (bare names route there).
+pub fn ssh_config_params(
+    dir: &Path,
+    id: &Identity,
+    proxy: &str,
+    mode: Mode,
+    cluster: Option<String>,
+) -> Result<SshConfigParams> {
+    let dir = crate::paths::absolute(dir)?;
+    let (proxy_host, proxy_port) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
+    let own = id.cluster_or(cluster, &dir.join("identity"))?;
+    let (idmux_exe, fdpass_exe) = crate::paths::exe_paths()?;
+    Ok(SshConfigParams {
+        clusters: openssh::clusters_of(&own, &id.host_cas),
+        dir,
+        proxy_host,
+        proxy_port,
+        cluster: own,
+        mode,
+        idmux_exe,
+        fdpass_exe,
+    })
+}
+
+/// Write a complete destination dir for `id`.
+pub fn write_destination(
+    dir: &Path,
+    id: &Identity,
+    cas: &CaPems,
+    proxy: &str,
+    mode: Mode,
+) -> Result<()> {
+    let params = ssh_config_params(dir, id, proxy, mode, None)?;
+    id.write_destination_files(&params.dir)?;
+    write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
+    openssh::write_files(&params, &id.host_cas)
+}

@@ -1,0 +1,629 @@
+//! idmux-testkit: test-only helpers for the end-to-end tests and the fuzz targets.
+//!
+//! Owns: the dev cluster launcher ([`DevCluster`]), bots and standalone multiplexers as child
+//! processes, running commands, `ssh -G` and real ssh, `/proc` readings, [`wait_for`], and
+//! the fuzz target bodies ([`fuzzing`]).
+//!
+//! Must not be a dependency of anything but tests, benches and `fuzz/`.
+
+pub mod fuzzing;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use idmux_devcluster::ca::{ClusterCas, UserCertFields};
+use idmux_identity::{Identity, KeyPair, KeyType};
+
+/// The `idmux` binary under test: `IDMUX_BIN`, or the one cargo built beside the test
+/// executable (`target/<profile>/idmux`, the test being `target/<profile>/deps/e2e-*`).
+pub fn idmux_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("IDMUX_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("deps dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
+    dir.join("idmux")
+}
+
+/// The user the tests run as (sshd can only log in as this user unless we are root).
+pub fn me() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A new CA for `cluster` in `dir` and an ECDSA identity it issued (logins: me; role
+/// `access`), as another cluster of the same name would have.
+pub fn new_ca_and_identity(dir: &Path, cluster: &str, ttl: Duration) -> (ClusterCas, Identity) {
+    let cas = ClusterCas::create(dir, cluster).unwrap();
+    let id = issue(
+        &cas,
+        KeyType::EcdsaP256,
+        &[me()],
+        &["access".to_string()],
+        ttl,
+    );
+    (cas, id)
+}
+
+/// Issue an identity for a bot with the given logins and roles.
+pub fn issue(
+    cas: &ClusterCas,
+    kind: KeyType,
+    logins: &[String],
+    roles: &[String],
+    ttl: Duration,
+) -> Identity {
+    let key = KeyPair::generate(kind).unwrap();
+    let traits = Default::default();
+    cas.issue_identity(
+        &key,
+        &UserCertFields {
+            username: "bot-test",
+            logins,
+            roles,
+            traits: &traits,
+            route_to_cluster: &cas.cluster,
+            renewable: false,
+            generation: 0,
+            bot_name: "test",
+            bot_instance_id: "",
+            impersonator: "bot-test",
+            disallow_reissue: true,
+            ttl,
+        },
+    )
+    .unwrap()
+}
+
+/// Write a destination dir for `id` (identity artifacts + CA files), as the bot would.
+pub fn write_destination(dir: &Path, cas: &ClusterCas, id: &Identity) {
+    id.write_destination_files(dir).unwrap();
+    idmux_identity::files::write_ca_files(
+        dir,
+        std::slice::from_ref(&cas.host.tls_cert_pem),
+        std::slice::from_ref(&cas.user.tls_cert_pem),
+        std::slice::from_ref(&cas.db.tls_cert_pem),
+    )
+    .unwrap();
+}
+
+/// `ssh -G` for a destination, parsed into (key, value) lines.
+pub fn ssh_g(config: &Path, dest: &str) -> Vec<(String, String)> {
+    let o = run(Command::new("ssh")
+        .arg("-G")
+        .arg("-F")
+        .arg(config)
+        .arg(dest));
+    assert!(o.status.success(), "ssh -G failed: {}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+pub fn get<'a>(g: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    g.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The node transport this run of the suite exercises (`IDMUX_TEST_TRANSPORT`): `grpc` or
+/// `ssh`. Dev clusters then serve only that transport, so every client (`--transport auto`,
+/// the default) must use it, or fail. Unset: clusters serve both and clients pick gRPC.
+pub fn transport() -> &'static str {
+    match std::env::var("IDMUX_TEST_TRANSPORT").as_deref() {
+        Ok("ssh") => "ssh",
+        Ok("grpc") | Ok("") | Err(_) => "grpc",
+        Ok(other) => panic!("IDMUX_TEST_TRANSPORT={other:?}: want grpc or ssh"),
+    }
+}
+
+/// `idmux cluster start --transports` for this run (see [`transport`]).
+pub fn cluster_transports() -> &'static str {
+    match std::env::var("IDMUX_TEST_TRANSPORT") {
+        Ok(_) => transport(),
+        Err(_) => "grpc,ssh",
+    }
+}
+
+/// A dev cluster run as a child process (`idmux cluster start`), stopped on drop.
+pub struct DevCluster {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub name: String,
+    pub child: std::process::Child,
+    /// `--transports` it serves.
+    pub transports: String,
+    /// How the cluster process is run (environment, log file); kept across restarts.
+    pub opts: ClusterOptions,
+}
+
+/// Extra settings for a cluster process.
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// Environment variables for the `idmux cluster start` process.
+    pub env: Vec<(String, String)>,
+    /// Append stdout and stderr to this file instead of inheriting stderr.
+    pub log: Option<PathBuf>,
+}
+
+impl DevCluster {
+    pub fn start(name: &str, nodes: usize) -> DevCluster {
+        Self::start_in(tempfile::tempdir().unwrap(), name, nodes)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, name: &str, nodes: usize) -> DevCluster {
+        Self::start_serving(dir, name, nodes, cluster_transports())
+    }
+
+    /// A cluster serving the given node transports (`grpc`, `ssh` or `grpc,ssh`).
+    pub fn start_serving(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+    ) -> DevCluster {
+        Self::start_full(dir, name, nodes, transports, ClusterOptions::default())
+    }
+
+    /// Start with an environment and/or a log file (serving this run's transports).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        opts: ClusterOptions,
+    ) -> DevCluster {
+        Self::start_full(dir, name, nodes, cluster_transports(), opts)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+        opts: ClusterOptions,
+    ) -> DevCluster {
+        // Port 0: the cluster binds a free port and reports it on its ready line.
+        let (child, addr) = Self::spawn(dir.path(), "127.0.0.1:0", name, nodes, transports, &opts);
+        DevCluster {
+            dir,
+            addr,
+            name: name.to_string(),
+            child,
+            transports: transports.to_string(),
+            opts,
+        }
+    }
+
+    /// Stop and start again on the same address and data dir.
+    pub fn restart(&mut self, nodes: usize) {
+        self.stop();
+        (self.child, _) = Self::spawn(
+            self.dir.path(),
+            &self.addr,
+            &self.name,
+            nodes,
+            &self.transports,
+            &self.opts,
+        );
+    }
+
+    fn spawn(
+        dir: &Path,
+        addr: &str,
+        name: &str,
+        nodes: usize,
+        transports: &str,
+        opts: &ClusterOptions,
+    ) -> (std::process::Child, String) {
+        use std::io::{BufRead, BufReader, Write};
+        let log = opts.log.as_ref().map(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        });
+        let stderr = match &log {
+            Some(f) => std::process::Stdio::from(f.try_clone().unwrap()),
+            None => std::process::Stdio::inherit(),
+        };
+        let mut child = Command::new(idmux_bin())
+            .args([
+                "cluster",
+                "start",
+                "--listen",
+                addr,
+                "--name",
+                name,
+                "--nodes",
+                &nodes.to_string(),
+                "--transports",
+                transports,
+                "--data-dir",
+            ])
+            .arg(dir)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().expect("cluster printed nothing").unwrap();
+        // `idmux dev cluster "NAME" ready on https://ADDR (CA: ...)`
+        let addr = first
+            .split_once("ready on https://")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("cluster did not start: {first}"))
+            .to_string();
+        // Keep draining stdout (into the log, if any) so the cluster never blocks on a pipe.
+        std::thread::spawn(move || {
+            let mut log = log;
+            for l in lines.map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{l}");
+                }
+            }
+        });
+        (child, addr)
+    }
+
+    /// A fresh join token for a (new or updated) bot.
+    pub fn token(&self, bot: &str, logins: &str) -> String {
+        let o = self.admin(&["bots", "add", bot, "--logins", logins, "--format", "json"]);
+        assert!(o.status.success(), "bots add: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["token_id"].as_str().unwrap().to_string()
+    }
+
+    /// `idmux start` flags for this cluster.
+    pub fn start_args(&self, data: &Path, dest: &Path, token: &str) -> Vec<String> {
+        vec![
+            "start".into(),
+            format!("--data-dir={}", data.display()),
+            format!("--destination-dir={}", dest.display()),
+            format!("--token={token}"),
+            "--join-method=token".into(),
+            format!("--proxy-server={}", self.addr),
+            format!("--ca-path={}", self.dir.path().join("ca.pem").display()),
+        ]
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `idmux cluster <args> --data-dir DIR`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let o = run(Command::new(idmux_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path()));
+        o
+    }
+
+    /// Add a bot and write a destination dir for it with `auth sign`.
+    pub fn bot_destination(
+        &self,
+        bot: &str,
+        logins: &str,
+        roles: &str,
+        ttl: &str,
+        mode: &str,
+    ) -> PathBuf {
+        let o = self.admin(&["bots", "add", bot, "--logins", logins, "--roles", roles]);
+        assert!(o.status.success(), "bots add: {}", stderr(&o));
+        let dest = self.dir.path().join(format!("dest-{bot}"));
+        let o = self.admin(&[
+            "auth",
+            "sign",
+            "--bot",
+            bot,
+            "--ttl",
+            ttl,
+            "--mode",
+            mode,
+            "--destination-dir",
+            dest.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "auth sign: {}", stderr(&o));
+        dest
+    }
+
+    pub fn stop(&mut self) {
+        idmux_devcluster::node::terminate(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `ssh -F CONFIG <args>` in batch mode with strict host key checking.
+pub fn ssh(config: &Path, args: &[&str]) -> Output {
+    run(Command::new("ssh")
+        .arg("-F")
+        .arg(config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+        ])
+        .args(args))
+}
+
+/// `idmux start ssh-multiplexer` on `dest` with a diagnostics address, killed on drop.
+pub struct StandaloneMux {
+    pub child: std::process::Child,
+    /// `host:port` of /metrics, /readyz, /livez.
+    pub diag: String,
+}
+
+impl StandaloneMux {
+    /// Start it with `extra` flags (e.g. `--transport ssh`) and wait for `v1.sock`.
+    pub fn start(cl: &DevCluster, dest: &Path, extra: &[&str]) -> StandaloneMux {
+        let _ = std::fs::remove_file(dest.join("v1.sock"));
+        let diag = format!("127.0.0.1:{}", idmux_devcluster::node::free_port().unwrap());
+        let child = Command::new(idmux_bin())
+            .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
+            .args(["--diag-addr", &diag])
+            .args(extra)
+            .arg("--destination-dir")
+            .arg(dest)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dest.join("v1.sock").exists() {
+            assert!(std::time::Instant::now() < deadline, "no v1.sock");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        StandaloneMux { child, diag }
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self) -> String {
+        stdout(&run(
+            Command::new("curl").args(["-s", &format!("http://{}/metrics", self.diag)])
+        ))
+    }
+
+    /// `idmux_upstream_connects_total{transport=...}`.
+    pub fn connects(&self, transport: &str) -> u64 {
+        let text = self.metrics();
+        let key = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{text}"))
+    }
+}
+
+impl Drop for StandaloneMux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extra flags for every `idmux start` that the reliability tests (faults, soak, isolation)
+/// run: `IDMUX_TEST_START_ARGS`, split on whitespace (e.g. `--transport=grpc`), so the same
+/// tests can be run once per transport.
+pub fn extra_start_args() -> Vec<String> {
+    std::env::var("IDMUX_TEST_START_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// How to run a bot ([`BotProc::start`]).
+#[derive(Default)]
+pub struct BotOptions {
+    /// More `idmux start` flags (after the cluster's and [`extra_start_args`]).
+    pub args: Vec<String>,
+    /// Environment of the bot process.
+    pub env: Vec<(String, String)>,
+    /// Data and destination dirs (default: fresh folders in the bot's work dir).
+    pub data: Option<PathBuf>,
+    pub dest: Option<PathBuf>,
+    /// Join token (default: a fresh one for bot `ci` with the current user as login).
+    pub token: Option<String>,
+    /// Return at once instead of waiting for ssh_config, v1.sock and agent.sock.
+    pub no_wait: bool,
+}
+
+/// A running `idmux start` (bot + multiplexer) whose stderr goes to `log`; stopped on drop.
+pub struct BotProc {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    pub dest: PathBuf,
+    pub log: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+impl BotProc {
+    /// Start a bot against `cl` (by default as bot `ci` with a fresh token); waits until the
+    /// destination dir holds ssh_config, v1.sock and agent.sock.
+    pub fn start(cl: &DevCluster, o: BotOptions) -> BotProc {
+        let work = tempfile::tempdir().unwrap();
+        let data = o.data.clone().unwrap_or_else(|| work.path().join("data"));
+        let dest = o.dest.clone().unwrap_or_else(|| work.path().join("dest"));
+        let log = work.path().join("bot.log");
+        let token = o.token.clone().unwrap_or_else(|| cl.token("ci", &me()));
+        let child = Command::new(idmux_bin())
+            .args(cl.start_args(&data, &dest, &token))
+            .args(extra_start_args())
+            .args(&o.args)
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut b = BotProc {
+            child,
+            data,
+            dest,
+            log,
+            work,
+        };
+        if !o.no_wait {
+            b.wait_ready();
+        }
+        b
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(self.dest.join("ssh_config").exists()
+            && self.dest.join("v1.sock").exists()
+            && self.dest.join("agent.sock").exists())
+        {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("the bot exited ({st}): {}", self.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bot did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The destination's ssh_config.
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dest.join("ssh_config")
+    }
+}
+
+impl Drop for BotProc {
+    fn drop(&mut self) {
+        idmux_devcluster::node::terminate(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Wait until `f` holds, checking every 100 ms; false if `limit` passed first.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `fd -> target` of every open descriptor of a process (for failure messages).
+pub fn fd_list(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let t = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Wait until a process's open fds stop changing (the same count over five readings 100 ms
+/// apart, at most `limit`): the baseline to compare against after a load. Returns the count.
+pub fn settled_fds(pid: u32, limit: Duration) -> usize {
+    let mut last = fd_count(pid);
+    let mut same = 0;
+    wait_for(limit, || {
+        let now = fd_count(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        same >= 5
+    });
+    last
+}
+
+/// Is `DATA/lock` (or any flock'd file) held by another process right now?
+pub fn lock_held(path: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return false;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
+
+/// Wait until the certificate of the identity `load` reads (e.g. `Identity::load_destination`
+/// or `Identity::read_data_dir`) has been expired for a whole second (certificate times have
+/// one-second resolution, so a check within the second of expiry may still accept it), at
+/// most `limit`; false if it had not by then.
+pub fn wait_expired(limit: Duration, mut load: impl FnMut() -> anyhow::Result<Identity>) -> bool {
+    wait_for(limit, || {
+        load()
+            .and_then(|id| id.expires())
+            .is_ok_and(|t| t + Duration::from_secs(1) < std::time::SystemTime::now())
+    })
+}

@@ -1,0 +1,22 @@
+//! idmux-transport: every connection idmux makes to a proxy, and what runs over it.
+//!
+//! Owns: the one dial to the proxy ([`tls`]: TCP with its deadline, TLS verified against the
+//! cluster's CAs, ALPN), a connection that reaches nodes over either transport ([`link`]:
+//! gRPC TransportService in [`grpc`], the SSH `proxy:` subsystem in [`sshproxy`]), node bytes
+//! between a proxy stream and a local byte stream ([`relay`], [`stdio`]), the SSH agent that
+//! answers with the current key ([`agent`]), and the clients of Auth ([`auth_client`]) and of
+//! the proxy's web API ([`web`]), whose refusals are typed ([`refusal`]).
+//!
+//! Must not know: the bot's schedule, the multiplexer's sockets, clap, or the dev cluster
+//! (which uses the relay and the gRPC constants from the other side).
+
+pub mod agent;
+pub mod auth_client;
+pub mod grpc;
+pub mod link;
+pub mod refusal;
+pub mod relay;
+pub mod sshproxy;
+pub mod stdio;
+pub mod tls;
+pub mod web;

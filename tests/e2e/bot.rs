@@ -1,0 +1,381 @@
+//! The bot (issue 4): `idmux start` joins, renews and writes the destination dir; restarts,
+//! proxy outages and every error case, end to end against the dev cluster with real OpenSSH.
+
+
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idmux_testkit::*;
+use idmux_identity::{Identity, KeyPair};
+
+const C: &str = "dev.test";
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn start(args: &[String], extra: &[&str]) -> std::process::Output {
+    run(Command::new(idmux_bin()).args(args).args(extra))
+}
+
+fn generation(data: &Path) -> u64 {
+    let tls = std::fs::read_to_string(data.join("tlscert")).unwrap();
+    idmux_identity::x509::tls_identity_of(&tls).unwrap().0.generation
+}
+
+/// The one idmux error line of a failed command.
+fn error_line(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected failure; stderr: {}",
+        stderr(o)
+    );
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("idmux:")).collect();
+    assert_eq!(lines.len(), 1, "want one idmux: line: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn join_writes_every_file_and_ssh_works() {
+    let cl = DevCluster::start(C, 1);
+    let work = tempfile::tempdir().unwrap();
+    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
+    let token = cl.token("ci", &me());
+    let o = start(&cl.start_args(&data, &dest, &token), &["--oneshot"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    for (f, m) in [
+        ("key", 0o600),
+        ("identity", 0o600),
+        ("key.pub", 0o644),
+        ("key-cert.pub", 0o644),
+        ("tlscert", 0o644),
+        ("teleport-host-ca.crt", 0o644),
+        ("teleport-user-ca.crt", 0o644),
+        ("teleport-database-ca.crt", 0o644),
+        ("known_hosts", 0o644),
+        ("ssh_config", 0o644),
+        (&format!("{C}.ssh_config"), 0o644),
+        (&format!("{C}.known_hosts"), 0o644),
+    ] {
+        assert_eq!(mode(&dest.join(f)), m, "dest/{f}");
+    }
+    for (f, m) in [
+        ("key", 0o600),
+        ("tokenhash", 0o600),
+        ("lock", 0o600),
+        ("key-cert.pub", 0o644),
+        ("tlscert", 0o644),
+        ("sshcacerts", 0o644),
+        ("tlscacerts", 0o644),
+    ] {
+        assert_eq!(mode(&data.join(f)), m, "data/{f}");
+    }
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&dest), 0o700);
+    assert_eq!(
+        std::fs::read_to_string(data.join("tokenhash")).unwrap(),
+        idmux_identity::files::token_hash(&token)
+    );
+    assert_eq!(generation(&data), 1);
+
+    let o = run(Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(dest.join("key-cert.pub")));
+    let l = stdout(&o);
+    assert!(
+        l.contains("Key ID: \"bot-ci\"") && l.contains(&me()) && l.contains("impersonator"),
+        "{l}"
+    );
+    let o = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dest.join("teleport-user-ca.crt"))
+        .arg(dest.join("tlscert")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ssh(
+        &dest.join("ssh_config"),
+        &[&format!("{}@node-1.{C}", me()), "echo joined"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "joined\n");
+
+    // Restart with a valid stored identity: renewed, not re-joined (the token is spent).
+    let o = start(&cl.start_args(&data, &dest, &token), &["--oneshot"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(generation(&data), 2);
+
+    // A second bot on the same data dir stops with a clear error while the first runs.
+    let mut first = Command::new(idmux_bin())
+        .args(cl.start_args(&data, &dest, &token))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || lock_held(&data.join("lock"))),
+        "the first bot never took {}",
+        data.join("lock").display()
+    );
+    let o = start(&cl.start_args(&data, &dest, &token), &["--oneshot"]);
+    assert!(error_line(&o).contains("lock"), "{}", stderr(&o));
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn renewals_keep_ssh_working_and_key_cert_pairs_consistent() {
+    let cl = DevCluster::start(C, 1);
+    let work = tempfile::tempdir().unwrap();
+    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
+    let token = cl.token("ci", &me());
+    let mut bot = Command::new(idmux_bin())
+        .args(cl.start_args(&data, &dest, &token))
+        .args(["--certificate-ttl=30s", "--renewal-interval=5s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dest.join("ssh_config").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A reader that pairs key and key-cert.pub as OpenSSH would, in a tight loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, mismatches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reader = {
+        let (stop, reads, mismatches, dest) = (
+            stop.clone(),
+            reads.clone(),
+            mismatches.clone(),
+            dest.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let key = std::fs::read_to_string(dest.join("key")).unwrap();
+                let cert = std::fs::read_to_string(dest.join("key-cert.pub")).unwrap();
+                let key = KeyPair::from_pem(&key).unwrap();
+                let cert = russh::keys::ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+                reads.fetch_add(1, Ordering::Relaxed);
+                if !key.matches_ssh(cert.public_key()) {
+                    mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let cfg = dest.join("ssh_config");
+    let mut serials = std::collections::BTreeSet::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(22) {
+        let o = ssh(&cfg, &[&format!("{}@node-1.{C}", me()), "echo ok"]);
+        assert!(
+            o.status.success(),
+            "ssh failed at {:?}: {}",
+            t0.elapsed(),
+            stderr(&o)
+        );
+        let id = Identity::load_destination(&dest).unwrap();
+        serials.insert(id.ssh_cert.serial());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let _ = bot.kill();
+    let _ = bot.wait();
+    assert!(
+        generation(&data) >= 4,
+        "want at least 3 renewals, generation is {}",
+        generation(&data)
+    );
+    assert!(
+        serials.len() >= 4,
+        "want certificates from at least 4 issues, saw {}",
+        serials.len()
+    );
+    assert!(
+        reads.load(Ordering::Relaxed) > 100,
+        "reader made only {} reads",
+        reads.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        mismatches.load(Ordering::Relaxed),
+        0,
+        "key and key-cert.pub mismatched"
+    );
+}
+
+#[test]
+fn bot_survives_a_proxy_outage() {
+    let mut cl = DevCluster::start(C, 1);
+    let work = tempfile::tempdir().unwrap();
+    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
+    let token = cl.token("ci", &me());
+    let log = work.path().join("bot.log");
+    let mut bot = Command::new(idmux_bin())
+        .args(cl.start_args(&data, &dest, &token))
+        .args(["--certificate-ttl=60s", "--renewal-interval=2s"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dest.join("ssh_config").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cl.stop();
+    let before = std::fs::read_to_string(dest.join("identity")).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        bot.try_wait().unwrap().is_none(),
+        "the bot exited while the proxy was down"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("identity")).unwrap(),
+        before,
+        "files changed while the proxy was down"
+    );
+    Identity::load_destination(&dest).unwrap();
+    let failures = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("renewal failed"))
+        .count();
+    assert!(
+        failures >= 1,
+        "no failure logged: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let gen_down = generation(&data);
+    cl.restart(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while generation(&data) == gen_down && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        generation(&data) > gen_down,
+        "the bot did not recover after the proxy returned"
+    );
+    let o = ssh(
+        &dest.join("ssh_config"),
+        &[&format!("{}@node-1.{C}", me()), "true"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = bot.kill();
+    let _ = bot.wait();
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let cl = DevCluster::start(C, 1);
+    let work = tempfile::tempdir().unwrap();
+    let d = |n: &str| work.path().join(n);
+
+    // Wrong token.
+    let o = start(
+        &cl.start_args(&d("w-data"), &d("w-dest"), "not-a-token"),
+        &["--oneshot"],
+    );
+    assert!(
+        error_line(&o).contains("token expired or not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d("w-dest").join("identity").exists());
+
+    // Reused token.
+    let token = cl.token("ci", &me());
+    assert!(start(
+        &cl.start_args(&d("a"), &d("a-dest"), &token),
+        &["--oneshot"]
+    )
+    .status
+    .success());
+    let o = start(
+        &cl.start_args(&d("b"), &d("b-dest"), &token),
+        &["--oneshot"],
+    );
+    assert!(
+        error_line(&o).contains("token expired or not found"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Expired stored identity and a spent token: re-join fails clearly.
+    let t2 = cl.token("short", &me());
+    let a = cl.start_args(&d("s"), &d("s-dest"), &t2);
+    assert!(start(
+        &a,
+        &["--oneshot", "--certificate-ttl=3s", "--renewal-interval=1s"]
+    )
+    .status
+    .success());
+    assert!(
+        wait_expired(Duration::from_secs(10), || Identity::read_data_dir(&d("s"))),
+        "the 3 s identity did not expire"
+    );
+    let o = start(&a, &["--oneshot"]);
+    assert!(
+        error_line(&o).contains("token expired or not found"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A copied data dir renewed twice: the bot is locked and both copies stop.
+    let t3 = cl.token("copied", &me());
+    let orig = cl.start_args(&d("orig"), &d("orig-dest"), &t3);
+    assert!(start(&orig, &["--oneshot"]).status.success());
+    let o = run(Command::new("cp").arg("-a").arg(d("orig")).arg(d("copy")));
+    assert!(o.status.success());
+    let copy = cl.start_args(&d("copy"), &d("copy-dest"), &t3);
+    assert!(
+        start(&orig, &["--oneshot"]).status.success(),
+        "first renewal of the original"
+    );
+    let e = error_line(&start(&copy, &["--oneshot"]));
+    assert!(e.contains("generation mismatch"), "{e}");
+    let e = error_line(&start(&orig, &["--oneshot"]));
+    assert!(e.contains("locked"), "{e}");
+    let ls = stdout(&cl.admin(&["bots", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("copied") && l.contains("locked")),
+        "{ls}"
+    );
+
+    // Bot removed before renewal.
+    let t4 = cl.token("gone", &me());
+    let g = cl.start_args(&d("g"), &d("g-dest"), &t4);
+    assert!(start(&g, &["--oneshot"]).status.success());
+    assert!(cl.admin(&["bots", "rm", "gone"]).status.success());
+    let e = error_line(&start(&g, &["--oneshot"]));
+    assert!(
+        e.contains("bot-gone") && e.contains("does not exist"),
+        "{e}"
+    );
+
+    // Unknown config key: named with its line.
+    let cfg = d("bot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: token\n  tokn: x\n",
+            cl.addr
+        ),
+    )
+    .unwrap();
+    let e = error_line(&run(Command::new(idmux_bin())
+        .args(["start", "--oneshot", "-c"])
+        .arg(&cfg)));
+    assert!(
+        e.contains("tokn") && e.contains("line 5") && e.contains("bot.yaml"),
+        "{e}"
+    );
+}

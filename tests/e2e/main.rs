@@ -1,0 +1,20 @@
+//! idmux's end-to-end tests, one binary: real `ssh`, `sshd`, `scp`, `sftp`, `rsync` and Ansible
+//! against the dev cluster, through the `idmux` and `idmux-fdpass` binaries cargo builds.
+//! Helpers (dev cluster launcher, bots, waits) come from `idmux-testkit`.
+//!
+//! Modules by subject; `scripts/test.sh` runs the node-reaching ones once per node transport
+//! (`IDMUX_TEST_TRANSPORT`), selected by module name. Long runs (the soak, 7,000 connections)
+//! are `#[ignore]`d and run by `scripts/test.sh --long`.
+
+mod ansible;
+mod auth_grpc;
+mod bot;
+mod cluster_ssh;
+mod faults;
+mod foundation;
+mod fuzz_replay;
+mod isolation;
+mod mux;
+mod ops;
+mod soak;
+mod transport;
