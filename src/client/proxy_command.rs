@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use idmux_identity::Identity;
-use idmux_wire::hostport::clean_target_host;
-use idmux_wire::hostport::split_host_port;
 use idmux_transport::link::{self, TransportKind};
 use idmux_transport::{relay, stdio};
+use idmux_wire::hostport::clean_target_host;
+use idmux_wire::hostport::split_host_port;
 
 /// What `ssh-proxy-command` needs (flag parsing is in `cli`).
 #[derive(Clone, Debug)]

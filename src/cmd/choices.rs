@@ -5,7 +5,7 @@ use clap::ValueEnum;
 
 /// How ssh reaches the proxy (`--mode`, `--ssh-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     /// `idmux-fdpass` + the multiplexer daemon's `v1.sock` (`ProxyUseFdpass yes`).
     Fdpass,
     /// `idmux ssh-proxy-command`: a plain stdio ProxyCommand, no daemon needed.
@@ -23,7 +23,7 @@ impl From<ModeArg> for idmux_identity::openssh::Mode {
 
 /// Which transport carries node connections (`--transport`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum TransportArg {
+pub(crate) enum TransportArg {
     /// gRPC, falling back to SSH when the proxy does not offer it.
     #[default]
     Auto,
@@ -45,7 +45,7 @@ impl From<TransportArg> for idmux_transport::link::TransportKind {
 
 /// A node transport the dev proxy serves (`--transports`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProxyTransportArg {
+pub(crate) enum ProxyTransportArg {
     /// gRPC TransportService (ALPN teleport-proxy-ssh-grpc).
     Grpc,
     /// The SSH server and its proxy: subsystem (ALPN teleport-proxy-ssh).

@@ -6,15 +6,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use idmux_devcluster::state::State;
-use idmux_identity::time::parse_ttl;
-use idmux_identity::destination::{write_destination, CaPems};
-use idmux_devcluster::ca::ClusterCas;
-use idmux_identity::{KeyPair, KeyType};
 use super::choices::{ModeArg, ProxyTransportArg};
+use idmux_devcluster::ca::ClusterCas;
+use idmux_devcluster::state::State;
+use idmux_identity::destination::{write_destination, CaPems};
+use idmux_identity::time::parse_ttl;
+use idmux_identity::{KeyPair, KeyType};
 
 #[derive(Subcommand)]
-pub enum ClusterCmd {
+pub(crate) enum ClusterCmd {
     /// Run a dev cluster in the foreground: proxy + auth on one TLS port, N sshd nodes.
     Start(StartArgs),
     /// Manage bots.
@@ -35,14 +35,14 @@ pub enum ClusterCmd {
 }
 
 #[derive(Args)]
-pub struct DataDir {
+pub(crate) struct DataDir {
     /// The cluster's data dir.
     #[arg(long)]
     pub data_dir: PathBuf,
 }
 
 #[derive(Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     #[command(flatten)]
     pub d: DataDir,
     /// Address of the proxy's TLS port.
@@ -60,13 +60,13 @@ pub struct StartArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
 #[derive(Subcommand)]
-pub enum BotsCmd {
+pub(crate) enum BotsCmd {
     /// Add a bot (or update its roles and logins) and print a one-time join token.
     Add {
         name: String,
@@ -98,7 +98,7 @@ pub enum BotsCmd {
 }
 
 #[derive(Subcommand)]
-pub enum NodesCmd {
+pub(crate) enum NodesCmd {
     Ls {
         #[command(flatten)]
         d: DataDir,
@@ -108,7 +108,7 @@ pub enum NodesCmd {
 }
 
 #[derive(Subcommand)]
-pub enum RolesCmd {
+pub(crate) enum RolesCmd {
     /// Create or replace a role.
     Add {
         name: String,
@@ -128,7 +128,7 @@ pub enum RolesCmd {
 }
 
 #[derive(Subcommand)]
-pub enum AuthCmd {
+pub(crate) enum AuthCmd {
     /// Write a destination dir with an output identity for a bot, signed by the cluster's CA.
     Sign {
         #[command(flatten)]
@@ -279,7 +279,8 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 }
             };
             let key = KeyPair::generate(kind)?;
-            let id = idmux_devcluster::auth::output_identity(&d.data_dir, &cas, &bot, &key, None, ttl)?;
+            let id =
+                idmux_devcluster::auth::output_identity(&d.data_dir, &cas, &bot, &key, None, ttl)?;
             let pems = CaPems {
                 host: vec![cas.host.tls_cert_pem.clone()],
                 user: vec![cas.user.tls_cert_pem.clone()],

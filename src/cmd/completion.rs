@@ -12,7 +12,7 @@ use clap_complete::Shell as CompleteShell;
 
 /// The shells idmux writes completions for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Shell {
+pub(crate) enum Shell {
     Bash,
     Zsh,
     Fish,
@@ -29,7 +29,7 @@ impl Shell {
 }
 
 /// Write the completion script for `shell` and the command tree `cmd` (named `bin`) to `out`.
-pub fn write(shell: Shell, cmd: &mut clap::Command, bin: &str, out: &mut dyn Write) {
+pub(crate) fn write(shell: Shell, cmd: &mut clap::Command, bin: &str, out: &mut dyn Write) {
     clap_complete::generate(shell.generator(), cmd, bin, out);
 }
 

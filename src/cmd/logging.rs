@@ -9,7 +9,7 @@ use clap::ValueEnum;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines: time, level, message, fields.
     #[default]
     Text,
@@ -18,7 +18,7 @@ pub enum LogFormat {
 }
 
 /// The filter for a default level and the `--debug` switch (before `IDMUX_LOG` is applied).
-pub fn default_filter(default: &str, debug: bool) -> String {
+pub(crate) fn default_filter(default: &str, debug: bool) -> String {
     // Libraries stay at their own level under --debug: russh and hyper at debug are noisy and
     // say nothing about idmux's decisions.
     if debug {
@@ -29,7 +29,7 @@ pub fn default_filter(default: &str, debug: bool) -> String {
 }
 
 /// Install the global subscriber. A second call is a no-op.
-pub fn init(format: LogFormat, debug: bool, default: &str) {
+pub(crate) fn init(format: LogFormat, debug: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDMUX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(default, debug)));
     let b = tracing_subscriber::fmt()

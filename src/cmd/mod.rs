@@ -17,11 +17,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use choices::{ModeArg, TransportArg};
-use idmux_identity::paths::absolute;
 use clap::{Parser, Subcommand};
+use idmux_identity::paths::absolute;
 
-use idmux_identity::Identity;
 use idmux_identity::openssh;
+use idmux_identity::Identity;
 
 #[derive(Parser)]
 #[command(name = "idmux", version, about = "Teleport Machine ID for OpenSSH")]
@@ -115,7 +115,7 @@ struct SshConfigArgs {
 }
 
 /// Entry point of the `idmux` binary.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // Daemons log at info; one-shot commands (ssh-proxy-command runs inside ssh) only warn.
     let daemon = matches!(cli.cmd, Cmd::Start(_) | Cmd::Cluster(_));
@@ -159,8 +159,13 @@ fn run(cli: Cli) -> Result<()> {
 fn ssh_config(a: SshConfigArgs) -> Result<()> {
     let dir = absolute(&a.destination_dir)?;
     let id = Identity::load_destination(&dir)?;
-    let params =
-        idmux_identity::destination::ssh_config_params(&dir, &id, &a.proxy_server, a.mode.into(), a.cluster)?;
+    let params = idmux_identity::destination::ssh_config_params(
+        &dir,
+        &id,
+        &a.proxy_server,
+        a.mode.into(),
+        a.cluster,
+    )?;
     openssh::write_files(&params, &id.host_cas)?;
     println!("wrote {}", params.dir.join("ssh_config").display());
     Ok(())

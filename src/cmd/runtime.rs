@@ -5,7 +5,7 @@ use tokio::runtime::{Builder, Runtime};
 
 /// What the runtime is for.
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A daemon (`idmux start`, the multiplexer): one thread (plus tokio's blocking pool for
     /// file I/O). The daemon's work per byte is a short hop between sockets (read, frame,
     /// encrypt, write); with worker threads each chunk crossed threads between the relay task
@@ -21,7 +21,7 @@ pub enum Kind {
 }
 
 /// Build the runtime for `kind`.
-pub fn build(kind: Kind) -> Result<Runtime> {
+pub(crate) fn build(kind: Kind) -> Result<Runtime> {
     let mut b = match kind {
         Kind::Daemon | Kind::OneShot => Builder::new_current_thread(),
         Kind::ProxyCommand => {

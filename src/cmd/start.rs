@@ -18,7 +18,7 @@ use idmux_transport::web::Trust;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     #[command(subcommand)]
     pub service: Option<Service>,
     /// tbot-style YAML config (version v2); flags given too override it.
@@ -74,7 +74,7 @@ pub struct StartArgs {
 }
 
 /// Build the bot configuration from the config file and flags.
-pub fn to_config(a: StartArgs) -> Result<BotConfig> {
+pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
     if a.join_method != "token" {
         bail!(
             "--join-method {:?} is not supported (want token)",
@@ -82,7 +82,10 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
         );
     }
     let mut c = match &a.config {
-        Some(p) => config::parse_yaml(&idmux_identity::fsutil::read_string(p)?, &p.display().to_string())?,
+        Some(p) => config::parse_yaml(
+            &idmux_identity::fsutil::read_string(p)?,
+            &p.display().to_string(),
+        )?,
         None => BotConfig {
             proxy_server: String::new(),
             token: None,
@@ -116,10 +119,10 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
     }
     if let Some(d) = a.destination_dir {
         let oneshot = a.oneshot || c.oneshot;
-        let mode = a
-            .ssh_mode
-            .map(Mode::from)
-            .unwrap_or(if oneshot { Mode::Stdio } else { Mode::Fdpass });
+        let mode =
+            a.ssh_mode
+                .map(Mode::from)
+                .unwrap_or(if oneshot { Mode::Stdio } else { Mode::Fdpass });
         if mode == Mode::Fdpass && !oneshot {
             c.multiplexer = Some(d.clone());
         }
@@ -159,7 +162,7 @@ pub fn to_config(a: StartArgs) -> Result<BotConfig> {
 /// `idmux start ssh-multiplexer`: the multiplexer alone, on a destination dir that someone
 /// else (a real tbot, or another idmux) keeps renewed.
 #[derive(clap::Subcommand)]
-pub enum Service {
+pub(crate) enum Service {
     SshMultiplexer {
         /// The destination dir holding `identity`; v1.sock and agent.sock are created here.
         #[arg(long)]

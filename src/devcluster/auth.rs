@@ -12,35 +12,17 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use idmux_wire::web::{b64d, b64e, CertsJson, RegisterUsingTokenRequest};
 
-use crate::state::{Bot, State};
 use crate::ca::{ClusterCas, UserCertFields};
+use crate::state::{Bot, State};
 use idmux_identity::Identity;
 
 /// Renewable certificates are capped at 24h, as in Teleport.
-pub const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default TTL of join certificates.
-pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
-
-/// Encode an identity's certificates as the web API returns them.
-pub fn certs_json_of(id: &Identity) -> Result<CertsJson> {
-    Ok(CertsJson {
-        ssh: b64e(format!("{}\n", id.ssh_cert.to_openssh()?).as_bytes()),
-        tls: b64e(id.tls_cert_pem.as_bytes()),
-        tls_ca_certs: id.tls_cas.iter().map(|c| b64e(c.as_bytes())).collect(),
-        ssh_ca_certs: id
-            .host_cas
-            .iter()
-            .map(|c| {
-                c.authorized_hosts_line()
-                    .map(|l| b64e(format!("{l}\n").as_bytes()))
-            })
-            .collect::<Result<_>>()?,
-    })
-}
-
+pub(crate) const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 
 /// An issued identity without its private key (the client keeps the key).
-pub struct IssuedCerts {
+pub(crate) struct IssuedCerts {
     pub ssh_cert: russh::keys::ssh_key::Certificate,
     pub tls_cert_pem: String,
 }
@@ -90,7 +72,7 @@ pub(crate) fn public_keys(
 }
 
 /// DER SPKI of a PEM public key (`PUBLIC KEY` PKIX, or `RSA PUBLIC KEY` PKCS#1).
-pub fn public_pem_to_spki(pem: &str) -> Result<Vec<u8>> {
+pub(crate) fn public_pem_to_spki(pem: &str) -> Result<Vec<u8>> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     use rsa::pkcs8::EncodePublicKey;
     let (label, doc) = der::Document::from_pem(pem).map_err(|e| anyhow!("public_tls_key: {e}"))?;
@@ -118,7 +100,7 @@ fn requested_ttl(expires: Option<&str>, default: Duration, cap: Duration) -> Res
 }
 
 /// `POST /webapi/host/credentials` for role `Bot` with a `token` join token.
-pub fn register_bot(
+pub(crate) fn register_bot(
     dir: &std::path::Path,
     cas: &ClusterCas,
     req: &RegisterUsingTokenRequest,
@@ -212,7 +194,7 @@ pub(crate) struct OutputPlan {
 impl OutputPlan {
     /// Plan the output identity of `bot_name` impersonating `roles` (`None` = all its roles).
     /// Fails if the bot does not exist, is locked, or may not impersonate a role.
-    pub(crate) fn new(st: &State, bot_name: &str, roles: Option<&[String]>) -> Result<OutputPlan> {
+    pub fn new(st: &State, bot_name: &str, roles: Option<&[String]>) -> Result<OutputPlan> {
         let bot = st
             .bots
             .get(bot_name)
@@ -286,7 +268,7 @@ pub fn output_identity(
 }
 
 /// A new join token: 16 random bytes in hex, as tctl makes them.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut b = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
     hex::encode(b)

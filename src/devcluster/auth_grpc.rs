@@ -33,26 +33,26 @@ use tokio_rustls::server::TlsStream;
 use tonic::{Code, Status};
 
 use crate::auth::{self, IssuedCerts, OutputPlan, MAX_RENEWABLE_TTL};
+use crate::ca::ClusterCas;
 use crate::state::{Bot, State};
 use crate::Ctx;
-use crate::ca::ClusterCas;
 use idmux_identity::fsutil::{self, PUBLIC};
 use idmux_identity::keys::KeyType;
 use idmux_identity::TlsIdentity;
 use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
 
 /// Offered ALPNs starting with this route to Auth.
-pub const ALPN_AUTH_PREFIX: &[u8] = b"teleport-auth@";
+pub(crate) const ALPN_AUTH_PREFIX: &[u8] = b"teleport-auth@";
 /// The DNS names of Auth's certificate.
-pub const AUTH_DNS_NAMES: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
+pub(crate) const AUTH_DNS_NAMES: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
 /// TTL of certificates when the request sets no expiry.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Why a bot is locked when two copies of its renewable identity renew.
-pub const GENERATION_MISMATCH: &str =
+pub(crate) const GENERATION_MISMATCH: &str =
     "renewable certificate generation mismatch (a copied data dir?)";
 
 /// Does a client offering these ALPNs want Auth?
-pub fn wants_auth(offered: &[Vec<u8>]) -> bool {
+pub(crate) fn wants_auth(offered: &[Vec<u8>]) -> bool {
     offered.iter().any(|p| p.starts_with(ALPN_AUTH_PREFIX))
 }
 
@@ -83,7 +83,7 @@ pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerC
 }
 
 /// The identity in the verified client certificate of a TLS connection.
-pub fn peer_identity(tls: &TlsStream<TcpStream>) -> Result<TlsIdentity> {
+pub(crate) fn peer_identity(tls: &TlsStream<TcpStream>) -> Result<TlsIdentity> {
     let der = tls
         .get_ref()
         .1
@@ -198,7 +198,7 @@ pub fn generate_user_certs(
 }
 
 /// The bot a caller is: its user is `bot-NAME`.
-pub fn caller_bot_name(caller: &TlsIdentity) -> Result<&str, Status> {
+pub(crate) fn caller_bot_name(caller: &TlsIdentity) -> Result<&str, Status> {
     caller
         .username
         .strip_prefix("bot-")
@@ -212,7 +212,7 @@ pub fn caller_bot_name(caller: &TlsIdentity) -> Result<&str, Status> {
 }
 
 /// The bot's record: it must exist and not be locked.
-pub fn check_bot<'a>(st: &'a State, name: &str) -> Result<&'a Bot, Status> {
+pub(crate) fn check_bot<'a>(st: &'a State, name: &str) -> Result<&'a Bot, Status> {
     let bot = st
         .bots
         .get(name)
@@ -224,7 +224,10 @@ pub fn check_bot<'a>(st: &'a State, name: &str) -> Result<&'a Bot, Status> {
 }
 
 /// A renewal must come from a renewable certificate and name the caller's own user.
-pub fn check_renewal_request(caller: &TlsIdentity, req: &UserCertsRequest) -> Result<(), Status> {
+pub(crate) fn check_renewal_request(
+    caller: &TlsIdentity,
+    req: &UserCertsRequest,
+) -> Result<(), Status> {
     if !caller.renewable {
         return Err(denied(format!(
             "the certificate of user {} is not renewable",
@@ -244,7 +247,7 @@ pub fn check_renewal_request(caller: &TlsIdentity, req: &UserCertsRequest) -> Re
 /// On a match the stored generation is incremented and the updated bot returned; on a
 /// mismatch the bot is locked. A certificate of an earlier bot instance (the bot joined again
 /// since) is refused without locking.
-pub fn renew(bot: &mut Bot, caller: &TlsIdentity, name: &str) -> Result<Bot, Status> {
+pub(crate) fn renew(bot: &mut Bot, caller: &TlsIdentity, name: &str) -> Result<Bot, Status> {
     if !caller.bot_instance_id.is_empty() && caller.bot_instance_id != bot.instance_id {
         return Err(denied(format!(
             "bot instance {} of user bot-{name} was replaced by a newer join",
@@ -269,7 +272,7 @@ pub fn renew(bot: &mut Bot, caller: &TlsIdentity, name: &str) -> Result<Bot, Sta
 
 /// The roles an impersonation request gets: the requested ones, each of which the bot may
 /// impersonate, or all of the bot's roles when none are requested.
-pub fn impersonated_roles(
+pub(crate) fn impersonated_roles(
     bot: &Bot,
     name: &str,
     requested: &[String],
@@ -293,7 +296,7 @@ pub fn impersonated_roles(
 }
 
 /// The certificate TTL: until the requested expiry (default 1h), at most 24h, at least 1m.
-pub fn requested_ttl(req: &UserCertsRequest, now: SystemTime) -> Duration {
+pub(crate) fn requested_ttl(req: &UserCertsRequest, now: SystemTime) -> Duration {
     let Some(expires) = req.expires.and_then(|t| t.to_system_time()) else {
         return DEFAULT_TTL;
     };
@@ -467,7 +470,9 @@ mod tests {
         };
         let now = SystemTime::now();
         let certs = generate_user_certs(d.path(), &cas, &caller(1), &req, now).unwrap();
-        let (id, _) = idmux_identity::x509::tls_identity_of(std::str::from_utf8(&certs.tls).unwrap()).unwrap();
+        let (id, _) =
+            idmux_identity::x509::tls_identity_of(std::str::from_utf8(&certs.tls).unwrap())
+                .unwrap();
         assert_eq!((id.generation, id.renewable), (2, true));
         assert_eq!(
             certs.tls_ca_certs,

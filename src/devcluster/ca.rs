@@ -42,9 +42,7 @@ pub enum CaKind {
 }
 
 impl CaKind {
-    pub const ALL: [CaKind; 4] = [CaKind::User, CaKind::Host, CaKind::Db, CaKind::OpenSsh];
-
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CaKind::User => "user",
             CaKind::Host => "host",
@@ -145,7 +143,7 @@ impl Authority {
     }
 
     /// The CA's SSH public key as an authorized_keys line without newline.
-    pub fn ssh_public_line(&self) -> Result<String> {
+    pub(crate) fn ssh_public_line(&self) -> Result<String> {
         Ok(self.ssh_public()?.to_openssh()?)
     }
 
@@ -175,7 +173,7 @@ impl Authority {
     }
 
     /// Issue an X.509 leaf certificate for `subject_key` (a DER SubjectPublicKeyInfo).
-    pub fn issue_tls(&self, req: &TlsCertRequest) -> Result<String> {
+    pub(crate) fn issue_tls(&self, req: &TlsCertRequest) -> Result<String> {
         let signer = p256::ecdsa::SigningKey::from(&self.tls_key);
         let spki = SubjectPublicKeyInfoOwned::from_der(&req.subject_key_spki)?;
         let profile = Profile::Leaf {
@@ -228,7 +226,7 @@ pub struct SshCertRequest {
 }
 
 /// What goes into an X.509 leaf certificate.
-pub struct TlsCertRequest {
+pub(crate) struct TlsCertRequest {
     pub subject_key_spki: Vec<u8>,
     pub subject: Name,
     pub not_before: SystemTime,
@@ -306,7 +304,7 @@ impl ClusterCas {
     }
 
     /// Load the CAs from `dir`, creating them on first use.
-    pub fn load_or_create(dir: &Path, cluster: &str) -> Result<ClusterCas> {
+    pub(crate) fn load_or_create(dir: &Path, cluster: &str) -> Result<ClusterCas> {
         if dir.join("cluster_name").exists() {
             let cas = Self::load(dir)?;
             if cas.cluster != cluster {
@@ -322,17 +320,8 @@ impl ClusterCas {
         }
     }
 
-    pub fn all(&self) -> [&Authority; 4] {
+    pub(crate) fn all(&self) -> [&Authority; 4] {
         [&self.user, &self.host, &self.db, &self.openssh]
-    }
-
-    pub fn get(&self, kind: CaKind) -> &Authority {
-        match kind {
-            CaKind::User => &self.user,
-            CaKind::Host => &self.host,
-            CaKind::Db => &self.db,
-            CaKind::OpenSsh => &self.openssh,
-        }
     }
 
     /// Issue an SSH user certificate with Teleport's fields and extensions.
@@ -392,7 +381,12 @@ impl ClusterCas {
     }
 
     /// Issue an X.509 client certificate for the same identity.
-    pub fn issue_tls_user(&self, spki: &[u8], id: &TlsIdentity, ttl: Duration) -> Result<String> {
+    pub(crate) fn issue_tls_user(
+        &self,
+        spki: &[u8],
+        id: &TlsIdentity,
+        ttl: Duration,
+    ) -> Result<String> {
         let now = SystemTime::now();
         self.user.issue_tls(&TlsCertRequest {
             subject_key_spki: spki.to_vec(),
@@ -449,7 +443,7 @@ impl ClusterCas {
     }
 
     /// Issue an X.509 server certificate signed by the host CA.
-    pub fn issue_tls_server(
+    pub(crate) fn issue_tls_server(
         &self,
         spki: &[u8],
         common_name: &str,
@@ -502,7 +496,7 @@ fn spki_of(k: &KeyPair) -> Result<SubjectPublicKeyInfoOwned> {
 impl ClusterCas {
     /// Issue the SSH user cert and the X.509 client cert of one identity for a public key
     /// (given as SSH key and DER SubjectPublicKeyInfo of the same key).
-    pub fn issue_user_certs(
+    pub(crate) fn issue_user_certs(
         &self,
         ssh_pub: &PublicKey,
         spki: &[u8],

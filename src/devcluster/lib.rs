@@ -42,7 +42,7 @@ use idmux_identity::keys::{KeyPair, KeyType};
 use state::{Node, State};
 
 pub use idmux_wire::alpn::{PROXY_GRPC as ALPN_PROXY_GRPC, PROXY_SSH as ALPN_PROXY_SSH};
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// A node transport the proxy can serve (`--transports`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

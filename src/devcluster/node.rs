@@ -21,7 +21,7 @@ use idmux_identity::keys::{KeyPair, KeyType};
 const SSHD_TMPL: &str = include_str!("../../ssh/sshd_config.tmpl");
 
 /// Where sshd is looked for (Debian's package puts it in /usr/sbin).
-pub fn sshd_path() -> Result<PathBuf> {
+pub(crate) fn sshd_path() -> Result<PathBuf> {
     for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd"] {
         if Path::new(p).exists() {
             return Ok(PathBuf::from(p));
@@ -140,7 +140,7 @@ impl SshdNode {
     }
 
     /// Stop sshd and wait for it.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(2));
     }
 }

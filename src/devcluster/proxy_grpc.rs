@@ -28,11 +28,11 @@ use crate::router::{self, Caller};
 use crate::Ctx;
 use idmux_identity::TlsIdentity;
 use idmux_transport::grpc::{self, FRAME_SIZE};
+use idmux_transport::relay;
 use idmux_wire::proto::{
     ClusterDetails, Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest,
     ProxySshResponse, SshFrame, GET_CLUSTER_DETAILS, PROXY_SSH,
 };
-use idmux_transport::relay;
 
 /// How long a client may take to send the dial target.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -29,14 +29,14 @@ const NODE_QUEUE_CAP: usize = 16 << 20;
 
 /// A parsed `proxy:` subsystem request.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ProxyTarget {
+pub(crate) struct ProxyTarget {
     pub host: String,
     pub port: u16,
     pub cluster: String,
 }
 
 /// Parse `proxy:<host>:<port>[@<cluster>]` (pure).
-pub fn parse_subsystem(name: &str) -> Result<ProxyTarget> {
+pub(crate) fn parse_subsystem(name: &str) -> Result<ProxyTarget> {
     let rest = name
         .strip_prefix("proxy:")
         .ok_or_else(|| anyhow!("unsupported subsystem {name:?}"))?;
@@ -60,7 +60,7 @@ struct Authed {
 }
 
 /// One proxy SSH connection.
-pub struct ProxyConn {
+pub(crate) struct ProxyConn {
     ctx: Arc<Ctx>,
     /// CN of the TLS client certificate this connection came with.
     tls_user: String,

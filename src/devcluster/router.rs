@@ -15,7 +15,7 @@ use idmux_wire::hostport::clean_target_host;
 
 /// Why a dial is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No such cluster or node (gRPC NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
@@ -32,7 +32,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The gRPC status code Teleport's error conversion gives this kind of error.
-    pub fn grpc_code(&self) -> tonic::Code {
+    pub(crate) fn grpc_code(&self) -> tonic::Code {
         match self {
             Refusal::NotFound(_) => tonic::Code::NotFound,
             Refusal::Denied(_) => tonic::Code::PermissionDenied,
@@ -44,7 +44,7 @@ impl Refusal {
 
 /// Split a dial target `host:port` (`[v6]:port` too) as both transports receive it (pure).
 /// The error says what is wrong: `want host:port`, `empty host` or `bad port`.
-pub fn split_target(host_port: &str) -> Result<(&str, u16), &'static str> {
+pub(crate) fn split_target(host_port: &str) -> Result<(&str, u16), &'static str> {
     use idmux_wire::hostport::HostPortError;
     idmux_wire::hostport::split(host_port).map_err(|e| match e {
         HostPortError::NoPort => "want host:port",
@@ -55,7 +55,7 @@ pub fn split_target(host_port: &str) -> Result<(&str, u16), &'static str> {
 }
 
 /// The caller of a dial: its Teleport user (`bot-NAME` for bots) and roles.
-pub struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     pub username: &'a str,
     pub roles: &'a [String],
 }
@@ -63,7 +63,7 @@ pub struct Caller<'a> {
 /// Authorize `caller` to reach `host:port` in `cluster` (empty = this one), with the state
 /// in `dir` and the proxy's own host name (stripped from targets like Teleport does).
 /// Returns the node's TCP address.
-pub fn authorize(
+pub(crate) fn authorize(
     dir: &Path,
     proxy_host: &str,
     caller: &Caller<'_>,
@@ -76,7 +76,7 @@ pub fn authorize(
 }
 
 /// [`authorize`] over a loaded state (pure).
-pub fn decide(
+pub(crate) fn decide(
     st: &State,
     proxy_host: &str,
     caller: &Caller<'_>,

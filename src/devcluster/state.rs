@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use idmux_identity::fsutil::{self, PRIVATE};
 
 /// The trait reference that expands to a bot's logins.
-pub const LOGINS_TRAIT: &str = "{{internal.logins}}";
+pub(crate) const LOGINS_TRAIT: &str = "{{internal.logins}}";
 
 /// A role: the logins it grants and the nodes it reaches (by label; `*` matches all).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Role {
 
 impl Role {
     /// The default `access` role: the user's own logins on every node.
-    pub fn access() -> Role {
+    pub(crate) fn access() -> Role {
         Role {
             logins: vec![LOGINS_TRAIT.to_string()],
             node_labels: [("*".to_string(), vec!["*".to_string()])].into(),
@@ -36,7 +36,7 @@ impl Role {
     }
 
     /// Does this role reach a node with these labels?
-    pub fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
         if self.node_labels.is_empty() {
             return false;
         }
@@ -51,7 +51,7 @@ impl Role {
     }
 
     /// The logins this role grants, with `{{internal.logins}}` expanded from `traits`.
-    pub fn expand_logins(&self, trait_logins: &[String]) -> Vec<String> {
+    pub(crate) fn expand_logins(&self, trait_logins: &[String]) -> Vec<String> {
         let mut out = Vec::new();
         for l in &self.logins {
             if l == LOGINS_TRAIT {
@@ -129,7 +129,7 @@ impl State {
     }
 
     /// Change the state under the lock. Creates it (with the default `access` role) if missing.
-    pub fn modify<T>(dir: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    pub(crate) fn modify<T>(dir: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         fsutil::ensure_private_dir(dir)?;
         let lock_path = dir.join("state.lock");
         let lock = OpenOptions::new()
@@ -155,7 +155,7 @@ impl State {
     }
 
     /// Find a registered node by name, `name.<cluster>`, host UUID or address.
-    pub fn find_node(&self, host: &str, port: u16) -> Option<&Node> {
+    pub(crate) fn find_node(&self, host: &str, port: u16) -> Option<&Node> {
         let suffix = format!(".{}", self.cluster_name);
         let short = host.strip_suffix(&suffix).unwrap_or(host);
         self.nodes
@@ -164,7 +164,7 @@ impl State {
     }
 
     /// Take a join token: it must exist and be unexpired; `token` joins are single use.
-    pub fn take_token(&mut self, token: &str) -> Result<Token> {
+    pub(crate) fn take_token(&mut self, token: &str) -> Result<Token> {
         let t = self
             .tokens
             .remove(token)

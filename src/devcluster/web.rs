@@ -14,8 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::auth;
-use idmux_wire::web::RegisterUsingTokenRequest;
 use crate::Ctx;
+use idmux_wire::web::RegisterUsingTokenRequest;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -37,7 +37,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
 }
 
 /// The PingResponse JSON (same body for ping and find).
-pub fn ping_json(ctx: &Ctx) -> serde_json::Value {
+pub(crate) fn ping_json(ctx: &Ctx) -> serde_json::Value {
     json!({
         "auth": {
             "type": "local",
@@ -65,7 +65,7 @@ pub fn ping_json(ctx: &Ctx) -> serde_json::Value {
 }
 
 /// Serve one HTTP request.
-pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let resp = match (req.method(), path.as_str()) {

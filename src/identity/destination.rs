@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::files::write_ca_files;
-use crate::Identity;
 use crate::openssh::{self, Mode, SshConfigParams};
+use crate::Identity;
 
 /// The TLS CA certs (PEM) a destination dir gets, per CA.
 pub struct CaPems {

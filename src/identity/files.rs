@@ -19,10 +19,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::{Certificate, PublicKey};
 use sha2::Digest;
 
-use crate::x509 as ca;
 use crate::fsutil::{self, PRIVATE, PUBLIC};
 use crate::keys::{ssh_key_data_from_spki, KeyPair};
 use crate::tlsid::TlsIdentity;
+use crate::x509 as ca;
 
 /// A host CA key trusted for a cluster (one `@cert-authority` line).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl HostCa {
 }
 
 /// `alg b64` of a public key, without comment.
-pub fn key_text(k: &PublicKey) -> Result<String> {
+pub(crate) fn key_text(k: &PublicKey) -> Result<String> {
     let mut k = k.clone();
     k.set_comment("");
     Ok(k.to_openssh()?)
@@ -241,7 +241,7 @@ impl Identity {
     }
 
     /// Read and parse `path` as an identity file; errors name the file.
-    pub fn read_identity_file(path: &Path) -> Result<Identity> {
+    pub(crate) fn read_identity_file(path: &Path) -> Result<Identity> {
         let text = fsutil::read_string(path)?;
         Identity::parse_identity_file(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }

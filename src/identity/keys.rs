@@ -145,7 +145,7 @@ impl KeyPair {
     }
 
     /// Convert from an OpenSSH private key (Ed25519, ECDSA P-256 or RSA).
-    pub fn from_ssh(k: &PrivateKey) -> Result<KeyPair> {
+    pub(crate) fn from_ssh(k: &PrivateKey) -> Result<KeyPair> {
         match k.key_data() {
             KeypairData::Ed25519(kp) => Ok(KeyPair::Ed25519(
                 ed25519_dalek::SigningKey::from_bytes(&kp.private.to_bytes()),

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::fsutil::{self, PUBLIC};
 use crate::files::{key_text, HostCa};
+use crate::fsutil::{self, PUBLIC};
 
 const MAIN_TMPL: &str = include_str!("../../ssh/ssh_config.tmpl");
 const STDIO_TMPL: &str = include_str!("../../ssh/ssh_config_stdio.tmpl");
@@ -50,7 +50,7 @@ pub struct SshConfigParams {
 
 /// Quote one ProxyCommand argument as tbot does (`proxyCommandQuote`): single quotes, `'` as
 /// `'"'"'`, `%` doubled (ssh expands `%` tokens), newline as `'"\n"'`.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::from("'");
     for c in s.chars() {
         match c {
@@ -84,12 +84,12 @@ fn render(tmpl: &str, vars: &[(&str, &str)]) -> String {
 const DROP: &str = "@@drop@@";
 
 impl SshConfigParams {
-    pub fn proxy_addr(&self) -> String {
+    pub(crate) fn proxy_addr(&self) -> String {
         format!("{}:{}", self.proxy_host, self.proxy_port)
     }
 
     /// The ProxyCommand line for a cluster.
-    pub fn proxy_command(&self, cluster: &str) -> String {
+    pub(crate) fn proxy_command(&self, cluster: &str) -> String {
         match self.mode {
             Mode::Fdpass => {
                 // %h and %p are ssh tokens; only the cluster is literal (quoted, % doubled).
@@ -112,7 +112,7 @@ impl SshConfigParams {
     }
 
     /// The main `ssh_config`.
-    pub fn render_ssh_config(&self) -> String {
+    pub(crate) fn render_ssh_config(&self) -> String {
         let dir = path_value(&self.dir);
         let mut blocks = String::new();
         for c in &self.clusters {
@@ -167,7 +167,7 @@ impl SshConfigParams {
 
     /// The includable `<cluster>.ssh_config` (no Host line; always a stdio ProxyCommand with
     /// the key files, like tbot's).
-    pub fn render_cluster_ssh_config(&self, cluster: &str) -> String {
+    pub(crate) fn render_cluster_ssh_config(&self, cluster: &str) -> String {
         let stdio = SshConfigParams {
             mode: Mode::Stdio,
             ..self.clone()
@@ -213,7 +213,7 @@ pub fn render_known_hosts(proxy_host: &str, own_cluster: &str, cas: &[HostCa]) -
 const BARE_PATTERNS: &str = "*,!*.*,!*:*,!localhost";
 
 /// The per-cluster `<cluster>.known_hosts`.
-pub fn render_cluster_known_hosts(cluster: &str, cas: &[HostCa]) -> Result<String> {
+pub(crate) fn render_cluster_known_hosts(cluster: &str, cas: &[HostCa]) -> Result<String> {
     let mut out = format!("# Cluster specific known_hosts generated for cluster '{cluster}'\n");
     for ca in cas.iter().filter(|c| c.cluster == cluster) {
         out.push_str(&format!(
@@ -253,7 +253,7 @@ pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
 }
 
 /// The clusters of a set of host CAs, `own` first, without repeats.
-pub fn clusters_of(own: &str, cas: &[HostCa]) -> Vec<String> {
+pub(crate) fn clusters_of(own: &str, cas: &[HostCa]) -> Vec<String> {
     let mut out = vec![own.to_string()];
     for ca in cas {
         if !ca.cluster.is_empty() && !out.contains(&ca.cluster) {

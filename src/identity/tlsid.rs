@@ -15,20 +15,20 @@ use der::{Decode, Tag, Tagged};
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 
-pub const OID_CN: &str = "2.5.4.3";
-pub const OID_L: &str = "2.5.4.7";
-pub const OID_STREET: &str = "2.5.4.9";
-pub const OID_O: &str = "2.5.4.10";
-pub const OID_OU: &str = "2.5.4.11";
-pub const OID_POSTAL: &str = "2.5.4.17";
-pub const OID_TELEPORT_CLUSTER: &str = "1.3.9999.1.7";
-pub const OID_RENEWABLE: &str = "1.3.9999.1.13";
-pub const OID_GENERATION: &str = "1.3.9999.1.14";
-pub const OID_IMPERSONATOR: &str = "1.3.9999.2.7";
-pub const OID_DISALLOW_REISSUE: &str = "1.3.9999.2.9";
-pub const OID_SYSTEM_ROLES: &str = "1.3.9999.2.11";
-pub const OID_BOT_NAME: &str = "1.3.9999.2.18";
-pub const OID_BOT_INSTANCE_ID: &str = "1.3.9999.2.20";
+pub(crate) const OID_CN: &str = "2.5.4.3";
+pub(crate) const OID_L: &str = "2.5.4.7";
+pub(crate) const OID_STREET: &str = "2.5.4.9";
+pub(crate) const OID_O: &str = "2.5.4.10";
+pub(crate) const OID_OU: &str = "2.5.4.11";
+pub(crate) const OID_POSTAL: &str = "2.5.4.17";
+pub(crate) const OID_TELEPORT_CLUSTER: &str = "1.3.9999.1.7";
+pub(crate) const OID_RENEWABLE: &str = "1.3.9999.1.13";
+pub(crate) const OID_GENERATION: &str = "1.3.9999.1.14";
+pub(crate) const OID_IMPERSONATOR: &str = "1.3.9999.2.7";
+pub(crate) const OID_DISALLOW_REISSUE: &str = "1.3.9999.2.9";
+pub(crate) const OID_SYSTEM_ROLES: &str = "1.3.9999.2.11";
+pub(crate) const OID_BOT_NAME: &str = "1.3.9999.2.18";
+pub(crate) const OID_BOT_INSTANCE_ID: &str = "1.3.9999.2.20";
 
 /// The identity fields idmux reads and writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl TlsIdentity {
 }
 
 /// The string value of a directory attribute (Printable, UTF8 or IA5).
-pub fn attr_string(v: &Any) -> Result<String> {
+pub(crate) fn attr_string(v: &Any) -> Result<String> {
     match v.tag() {
         Tag::PrintableString | Tag::Utf8String | Tag::Ia5String | Tag::TeletexString => {
             Ok(String::from_utf8(v.value().to_vec())?)
@@ -168,7 +168,7 @@ pub fn attr_string(v: &Any) -> Result<String> {
 }
 
 /// The first value of an attribute type in a name (e.g. the issuer's O = cluster name).
-pub fn first_attr(name: &Name, oid_str: &str) -> Option<String> {
+pub(crate) fn first_attr(name: &Name, oid_str: &str) -> Option<String> {
     name.0
         .iter()
         .flat_map(|r| r.0.iter())

@@ -14,12 +14,12 @@ use russh::keys::ssh_key::{private::KeypairData, Certificate, HashAlg, PrivateKe
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use idmux_wire::agent::{
-    self as wire, AgentIdentity, SignRequest, FAILURE, MAX_FRAME, REQUEST_IDENTITIES,
-    RSA_SHA2_256, RSA_SHA2_512, SIGN_REQUEST,
+    self as wire, AgentIdentity, SignRequest, FAILURE, MAX_FRAME, REQUEST_IDENTITIES, RSA_SHA2_256,
+    RSA_SHA2_512, SIGN_REQUEST,
 };
 
 /// One key and its certificate.
-pub struct AgentKeys {
+pub(crate) struct AgentKeys {
     pub key: PrivateKey,
     pub cert: Certificate,
 }
@@ -42,7 +42,7 @@ impl Agent {
     }
 
     /// Answer one request message (type byte + payload); returns the reply message.
-    pub fn respond(&self, msg: &[u8]) -> Vec<u8> {
+    pub(crate) fn respond(&self, msg: &[u8]) -> Vec<u8> {
         self.try_respond(msg).unwrap_or_else(|| vec![FAILURE])
     }
 

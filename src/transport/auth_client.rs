@@ -16,15 +16,14 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
 use crate::refusal::{Refused, RefusedWith};
 use crate::tls;
 use idmux_identity::Identity;
+use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
 
 pub use idmux_wire::alpn::{auth as auth_alpn, AUTH_SERVER_NAME};
 /// How long one gRPC call may take once TLS is up.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connect to Auth through `proxy` (`host:port`) as `id`: TCP, then mutual TLS with SNI
 /// `teleport.cluster.local` and ALPN [`auth_alpn`] then `h2`.

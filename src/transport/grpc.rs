@@ -26,11 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::agent::Agent;
 use idmux_wire::proto::{
     Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest, ProxySshResponse,
     SshFrame, TargetHost, GET_CLUSTER_DETAILS, PROXY_SSH,
 };
-use crate::agent::Agent;
 
 /// ALPN of the proxy's gRPC TransportService.
 pub const ALPN_PROXY_GRPC: &[u8] = b"teleport-proxy-ssh-grpc";
@@ -393,7 +393,7 @@ impl GrpcProxy {
 }
 
 /// One line for a failed `ProxySSH`: the proxy's refusal, or what broke on the way.
-pub fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> String {
+pub(crate) fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> String {
     let msg = s.message().split_whitespace().collect::<Vec<_>>().join(" ");
     if std::error::Error::source(s).is_some() {
         // Made by tonic from a transport error: nothing came from the proxy.
@@ -409,7 +409,7 @@ pub fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> String {
 }
 
 /// A request carrying `payload` on the node's SSH stream.
-pub fn ssh_frame(payload: Bytes) -> ProxySshRequest {
+pub(crate) fn ssh_frame(payload: Bytes) -> ProxySshRequest {
     ProxySshRequest {
         dial_target: None,
         frame: Some(SshFrame::Ssh(Frame { payload })),
@@ -417,7 +417,7 @@ pub fn ssh_frame(payload: Bytes) -> ProxySshRequest {
 }
 
 /// A request carrying `payload` on the agent stream.
-pub fn agent_frame(payload: Bytes) -> ProxySshRequest {
+pub(crate) fn agent_frame(payload: Bytes) -> ProxySshRequest {
     ProxySshRequest {
         dial_target: None,
         frame: Some(SshFrame::Agent(Frame { payload })),

@@ -12,23 +12,14 @@
 use anyhow::Result;
 use russh::client::Handle;
 
+use crate::agent::Agent;
 use crate::grpc::{self, GrpcNode, GrpcProxy, ALPN_PROXY_GRPC};
 use crate::sshproxy::{self, NodeChannel, ProxyHandler};
 use crate::tls::{self, AlpnNotOffered, ALPN_PROXY_SSH};
 use idmux_identity::Identity;
-use crate::agent::Agent;
 
 /// Which transport carries node connections.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// gRPC, falling back to SSH when the proxy does not offer it.

@@ -29,7 +29,9 @@ impl Refused {
         match self.with {
             RefusedWith::Grpc(code) => matches!(
                 code,
-                tonic::Code::PermissionDenied | tonic::Code::NotFound | tonic::Code::Unauthenticated
+                tonic::Code::PermissionDenied
+                    | tonic::Code::NotFound
+                    | tonic::Code::Unauthenticated
             ),
             RefusedWith::Http(status) => matches!(status, 401 | 403),
         }

@@ -24,11 +24,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::agent::Agent;
 use crate::grpc::{self, GrpcNode, FRAME_SIZE};
 use crate::link::Node;
-use idmux_wire::proto::SshFrame;
-use crate::agent::Agent;
 use crate::sshproxy::NodeChannel;
+use idmux_wire::proto::SshFrame;
 
 /// Read size for the local input.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -36,7 +36,7 @@ pub const BUF_SIZE: usize = 64 * 1024;
 pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 
 /// First read size of a [`Chunks`] reader, and the least it shrinks back to.
-pub const MIN_CHUNK: usize = 4 * 1024;
+pub(crate) const MIN_CHUNK: usize = 4 * 1024;
 
 /// Reads a byte stream as `Bytes` chunks of its own, with no copy: bytes are read straight
 /// into a buffer's spare room and split off. The read size adapts: it doubles (up to the
@@ -104,7 +104,7 @@ where
 }
 
 /// [`relay`] over an SSH channel.
-pub async fn relay_ssh<R, W, E>(
+pub(crate) async fn relay_ssh<R, W, E>(
     node: NodeChannel,
     mut input: R,
     mut output: W,
@@ -232,7 +232,7 @@ where
 }
 
 /// How long a finished SSH relay waits for the proxy to close the channel before closing it.
-pub const PEER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const PEER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Drive `up` (local input to the node) and `down` (the node to local output) together until
 /// `down` ends: input ending cleanly lets the node's bytes flow on; an input error ends it all.
@@ -254,7 +254,7 @@ async fn both<T>(
 }
 
 /// [`relay`] over a gRPC `ProxySSH` stream.
-pub async fn relay_grpc<R, W, E>(
+pub(crate) async fn relay_grpc<R, W, E>(
     node: GrpcNode,
     mut input: R,
     mut output: W,

@@ -16,8 +16,8 @@ use russh::keys::{HashAlg, PrivateKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use idmux_identity::{rfc3339, unix_now, HostCa, Identity, KeyPair};
 use crate::tls;
+use idmux_identity::{rfc3339, unix_now, HostCa, Identity, KeyPair};
 
 /// How often to send an SSH keepalive to the proxy.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -50,7 +50,7 @@ impl client::Handler for ProxyHandler {
 }
 
 /// SHA-256 fingerprints of the host CA keys (what `Certificate::validate` takes).
-pub fn host_ca_fingerprints(cas: &[HostCa]) -> Vec<Fingerprint> {
+pub(crate) fn host_ca_fingerprints(cas: &[HostCa]) -> Vec<Fingerprint> {
     cas.iter()
         .map(|c| c.key.fingerprint(HashAlg::Sha256))
         .collect()
@@ -59,7 +59,7 @@ pub fn host_ca_fingerprints(cas: &[HostCa]) -> Vec<Fingerprint> {
 /// Accept only a host certificate signed by one of `trusted` (SHA-256 CA fingerprints), valid
 /// at `now` (unix seconds), that names `host` among its principals. The error is the whole
 /// message for the user.
-pub fn check_host_key(
+pub(crate) fn check_host_key(
     key: &PublicKeyOrCertificate,
     trusted: &[Fingerprint],
     host: &str,
@@ -120,7 +120,7 @@ pub fn check_host_key(
 
 /// The russh client configuration: host certificates of every supported key type, no
 /// inactivity timeout, a keepalive every [`KEEPALIVE`].
-pub fn client_config() -> Arc<client::Config> {
+pub(crate) fn client_config() -> Arc<client::Config> {
     let preferred = russh::Preferred {
         host_key_certificates: Cow::Owned(vec![
             Algorithm::Ed25519,
@@ -217,10 +217,10 @@ pub async fn close(handle: Handle<ProxyHandler>) {
 }
 
 /// How long [`close`] waits for the session to wind down.
-pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// One line for an SSH-level failure talking to the proxy (`proxy` as the user knows it).
-pub fn describe_ssh_error(proxy: &str, e: &russh::Error) -> String {
+pub(crate) fn describe_ssh_error(proxy: &str, e: &russh::Error) -> String {
     match e {
         russh::Error::IO(io) if tls::rustls_error(io).is_some() => {
             tls::describe_tls_error(proxy, &[tls::ALPN_PROXY_SSH], io)
@@ -284,7 +284,7 @@ impl russh::Signer for RsaSha512Signer {
 }
 
 /// The subsystem that asks the proxy for a node: `proxy:<host>:<port>[@<cluster>]`.
-pub fn subsystem_name(host: &str, port: u16, cluster: &str) -> String {
+pub(crate) fn subsystem_name(host: &str, port: u16, cluster: &str) -> String {
     if cluster.is_empty() {
         format!("proxy:{host}:{port}")
     } else {
@@ -336,7 +336,7 @@ pub async fn open_node(
 }
 
 /// The error for a refused subsystem request: the proxy's stderr text on one line.
-pub fn refusal_message(stderr: &[u8], host: &str, port: u16) -> String {
+pub(crate) fn refusal_message(stderr: &[u8], host: &str, port: u16) -> String {
     let text = String::from_utf8_lossy(stderr);
     let text = text
         .lines()

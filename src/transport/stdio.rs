@@ -89,7 +89,7 @@ fn socket(fd: OwnedFd) -> io::Result<UnixStream> {
 impl Stdin {
     /// Wrap `fd` (normally this process's stdin); when it is neither a pipe nor a socket,
     /// this process's stdin through tokio. Must be called inside a tokio runtime.
-    pub fn from_fd(fd: BorrowedFd<'_>) -> Stdin {
+    pub(crate) fn from_fd(fd: BorrowedFd<'_>) -> Stdin {
         let kind = kind_of(fd);
         if kind != Kind::Other {
             if let Some((dup, restore)) = prepare(fd) {
@@ -115,7 +115,7 @@ impl Stdin {
 impl Stdout {
     /// Wrap `fd` (normally this process's stdout); when it is neither a pipe nor a socket,
     /// this process's stdout through tokio. Must be called inside a tokio runtime.
-    pub fn from_fd(fd: BorrowedFd<'_>) -> Stdout {
+    pub(crate) fn from_fd(fd: BorrowedFd<'_>) -> Stdout {
         let kind = kind_of(fd);
         if kind != Kind::Other {
             if let Some((dup, restore)) = prepare(fd) {

@@ -23,13 +23,13 @@ use idmux_identity::Identity;
 use idmux_wire::hostport::split_host_port;
 
 /// ALPN of the proxy's SSH server (PROTOCOL.md section 4).
-pub const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
+pub(crate) const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
 
 /// The proxy does not serve the ALPN protocol asked for (it answered `no_application_protocol`
 /// or chose none): what `--transport auto` falls back on.
 #[derive(Debug, thiserror::Error)]
 #[error("proxy {proxy} does not offer ALPN {alpn}{}", if hint.is_empty() { String::new() } else { format!(" ({hint})") })]
-pub struct AlpnNotOffered {
+pub(crate) struct AlpnNotOffered {
     pub proxy: String,
     pub alpn: String,
     /// What to do about it, for the user.
@@ -37,12 +37,12 @@ pub struct AlpnNotOffered {
 }
 
 /// How long the TCP connect may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the TLS handshake may take once TCP is up.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The rustls client configuration for talking to the proxy as `id`.
-pub fn client_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
+pub(crate) fn client_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for (i, pem) in id.tls_cas.iter().enumerate() {
         let der = CertificateDer::from_pem_slice(pem.as_bytes())
@@ -76,7 +76,7 @@ pub fn client_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>>
 }
 
 /// The TLS server name for a host: an IP address when the host is an IP literal.
-pub fn server_name(host: &str) -> Result<ServerName<'static>> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerName::from(ip));
     }
@@ -86,7 +86,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 
 /// The one TCP connect to a proxy: [`CONNECT_TIMEOUT`], TCP_NODELAY, errors naming `proxy`.
 /// Every connection idmux makes to a proxy (node transports, Auth, the web API) starts here.
-pub async fn tcp_connect(proxy: &str) -> Result<TcpStream> {
+pub(crate) async fn tcp_connect(proxy: &str) -> Result<TcpStream> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(proxy)).await {
         Err(_) => bail!(
             "cannot reach proxy {proxy}: no answer within {}s",
@@ -103,13 +103,17 @@ pub async fn tcp_connect(proxy: &str) -> Result<TcpStream> {
 /// The one TLS handshake over a [`tcp_connect`]ed stream, within [`HANDSHAKE_TIMEOUT`].
 /// `Ok(Err(e))` is the handshake's own error, for the caller to word; a timeout is an error
 /// naming `what` (e.g. `proxy HOST:PORT`).
-pub async fn handshake(
+pub(crate) async fn handshake(
     what: &str,
     cfg: Arc<ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
 ) -> Result<io::Result<TlsStream<TcpStream>>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp)).await
+    match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
     {
         Err(_) => bail!(
             "{what} did not complete the TLS handshake within {}s",
@@ -157,7 +161,7 @@ fn not_offered(proxy: &str, alpn: &[&[u8]]) -> anyhow::Error {
 }
 
 /// The rustls error inside an I/O error from tokio-rustls, if there is one.
-pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+pub(crate) fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
@@ -220,7 +224,7 @@ fn cert_problem(e: &CertificateError) -> &'static str {
 
 /// A server's TLS alert about our client certificate, in words; `None` for alerts that are not
 /// about the certificate.
-pub fn alert_words(a: AlertDescription) -> Option<&'static str> {
+pub(crate) fn alert_words(a: AlertDescription) -> Option<&'static str> {
     Some(match a {
         AlertDescription::BadCertificate => "bad certificate",
         AlertDescription::UnsupportedCertificate => "unsupported certificate",
@@ -245,7 +249,7 @@ fn alpn_text(alpn: &[&[u8]]) -> String {
 }
 
 /// An I/O error in words, without the `(os error N)` suffix: `connection refused`.
-pub fn io_words(e: &io::Error) -> String {
+pub(crate) fn io_words(e: &io::Error) -> String {
     let s = e.to_string();
     let s = match s.rfind(" (os error ") {
         Some(i) if s.ends_with(')') => s[..i].to_string(),

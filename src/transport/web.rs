@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// How long a request may wait for the proxy's whole answer once TLS is up.
-pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the proxy's web certificate is checked.
 #[derive(Clone, Debug)]

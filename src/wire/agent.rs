@@ -37,7 +37,7 @@ pub fn get_string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 /// Take a big-endian u32 off the front of `b`.
-pub fn get_u32(b: &mut &[u8]) -> Option<u32> {
+pub(crate) fn get_u32(b: &mut &[u8]) -> Option<u32> {
     let (head, rest) = b.split_first_chunk::<4>()?;
     *b = rest;
     Some(u32::from_be_bytes(*head))
@@ -113,15 +113,6 @@ impl<'a> SignRequest<'a> {
             flags,
         })
     }
-
-    /// The whole message, type byte first.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SIGN_REQUEST];
-        put_string(&mut out, self.key_blob);
-        put_string(&mut out, self.data);
-        out.extend_from_slice(&self.flags.to_be_bytes());
-        out
-    }
 }
 
 /// SSH_AGENT_SIGN_RESPONSE carrying an encoded signature.
@@ -142,7 +133,10 @@ mod tests {
             blob: b"kb".to_vec(),
             comment: b"c".to_vec(),
         }]);
-        assert_eq!(m, [12, 0, 0, 0, 1, 0, 0, 0, 2, b'k', b'b', 0, 0, 0, 1, b'c']);
+        assert_eq!(
+            m,
+            [12, 0, 0, 0, 1, 0, 0, 0, 2, b'k', b'b', 0, 0, 0, 1, b'c']
+        );
         assert_eq!(parse_identities(&m).unwrap()[0].blob, b"kb");
         assert_eq!(parse_identities(&[12, 0, 0, 0, 0]).unwrap(), vec![]);
         assert_eq!(parse_identities(&[12, 0, 0, 0, 1]), Err(AnswerError::Short));
@@ -162,7 +156,6 @@ mod tests {
                 flags: RSA_SHA2_512
             }
         );
-        assert_eq!(r.encode(), raw);
         assert_eq!(SignRequest::parse(&raw[1..raw.len() - 1]), None);
         assert_eq!(frame(&[11]), [0, 0, 0, 1, 11]);
         assert_eq!(sign_response(b"s"), [14, 0, 0, 0, 1, b's']);

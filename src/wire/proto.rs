@@ -45,7 +45,7 @@ impl Timestamp {
 /// `UserCertsRequest.CertUsage`: what the certificates may be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
-pub enum CertUsage {
+pub(crate) enum CertUsage {
     /// SSH and TLS certificates for a whole session (what bots ask for).
     All = 0,
     /// An SSH certificate for one node.

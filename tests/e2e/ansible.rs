@@ -4,8 +4,6 @@
 //!
 //! Skipped (with a message) when `ansible` is not installed; `scripts/test.sh` installs it.
 
-
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};

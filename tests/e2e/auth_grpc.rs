@@ -1,17 +1,15 @@
 //! gRPC `GenerateUserCerts` end to end: a dev cluster child process, a bot joined over the web
 //! API (`curl`), then renewals and an impersonation request through the auth ALPN.
 
-
-
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use idmux_testkit::*;
-use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
+use idmux_testkit::*;
 use idmux_transport::auth_client::generate_user_certs;
 use idmux_wire::proto::{Certs, Timestamp, UserCertsRequest};
+use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
 use russh::keys::ssh_key::Certificate;
 
 fn b64(b: &[u8]) -> String {

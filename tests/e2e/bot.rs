@@ -1,8 +1,6 @@
 //! The bot (issue 4): `idmux start` joins, renews and writes the destination dir; restarts,
 //! proxy outages and every error case, end to end against the dev cluster with real OpenSSH.
 
-
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idmux_testkit::*;
 use idmux_identity::{Identity, KeyPair};
+use idmux_testkit::*;
 
 const C: &str = "dev.test";
 
@@ -29,7 +27,10 @@ fn start(args: &[String], extra: &[&str]) -> std::process::Output {
 
 fn generation(data: &Path) -> u64 {
     let tls = std::fs::read_to_string(data.join("tlscert")).unwrap();
-    idmux_identity::x509::tls_identity_of(&tls).unwrap().0.generation
+    idmux_identity::x509::tls_identity_of(&tls)
+        .unwrap()
+        .0
+        .generation
 }
 
 /// The one idmux error line of a failed command.

@@ -2,8 +2,6 @@
 //! rsync and parallel sessions through the proxy's SSH transport, and every refusal as one
 //! clear line on ssh's stderr.
 
-
-
 use std::process::Command;
 use std::time::Duration;
 

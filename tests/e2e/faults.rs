@@ -3,8 +3,6 @@
 //! bot's clock moved 5 minutes either way. Real ssh, sshd and the daemon throughout; `idmux
 //! start` flags come from `idmux_testkit::BotProc` (plus `IDMUX_TEST_START_ARGS`, e.g. a transport).
 
-
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};

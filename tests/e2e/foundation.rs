@@ -1,17 +1,15 @@
 //! Foundation (issue 2): identity formats, the CA, ssh_config and known_hosts, checked with
 //! real OpenSSH (`ssh -G`, `ssh-keygen -L`, a real `sshd`) and `openssl`.
 
-
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use idmux_testkit::*;
 use idmux_devcluster::ca::{ClusterCas, SshCertRequest};
 use idmux_devcluster::node::SshdNode;
 use idmux_identity::{Identity, KeyType};
+use idmux_testkit::*;
 use russh::keys::ssh_key::certificate::CertType;
 
 const CLUSTER: &str = "dev.test";

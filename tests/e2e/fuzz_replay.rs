@@ -143,7 +143,8 @@ fn write_seed_corpus() {
         );
         put("cert_pem", &format!("user-{i}"), id.tls_cert_pem.as_bytes());
         let kh =
-            idmux_identity::openssh::render_known_hosts("127.0.0.1", "seed.test", &id.host_cas).unwrap();
+            idmux_identity::openssh::render_known_hosts("127.0.0.1", "seed.test", &id.host_cas)
+                .unwrap();
         put("known_hosts", &format!("known_hosts-{i}"), kh.as_bytes());
     }
     let ec = KeyPair::generate(KeyType::EcdsaP256).unwrap();

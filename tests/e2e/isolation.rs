@@ -3,8 +3,6 @@
 //! refuses TLS clients without a certificate, with a wrong ALPN or with another CA's
 //! certificate; idmux refuses a proxy whose certificate is from another CA or for another name.
 
-
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idmux_testkit::*;
 use idmux_identity::{Identity, KeyPair};
+use idmux_testkit::*;
 
 const C: &str = "dev.test";
 

@@ -1,8 +1,6 @@
 //! The multiplexer (issue 5) end to end: ssh, scp, sftp, rsync and 100 concurrent sessions
 //! through idmux-fdpass and v1.sock; a proxy restart; hostile input on v1.sock.
 
-
-
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -388,7 +386,8 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
         })
     };
     assert!(
-        wait_for(Duration::from_secs(10), || agent_serial() == Some(serial_after)),
+        wait_for(Duration::from_secs(10), || agent_serial()
+            == Some(serial_after)),
         "agent.sock still serves serial {:?}, want {serial_after}",
         agent_serial()
     );

@@ -3,8 +3,6 @@
 //! then broken four ways), and the bot's logs (one line per renewal and per failure, JSON
 //! lines, never a key or the token).
 
-
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -6,8 +6,6 @@
 //! Each connection is what `idmux-fdpass` does (request + stderr fd via SCM_RIGHTS on
 //! v1.sock), then reads the node's SSH banner through the relayed stream and hangs up.
 
-
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,7 +24,9 @@ fn sizes() -> (usize, usize, usize) {
 
 /// One v1.sock connection: the request with a stderr pipe attached, then the node's banner.
 fn banner(sock: &Path, request: &str) -> Result<(), String> {
-    let line = idmux_client::mux::local::dial_v1(sock, request, Duration::from_secs(20))
+    let (target, _) = idmux_wire::v1::parse(format!("{request}\0").as_bytes())
+        .map_err(|e| format!("bad request {request:?}: {e}"))?;
+    let line = idmux_client::mux::local::dial_v1(sock, &target, Duration::from_secs(20))
         .map_err(|e| format!("no SSH banner; daemon said {e:#}"))?;
     if line.starts_with("SSH-2.0-") {
         Ok(())

@@ -5,8 +5,6 @@
 //! (The rest of the end-to-end suite runs once per transport: `IDMUX_TEST_TRANSPORT`, see
 //! `scripts/test.sh`.)
 
-
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -181,9 +179,7 @@ mod agent_proxy {
     use std::pin::Pin;
 
     use bytes::Bytes;
-    use idmux_wire::proto::{
-        ClusterDetails, Frame, ProxySshRequest, ProxySshResponse, SshFrame,
-    };
+    use idmux_wire::proto::{ClusterDetails, Frame, ProxySshRequest, ProxySshResponse, SshFrame};
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::Status;
 

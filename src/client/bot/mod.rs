@@ -1,8 +1,8 @@
 //! The bot (`idmux start`): join with a one-time token, keep a renewable identity in the data
 //! dir, renew it, and write identity outputs (destination dirs) as tbot does.
 //!
-//! - [`config`]: flags and the tbot v2 YAML config.
-//! - [`output`]: what a destination dir holds.
+//! - [`config`]: the tbot v2 YAML config and the bot's settings.
+//! - What a destination dir holds: `idmux_identity::destination`.
 //!
 //! Lifecycle: take `DATA/lock` (flock; a second bot on the same data dir stops), then load the
 //! stored identity: a valid one is renewed, an expired one (or a new token) joins again. Every
@@ -32,14 +32,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::Certificate;
 use tokio::sync::watch;
 
-use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
-use idmux_identity::fsutil;
+use config::BotConfig;
+use idmux_identity::destination::{self as output, CaPems};
 use idmux_identity::files::token_hash;
+use idmux_identity::fsutil;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
 use idmux_transport::refusal::Refused;
 use idmux_transport::web::WebClient;
-use config::BotConfig;
-use idmux_identity::destination::{self as output, CaPems};
+use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
 
 /// Hold `DATA/lock` for the life of the bot.
 pub fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -62,7 +62,7 @@ fn rfc3339(t: SystemTime) -> String {
 use idmux_wire::web::b64e as b64;
 
 /// Assemble an identity from a key and the certificates Auth returned.
-pub fn identity_from_certs(
+pub(crate) fn identity_from_certs(
     key: KeyPair,
     ssh: &str,
     tls: &str,
@@ -91,7 +91,7 @@ pub fn identity_from_certs(
 
 /// Join the cluster with a token: `GET /webapi/find` picks the key type, then
 /// `POST /webapi/host/credentials`.
-pub async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<Identity> {
+pub(crate) async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<Identity> {
     let find = web.get_json("/webapi/find").await?;
     let suite = find
         .pointer("/auth/signature_algorithm_suite")
@@ -158,7 +158,7 @@ async fn generate(
 
 /// Why a renewal failed, which decides what the bot does next.
 #[derive(Debug)]
-pub enum RenewError {
+pub(crate) enum RenewError {
     /// Asking again will not help (locked, generation mismatch, bot removed, token spent,
     /// access denied, a file the bot may not write): the bot stops.
     Final(anyhow::Error),
@@ -168,7 +168,7 @@ pub enum RenewError {
 
 impl RenewError {
     /// Classify by type: a [`Refused`] with a final code, or a local permission error.
-    pub fn classify(e: anyhow::Error) -> RenewError {
+    pub(crate) fn classify(e: anyhow::Error) -> RenewError {
         let is_final = e.chain().any(|c| {
             c.downcast_ref::<Refused>().is_some_and(Refused::is_final)
                 || c.downcast_ref::<std::io::Error>()

@@ -9,10 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
+use idmux_wire::v1::{self, Target};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// Send all of `data` on `s` with `fd` attached (SCM_RIGHTS) to the first part.
-pub fn send_with_fd(s: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> nix::Result<()> {
+pub(crate) fn send_with_fd(s: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> nix::Result<()> {
     let fds = [fd.as_raw_fd()];
     let mut sent = 0;
     while sent < data.len() {
@@ -28,15 +29,14 @@ pub fn send_with_fd(s: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> nix::Res
     Ok(())
 }
 
-/// Dial `target` (`host:port[|cluster]`) through `v1.sock` as idmux-fdpass does, with a pipe
-/// as the "stderr" the daemon reports failures on; returns the node's SSH banner line, or
-/// the daemon's error line. Each read waits at most `timeout`.
-pub fn dial_v1(sock: &Path, target: &str, timeout: Duration) -> Result<String> {
+/// Dial `target` through `v1.sock` as idmux-fdpass does, with a pipe as the "stderr" the
+/// daemon reports failures on; returns the node's SSH banner line, or the daemon's error
+/// line. Each read waits at most `timeout`.
+pub fn dial_v1(sock: &Path, target: &Target, timeout: Duration) -> Result<String> {
     let mut s = UnixStream::connect(sock)
         .map_err(|e| anyhow!("{}: cannot connect: {e}", sock.display()))?;
     let (err_r, err_w) = nix::unistd::pipe()?;
-    let req = format!("{target}\0");
-    send_with_fd(&s, req.as_bytes(), err_w.as_fd())
+    send_with_fd(&s, &v1::encode(target), err_w.as_fd())
         .map_err(|e| anyhow!("{}: cannot send the request: {e}", sock.display()))?;
     drop(err_w);
     let banner = read_line(&mut s, timeout)?;

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub requests_started: AtomicU64,
     pub handled_ok: AtomicU64,
     pub handled_error: AtomicU64,
@@ -31,7 +31,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -100,7 +100,7 @@ impl Metrics {
 }
 
 /// Serve `/metrics`, `/readyz` and `/livez` on `addr` until the process ends.
-pub async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> anyhow::Result<()> {
+pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--diag-addr {addr}: {e}"))?;

@@ -19,18 +19,18 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
-use idmux_transport::agent::Agent;
 use crate::mux::metrics::Metrics;
-use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
 use crate::mux::upstream::{IdentitySource, Upstream};
+use idmux_transport::agent::Agent;
 use idmux_transport::relay;
 use idmux_wire::hostport::clean_target_host;
+use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bind a unix socket owner-only, replacing a stale one.
-pub fn bind_owner_only(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind_owner_only(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         // A live daemon still answering means a second one must not steal the socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() && path.ends_with("v1.sock") {
@@ -202,7 +202,7 @@ async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<
 }
 
 /// Serve `v1.sock` in `dir` until the task is dropped.
-pub async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Result<()> {
+pub(crate) async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Result<()> {
     let listener = bind_owner_only(&dir.join("v1.sock"))?;
     let proxy_host = idmux_wire::hostport::host_of(&up.proxy).to_string();
     tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
@@ -221,7 +221,7 @@ pub async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Resul
 }
 
 /// Serve `agent.sock` in `dir`.
-pub async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
+pub(crate) async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
     let listener = bind_owner_only(&dir.join("agent.sock"))?;
     loop {
         match listener.accept().await {

@@ -21,9 +21,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use tokio::sync::{watch, Mutex};
 
-use idmux_transport::agent::Agent;
 use crate::mux::metrics::Metrics;
 use idmux_identity::Identity;
+use idmux_transport::agent::Agent;
 use idmux_transport::link::{self, Link, Node, TransportKind};
 
 /// One connection to the proxy.
@@ -34,7 +34,7 @@ struct Conn {
 }
 
 /// A channel's claim on its connection; releases the slot when dropped.
-pub struct Lease {
+pub(crate) struct Lease {
     conn: Arc<Conn>,
     metrics: Arc<Metrics>,
 }
@@ -46,7 +46,7 @@ impl Drop for Lease {
     }
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub proxy: String,
     source: IdentitySource,
     cap: usize,
@@ -242,12 +242,12 @@ impl Upstream {
     }
 
     /// The cluster and proxy host, for target name cleaning.
-    pub fn cluster(&self) -> String {
+    pub(crate) fn cluster(&self) -> String {
         self.current_identity().cluster_name().unwrap_or_default()
     }
 
     /// Keep one connection warm; reconnect with backoff when it drops.
-    pub async fn keep_warm(self: Arc<Self>) {
+    pub(crate) async fn keep_warm(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             // Picks up a renewed identity (and swaps the agent's keys) within 250 ms.

@@ -274,4 +274,3 @@ pub(super) fn check_certificate(id: &Identity, cert: &Certificate) -> Check {
         check(Status::Ok, N, text)
     }
 }
-

@@ -38,12 +38,12 @@ mod parse;
 mod remote;
 
 use local::*;
-pub use parse::*;
+use parse::*;
 use remote::*;
 
 /// `idmux doctor`.
 #[derive(Args, Debug)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// The destination dir to check (written by `idmux start` or tbot).
     #[arg(long)]
     pub destination_dir: PathBuf,
@@ -60,7 +60,7 @@ pub struct DoctorArgs {
 
 /// The verdict of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     Warn,
     Fail,
@@ -78,7 +78,7 @@ impl Status {
 
 /// One line of the report.
 #[derive(Clone, Debug)]
-pub struct Check {
+pub(crate) struct Check {
     pub status: Status,
     pub name: &'static str,
     pub detail: String,
@@ -105,8 +105,9 @@ fn check(status: Status, name: &'static str, detail: impl Into<String>) -> Check
 }
 
 /// Run every check; the lines in order.
-pub async fn checks(a: &DoctorArgs) -> Vec<Check> {
-    let dir = idmux_identity::paths::absolute(&a.destination_dir).unwrap_or(a.destination_dir.clone());
+pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
+    let dir =
+        idmux_identity::paths::absolute(&a.destination_dir).unwrap_or(a.destination_dir.clone());
     let mut out = Vec::new();
     let cfg = std::fs::read_to_string(dir.join("ssh_config")).unwrap_or_default();
     let fdpass = uses_fdpass(&cfg);
@@ -148,7 +149,17 @@ pub async fn checks(a: &DoctorArgs) -> Vec<Check> {
     }
     out.push(check_daemon(&dir, fdpass));
     if let Some(n) = &a.node {
-        out.push(check_node(n, &dir, fdpass, proxy.as_deref(), id.as_ref(), a.transport.into()).await);
+        out.push(
+            check_node(
+                n,
+                &dir,
+                fdpass,
+                proxy.as_deref(),
+                id.as_ref(),
+                a.transport.into(),
+            )
+            .await,
+        );
     }
     out
 }
@@ -176,4 +187,3 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -6,7 +6,7 @@ use russh::keys::ssh_key::Certificate;
 
 /// `(major, minor)` from `ssh -V` output such as `OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL ...`
 /// or `OpenSSH_for_Windows_8.1p1, LibreSSL 3.0.2`.
-pub fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
     let at = text.find("OpenSSH_")? + "OpenSSH_".len();
     let rest = &text[at..];
     let start = rest.find(|c: char| c.is_ascii_digit())?;
@@ -23,7 +23,7 @@ pub fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
 
 /// The proxy address an ssh_config written by idmux or tbot names: the stdio ProxyCommand's
 /// `--proxy-server=`, or idmux's `via proxy '...'` header in `<cluster>.ssh_config`.
-pub fn proxy_from_ssh_config(text: &str) -> Option<String> {
+pub(crate) fn proxy_from_ssh_config(text: &str) -> Option<String> {
     for marker in ["--proxy-server=", "--proxy-server ", "via proxy "] {
         if let Some(at) = text.find(marker) {
             let rest = text[at + marker.len()..].trim_start();
@@ -43,7 +43,7 @@ pub fn proxy_from_ssh_config(text: &str) -> Option<String> {
 }
 
 /// Does this ssh_config pass connections by fd (`ProxyUseFdpass yes`)?
-pub fn uses_fdpass(ssh_config: &str) -> bool {
+pub(crate) fn uses_fdpass(ssh_config: &str) -> bool {
     ssh_config.lines().any(|l| {
         let mut w = l.split_whitespace();
         matches!((w.next(), w.next()), (Some(k), Some(v)) if k.eq_ignore_ascii_case("ProxyUseFdpass") && v.eq_ignore_ascii_case("yes"))
@@ -52,7 +52,7 @@ pub fn uses_fdpass(ssh_config: &str) -> bool {
 
 /// The certificates in an ssh-agent `SSH_AGENT_IDENTITIES_ANSWER` (type 12) message body
 /// (after the length): plain keys are skipped.
-pub fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
+pub(crate) fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
     Ok(idmux_wire::agent::parse_identities(msg)?
         .iter()
         .filter_map(|k| Certificate::from_bytes(&k.blob).ok())
@@ -60,7 +60,7 @@ pub fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
 }
 
 /// Whole seconds as `1h2m` / `5m3s` / `40s`.
-pub fn short_duration(secs: u64) -> String {
+pub(crate) fn short_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     match (h, m) {
         (0, 0) => format!("{s}s"),
@@ -70,7 +70,7 @@ pub fn short_duration(secs: u64) -> String {
 }
 
 /// Split `host[:port]` (port 3022 by default).
-pub fn node_target(s: &str) -> Result<(String, u16)> {
+pub(crate) fn node_target(s: &str) -> Result<(String, u16)> {
     use idmux_wire::hostport::{split, HostPortError};
     match split(s) {
         Ok((h, port)) => Ok((h.to_string(), port)),
@@ -159,4 +159,3 @@ mod tests {
         assert_eq!(short_duration(3720), "1h2m");
     }
 }
-

@@ -267,10 +267,16 @@ pub(super) async fn check_node(
     let t0 = Instant::now();
     let (via, r) = if fdpass || dir.join("v1.sock").exists() {
         let v1 = dir.join("v1.sock");
-        let (h, p) = (host.clone(), port);
-        let r = tokio::task::spawn_blocking(move || local::dial_v1(&v1, &idmux_wire::hostport::join(&h, p), Duration::from_secs(15)))
-            .await
-            .unwrap_or_else(|e| Err(anyhow!("{e}")));
+        let target = idmux_wire::v1::Target {
+            host: host.clone(),
+            port,
+            cluster: String::new(),
+        };
+        let r = tokio::task::spawn_blocking(move || {
+            local::dial_v1(&v1, &target, Duration::from_secs(15))
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow!("{e}")));
         ("v1.sock".to_string(), r)
     } else {
         match (proxy, id) {
@@ -308,4 +314,3 @@ pub(super) async fn check_node(
         ),
     }
 }
-
