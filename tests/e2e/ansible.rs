@@ -213,6 +213,7 @@ const PLAYBOOK: &str = r#"- name: write and read back a file on every node
 
 #[test]
 fn ansible_ping_and_playbook_on_10_nodes_through_the_multiplexer() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     if !installed("ansible") || !installed("ansible-playbook") {
         println!(
             "SKIPPED ansible_ping_and_playbook_on_10_nodes_through_the_multiplexer: \

@@ -16,6 +16,7 @@ fn sha256(path: &std::path::Path) -> String {
 
 #[test]
 fn ssh_scp_sftp_rsync_and_parallel_sessions() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let cl = DevCluster::start(C, 1);
     let dest = cl.bot_destination("ci", &me(), "access", "1h", "stdio");
     let cfg = dest.join("ssh_config");

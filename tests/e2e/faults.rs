@@ -133,6 +133,7 @@ fn settle_fds(pid: u32, base: usize) -> usize {
 
 #[test]
 fn proxy_restart_under_50_open_sessions() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let mut cl = DevCluster::start(C, 1);
     let mut bot = BotProc::start(&cl, BotOptions::default());
     let cfg = bot.ssh_config();
@@ -459,6 +460,7 @@ fn error_line(o: &std::process::Output) -> String {
 
 #[test]
 fn data_dir_lock_held() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let cl = DevCluster::start(C, 1);
     let work = tempfile::tempdir().unwrap();
     let (data, dest) = (work.path().join("data"), work.path().join("dest"));

@@ -57,6 +57,7 @@ fn mode(p: &Path) -> u32 {
 
 #[test]
 fn openssh_tools_and_100_concurrent_sessions_through_fdpass() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let cl = DevCluster::start(C, 1);
     let d = daemon(&cl);
     let cfg = d.dest.join("ssh_config");
@@ -182,6 +183,7 @@ fn openssh_tools_and_100_concurrent_sessions_through_fdpass() {
 
 #[test]
 fn proxy_restart_recovers_within_two_seconds() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let mut cl = DevCluster::start(C, 1);
     let d = daemon(&cl);
     let cfg = d.dest.join("ssh_config");
@@ -443,6 +445,7 @@ fn standalone_multiplexer_reloads_and_reports_metrics() {
 /// One ssh client that stops reading must not stall the other sessions sharing the upstream.
 #[test]
 fn a_stalled_client_does_not_block_other_sessions() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let cl = DevCluster::start(C, 1);
     let d = daemon(&cl);
     let cfg = d.dest.join("ssh_config");

@@ -45,6 +45,7 @@ struct Sample {
 
 #[test]
 fn soak_sequential_and_concurrent() {
+    let _serial = exclusive(); // asserts a deadline or loads the machine
     let (seq, workers_n, per_worker) = sizes();
     let cl = DevCluster::start(C, 1);
     let mut bot = BotProc::start(&cl, BotOptions::default());
