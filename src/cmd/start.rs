@@ -210,34 +210,25 @@ pub fn run(a: StartArgs) -> Result<()> {
 /// The bot, and the multiplexer on its output when one is configured: the bot renews, the
 /// multiplexer follows each renewal through a `watch` (no file polling in one process).
 async fn run_bot(cfg: BotConfig) -> Result<()> {
-    let oneshot = cfg.oneshot;
-    let mux_opts = cfg.multiplexer.clone().map(|d| {
-        (
-            d,
-            cfg.proxy_server.clone(),
-            cfg.max_channels,
-            cfg.transport,
-            cfg.diag_addr,
-        )
-    });
     let mut bot = Bot::new(cfg)?;
     bot.start().await?;
-    if oneshot {
+    if bot.config().oneshot {
         return Ok(());
     }
-    if let Some((dir, proxy, cap, transport, diag_addr)) = mux_opts {
+    if let Some(dir) = bot.config().multiplexer.clone() {
         let dest = idmux_identity::paths::absolute(&dir)?;
         let identity = match bot.subscribe(&dest) {
             Some(rx) => IdentitySource::Watch(rx),
             None => IdentitySource::Poll(dest.clone()),
         };
+        let cfg = bot.config();
         let opts = MuxOptions {
             dest,
             identity,
-            proxy,
-            cap,
-            transport,
-            diag_addr,
+            proxy: cfg.proxy_server.clone(),
+            cap: cfg.max_channels,
+            transport: cfg.transport,
+            diag_addr: cfg.diag_addr,
         };
         tokio::spawn(async move {
             if let Err(e) = mux::run(opts).await {

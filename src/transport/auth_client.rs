@@ -91,12 +91,17 @@ pub async fn generate_user_certs(
         Ok(r) => Ok(r.into_inner()),
         // Auth's own refusal is typed (the bot stops on some codes); what broke on the way
         // (tonic made the status from a transport error) is a plain error.
-        Err(status) if std::error::Error::source(&status).is_none() => Err(Refused {
-            with: RefusedWith::Grpc(status.code()),
-            line: status_line(proxy, what, &status),
+        Err(status) => {
+            let line = status_line(proxy, what, &status);
+            if std::error::Error::source(&status).is_some() {
+                return Err(anyhow!("{line}"));
+            }
+            Err(Refused {
+                with: RefusedWith::Grpc(status.code()),
+                line,
+            }
+            .into())
         }
-        .into()),
-        Err(status) => Err(anyhow!("{}", status_line(proxy, what, &status))),
     }
 }
 

@@ -280,6 +280,11 @@ impl Bot {
         Ok(())
     }
 
+    /// The settings the bot runs with.
+    pub fn config(&self) -> &BotConfig {
+        &self.cfg
+    }
+
     /// Write every output, and send each one's identity to its subscribers.
     async fn write_outputs(&mut self) -> Result<()> {
         let bot = self
