@@ -74,3 +74,30 @@ mod tests {
         }
     }
 }
+
+/// The cluster's signature algorithm suite (`--signature-algorithm-suite`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SuiteArg {
+    /// RSA-2048 everywhere (clusters from before Teleport 17).
+    Legacy,
+    /// Ed25519 SSH CAs, ECDSA P-256 TLS CAs and bot keys (Teleport 17's default).
+    #[value(name = "balanced-v1")]
+    BalancedV1,
+    /// ECDSA P-256 CAs and keys (the FIPS suite's key types only: no FIPS validation here).
+    #[value(name = "fips-v1")]
+    FipsV1,
+    /// ECDSA P-256 CAs and keys (the HSM suite's key types; no HSM here).
+    #[value(name = "hsm-v1")]
+    HsmV1,
+}
+
+impl From<SuiteArg> for idmux_devcluster::ca::Suite {
+    fn from(s: SuiteArg) -> Self {
+        match s {
+            SuiteArg::Legacy => Self::Legacy,
+            SuiteArg::BalancedV1 => Self::BalancedV1,
+            SuiteArg::FipsV1 => Self::FipsV1,
+            SuiteArg::HsmV1 => Self::HsmV1,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::choices::{ModeArg, ProxyTransportArg};
+use super::choices::{ModeArg, ProxyTransportArg, SuiteArg};
 use idmux_devcluster::ca::ClusterCas;
 use idmux_devcluster::state::State;
 use idmux_identity::destination::{write_destination, CaPems};
@@ -57,6 +57,11 @@ pub(crate) struct StartArgs {
     /// Node transports the proxy serves (leave one out to act as an older or newer proxy).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,ssh")]
     pub transports: Vec<ProxyTransportArg>,
+    /// The signature algorithm suite: CA key types when the cluster is created, and the key
+    /// types bots use (default: balanced-v1 for a new cluster, else the stored one). On an
+    /// existing cluster the CAs keep their keys until rotated, as in Teleport.
+    #[arg(long, value_enum)]
+    pub signature_algorithm_suite: Option<SuiteArg>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +77,8 @@ pub(crate) enum BotsCmd {
         name: String,
         #[command(flatten)]
         d: DataDir,
-        /// Roles the bot may impersonate, comma separated.
+        /// Roles the bot may impersonate, comma separated (`--roles=` for none, as `tctl bots
+        /// add` without --roles: then every output must name roles, and cannot).
         #[arg(long, value_delimiter = ',', default_value = "access")]
         roles: Vec<String>,
         /// Node logins, comma separated.
@@ -147,6 +153,22 @@ pub(crate) enum AuthCmd {
         /// Proxy address for ssh_config (default: the running cluster's).
         #[arg(long)]
         proxy_server: Option<String>,
+        /// Also route bare one-label host names to the cluster (off, as tbot).
+        #[arg(long)]
+        bare_names: bool,
+    },
+    /// Move a CA rotation one phase on, as `tctl auth rotate --manual`: init (new keys
+    /// trusted), update_clients (new keys sign), update_servers (servers and nodes serve
+    /// certificates from the new keys), standby (old keys dropped), or rollback.
+    Rotate {
+        #[command(flatten)]
+        d: DataDir,
+        /// The CA: host, user, db or openssh.
+        #[arg(long = "type", value_parser = ["host", "user", "db", "openssh"])]
+        ca_type: String,
+        /// The phase to move to.
+        #[arg(long, value_parser = ["init", "update_clients", "update_servers", "rollback", "standby"])]
+        phase: String,
     },
 }
 
@@ -163,6 +185,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 name: a.name,
                 nodes: a.nodes,
                 transports: a.transports.iter().map(|&t| t.into()).collect(),
+                suite: a.signature_algorithm_suite.map(Into::into),
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {
@@ -177,6 +200,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             if logins.is_empty() {
                 bail!("--logins: give at least one node login (e.g. --logins=root)");
             }
+            let roles: Vec<String> = roles.into_iter().filter(|r| !r.is_empty()).collect();
             let (token, st) = idmux_devcluster::bots_add(&d.data_dir, &name, &roles, &logins, ttl)?;
             print_bot_added(&name, &token, ttl, &st, &d.data_dir, format);
             Ok(())
@@ -184,8 +208,8 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
         ClusterCmd::Bots(BotsCmd::Ls { d }) => {
             let st = State::load(&d.data_dir)?;
             println!(
-                "{:<20} {:<24} {:<20} {:<10} STATUS",
-                "BOT", "ROLES", "LOGINS", "GEN"
+                "{:<20} {:<24} {:<20} {:<6} {:<34} STATUS",
+                "BOT", "ROLES", "LOGINS", "GEN", "LAST HEARTBEAT"
             );
             for (n, b) in &st.bots {
                 let status = b
@@ -193,12 +217,27 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                     .as_deref()
                     .map(|r| format!("locked: {r}"))
                     .unwrap_or_else(|| "active".into());
+                let beat = b
+                    .heartbeats
+                    .last()
+                    .map(|h| {
+                        let kind = if h.one_shot {
+                            " one-shot"
+                        } else if h.is_startup {
+                            " startup"
+                        } else {
+                            ""
+                        };
+                        format!("{} ({}){kind}", h.at, h.hostname)
+                    })
+                    .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<20} {:<24} {:<20} {:<10} {status}",
+                    "{:<20} {:<24} {:<20} {:<6} {:<34} {status}",
                     n,
                     b.roles.join(","),
                     b.logins.join(","),
-                    b.generation
+                    b.generation,
+                    beat
                 );
             }
             Ok(())
@@ -253,6 +292,19 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             }
             Ok(())
         }
+        ClusterCmd::Auth(AuthCmd::Rotate { d, ca_type, phase }) => {
+            use idmux_devcluster::ca::CaKind;
+            let kind = match ca_type.as_str() {
+                "host" => CaKind::Host,
+                "user" => CaKind::User,
+                "db" => CaKind::Db,
+                _ => CaKind::OpenSsh,
+            };
+            let line =
+                idmux_devcluster::rotate_ca(&d.data_dir, kind, &phase, Duration::from_secs(30))?;
+            println!("{line}");
+            Ok(())
+        }
         ClusterCmd::Auth(AuthCmd::Sign {
             d,
             bot,
@@ -261,6 +313,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             key_type,
             mode,
             proxy_server,
+            bare_names,
         }) => {
             let ttl = parse_ttl(&ttl, "--ttl")?;
             let kind: KeyType = key_type.parse().context("--key-type")?;
@@ -282,11 +335,18 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             let id =
                 idmux_devcluster::auth::output_identity(&d.data_dir, &cas, &bot, &key, None, ttl)?;
             let pems = CaPems {
-                host: vec![cas.host.tls_cert_pem.clone()],
-                user: vec![cas.user.tls_cert_pem.clone()],
-                db: vec![cas.db.tls_cert_pem.clone()],
+                host: cas.host.trusted_tls_pems(),
+                user: cas.user.trusted_tls_pems(),
+                db: cas.db.trusted_tls_pems(),
             };
-            write_destination(&destination_dir, &id, &pems, &proxy, mode.into())?;
+            write_destination(
+                &destination_dir,
+                &id,
+                &pems,
+                &proxy,
+                mode.into(),
+                bare_names,
+            )?;
             println!("wrote {}", destination_dir.join("ssh_config").display());
             Ok(())
         }

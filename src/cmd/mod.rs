@@ -112,6 +112,9 @@ struct SshConfigArgs {
     /// How ssh reaches the proxy.
     #[arg(long, value_enum, default_value = "stdio")]
     mode: ModeArg,
+    /// Also route bare one-label host names (`ssh node-1`) to the cluster (off, as tbot).
+    #[arg(long)]
+    bare_names: bool,
 }
 
 /// Entry point of the `idmux` binary.
@@ -165,6 +168,7 @@ fn ssh_config(a: SshConfigArgs) -> Result<()> {
         &a.proxy_server,
         a.mode.into(),
         a.cluster,
+        a.bare_names,
     )?;
     openssh::write_files(&params, &id.host_cas)?;
     println!("wrote {}", params.dir.join("ssh_config").display());

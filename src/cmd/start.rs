@@ -68,9 +68,15 @@ pub(crate) struct StartArgs {
     /// subsystem), or auto: grpc, falling back to ssh when the proxy does not offer it.
     #[arg(long, value_enum)]
     pub transport: Option<TransportArg>,
-    /// Roles to impersonate in the output (default: all the bot's roles).
+    /// Roles to impersonate in the output (default: every role the bot role may
+    /// impersonate, read from the cluster as tbot does).
     #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
+    /// Also route bare one-label host names (`ssh node-1`) to the cluster in ssh_config and
+    /// known_hosts. Off by default, as tbot: an Include of ssh_config would otherwise send
+    /// every single-label host through the proxy.
+    #[arg(long)]
+    pub bare_names: bool,
 }
 
 /// Build the bot configuration from the config file and flags.
@@ -130,6 +136,7 @@ pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
             dir: d,
             roles: a.roles.clone(),
             mode,
+            bare_names: a.bare_names,
         });
     }
     c.diag_addr = a.diag_addr;
@@ -213,6 +220,7 @@ async fn run_bot(cfg: BotConfig) -> Result<()> {
     let mut bot = Bot::new(cfg)?;
     bot.start().await?;
     if bot.config().oneshot {
+        bot.heartbeat_once(std::time::Duration::from_secs(10)).await;
         return Ok(());
     }
     if let Some(dir) = bot.config().multiplexer.clone() {

@@ -159,25 +159,41 @@ pub(crate) fn issue_bot_identity(
     issue_for(cas, ssh_pub, spki, &f)
 }
 
-/// The host CA's `@cert-authority <cluster>,*.<cluster> <key> type=host` line with a newline,
-/// as `ssh_ca_certs` carries it.
-pub(crate) fn host_ca_line(cas: &ClusterCas) -> Result<String> {
-    Ok(format!(
-        "{}\n",
-        idmux_identity::HostCa {
-            cluster: cas.cluster.clone(),
-            key: cas.host.ssh_public()?
-        }
-        .authorized_hosts_line()?
-    ))
+/// The CA lists of a `proto.Certs` answer, as Teleport fills them (`lib/auth`
+/// `generateUserCert`): the user CA's trusted TLS certificates (PEM) and SSH keys (bare
+/// authorized_keys lines, `services.GetSSHCheckingKeys`), then, for a bot's own identity (a
+/// join or a renewal with a generation counter, `includeHostCA`), the host CA's. Returns
+/// `(tls_ca_certs, ssh_ca_certs)`.
+pub(crate) fn certs_ca_lists(
+    cas: &ClusterCas,
+    include_host_ca: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let mut tls = cas.user.trusted_tls_pems();
+    let mut ssh: Vec<String> = cas
+        .user
+        .trusted_ssh_lines()?
+        .into_iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if include_host_ca {
+        tls.extend(cas.host.trusted_tls_pems());
+        ssh.extend(
+            cas.host
+                .trusted_ssh_lines()?
+                .into_iter()
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    Ok((tls, ssh))
 }
 
 fn certs_json(cas: &ClusterCas, c: IssuedCerts) -> Result<CertsJson> {
+    let (tls_cas, ssh_cas) = certs_ca_lists(cas, true)?;
     Ok(CertsJson {
         ssh: b64e(format!("{}\n", c.ssh_cert.to_openssh()?).as_bytes()),
         tls: b64e(c.tls_cert_pem.as_bytes()),
-        tls_ca_certs: vec![b64e(cas.host.tls_cert_pem.as_bytes())],
-        ssh_ca_certs: vec![b64e(host_ca_line(cas)?.as_bytes())],
+        tls_ca_certs: tls_cas.iter().map(|c| b64e(c.as_bytes())).collect(),
+        ssh_ca_certs: ssh_cas.iter().map(|c| b64e(c.as_bytes())).collect(),
     })
 }
 

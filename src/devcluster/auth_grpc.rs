@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tonic::{Code, Status};
@@ -57,8 +56,8 @@ pub(crate) fn wants_auth(offered: &[Vec<u8>]) -> bool {
 }
 
 /// Auth's TLS server configuration: its key and certificate in `dir` (created on first use,
-/// the certificate reissued on every start), client certificates required from the user CA,
-/// ALPN `h2`.
+/// the certificate reissued on every start and CA change, from the serving host CA keys),
+/// client certificates required from a trusted user CA key, ALPN `h2`.
 pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerConfig> {
     let key = crate::key_file(&dir.join("auth_tls.key"), KeyType::EcdsaP256)?;
     let dns: Vec<String> = AUTH_DNS_NAMES.iter().map(|s| s.to_string()).collect();
@@ -70,11 +69,8 @@ pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerC
         Duration::from_secs(365 * 86400),
     )?;
     fsutil::write_atomic(&dir.join("auth_tls.crt"), cert.as_bytes(), PUBLIC)?;
-    let mut roots = RootCertStore::empty();
-    for c in crate::cert_chain(&cas.user.tls_cert_pem)? {
-        roots.add(c)?;
-    }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    // Every trusted user CA certificate (a rotation has two).
+    let verifier = WebPkiClientVerifier::builder(crate::user_roots(cas)?).build()?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(crate::cert_chain(&cert)?, key.to_rustls()?)?;
@@ -112,41 +108,120 @@ async fn route(
     caller: Arc<TlsIdentity>,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<tonic::body::Body> {
-    if req.uri().path() != GENERATE_USER_CERTS {
-        let msg = format!(
-            "{} is not served by the idmux dev cluster",
-            req.uri().path()
-        );
-        return Status::unimplemented(msg).into_http();
+    use crate::auth_resources as res;
+    use idmux_wire::services::*;
+    let path = req.uri().path().to_string();
+    let (c, who) = (ctx.clone(), caller.clone());
+    match path.as_str() {
+        GENERATE_USER_CERTS => {
+            unary(req, move |r: UserCertsRequest| {
+                generate_user_certs(&c.dir, &c.live().cas, &who, &r, SystemTime::now())
+            })
+            .await
+        }
+        GET_ROLE => {
+            unary(req, move |r: GetRoleRequest| {
+                let st = State::load(&c.dir).map_err(internal)?;
+                res::get_role(&st, &who, &r.name)
+            })
+            .await
+        }
+        GET_CLUSTER_CA_CERT => {
+            unary(req, move |_: Empty| {
+                Ok(res::get_cluster_ca_cert(&c.live().cas))
+            })
+            .await
+        }
+        GET_AUTH_PREFERENCE => {
+            unary(req, move |_: Empty| {
+                Ok(res::get_auth_preference(&c.live().cas))
+            })
+            .await
+        }
+        GET_CERT_AUTHORITY => {
+            unary(req, move |r: GetCertAuthorityRequest| {
+                res::get_cert_authority(&[&c.live().cas], &r)
+            })
+            .await
+        }
+        GET_CERT_AUTHORITIES => {
+            unary(req, move |r: GetCertAuthoritiesRequest| {
+                res::get_cert_authorities(&[&c.live().cas], &r)
+            })
+            .await
+        }
+        LIST_REMOTE_CLUSTERS => {
+            unary(req, move |r: ListRemoteClustersRequest| {
+                res::list_remote_clusters(&[], &r)
+            })
+            .await
+        }
+        SUBMIT_HEARTBEAT => {
+            unary(req, move |r: SubmitHeartbeatRequest| {
+                res::submit_heartbeat(&c.dir, &who, &r, SystemTime::now()).map(|()| Empty {})
+            })
+            .await
+        }
+        other => {
+            // What a real Auth answers for a method it does not have.
+            let msg = format!(
+                "unknown method {} for service {}",
+                method_of(other),
+                service_of(other)
+            );
+            Status::unimplemented(msg).into_http()
+        }
     }
-    let codec = tonic_prost::ProstCodec::<Certs, UserCertsRequest>::default();
+}
+
+fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
+}
+
+fn method_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or("")
+}
+
+/// Answer one unary call with `f`, run off the async workers (state changes take a file lock).
+async fn unary<Req, Resp, F>(
+    req: http::Request<hyper::body::Incoming>,
+    f: F,
+) -> http::Response<tonic::body::Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: Fn(Req) -> Result<Resp, Status> + Send + Sync + 'static,
+{
+    let codec = tonic_prost::ProstCodec::<Resp, Req>::default();
     tonic::server::Grpc::new(codec)
-        .unary(GenerateUserCerts { ctx, caller }, req)
+        .unary(Unary { f: Arc::new(f) }, req)
         .await
 }
 
-struct GenerateUserCerts {
-    ctx: Arc<Ctx>,
-    caller: Arc<TlsIdentity>,
+struct Unary<F> {
+    f: Arc<F>,
 }
 
-type CertsFuture = Pin<Box<dyn Future<Output = Result<tonic::Response<Certs>, Status>> + Send>>;
+type UnaryFuture<Resp> =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<Resp>, Status>> + Send>>;
 
-impl tonic::server::UnaryService<UserCertsRequest> for GenerateUserCerts {
-    type Response = Certs;
-    type Future = CertsFuture;
+impl<Req, Resp, F> tonic::server::UnaryService<Req> for Unary<F>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Result<Resp, Status> + Send + Sync + 'static,
+{
+    type Response = Resp;
+    type Future = UnaryFuture<Resp>;
 
-    fn call(&mut self, req: tonic::Request<UserCertsRequest>) -> CertsFuture {
-        let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
+    fn call(&mut self, req: tonic::Request<Req>) -> Self::Future {
+        let f = self.f.clone();
         Box::pin(async move {
             let req = req.into_inner();
-            // State changes take a file lock: keep them off the async workers.
-            let certs = tokio::task::spawn_blocking(move || {
-                generate_user_certs(&ctx.dir, &ctx.cas, &caller, &req, SystemTime::now())
-            })
-            .await
-            .map_err(|e| Status::internal(format!("certificate issuance failed: {e}")))??;
-            Ok(tonic::Response::new(certs))
+            let resp = tokio::task::spawn_blocking(move || f(req))
+                .await
+                .map_err(|e| Status::internal(format!("request failed: {e}")))??;
+            Ok(tonic::Response::new(resp))
         })
     }
 }
@@ -163,7 +238,8 @@ pub fn generate_user_certs(
     let (ssh_pub, spki) = auth::public_keys(&req.ssh_public_key, &req.tls_public_key)
         .map_err(|e| invalid_keys(req, e))?;
     let ttl = requested_ttl(req, now);
-    let issued = if req.use_role_requests {
+    let impersonating = req.use_role_requests;
+    let issued = if impersonating {
         if caller.disallow_reissue {
             return Err(denied(format!(
                 "user {} holds certificates that may not be reissued",
@@ -194,7 +270,7 @@ pub fn generate_user_certs(
         tracing::info!(bot = name, generation = bot.generation, "bot renewed");
         auth::issue_bot_identity(cas, name, &bot, &ssh_pub, &spki, ttl).map_err(internal)?
     };
-    to_certs(cas, issued).map_err(internal)
+    to_certs(cas, issued, !impersonating).map_err(internal)
 }
 
 /// The bot a caller is: its user is `bot-NAME`.
@@ -271,23 +347,33 @@ pub(crate) fn renew(bot: &mut Bot, caller: &TlsIdentity, name: &str) -> Result<B
 }
 
 /// The roles an impersonation request gets: the requested ones, each of which the bot may
-/// impersonate, or all of the bot's roles when none are requested.
+/// impersonate. Teleport refuses an empty list ("at least one role request is required",
+/// BadParameter, `ServerWithRoles.determineDesiredRolesAndTraits`) and a role the bot may not
+/// impersonate (AccessDenied, naming the user and the requested roles as Go's `%q` prints a
+/// `[]string`).
 pub(crate) fn impersonated_roles(
     bot: &Bot,
     name: &str,
     requested: &[String],
 ) -> Result<Vec<String>, Status> {
     if requested.is_empty() {
-        return Ok(bot.roles.clone());
+        return Err(Status::invalid_argument(
+            "at least one role request is required",
+        ));
     }
-    let mut out = Vec::new();
+    if let Some(r) = requested.iter().find(|r| !bot.roles.contains(r)) {
+        tracing::info!(
+            "access denied to 'bot-{name}' to impersonate roles '{r}' (may: {})",
+            bot.roles.join(", ")
+        );
+        let quoted: Vec<String> = requested.iter().map(|r| format!("{r:?}")).collect();
+        return Err(denied(format!(
+            "user \"bot-{name}\" has requested role impersonation for [{}]",
+            quoted.join(" ")
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
     for r in requested {
-        if !bot.roles.contains(r) {
-            return Err(denied(format!(
-                "user bot-{name} may not impersonate role {r:?} (roles: {})",
-                bot.roles.join(", ")
-            )));
-        }
         if !out.contains(r) {
             out.push(r.clone());
         }
@@ -306,12 +392,15 @@ pub(crate) fn requested_ttl(req: &UserCertsRequest, now: SystemTime) -> Duration
         .clamp(Duration::from_secs(60), MAX_RENEWABLE_TTL)
 }
 
-fn to_certs(cas: &ClusterCas, c: IssuedCerts) -> Result<Certs> {
+/// The answer: impersonated certificates get the user CA only, the bot's own identity the
+/// user CA then the host CA (see [`auth::certs_ca_lists`]).
+fn to_certs(cas: &ClusterCas, c: IssuedCerts, include_host_ca: bool) -> Result<Certs> {
+    let (tls, ssh) = auth::certs_ca_lists(cas, include_host_ca)?;
     Ok(Certs {
         ssh: format!("{}\n", c.ssh_cert.to_openssh()?).into_bytes(),
         tls: c.tls_cert_pem.into_bytes(),
-        tls_ca_certs: vec![cas.host.tls_cert_pem.clone().into_bytes()],
-        ssh_ca_certs: vec![auth::host_ca_line(cas)?.into_bytes()],
+        tls_ca_certs: tls.into_iter().map(String::into_bytes).collect(),
+        ssh_ca_certs: ssh.into_iter().map(String::into_bytes).collect(),
     })
 }
 
@@ -346,6 +435,7 @@ mod tests {
             generation,
             locked: None,
             instance_id: "inst-1".into(),
+            heartbeats: vec![],
         }
     }
 
@@ -422,17 +512,20 @@ mod tests {
     #[test]
     fn impersonation_is_a_subset_of_the_bot_roles() {
         let b = bot(1);
-        assert_eq!(
-            impersonated_roles(&b, "ci", &[]).unwrap(),
-            vec!["access".to_string(), "editor".to_string()]
-        );
+        // Teleport refuses an empty list; it never means "all roles".
+        let err = impersonated_roles(&b, "ci", &[]).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), "at least one role request is required");
         assert_eq!(
             impersonated_roles(&b, "ci", &["editor".into(), "editor".into()]).unwrap(),
             vec!["editor".to_string()]
         );
         let err = impersonated_roles(&b, "ci", &["access".into(), "admin".into()]).unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        assert!(err.message().contains("\"admin\""), "{err}");
+        assert_eq!(
+            err.message(),
+            r#"user "bot-ci" has requested role impersonation for ["access" "admin"]"#
+        );
     }
 
     #[test]
@@ -474,16 +567,35 @@ mod tests {
             idmux_identity::x509::tls_identity_of(std::str::from_utf8(&certs.tls).unwrap())
                 .unwrap();
         assert_eq!((id.generation, id.renewable), (2, true));
+        // The bot's own identity: user CA, then host CA; SSH CAs as bare keys.
+        let line = |a: &crate::ca::Authority| format!("{}\n", a.ssh_public_line().unwrap());
         assert_eq!(
             certs.tls_ca_certs,
-            vec![cas.host.tls_cert_pem.clone().into_bytes()]
+            vec![
+                cas.user.tls_cert_pem.clone().into_bytes(),
+                cas.host.tls_cert_pem.clone().into_bytes()
+            ]
         );
-        assert!(std::str::from_utf8(&certs.ssh_ca_certs[0])
+        assert_eq!(
+            certs.ssh_ca_certs,
+            vec![line(&cas.user).into_bytes(), line(&cas.host).into_bytes()]
+        );
+        assert!(std::str::from_utf8(&certs.ssh_ca_certs[1])
             .unwrap()
-            .starts_with("@cert-authority unit.test,*.unit.test "));
+            .starts_with("ssh-ed25519 AAAA"));
 
         req.use_role_requests = true;
+        // No roles: refused, as Teleport does.
+        let err = generate_user_certs(d.path(), &cas, &caller(2), &req, now).unwrap_err();
+        assert_eq!(err.message(), "at least one role request is required");
+        req.role_requests = vec!["access".into()];
         let certs = generate_user_certs(d.path(), &cas, &caller(2), &req, now).unwrap();
+        // Impersonated certificates carry the user CA only.
+        assert_eq!(
+            certs.tls_ca_certs,
+            vec![cas.user.tls_cert_pem.clone().into_bytes()]
+        );
+        assert_eq!(certs.ssh_ca_certs, vec![line(&cas.user).into_bytes()]);
         let ssh = russh::keys::ssh_key::Certificate::from_openssh(
             std::str::from_utf8(&certs.ssh).unwrap().trim(),
         )

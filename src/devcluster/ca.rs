@@ -31,6 +31,7 @@ use idmux_identity::fsutil::{self, PRIVATE, PUBLIC};
 use idmux_identity::keys::{KeyPair, KeyType};
 use idmux_identity::tlsid::TlsIdentity;
 use idmux_identity::x509::parse_cert_pem;
+pub use idmux_wire::resources::SignatureAlgorithmSuite as Suite;
 
 /// The kinds of certificate authority a cluster has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,39 +53,38 @@ impl CaKind {
     }
 }
 
-/// One certificate authority: an SSH signing key and an X.509 CA.
-pub struct Authority {
-    pub kind: CaKind,
+/// The keys of one CA generation: an SSH signing key and an X.509 CA certificate with its key.
+pub struct KeySet {
     pub ssh_key: KeyPair,
-    pub tls_key: p256::SecretKey,
+    pub tls_key: KeyPair,
     pub tls_cert_pem: String,
     pub tls_cert: x509_cert::Certificate,
 }
 
-impl Authority {
-    fn create(kind: CaKind, cluster: &str) -> Result<Authority> {
-        let ssh_key = KeyPair::generate(KeyType::Ed25519)?;
-        let tls_key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+impl KeySet {
+    pub(crate) fn create(cluster: &str, ssh: KeyType, tls: KeyType) -> Result<KeySet> {
+        let ssh_key = KeyPair::generate(ssh)?;
+        let tls_key = KeyPair::generate(tls)?;
         let subject = Name::from_str(&format!("CN={cluster},O={cluster}"))?;
-        let signer = p256::ecdsa::SigningKey::from(&tls_key);
-        let spki = spki_of(&KeyPair::EcdsaP256(tls_key.clone()))?;
+        let spki = spki_of(&tls_key)?;
         let now = SystemTime::now();
         let validity = validity(
             now - Duration::from_secs(60),
             now + Duration::from_secs(10 * 365 * 86400),
         )?;
-        let builder = CertificateBuilder::new(
-            Profile::Root,
-            random_serial()?,
-            validity,
-            subject,
-            spki,
-            &signer,
+        let cert = sign_cert(
+            &tls_key,
+            CertPlan {
+                profile: Profile::Root,
+                validity,
+                subject,
+                spki,
+                eku: false,
+                sans: vec![],
+            },
         )?;
-        let cert = builder.build::<p256::ecdsa::DerSignature>()?;
         let tls_cert_pem = cert.to_pem(der::pem::LineEnding::LF)?;
-        Ok(Authority {
-            kind,
+        Ok(KeySet {
             ssh_key,
             tls_key,
             tls_cert_pem,
@@ -92,59 +92,234 @@ impl Authority {
         })
     }
 
-    fn paths(dir: &Path, kind: CaKind) -> [PathBuf; 4] {
+    fn paths(dir: &Path, kind: CaKind, slot: &str) -> [PathBuf; 4] {
         let n = kind.name();
         [
-            dir.join(format!("{n}_ca_ssh.key")),
-            dir.join(format!("{n}_ca_ssh.pub")),
-            dir.join(format!("{n}_ca_tls.key")),
-            dir.join(format!("{n}_ca_tls.crt")),
+            dir.join(format!("{n}_ca{slot}_ssh.key")),
+            dir.join(format!("{n}_ca{slot}_ssh.pub")),
+            dir.join(format!("{n}_ca{slot}_tls.key")),
+            dir.join(format!("{n}_ca{slot}_tls.crt")),
         ]
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
-        let [ssh_key, ssh_pub, tls_key, tls_crt] = Self::paths(dir, self.kind);
+    fn save(&self, dir: &Path, kind: CaKind, slot: &str) -> Result<()> {
+        let [ssh_key, ssh_pub, tls_key, tls_crt] = Self::paths(dir, kind, slot);
         fsutil::write_atomic(&ssh_key, self.ssh_key.to_pem()?.as_bytes(), PRIVATE)?;
         fsutil::write_atomic(
             &ssh_pub,
             self.ssh_key.ssh_authorized_key()?.as_bytes(),
             PUBLIC,
         )?;
-        let tls_key_pem = KeyPair::EcdsaP256(self.tls_key.clone()).to_pem()?;
-        fsutil::write_atomic(&tls_key, tls_key_pem.as_bytes(), PRIVATE)?;
+        fsutil::write_atomic(&tls_key, self.tls_key.to_pem()?.as_bytes(), PRIVATE)?;
         fsutil::write_atomic(&tls_crt, self.tls_cert_pem.as_bytes(), PUBLIC)?;
         Ok(())
     }
 
-    fn load(dir: &Path, kind: CaKind) -> Result<Authority> {
-        let [ssh_key, _, tls_key, tls_crt] = Self::paths(dir, kind);
+    fn remove(dir: &Path, kind: CaKind, slot: &str) -> Result<()> {
+        for p in Self::paths(dir, kind, slot) {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    bail!("{}: cannot remove: {e}", p.display())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn load(dir: &Path, kind: CaKind, slot: &str) -> Result<Option<KeySet>> {
+        let [ssh_key, _, tls_key, tls_crt] = Self::paths(dir, kind, slot);
+        if !ssh_key.exists() && !slot.is_empty() {
+            return Ok(None);
+        }
         let read_key = |p: &Path| -> Result<KeyPair> {
             KeyPair::from_pem(&fsutil::read_string(p)?).with_context(|| p.display().to_string())
         };
         let ssh_key = read_key(&ssh_key)?;
-        let KeyPair::EcdsaP256(tls_key) = read_key(&tls_key)? else {
-            bail!("{}: the TLS CA key must be ECDSA P-256", tls_key.display());
-        };
+        let tls_key = read_key(&tls_key)?;
+        if tls_key.key_type() == KeyType::Ed25519 {
+            bail!(
+                "{}: a TLS CA key must be ECDSA P-256 or RSA",
+                tls_key_path(dir, kind, slot).display()
+            );
+        }
         let tls_cert_pem = fsutil::read_string(&tls_crt)?;
         let tls_cert =
             parse_cert_pem(&tls_cert_pem).with_context(|| tls_crt.display().to_string())?;
-        Ok(Authority {
-            kind,
+        Ok(Some(KeySet {
             ssh_key,
             tls_key,
             tls_cert_pem,
             tls_cert,
+        }))
+    }
+}
+
+fn tls_key_path(dir: &Path, kind: CaKind, slot: &str) -> PathBuf {
+    KeySet::paths(dir, kind, slot)[2].clone()
+}
+
+/// What goes into an X.509 certificate besides its issuer's key.
+struct CertPlan {
+    profile: Profile,
+    validity: Validity,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    /// Leaf certificates: server and client auth.
+    eku: bool,
+    sans: Vec<GeneralName>,
+}
+
+/// Sign a certificate with a CA key of either TLS type: ECDSA P-256 with SHA-256, or RSA
+/// PKCS#1 v1.5 with SHA-256 (the `legacy` suite's RSA-2048 CAs).
+fn sign_cert(key: &KeyPair, plan: CertPlan) -> Result<x509_cert::Certificate> {
+    match key {
+        KeyPair::EcdsaP256(k) => {
+            build_cert::<_, p256::ecdsa::DerSignature>(&p256::ecdsa::SigningKey::from(k), plan)
+        }
+        KeyPair::Rsa(k) => build_cert::<_, rsa::pkcs1v15::Signature>(
+            &rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone()),
+            plan,
+        ),
+        KeyPair::Ed25519(_) => bail!("a TLS CA key must be ECDSA P-256 or RSA"),
+    }
+}
+
+fn build_cert<S, Sig>(signer: &S, plan: CertPlan) -> Result<x509_cert::Certificate>
+where
+    S: rsa::signature::Keypair
+        + spki::DynSignatureAlgorithmIdentifier
+        + rsa::signature::Signer<Sig>,
+    S::VerifyingKey: spki::EncodePublicKey,
+    Sig: spki::SignatureBitStringEncoding,
+{
+    let mut builder = CertificateBuilder::new(
+        plan.profile,
+        random_serial()?,
+        plan.validity,
+        plan.subject,
+        plan.spki,
+        signer,
+    )?;
+    if plan.eku {
+        builder.add_extension(&ExtendedKeyUsage(vec![
+            const_oid::db::rfc5280::ID_KP_SERVER_AUTH,
+            const_oid::db::rfc5280::ID_KP_CLIENT_AUTH,
+        ]))?;
+    }
+    if !plan.sans.is_empty() {
+        builder.add_extension(&SubjectAltName(plan.sans))?;
+    }
+    Ok(builder.build::<Sig>()?)
+}
+
+/// One certificate authority: the active keys (what it signs with) and the additional trusted
+/// keys (during a rotation: the next keys in `init`, the previous keys from `update_clients`
+/// until `standby`). Reads of the active keys go through `Deref` (`ca.tls_cert_pem`).
+pub struct Authority {
+    pub kind: CaKind,
+    pub active: KeySet,
+    pub additional: Option<KeySet>,
+    /// The rotation phase: `standby` (no rotation), `init`, `update_clients`, `update_servers`.
+    pub phase: String,
+}
+
+impl std::ops::Deref for Authority {
+    type Target = KeySet;
+    fn deref(&self) -> &KeySet {
+        &self.active
+    }
+}
+
+/// The CA key types of a signature algorithm suite (`lib/cryptosuites/suites.go`): SSH CA and
+/// TLS CA. Database CAs are RSA-2048 in every suite.
+pub fn ca_key_types(suite: Suite, kind: CaKind) -> (KeyType, KeyType) {
+    let tls_db = KeyType::Rsa2048;
+    let (ssh, tls) = match suite {
+        Suite::Legacy | Suite::Unspecified => (KeyType::Rsa2048, KeyType::Rsa2048),
+        Suite::BalancedV1 => (KeyType::Ed25519, KeyType::EcdsaP256),
+        Suite::FipsV1 | Suite::HsmV1 => (KeyType::EcdsaP256, KeyType::EcdsaP256),
+    };
+    match kind {
+        CaKind::Db => (ssh, tls_db),
+        _ => (ssh, tls),
+    }
+}
+
+impl Authority {
+    fn create(kind: CaKind, cluster: &str, suite: Suite) -> Result<Authority> {
+        let (ssh, tls) = ca_key_types(suite, kind);
+        Ok(Authority {
+            kind,
+            active: KeySet::create(cluster, ssh, tls)?,
+            additional: None,
+            phase: "standby".into(),
         })
     }
 
-    /// The CA's SSH public key.
+    fn phase_path(dir: &Path, kind: CaKind) -> PathBuf {
+        dir.join(format!("{}_ca_rotation", kind.name()))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        // The additional keys are written before the active ones change, and removed after.
+        if let Some(a) = &self.additional {
+            a.save(dir, self.kind, "_additional")?;
+        }
+        self.active.save(dir, self.kind, "")?;
+        if self.additional.is_none() {
+            KeySet::remove(dir, self.kind, "_additional")?;
+        }
+        fsutil::write_atomic(
+            &Self::phase_path(dir, self.kind),
+            format!("{}\n", self.phase).as_bytes(),
+            PUBLIC,
+        )
+    }
+
+    fn load(dir: &Path, kind: CaKind) -> Result<Authority> {
+        let active = KeySet::load(dir, kind, "")?
+            .ok_or_else(|| anyhow::anyhow!("{}: no {} CA", dir.display(), kind.name()))?;
+        let additional = KeySet::load(dir, kind, "_additional")?;
+        let phase = match std::fs::read_to_string(Self::phase_path(dir, kind)) {
+            Ok(s) => s.trim().to_string(),
+            Err(_) => "standby".into(),
+        };
+        Ok(Authority {
+            kind,
+            active,
+            additional,
+            phase,
+        })
+    }
+
+    /// The trusted key sets: active, then additional trusted.
+    pub fn trusted(&self) -> impl Iterator<Item = &KeySet> {
+        std::iter::once(&self.active).chain(self.additional.as_ref())
+    }
+
+    /// The trusted SSH public keys as authorized_keys lines (no newline), active first.
+    pub fn trusted_ssh_lines(&self) -> Result<Vec<String>> {
+        self.trusted().map(|k| k.ssh_public_line()).collect()
+    }
+
+    /// The trusted TLS CA certificates (PEM), active first.
+    pub fn trusted_tls_pems(&self) -> Vec<String> {
+        self.trusted().map(|k| k.tls_cert_pem.clone()).collect()
+    }
+}
+
+impl KeySet {
+    /// The SSH public key.
     pub fn ssh_public(&self) -> Result<PublicKey> {
         self.ssh_key.ssh_public()
     }
 
-    /// The CA's SSH public key as an authorized_keys line without newline.
-    pub(crate) fn ssh_public_line(&self) -> Result<String> {
-        Ok(self.ssh_public()?.to_openssh()?)
+    /// The SSH public key as an authorized_keys line without newline or comment.
+    pub fn ssh_public_line(&self) -> Result<String> {
+        let mut k = self.ssh_public()?;
+        k.set_comment("");
+        Ok(k.to_openssh()?)
     }
 
     /// Sign an SSH certificate.
@@ -174,26 +349,6 @@ impl Authority {
 
     /// Issue an X.509 leaf certificate for `subject_key` (a DER SubjectPublicKeyInfo).
     pub(crate) fn issue_tls(&self, req: &TlsCertRequest) -> Result<String> {
-        let signer = p256::ecdsa::SigningKey::from(&self.tls_key);
-        let spki = SubjectPublicKeyInfoOwned::from_der(&req.subject_key_spki)?;
-        let profile = Profile::Leaf {
-            issuer: self.tls_cert.tbs_certificate.subject.clone(),
-            enable_key_agreement: false,
-            enable_key_encipherment: true,
-        };
-        let validity = validity(req.not_before, req.not_after)?;
-        let mut builder = CertificateBuilder::new(
-            profile,
-            random_serial()?,
-            validity,
-            req.subject.clone(),
-            spki,
-            &signer,
-        )?;
-        builder.add_extension(&ExtendedKeyUsage(vec![
-            const_oid::db::rfc5280::ID_KP_SERVER_AUTH,
-            const_oid::db::rfc5280::ID_KP_CLIENT_AUTH,
-        ]))?;
         let mut sans = Vec::new();
         for d in &req.dns_names {
             sans.push(GeneralName::DnsName(Ia5String::new(d)?));
@@ -205,10 +360,21 @@ impl Authority {
             };
             sans.push(GeneralName::IpAddress(OctetString::new(bytes)?));
         }
-        if !sans.is_empty() {
-            builder.add_extension(&SubjectAltName(sans))?;
-        }
-        let cert = builder.build::<p256::ecdsa::DerSignature>()?;
+        let cert = sign_cert(
+            &self.tls_key,
+            CertPlan {
+                profile: Profile::Leaf {
+                    issuer: self.tls_cert.tbs_certificate.subject.clone(),
+                    enable_key_agreement: false,
+                    enable_key_encipherment: true,
+                },
+                validity: validity(req.not_before, req.not_after)?,
+                subject: req.subject.clone(),
+                spki: SubjectPublicKeyInfoOwned::from_der(&req.subject_key_spki)?,
+                eku: true,
+                sans,
+            },
+        )?;
         Ok(cert.to_pem(der::pem::LineEnding::LF)?)
     }
 }
@@ -235,9 +401,11 @@ pub(crate) struct TlsCertRequest {
     pub ips: Vec<IpAddr>,
 }
 
-/// The four CAs of one cluster.
+/// The four CAs of one cluster, and its signature algorithm suite (the auth preference: CA
+/// key types at creation and rotation, and what bots generate).
 pub struct ClusterCas {
     pub cluster: String,
+    pub suite: Suite,
     pub user: Authority,
     pub host: Authority,
     pub db: Authority,
@@ -261,8 +429,14 @@ pub struct UserCertFields<'a> {
 }
 
 impl ClusterCas {
-    /// Create a cluster's CAs in `dir` (0700), or fail if they exist.
+    /// Create a `balanced-v1` cluster's CAs in `dir` (0700), or fail if they exist.
     pub fn create(dir: &Path, cluster: &str) -> Result<ClusterCas> {
+        Self::create_with_suite(dir, cluster, Suite::BalancedV1)
+    }
+
+    /// Create a cluster's CAs in `dir` (0700) with the key types of `suite`, or fail if they
+    /// exist.
+    pub fn create_with_suite(dir: &Path, cluster: &str, suite: Suite) -> Result<ClusterCas> {
         if dir.join("cluster_name").exists() {
             bail!(
                 "{}: a certificate authority already exists here",
@@ -272,14 +446,16 @@ impl ClusterCas {
         fsutil::ensure_private_dir(dir)?;
         let cas = ClusterCas {
             cluster: cluster.to_string(),
-            user: Authority::create(CaKind::User, cluster)?,
-            host: Authority::create(CaKind::Host, cluster)?,
-            db: Authority::create(CaKind::Db, cluster)?,
-            openssh: Authority::create(CaKind::OpenSsh, cluster)?,
+            suite,
+            user: Authority::create(CaKind::User, cluster, suite)?,
+            host: Authority::create(CaKind::Host, cluster, suite)?,
+            db: Authority::create(CaKind::Db, cluster, suite)?,
+            openssh: Authority::create(CaKind::OpenSsh, cluster, suite)?,
         };
         for a in cas.all() {
             a.save(dir)?;
         }
+        cas.save_suite(dir)?;
         // Written last: its presence marks a complete CA folder.
         fsutil::write_atomic(
             &dir.join("cluster_name"),
@@ -294,7 +470,19 @@ impl ClusterCas {
         let cluster = fsutil::read_string(&dir.join("cluster_name"))?
             .trim()
             .to_string();
+        // CA folders from before suites were balanced-v1.
+        let suite = match std::fs::read_to_string(dir.join("suite")) {
+            Ok(s) => Suite::from_name(s.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: unknown suite {:?}",
+                    dir.join("suite").display(),
+                    s.trim()
+                )
+            })?,
+            Err(_) => Suite::BalancedV1,
+        };
         Ok(ClusterCas {
+            suite,
             user: Authority::load(dir, CaKind::User)?,
             host: Authority::load(dir, CaKind::Host)?,
             db: Authority::load(dir, CaKind::Db)?,
@@ -303,10 +491,62 @@ impl ClusterCas {
         })
     }
 
-    /// Load the CAs from `dir`, creating them on first use.
-    pub(crate) fn load_or_create(dir: &Path, cluster: &str) -> Result<ClusterCas> {
+    fn save_suite(&self, dir: &Path) -> Result<()> {
+        fsutil::write_atomic(
+            &dir.join("suite"),
+            format!("{}\n", self.suite.name()).as_bytes(),
+            PUBLIC,
+        )
+    }
+
+    /// Save the CA (after a rotation step).
+    pub(crate) fn save_authority(&self, dir: &Path, kind: CaKind) -> Result<()> {
+        self.get(kind).save(dir)
+    }
+
+    /// The host CA keys servers present certificates from: the active keys, except in
+    /// `update_clients`, where clients already sign with the new keys but servers still serve
+    /// the old ones until `update_servers` (`lib/auth/rotate.go`).
+    pub fn serving_host_keys(&self) -> &KeySet {
+        match (&self.host.additional, self.host.phase.as_str()) {
+            (Some(old), "update_clients") => old,
+            _ => &self.host.active,
+        }
+    }
+
+    /// The CA of a kind.
+    pub fn get(&self, kind: CaKind) -> &Authority {
+        match kind {
+            CaKind::User => &self.user,
+            CaKind::Host => &self.host,
+            CaKind::Db => &self.db,
+            CaKind::OpenSsh => &self.openssh,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, kind: CaKind) -> &mut Authority {
+        match kind {
+            CaKind::User => &mut self.user,
+            CaKind::Host => &mut self.host,
+            CaKind::Db => &mut self.db,
+            CaKind::OpenSsh => &mut self.openssh,
+        }
+    }
+
+    /// Load the CAs from `dir`, creating them on first use with `suite` (default
+    /// balanced-v1). A suite given for an existing cluster changes its auth preference only:
+    /// the CAs keep their keys until rotated, as in Teleport.
+    pub(crate) fn load_or_create(
+        dir: &Path,
+        cluster: &str,
+        suite: Option<Suite>,
+    ) -> Result<ClusterCas> {
         if dir.join("cluster_name").exists() {
-            let cas = Self::load(dir)?;
+            let mut cas = Self::load(dir)?;
+            if let Some(s) = suite.filter(|s| *s != cas.suite) {
+                cas.suite = s;
+                cas.save_suite(dir)?;
+            }
             if cas.cluster != cluster {
                 bail!(
                     "{}: holds the CAs of cluster {:?}, not {cluster:?}",
@@ -316,7 +556,7 @@ impl ClusterCas {
             }
             Ok(cas)
         } else {
-            Self::create(dir, cluster)
+            Self::create_with_suite(dir, cluster, suite.unwrap_or(Suite::BalancedV1))
         }
     }
 
@@ -430,7 +670,7 @@ impl ClusterCas {
         ext.insert("x-teleport-role".to_string(), role.to_string());
         ext.insert("x-teleport-authority".to_string(), c.clone());
         let now = SystemTime::now();
-        self.host.sign_ssh(&SshCertRequest {
+        self.serving_host_keys().sign_ssh(&SshCertRequest {
             public_key: key.clone(),
             cert_type: CertType::Host,
             key_id: String::new(),
@@ -457,7 +697,7 @@ impl ClusterCas {
             teleport_cluster: self.cluster.clone(),
             ..Default::default()
         };
-        self.host.issue_tls(&TlsCertRequest {
+        self.serving_host_keys().issue_tls(&TlsCertRequest {
             subject_key_spki: spki.to_vec(),
             subject: id.to_name()?,
             not_before: now - Duration::from_secs(60),
@@ -539,11 +779,17 @@ impl ClusterCas {
             key: key.clone(),
             ssh_cert,
             tls_cert_pem,
-            host_cas: vec![idmux_identity::HostCa {
-                cluster: self.cluster.clone(),
-                key: self.host.ssh_public()?,
-            }],
-            tls_cas: vec![self.host.tls_cert_pem.clone()],
+            host_cas: self
+                .host
+                .trusted()
+                .map(|k| {
+                    Ok(idmux_identity::HostCa {
+                        cluster: self.cluster.clone(),
+                        key: k.ssh_public()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            tls_cas: self.host.trusted_tls_pems(),
         })
     }
 }

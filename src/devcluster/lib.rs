@@ -16,10 +16,12 @@
 
 pub mod auth;
 pub mod auth_grpc;
+pub mod auth_resources;
 pub mod ca;
 pub mod node;
 pub mod proxy_grpc;
 pub mod proxy_ssh;
+pub mod rotate;
 pub mod router;
 pub mod state;
 pub mod web;
@@ -56,10 +58,23 @@ pub enum ProxyTransport {
 /// What every connection handler needs.
 pub struct Ctx {
     pub dir: PathBuf,
-    pub cas: ClusterCas,
     pub proxy_addr: String,
     pub proxy_host: String,
+    listen: SocketAddr,
+    transports: Vec<ProxyTransport>,
+    /// The web API's TLS (`http/1.1`): its certificate is issued once at start, from the host
+    /// CA then active (`DIR/ca.pem`), and kept through rotations, as a Teleport proxy's web
+    /// certificate does not follow the cluster's CAs.
     tls_web: Arc<rustls::ServerConfig>,
+    /// Everything that follows the CAs; swapped whole when a rotation step is applied.
+    live: std::sync::RwLock<Arc<Live>>,
+}
+
+/// The CAs and what is made from them: the TLS configurations of the Teleport ALPNs (server
+/// certificates from the serving host CA keys, client certificates checked against every
+/// trusted user CA key) and the proxy SSH server's host certificate.
+pub struct Live {
+    pub cas: ClusterCas,
     /// `None` when that transport is switched off (`--transports`), as on an older proxy.
     tls_ssh: Option<Arc<rustls::ServerConfig>>,
     tls_grpc: Option<Arc<rustls::ServerConfig>>,
@@ -75,6 +90,8 @@ pub struct StartOptions {
     pub nodes: usize,
     /// The node transports served.
     pub transports: Vec<ProxyTransport>,
+    /// The signature algorithm suite (`None`: keep the stored one; balanced-v1 when new).
+    pub suite: Option<ca::Suite>,
 }
 
 fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
@@ -87,39 +104,44 @@ fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>
     Ok(certs)
 }
 
-/// TLS server configurations: the web's (client certificate optional) and the node
-/// transports' (client certificate from the user CA required; ALPN `teleport-proxy-ssh`, then
-/// the same with `teleport-proxy-ssh-grpc`).
-fn tls_configs(
-    cas: &ClusterCas,
-    cert_pem: &str,
-    key: &KeyPair,
-) -> Result<(
-    rustls::ServerConfig,
-    rustls::ServerConfig,
-    rustls::ServerConfig,
-)> {
+/// Client certificate roots: every trusted user CA certificate (a rotation has two).
+fn user_roots(cas: &ClusterCas) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
-    for c in cert_chain(&cas.user.tls_cert_pem)? {
-        roots.add(c)?;
+    for pem in cas.user.trusted_tls_pems() {
+        for c in cert_chain(&pem)? {
+            roots.add(c)?;
+        }
     }
-    let roots = Arc::new(roots);
-    let chain = cert_chain(cert_pem)?;
-    let optional = WebPkiClientVerifier::builder(roots.clone())
+    Ok(Arc::new(roots))
+}
+
+/// The web's TLS configuration (client certificate optional, ALPN `http/1.1`).
+fn web_tls_config(cas: &ClusterCas, cert_pem: &str, key: &KeyPair) -> Result<rustls::ServerConfig> {
+    let optional = WebPkiClientVerifier::builder(user_roots(cas)?)
         .allow_unauthenticated()
         .build()?;
     let mut web = rustls::ServerConfig::builder()
         .with_client_cert_verifier(optional)
-        .with_single_cert(chain.clone(), key.to_rustls()?)?;
+        .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
     web.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    let required = WebPkiClientVerifier::builder(roots).build()?;
+    Ok(web)
+}
+
+/// The node transports' TLS configurations (client certificate from the user CA required;
+/// ALPN `teleport-proxy-ssh`, then the same with `teleport-proxy-ssh-grpc`).
+fn transport_tls_configs(
+    cas: &ClusterCas,
+    cert_pem: &str,
+    key: &KeyPair,
+) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
+    let required = WebPkiClientVerifier::builder(user_roots(cas)?).build()?;
     let mut ssh = rustls::ServerConfig::builder()
         .with_client_cert_verifier(required)
-        .with_single_cert(chain, key.to_rustls()?)?;
+        .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
     ssh.alpn_protocols = vec![ALPN_PROXY_SSH.to_vec()];
     let mut grpc = ssh.clone();
     grpc.alpn_protocols = vec![ALPN_PROXY_GRPC.to_vec()];
-    Ok((web, ssh, grpc))
+    Ok((ssh, grpc))
 }
 
 /// Load or create a key file.
@@ -133,32 +155,36 @@ fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
     Ok(k)
 }
 
-impl Ctx {
-    fn new(
+/// The proxy's TLS certificate for `listen` (`localhost`, loopback and the listen address),
+/// from the serving host CA keys.
+fn proxy_tls_cert(cas: &ClusterCas, key: &KeyPair, listen: SocketAddr) -> Result<String> {
+    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
+    if !ips.contains(&listen.ip()) {
+        ips.push(listen.ip());
+    }
+    cas.issue_tls_server(
+        &key.spki_der()?,
+        "proxy",
+        &["localhost".into()],
+        &ips,
+        Duration::from_secs(365 * 86400),
+    )
+}
+
+impl Live {
+    /// Issue the proxy's and Auth's certificates from `cas` and build their configurations.
+    fn build(
         dir: &Path,
         cas: ClusterCas,
         listen: SocketAddr,
         transports: &[ProxyTransport],
-    ) -> Result<Ctx> {
-        let proxy_host = listen.ip().to_string();
-        let proxy_addr = listen.to_string();
+    ) -> Result<Live> {
         let pdir = dir.join("proxy");
-        fsutil::ensure_private_dir(&pdir)?;
-        // TLS: the proxy's web/ALPN certificate, from the host CA.
+        let proxy_host = listen.ip().to_string();
         let tls_key = key_file(&pdir.join("tls.key"), KeyType::EcdsaP256)?;
-        let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
-        if !ips.contains(&listen.ip()) {
-            ips.push(listen.ip());
-        }
-        let cert = cas.issue_tls_server(
-            &tls_key.spki_der()?,
-            "proxy",
-            &["localhost".into()],
-            &ips,
-            Duration::from_secs(365 * 86400),
-        )?;
+        let cert = proxy_tls_cert(&cas, &tls_key, listen)?;
         fsutil::write_atomic(&pdir.join("tls.crt"), cert.as_bytes(), PUBLIC)?;
-        let (web, ssh, grpc) = tls_configs(&cas, &cert, &tls_key)?;
+        let (ssh, grpc) = transport_tls_configs(&cas, &cert, &tls_key)?;
         let serves = |t| transports.contains(&t);
         let auth = auth_grpc::tls_config(&pdir, &cas)?;
         // SSH: the proxy's host key and host cert.
@@ -185,17 +211,55 @@ impl Ctx {
             ..Default::default()
         };
         sc.methods = russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]);
-        Ok(Ctx {
-            dir: dir.to_path_buf(),
+        Ok(Live {
             cas,
-            proxy_addr,
-            proxy_host,
-            tls_web: Arc::new(web),
             tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
             tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
             tls_auth: Arc::new(auth),
             ssh_config: Arc::new(sc),
         })
+    }
+}
+
+impl Ctx {
+    fn new(
+        dir: &Path,
+        cas: ClusterCas,
+        listen: SocketAddr,
+        transports: &[ProxyTransport],
+    ) -> Result<Ctx> {
+        let proxy_host = listen.ip().to_string();
+        let proxy_addr = listen.to_string();
+        let pdir = dir.join("proxy");
+        fsutil::ensure_private_dir(&pdir)?;
+        // The web certificate: issued once, from the host CA at start (`ca.pem`).
+        let web_key = key_file(&pdir.join("web.key"), KeyType::EcdsaP256)?;
+        let web_cert = proxy_tls_cert(&cas, &web_key, listen)?;
+        fsutil::write_atomic(&pdir.join("web.crt"), web_cert.as_bytes(), PUBLIC)?;
+        let web = web_tls_config(&cas, &web_cert, &web_key)?;
+        let live = Live::build(dir, cas, listen, transports)?;
+        Ok(Ctx {
+            dir: dir.to_path_buf(),
+            proxy_addr,
+            proxy_host,
+            listen,
+            transports: transports.to_vec(),
+            tls_web: Arc::new(web),
+            live: std::sync::RwLock::new(Arc::new(live)),
+        })
+    }
+
+    /// The CAs and what follows them, as of now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reload the CAs from disk and rebuild what follows them (a rotation step was applied).
+    fn reload(&self) -> Result<Arc<Live>> {
+        let cas = ClusterCas::load(&self.dir.join("ca"))?;
+        let live = Arc::new(Live::build(&self.dir, cas, self.listen, &self.transports)?);
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live.clone();
+        Ok(live)
     }
 }
 
@@ -252,15 +316,16 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         .map(|i| i.map(|p| p.to_vec()).collect())
         .unwrap_or_default();
     let wants = |p: &[u8]| offered.iter().any(|o| o == p);
+    let live = ctx.live();
     if auth_grpc::wants_auth(&offered) {
-        let tls = handshake(start, ctx.tls_auth.clone())
+        let tls = handshake(start, live.tls_auth.clone())
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         let caller =
             auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
         return auth_grpc::serve(ctx, tls, caller).await;
     }
-    if let Some(cfg) = ctx.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
+    if let Some(cfg) = live.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
         let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
@@ -268,7 +333,7 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             .map_err(|e| anyhow!("transport gRPC from {peer}: {e}"))?;
         return proxy_grpc::serve(ctx, tls, caller).await;
     }
-    if let Some(cfg) = ctx.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
+    if let Some(cfg) = live.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
         let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
@@ -276,7 +341,7 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             .map(|i| i.username)
             .map_err(|e| anyhow!("proxy SSH from {peer}: {e}"))?;
         let handler = proxy_ssh::ProxyConn::new(ctx.clone(), user);
-        let session = russh::server::run_stream(ctx.ssh_config.clone(), tls, handler).await?;
+        let session = russh::server::run_stream(live.ssh_config.clone(), tls, handler).await?;
         session.await?;
         return Ok(());
     }
@@ -306,11 +371,13 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
 pub async fn start(opts: StartOptions) -> Result<()> {
     let dir = &opts.dir;
     fsutil::ensure_private_dir(dir)?;
-    let cas =
-        tokio::task::block_in_place(|| ClusterCas::load_or_create(&dir.join("ca"), &opts.name))?;
+    let cas = tokio::task::block_in_place(|| {
+        ClusterCas::load_or_create(&dir.join("ca"), &opts.name, opts.suite)
+    })?;
+    // The web certificate's issuer: the host CA keys serving now.
     fsutil::write_atomic(
         &dir.join("ca.pem"),
-        cas.host.tls_cert_pem.as_bytes(),
+        cas.serving_host_keys().tls_cert_pem.as_bytes(),
         PUBLIC,
     )?;
     let listener = TcpListener::bind(opts.listen)
@@ -332,10 +399,19 @@ pub async fn start(opts: StartOptions) -> Result<()> {
             .map(|n| n.host_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let n = tokio::task::block_in_place(|| {
-            node::SshdNode::start(&ctx.cas, &dir.join("nodes").join(&name), &name, &host_id)
+            node::SshdNode::start(
+                &ctx.live().cas,
+                &dir.join("nodes").join(&name),
+                &name,
+                &host_id,
+            )
         })?;
         nodes.push(n);
     }
+    let listing: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("  node {} at {}", n.name, n.addr))
+        .collect();
     let inventory: Vec<Node> = nodes
         .iter()
         .map(|n| Node {
@@ -349,7 +425,8 @@ pub async fn start(opts: StartOptions) -> Result<()> {
             .into(),
         })
         .collect();
-    let cluster_name = ctx.cas.cluster.clone();
+    let nodes = Arc::new(std::sync::Mutex::new(nodes));
+    let cluster_name = ctx.live().cas.cluster.clone();
     let proxy_addr = ctx.proxy_addr.clone();
     State::modify(dir, move |s| {
         s.cluster_name = cluster_name;
@@ -360,17 +437,18 @@ pub async fn start(opts: StartOptions) -> Result<()> {
 
     println!(
         "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s)",
-        ctx.cas.cluster,
+        ctx.live().cas.cluster,
         ctx.proxy_addr,
         dir.join("ca.pem").display(),
-        nodes.len()
+        listing.len()
     );
-    for n in &nodes {
-        println!("  node {} at {}", n.name, n.addr);
+    for l in &listing {
+        println!("{l}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    let follower = tokio::spawn(follow_ca(ctx.clone(), nodes.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -391,12 +469,96 @@ pub async fn start(opts: StartOptions) -> Result<()> {
         }
     }
     println!("idmux dev cluster stopping");
-    drop(nodes); // stops every sshd
+    follower.abort();
+    nodes.lock().unwrap_or_else(|p| p.into_inner()).clear(); // stops every sshd
     let _ = State::modify(dir, |s| {
         s.proxy_addr.clear();
         Ok(())
     });
     Ok(())
+}
+
+/// `DIR/ca/serial` counts the CA changes (rotation steps); the running cluster applies each
+/// and writes the count it applied to `DIR/ca/applied`.
+fn read_count(p: &Path) -> u64 {
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Apply CA changes as they are made: reload the CAs, reissue the proxy's and Auth's
+/// certificates, refresh every node (host certificate, trusted user CA keys, sshd reload).
+async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<node::SshdNode>>>) {
+    let serial = ctx.dir.join("ca").join("serial");
+    let mut seen = read_count(&serial);
+    loop {
+        // A file check every 200 ms: a rotation step applies within that.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = read_count(&serial);
+        if now == seen {
+            continue;
+        }
+        let (c, n) = (ctx.clone(), nodes.clone());
+        let applied = tokio::task::spawn_blocking(move || -> Result<()> {
+            let live = c.reload()?;
+            for node in n.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                node.refresh(&live.cas)?;
+            }
+            fsutil::write_atomic(
+                &c.dir.join("ca").join("applied"),
+                format!("{now}\n").as_bytes(),
+                PUBLIC,
+            )
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => tracing::info!(serial = now, "CA change applied"),
+            Ok(Err(e)) => tracing::warn!("CA change {now} not applied: {e:#}"),
+            Err(e) => tracing::warn!("CA change {now} not applied: {e}"),
+        }
+        seen = now;
+    }
+}
+
+/// `auth rotate`: move the `kind` CA to `phase` (see [`rotate`]), and when the cluster runs,
+/// wait up to `wait` until it has applied the change. Returns the CA's phase line.
+pub fn rotate_ca(dir: &Path, kind: ca::CaKind, phase: &str, wait: Duration) -> Result<String> {
+    let ca_dir = dir.join("ca");
+    let (serial, running) = State::modify(dir, |st| {
+        let mut cas = ClusterCas::load(&ca_dir)?;
+        let (cluster, suite) = (cas.cluster.clone(), cas.suite);
+        rotate::step(cas.get_mut(kind), &cluster, suite, phase)?;
+        cas.save_authority(&ca_dir, kind)?;
+        let serial = read_count(&ca_dir.join("serial")) + 1;
+        fsutil::write_atomic(
+            &ca_dir.join("serial"),
+            format!("{serial}\n").as_bytes(),
+            PUBLIC,
+        )?;
+        Ok((serial, !st.proxy_addr.is_empty()))
+    })?;
+    if running {
+        let deadline = std::time::Instant::now() + wait;
+        while read_count(&ca_dir.join("applied")) < serial {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the {} CA is now in phase {phase}, but the running cluster did not apply it within {}s",
+                    kind.name(),
+                    wait.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let cas = ClusterCas::load(&ca_dir)?;
+    let ca = cas.get(kind);
+    Ok(format!(
+        "{} CA: phase {}, {} trusted key(s)",
+        kind.name(),
+        ca.phase,
+        ca.trusted().count()
+    ))
 }
 
 // ---- admin operations (used by `idmux cluster ...`) ----
@@ -428,6 +590,7 @@ pub fn bots_add(
             generation: 0,
             locked: None,
             instance_id: String::new(),
+            heartbeats: vec![],
         });
         bot.roles = roles.to_vec();
         bot.logins = logins.to_vec();

@@ -48,36 +48,7 @@ impl SshdNode {
     /// Prepare `dir` for a node (host key, host cert, trusted CAs, sshd_config) and start sshd.
     pub fn start(cas: &ClusterCas, dir: &Path, name: &str, host_id: &str) -> Result<SshdNode> {
         fsutil::ensure_private_dir(dir)?;
-        let key_path = dir.join("ssh_host_key");
-        let key = if key_path.exists() {
-            KeyPair::from_pem(&fsutil::read_string(&key_path)?)
-                .with_context(|| key_path.display().to_string())?
-        } else {
-            let k = KeyPair::generate(KeyType::Ed25519)?;
-            // sshd reads OpenSSH-format host keys most reliably.
-            let pem = k.to_ssh()?.to_openssh(LineEnding::LF)?;
-            fsutil::write_atomic(&key_path, pem.as_bytes(), PRIVATE)?;
-            k
-        };
-        let cert = cas.issue_ssh_host(
-            &key.ssh_public()?,
-            host_id,
-            name,
-            "Node",
-            &[],
-            Duration::from_secs(365 * 86400),
-        )?;
-        fsutil::write_atomic(
-            &dir.join("ssh_host_key-cert.pub"),
-            format!("{}\n", cert.to_openssh()?).as_bytes(),
-            PUBLIC,
-        )?;
-        let trusted = format!(
-            "{}\n{}\n",
-            cas.user.ssh_public_line()?,
-            cas.openssh.ssh_public_line()?
-        );
-        fsutil::write_atomic(&dir.join("trusted_user_ca.pub"), trusted.as_bytes(), PUBLIC)?;
+        write_credentials(cas, dir, name, host_id)?;
         let sshd = sshd_path()?;
         // Privilege separation needs /run/sshd when sshd runs as root.
         if nix::unistd::geteuid().is_root() {
@@ -139,6 +110,24 @@ impl SshdNode {
         )
     }
 
+    /// Follow a CA change: write the host certificate (from the CA's serving keys) and the
+    /// trusted user CA keys (every trusted key, a rotation has two) again, and when either
+    /// changed, make sshd reload them (SIGHUP: it re-executes itself) and wait until it listens
+    /// again. Sessions in progress are sshd's children and go on.
+    pub fn refresh(&mut self, cas: &ClusterCas) -> Result<bool> {
+        if !write_credentials(cas, &self.dir, &self.name, &self.host_id)? {
+            return Ok(false);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
+            .with_context(|| format!("node {}: cannot signal sshd", self.name))?;
+        // The re-executed sshd listens again within milliseconds.
+        std::thread::sleep(Duration::from_millis(20));
+        wait_listening(&self.addr, &mut self.child)
+            .with_context(|| format!("node {}: sshd did not come back after reload", self.name))?;
+        Ok(true)
+    }
+
     /// Stop sshd and wait for it.
     pub(crate) fn stop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(2));
@@ -164,6 +153,54 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Write a node's host key (kept), host certificate and trusted user CA keys. Returns whether
+/// the certificate's signing CA or the trusted keys changed since the last write.
+fn write_credentials(cas: &ClusterCas, dir: &Path, name: &str, host_id: &str) -> Result<bool> {
+    let key_path = dir.join("ssh_host_key");
+    let key = if key_path.exists() {
+        KeyPair::from_pem(&fsutil::read_string(&key_path)?)
+            .with_context(|| key_path.display().to_string())?
+    } else {
+        let k = KeyPair::generate(KeyType::Ed25519)?;
+        // sshd reads OpenSSH-format host keys most reliably.
+        let pem = k.to_ssh()?.to_openssh(LineEnding::LF)?;
+        fsutil::write_atomic(&key_path, pem.as_bytes(), PRIVATE)?;
+        k
+    };
+    let mut trusted = String::new();
+    for line in cas
+        .user
+        .trusted_ssh_lines()?
+        .into_iter()
+        .chain(cas.openssh.trusted_ssh_lines()?)
+    {
+        trusted.push_str(&line);
+        trusted.push('\n');
+    }
+    let signer = cas.serving_host_keys().ssh_public_line()?;
+    let stamp = format!("{signer}\n{trusted}");
+    let stamp_path = dir.join("credentials.stamp");
+    if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(false);
+    }
+    let cert = cas.issue_ssh_host(
+        &key.ssh_public()?,
+        host_id,
+        name,
+        "Node",
+        &[],
+        Duration::from_secs(365 * 86400),
+    )?;
+    fsutil::write_atomic(
+        &dir.join("ssh_host_key-cert.pub"),
+        format!("{}\n", cert.to_openssh()?).as_bytes(),
+        PUBLIC,
+    )?;
+    fsutil::write_atomic(&dir.join("trusted_user_ca.pub"), trusted.as_bytes(), PUBLIC)?;
+    fsutil::write_atomic(&stamp_path, stamp.as_bytes(), PUBLIC)?;
+    Ok(true)
 }
 
 fn wait_listening(addr: &SocketAddr, child: &mut Child) -> Result<()> {

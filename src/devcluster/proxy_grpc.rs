@@ -36,8 +36,6 @@ use idmux_wire::proto::{
 
 /// How long a client may take to send the dial target.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the node's TCP connect may take.
-const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve TransportService on one connection from `caller` until the client closes it.
 pub async fn serve(ctx: Arc<Ctx>, tls: TlsStream<TcpStream>, caller: TlsIdentity) -> Result<()> {
@@ -168,22 +166,9 @@ async fn dial(
         |code: Code, why: String| Status::new(code, format!("failed to dial target host: {why}"));
     let addr = router::authorize(&ctx.dir, &ctx.proxy_host, &who, host, port, &target.cluster)
         .map_err(|r| refused(r.grpc_code(), r.to_string()))?;
-    let tcp = match tokio::time::timeout(NODE_CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            return Err(refused(
-                Code::Unavailable,
-                format!("cannot reach node {host} at {addr}: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(refused(
-                Code::Unavailable,
-                format!("cannot reach node {host} at {addr}: no answer"),
-            ))
-        }
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = router::dial_node(host, &addr)
+        .await
+        .map_err(|e| refused(Code::Unavailable, e.to_string()))?;
     Ok((tcp, target.host_port))
 }
 

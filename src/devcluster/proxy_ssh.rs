@@ -79,8 +79,15 @@ impl ProxyConn {
     }
 
     fn check_cert(&self, user: &str, cert: &Certificate) -> Result<Authed> {
-        let fp = self.ctx.cas.user.ssh_public()?.fingerprint(HashAlg::Sha256);
-        cert.validate([&fp])
+        // Every trusted user CA key (a rotation has two).
+        let live = self.ctx.live();
+        let fps = live
+            .cas
+            .user
+            .trusted()
+            .map(|k| Ok(k.ssh_public()?.fingerprint(HashAlg::Sha256)))
+            .collect::<Result<Vec<_>>>()?;
+        cert.validate(fps.iter())
             .map_err(|e| anyhow!("certificate rejected: {e}"))?;
         if cert.cert_type() != CertType::User {
             bail!("not a user certificate");
@@ -172,12 +179,9 @@ impl Handler for ProxyConn {
     ) -> Result<()> {
         let routed = parse_subsystem(name).and_then(|t| self.route(&t).map(|a| (t, a)));
         let result = match routed {
-            Ok((t, addr)) => match TcpStream::connect(&addr).await {
-                Ok(tcp) => {
-                    let _ = tcp.set_nodelay(true);
-                    Ok((t, tcp))
-                }
-                Err(e) => Err(anyhow!("cannot reach node {} at {addr}: {e}", t.host)),
+            Ok((t, addr)) => match crate::router::dial_node(&t.host, &addr).await {
+                Ok(tcp) => Ok((t, tcp)),
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };

@@ -134,6 +134,39 @@ pub(crate) fn decide(
     Ok(node.addr.clone())
 }
 
+/// How long a node dial may take.
+pub(crate) const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connect to a node, within [`NODE_CONNECT_TIMEOUT`]. A refused connection is tried again
+/// for up to 3 s: a dev node reloading its certificates (sshd re-executes on SIGHUP) stops
+/// listening for a few milliseconds, where a Teleport node reloads without closing its
+/// listener. Errors name the node and its address.
+pub(crate) async fn dial_node(host: &str, addr: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let attempt = async {
+        loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && start.elapsed() < Duration::from_secs(3) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                r => return r,
+            }
+        }
+    };
+    match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(t)) => {
+            let _ = t.set_nodelay(true);
+            Ok(t)
+        }
+        Ok(Err(e)) => anyhow::bail!("cannot reach node {host} at {addr}: {e}"),
+        Err(_) => anyhow::bail!("cannot reach node {host} at {addr}: no answer"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +191,7 @@ mod tests {
             generation: 1,
             locked: locked.map(String::from),
             instance_id: String::new(),
+            heartbeats: vec![],
         };
         st.bots.insert("ci".into(), bot(None));
         st.bots

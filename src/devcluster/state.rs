@@ -76,6 +76,25 @@ pub struct Bot {
     pub locked: Option<String>,
     #[serde(default)]
     pub instance_id: String,
+    /// The current instance's heartbeats (`SubmitHeartbeat`): the first, then the latest ten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+/// One recorded `BotInstanceStatusHeartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// When the server received it (RFC 3339).
+    pub at: String,
+    pub is_startup: bool,
+    #[serde(default)]
+    pub one_shot: bool,
+    pub version: String,
+    pub hostname: String,
+    pub join_method: String,
+    pub os: String,
+    pub architecture: String,
+    pub uptime_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

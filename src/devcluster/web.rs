@@ -38,13 +38,19 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
 
 /// The PingResponse JSON (same body for ping and find).
 pub(crate) fn ping_json(ctx: &Ctx) -> serde_json::Value {
+    let mut auth = json!({
+        "type": "local",
+        "second_factor": "off",
+        "local": {"name": ""},
+    });
+    // A string through MarshalText; omitted when unspecified.
+    let live = ctx.live();
+    let suite = live.cas.suite.name();
+    if !suite.is_empty() {
+        auth["signature_algorithm_suite"] = json!(suite);
+    }
     json!({
-        "auth": {
-            "type": "local",
-            "second_factor": "off",
-            "local": {"name": ""},
-            "signature_algorithm_suite": "balanced-v1",
-        },
+        "auth": auth,
         "proxy": {
             "kube": {"enabled": false},
             "ssh": {
@@ -58,7 +64,7 @@ pub(crate) fn ping_json(ctx: &Ctx) -> serde_json::Value {
         },
         "server_version": concat!("idmux-dev-", env!("CARGO_PKG_VERSION")),
         "min_client_version": "0.0.0",
-        "cluster_name": ctx.cas.cluster,
+        "cluster_name": live.cas.cluster,
         "edition": "community",
         "fips": false,
     })
@@ -87,7 +93,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp
                 Ok(r) => {
                     let ctx2 = ctx.clone();
                     match tokio::task::spawn_blocking(move || {
-                        auth::register_bot(&ctx2.dir, &ctx2.cas, &r)
+                        auth::register_bot(&ctx2.dir, &ctx2.live().cas, &r)
                     })
                     .await
                     {
@@ -116,22 +122,36 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp
     Ok(resp)
 }
 
+/// `GET /webapi/auth/export?type=T`, this cluster's CAs only, as Teleport's
+/// `lib/client/ca_export.go` renders them: `host` as known_hosts `@cert-authority` lines and
+/// `user`/`openssh` as authorized_keys `cert-authority` lines, one per trusted key; the TLS
+/// types as the PEM of each active certificate.
 fn export(ctx: &Ctx, query: &str) -> Resp {
     let kind = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("type="))
         .unwrap_or("");
-    let c = &ctx.cas;
-    let line = |a: &crate::ca::Authority| a.ssh_public_line().unwrap_or_default();
+    let live = ctx.live();
+    let c = &live.cas;
+    let cl = &c.cluster;
+    let lines = |a: &crate::ca::Authority| a.trusted_ssh_lines().unwrap_or_default();
+    let host = || -> String {
+        lines(&c.host)
+            .iter()
+            .map(|k| format!("@cert-authority {cl},*.{cl} {k} type=host\n"))
+            .collect()
+    };
+    let user = |a: &crate::ca::Authority| -> String {
+        lines(a)
+            .iter()
+            .map(|k| format!("cert-authority {k} clustername={cl}&type=user\n"))
+            .collect()
+    };
     let body = match kind {
-        "" | "user" => format!("cert-authority {}\n", line(&c.user)),
-        "openssh" => format!("cert-authority {}\n", line(&c.openssh)),
-        "host" => format!(
-            "@cert-authority {},*.{} {} type=host\n",
-            c.cluster,
-            c.cluster,
-            line(&c.host)
-        ),
+        "" => host() + &user(&c.user),
+        "user" => user(&c.user),
+        "openssh" => user(&c.openssh),
+        "host" => host(),
         "tls" | "tls-host" => c.host.tls_cert_pem.clone(),
         "tls-user" => c.user.tls_cert_pem.clone(),
         "db" | "tls-db" => c.db.tls_cert_pem.clone(),

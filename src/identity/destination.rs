@@ -2,6 +2,7 @@
 //!
 //! `identity`, `key`, `key.pub`, `key-cert.pub`, `tlscert`, the three CA files, then
 //! `known_hosts`, `ssh_config` and the per-cluster files. Every file is written atomically.
+//! The clusters (own first, then leaf clusters) are those of the identity's host CAs.
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ pub fn ssh_config_params(
     proxy: &str,
     mode: Mode,
     cluster: Option<String>,
+    bare_names: bool,
 ) -> Result<SshConfigParams> {
     let dir = crate::paths::absolute(dir)?;
     let (proxy_host, proxy_port) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
@@ -40,6 +42,7 @@ pub fn ssh_config_params(
         mode,
         idmux_exe,
         fdpass_exe,
+        bare_names,
     })
 }
 
@@ -50,8 +53,9 @@ pub fn write_destination(
     cas: &CaPems,
     proxy: &str,
     mode: Mode,
+    bare_names: bool,
 ) -> Result<()> {
-    let params = ssh_config_params(dir, id, proxy, mode, None)?;
+    let params = ssh_config_params(dir, id, proxy, mode, None, bare_names)?;
     id.write_destination_files(&params.dir)?;
     write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
     openssh::write_files(&params, &id.host_cas)

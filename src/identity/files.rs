@@ -41,6 +41,28 @@ impl HostCa {
         ))
     }
 
+    /// Parse one entry of `proto.Certs.ssh_ca_certs` or a data dir's `sshcacerts`: a bare
+    /// authorized_keys public key (what Teleport sends; it names no cluster, so the key is
+    /// taken as `cluster`'s) or an `@cert-authority` line (what idmux wrote before).
+    pub fn parse_entry(entry: &str, cluster: &str) -> Result<HostCa> {
+        let t = entry.trim();
+        if t.starts_with("@cert-authority") {
+            return HostCa::parse_line(t);
+        }
+        let key = PublicKey::from_openssh(t)
+            .map_err(|e| anyhow!("not an SSH public key or @cert-authority line: {e}"))?;
+        Ok(HostCa {
+            cluster: cluster.to_string(),
+            key,
+        })
+    }
+
+    /// The bare public key as an authorized_keys line (no comment, no newline), as Teleport
+    /// sends CA keys and tbot stores them in `sshcacerts`.
+    pub fn bare_line(&self) -> Result<String> {
+        key_text(&self.key)
+    }
+
     /// Parse an `@cert-authority <patterns> <alg> <b64> [comment]` line. The cluster is the
     /// first pattern that is not a wildcard.
     pub fn parse_line(line: &str) -> Result<HostCa> {
@@ -82,9 +104,13 @@ pub struct Identity {
     pub key: KeyPair,
     pub ssh_cert: Certificate,
     pub tls_cert_pem: String,
+    /// Trusted SSH CA keys. An output's: the host CAs of every cluster (the CA resources),
+    /// which its identity file and known_hosts list. The bot's own: the keys Auth sent with its
+    /// certificates (user CA then host CA, bare keys, taken as its own cluster's), which
+    /// check the proxy's host certificate.
     pub host_cas: Vec<HostCa>,
-    /// Trusted TLS CA certs (PEM blocks): in destination dirs the host CA, which the proxy
-    /// and auth certificates chain to.
+    /// Trusted TLS CA certs (PEM blocks): in destination dirs the host CAs, which the proxy
+    /// and auth certificates chain to; in the data dir what Auth sent (user CA, host CA).
     pub tls_cas: Vec<String>,
 }
 
@@ -251,10 +277,10 @@ impl Identity {
         Identity::read_identity_file(&dir.join("identity"))
     }
 
-    /// Write the identity artifacts of a destination dir: `key`, `key.pub`, `key-cert.pub`,
-    /// `tlscert`, `identity`. The key and its cert are written so that a reader of `key` then
-    /// `key-cert.pub` never sees a pair from two renewals for long: the cert goes first, then
-    /// the key. (The agent socket removes the window entirely.)
+    /// Write the identity artifacts of a destination dir: `identity`, then `key`, `key.pub`,
+    /// `key-cert.pub` and `tlscert` as one set (see [`fsutil::write_set_atomic`]: a reader of
+    /// `key` then `key-cert.pub` can see a pair from two renewals only if both its reads fall
+    /// within the microseconds between two renames; the agent socket has no window at all).
     pub fn write_destination_files(&self, dir: &Path) -> Result<()> {
         self.check_consistent()?;
         fsutil::ensure_private_dir(dir)?;
@@ -267,31 +293,35 @@ impl Identity {
         Ok(())
     }
 
-    /// `tlscert`, `key.pub`, `key-cert.pub`, then `key` (shared by both dir kinds).
+    /// `key`, `key.pub`, `key-cert.pub` and `tlscert` as one set (shared by both dir kinds):
+    /// all written first, then renamed into place back to back, the key first.
     fn write_key_and_certs(&self, dir: &Path) -> Result<()> {
-        fsutil::write_atomic(&dir.join("tlscert"), self.tls_cert_pem.as_bytes(), PUBLIC)?;
-        fsutil::write_atomic(
-            &dir.join("key.pub"),
-            self.key.ssh_authorized_key()?.as_bytes(),
-            PUBLIC,
-        )?;
-        fsutil::write_atomic(
-            &dir.join("key-cert.pub"),
-            format!("{}\n", self.ssh_cert.to_openssh()?).as_bytes(),
-            PUBLIC,
-        )?;
-        fsutil::write_atomic(&dir.join("key"), self.key.to_pem()?.as_bytes(), PRIVATE)?;
-        Ok(())
+        let key = self.key.to_pem()?;
+        let key_pub = self.key.ssh_authorized_key()?;
+        let cert = format!("{}\n", self.ssh_cert.to_openssh()?);
+        let (p_key, p_pub, p_cert, p_tls) = (
+            dir.join("key"),
+            dir.join("key.pub"),
+            dir.join("key-cert.pub"),
+            dir.join("tlscert"),
+        );
+        fsutil::write_set_atomic(&[
+            (&p_key, key.as_bytes(), PRIVATE),
+            (&p_pub, key_pub.as_bytes(), PUBLIC),
+            (&p_cert, cert.as_bytes(), PUBLIC),
+            (&p_tls, self.tls_cert_pem.as_bytes(), PUBLIC),
+        ])
     }
 
     /// Write the identity as a bot's data dir holds it.
     pub fn write_data_dir(&self, dir: &Path, token: Option<&str>) -> Result<()> {
         self.check_consistent()?;
         fsutil::ensure_private_dir(dir)?;
+        // As tbot: the bare keys Auth sent, each with its newline, joined with `$`.
         let ssh_cas: Vec<String> = self
             .host_cas
             .iter()
-            .map(|c| c.authorized_hosts_line())
+            .map(|c| Ok(format!("{}\n", c.bare_line()?)))
             .collect::<Result<_>>()?;
         fsutil::write_atomic(
             &dir.join("sshcacerts"),
@@ -318,9 +348,10 @@ impl Identity {
         let ssh_cert = Certificate::from_openssh(read("key-cert.pub")?.trim())
             .map_err(|e| at("key-cert.pub", e.into()))?;
         let tls_cert_pem = read("tlscert")?;
-        ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
+        let cert = ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
+        let cluster = ca::issuer_cluster(&cert).unwrap_or_default();
         let host_cas = split_dollar(&read("sshcacerts")?)
-            .map(HostCa::parse_line)
+            .map(|e| HostCa::parse_entry(e, &cluster))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| at("sshcacerts", e))?;
         let tls_cas: Vec<String> = split_dollar(&read("tlscacerts")?)

@@ -19,42 +19,71 @@ pub const PUBLIC: u32 = 0o644;
 
 /// Write `data` to `path` atomically with the given mode.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    write_set_atomic(&[(path, data, mode)])
+}
+
+/// Write a set of files that belong together (a key and its certificates): every temp file is
+/// written and synced first, then they are renamed into place back to back, in the order given,
+/// and the folders synced. A failure before the renames leaves every old file in place; the
+/// renames follow each other within microseconds, so a reader that opens two of the files sees
+/// a pair from one write in all but that window.
+pub fn write_set_atomic(files: &[(&Path, &[u8], u32)]) -> Result<()> {
+    let mut staged: Vec<(std::path::PathBuf, &Path)> = Vec::with_capacity(files.len());
     let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        // The umask may have narrowed the mode; public files must stay readable.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(data)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("{}: cannot replace", path.display()))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        for (path, data, mode) in files {
+            let dir = parent_of(path);
+            let name = path
+                .file_name()
+                .with_context(|| format!("{}: not a file path", path.display()))?;
+            let tmp = dir.join(format!(
+                ".{}.tmp-{}-{}",
+                name.to_string_lossy(),
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(*mode)
+                .open(&tmp)
+                .with_context(|| format!("{}: cannot create", tmp.display()))?;
+            staged.push((tmp.clone(), path));
+            // The umask may have narrowed the mode; public files must stay readable.
+            f.set_permissions(fs::Permissions::from_mode(*mode))?;
+            f.write_all(data)
+                .with_context(|| format!("{}: cannot write", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        }
+        while !staged.is_empty() {
+            let (tmp, path) = staged.remove(0);
+            if let Err(e) = fs::rename(&tmp, path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("{}: cannot replace", path.display()));
+            }
+        }
+        let mut synced: Vec<&Path> = Vec::new();
+        for (path, _, _) in files {
+            let dir = parent_of(path);
+            if !synced.contains(&dir) {
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                synced.push(dir);
+            }
         }
         Ok(())
     })();
-    if result.is_err() {
+    for (tmp, _) in staged {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Create `dir` (and parents) with mode 0700 if it does not exist. An existing folder is left

@@ -46,6 +46,10 @@ pub struct SshConfigParams {
     pub idmux_exe: PathBuf,
     /// Absolute path of the `idmux-fdpass` binary (fdpass mode).
     pub fdpass_exe: PathBuf,
+    /// Also route bare one-label names (`ssh node-1`) to `cluster` and trust the cluster's
+    /// host CA for them: a catch-all `Host` block and `@cert-authority` line that tbot does not
+    /// write (`--bare-names`; off by default).
+    pub bare_names: bool,
 }
 
 /// Quote one ProxyCommand argument as tbot does (`proxyCommandQuote`): single quotes, `'` as
@@ -146,16 +150,18 @@ impl SshConfigParams {
             ),
         };
         let pc = self.proxy_command(&self.cluster);
-        blocks.push_str(&render(
-            BARE_TMPL,
-            &[
-                ("cluster", &self.cluster),
-                ("known_hosts", &known_hosts),
-                ("identity", &identity),
-                ("fdpass", &fdpass),
-                ("proxy_command", &pc),
-            ],
-        ));
+        if self.bare_names {
+            blocks.push_str(&render(
+                BARE_TMPL,
+                &[
+                    ("cluster", &self.cluster),
+                    ("known_hosts", &known_hosts),
+                    ("identity", &identity),
+                    ("fdpass", &fdpass),
+                    ("proxy_command", &pc),
+                ],
+            ));
+        }
         render(
             MAIN_TMPL,
             &[
@@ -184,10 +190,15 @@ impl SshConfigParams {
     }
 }
 
-/// The main `known_hosts`: one `@cert-authority` line per host CA key. The patterns cover the
-/// proxy host, the cluster, its subdomains and bare (single-label) node names, with ssh's
-/// `[host]:port` form for the node port.
-pub fn render_known_hosts(proxy_host: &str, own_cluster: &str, cas: &[HostCa]) -> Result<String> {
+/// The main `known_hosts`, as tbot's `GenerateKnownHosts`: one
+/// `@cert-authority <proxy>,<cluster>,*.<cluster>` line per host CA key of every cluster. With
+/// `bare_names`, one more line per key of the own cluster for bare (one-label) node names.
+pub fn render_known_hosts(
+    proxy_host: &str,
+    own_cluster: &str,
+    cas: &[HostCa],
+    bare_names: bool,
+) -> Result<String> {
     let mut out = String::new();
     for ca in cas {
         let c = &ca.cluster;
@@ -198,7 +209,7 @@ pub fn render_known_hosts(proxy_host: &str, own_cluster: &str, cas: &[HostCa]) -
         out.push_str(&format!(
             "@cert-authority {proxy_host},{c},*.{c} {key} type=host\n"
         ));
-        if c == own_cluster {
+        if bare_names && c == own_cluster {
             // A negated pattern rejects the whole line, so bare names get a line of their own.
             out.push_str(&format!(
                 "@cert-authority {BARE_PATTERNS} {key} type=host\n"
@@ -229,7 +240,7 @@ pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
     let d = &p.dir;
     fsutil::write_atomic(
         &d.join("known_hosts"),
-        render_known_hosts(&p.proxy_host, &p.cluster, cas)?.as_bytes(),
+        render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?.as_bytes(),
         PUBLIC,
     )?;
     for c in &p.clusters {
@@ -285,6 +296,7 @@ mod tests {
             mode: Mode::Fdpass,
             idmux_exe: "/usr/bin/idmux".into(),
             fdpass_exe: "/usr/bin/idmux-fdpass".into(),
+            bare_names: false,
         };
         assert_eq!(
             p.proxy_command("example.com"),

@@ -167,6 +167,8 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Append stdout and stderr to this file instead of inheriting stderr.
     pub log: Option<PathBuf>,
+    /// More `idmux cluster start` flags (e.g. `--signature-algorithm-suite=legacy`).
+    pub args: Vec<String>,
 }
 
 impl DevCluster {
@@ -265,6 +267,7 @@ impl DevCluster {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)

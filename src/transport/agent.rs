@@ -2,6 +2,9 @@
 //!
 //! The answer to a request is pure ([`Agent::respond`]: frame in, frame out) and the keys are
 //! swapped as one value on renewal, so ssh can never be handed a key with another key's cert.
+//! Every renewal brings a fresh key, so the previous key and certificate stay usable for
+//! signing (not listed) until the certificate expires: an ssh that listed the identities just
+//! before a renewal still gets its signature.
 //! It answers REQUEST_IDENTITIES and SIGN_REQUEST (RSA honouring the rsa-sha2-256/512 flags);
 //! everything else, including adding or removing keys, gets SSH_AGENT_FAILURE. The bare key
 //! is listed too, as tbot does, for clients that cannot use certificates (Paramiko).
@@ -24,21 +27,55 @@ pub(crate) struct AgentKeys {
     pub cert: Certificate,
 }
 
+/// The current keys and the ones they replaced.
+#[derive(Default)]
+struct Held {
+    current: Option<Arc<AgentKeys>>,
+    previous: Option<Arc<AgentKeys>>,
+}
+
 /// The agent: keys behind one lock, swapped whole.
 #[derive(Clone, Default)]
 pub struct Agent {
-    keys: Arc<RwLock<Option<Arc<AgentKeys>>>>,
+    keys: Arc<RwLock<Held>>,
 }
 
 impl Agent {
-    /// Replace the keys (on renewal).
+    /// Replace the keys (on renewal); the replaced ones still sign until their cert expires.
     pub fn set(&self, key: PrivateKey, cert: Certificate) {
         let new = Arc::new(AgentKeys { key, cert });
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(new);
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let same_key = held
+            .current
+            .as_ref()
+            .is_some_and(|c| c.key.public_key() == new.key.public_key());
+        if !same_key {
+            held.previous = held.current.take();
+        }
+        held.current = Some(new);
     }
 
     fn current(&self) -> Option<Arc<AgentKeys>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
+    }
+
+    /// The previous keys, while their certificate is valid.
+    fn previous(&self) -> Option<Arc<AgentKeys>> {
+        let prev = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .previous
+            .clone()?;
+        let now = std::time::SystemTime::now();
+        prev.cert
+            .valid_before_time()
+            .is_some_and(|t| t > now)
+            .then_some(prev)
     }
 
     /// Answer one request message (type byte + payload); returns the reply message.
@@ -64,10 +101,19 @@ impl Agent {
             ])),
             SIGN_REQUEST => {
                 let req = SignRequest::parse(body)?;
-                if req.key_blob != cert_blob.as_slice() && req.key_blob != key_blob.as_slice() {
-                    return None;
-                }
-                let sig = sign(&keys.key, req.data, req.flags)?;
+                let holds = |k: &AgentKeys| -> Option<bool> {
+                    let cert = k.cert.to_bytes().ok()?;
+                    let key = k.key.public_key().key_data().encode_vec().ok()?;
+                    Some(req.key_blob == cert.as_slice() || req.key_blob == key.as_slice())
+                };
+                let signer = if req.key_blob == cert_blob.as_slice()
+                    || req.key_blob == key_blob.as_slice()
+                {
+                    keys
+                } else {
+                    self.previous().filter(|p| holds(p) == Some(true))?
+                };
+                let sig = sign(&signer.key, req.data, req.flags)?;
                 Some(wire::sign_response(&sig.encode_vec().ok()?))
             }
             _ => None,
@@ -185,6 +231,36 @@ mod tests {
             bad.extend_from_slice(&0u32.to_be_bytes());
             assert_eq!(a.respond(&bad), vec![FAILURE]);
         }
+    }
+
+    fn sign_req(blob: &[u8]) -> Vec<u8> {
+        let mut req = vec![SIGN_REQUEST];
+        put_string(&mut req, blob);
+        put_string(&mut req, b"data");
+        req.extend_from_slice(&RSA_SHA2_512.to_be_bytes());
+        req
+    }
+
+    #[test]
+    fn the_replaced_key_still_signs_but_is_not_listed() {
+        let (a, old) = agent_for(KeyType::EcdsaP256);
+        let (b, new) = agent_for(KeyType::EcdsaP256);
+        let new_cert = b.current().unwrap().cert.clone();
+        let old_cert = a.current().unwrap().cert.to_bytes().unwrap();
+        a.set(new.clone(), new_cert);
+        // Listed: only the new key (cert and bare key).
+        let r = a.respond(&[REQUEST_IDENTITIES]);
+        let mut body = &r[5..];
+        let listed = get_string(&mut body).unwrap().to_vec();
+        assert_eq!(listed, a.current().unwrap().cert.to_bytes().unwrap());
+        // An ssh that listed the old identity just before the swap still gets a signature.
+        assert_eq!(a.respond(&sign_req(&old_cert))[0], SIGN_RESPONSE);
+        let old_bare = old.public_key().key_data().encode_vec().unwrap();
+        assert_eq!(a.respond(&sign_req(&old_bare))[0], SIGN_RESPONSE);
+        // Two renewals on, the first key is gone.
+        let (c, newer) = agent_for(KeyType::EcdsaP256);
+        a.set(newer, c.current().unwrap().cert.clone());
+        assert_eq!(a.respond(&sign_req(&old_cert)), vec![FAILURE]);
     }
 
     #[test]

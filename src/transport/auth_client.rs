@@ -1,11 +1,12 @@
-//! The Auth service client: gRPC `/proto.AuthService/GenerateUserCerts` through the proxy.
+//! The Auth service client: Teleport's gRPC services (`GenerateUserCerts`, the CA resources, the
+//! bot role, heartbeats) through the proxy.
 //!
 //! With TLS routing the proxy passes connections that offer ALPN
 //! `teleport-auth@<hex(cluster)>.teleport.cluster.local` straight to Auth without ending TLS
 //! (PROTOCOL.md section 4), so the client does mutual TLS with Auth itself: SNI
 //! `teleport.cluster.local`, Auth's certificate checked against the identity's TLS CAs (the host
-//! CA) only, the identity's certificate as the client certificate, then HTTP/2 gRPC. Each call
-//! uses its own connection (renewals are minutes apart).
+//! CA) only, the identity's certificate as the client certificate, then HTTP/2 gRPC. One
+//! [`AuthClient`] connection serves the calls of one renewal (renewals are minutes apart).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,68 +46,110 @@ async fn dial_auth(
     }
 }
 
-/// Call `GenerateUserCerts` on the Auth service behind `proxy` (`host:port`) as `id`.
-///
-/// A renewal (`use_role_requests == false`) must come from the bot's renewable identity and
-/// name its own user; an impersonation request gets certificates for `role_requests`. A
-/// refusal by Auth is one line carrying Auth's message; connection errors name the proxy.
+/// One authenticated gRPC connection to Auth through the proxy, for the calls of one renewal
+/// (the bot's own certificates, the CA resources, the bot role, each output's certificates).
+pub struct AuthClient {
+    proxy: String,
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+}
+
+impl AuthClient {
+    /// Dial Auth behind `proxy` (`host:port`) as `id`: one TCP and TLS connection, HTTP/2.
+    pub async fn connect(proxy: &str, id: &Identity) -> Result<AuthClient> {
+        let tls = dial_auth(proxy, id).await?;
+        // tonic dials through a connector; hand it the connection that is already up, once.
+        let slot = Arc::new(Mutex::new(Some(tls)));
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move {
+                conn.map(TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("the auth connection was already used"))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://teleport.cluster.local")
+            .timeout(CALL_TIMEOUT)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
+        Ok(AuthClient {
+            proxy: proxy.to_string(),
+            grpc: tonic::client::Grpc::new(channel),
+        })
+    }
+
+    /// One unary call of `path`. `what` names the request in errors ("the renewal"). A refusal
+    /// by Auth is a typed [`Refused`] carrying Auth's message on one line; what broke on the
+    /// way names the proxy.
+    pub async fn unary<Req, Resp>(
+        &mut self,
+        path: &'static str,
+        what: &str,
+        req: Req,
+    ) -> Result<Resp>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let proxy = self.proxy.clone();
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| anyhow!("auth via proxy {proxy}: connection not ready: {e}"))?;
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let resp = self
+            .grpc
+            .unary(
+                tonic::Request::new(req),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await;
+        match resp {
+            Ok(r) => Ok(r.into_inner()),
+            // Auth's own refusal is typed (the bot stops on some codes); what broke on the way
+            // (tonic made the status from a transport error) is a plain error.
+            Err(status) => {
+                let line = status_line(&proxy, path, what, &status);
+                if std::error::Error::source(&status).is_some() {
+                    return Err(anyhow!("{line}"));
+                }
+                Err(Refused {
+                    with: RefusedWith::Grpc(status.code()),
+                    line,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// `GenerateUserCerts`: a renewal (`use_role_requests == false`) must come from the bot's
+    /// renewable identity and name its own user; an impersonation request gets certificates
+    /// for `role_requests`.
+    pub async fn generate_user_certs(&mut self, req: UserCertsRequest) -> Result<Certs> {
+        let what = if req.use_role_requests {
+            "the impersonated certificate request"
+        } else {
+            "the renewal"
+        };
+        self.unary(GENERATE_USER_CERTS, what, req).await
+    }
+}
+
+/// Call `GenerateUserCerts` on the Auth service behind `proxy` (`host:port`) as `id`, on a
+/// connection of its own.
 pub async fn generate_user_certs(
     proxy: &str,
     id: &Identity,
     req: UserCertsRequest,
 ) -> Result<Certs> {
-    let what = if req.use_role_requests {
-        "the impersonated certificate request"
-    } else {
-        "the renewal"
-    };
-    let tls = dial_auth(proxy, id).await?;
-    // tonic dials through a connector; hand it the connection that is already up, once.
-    let slot = Arc::new(Mutex::new(Some(tls)));
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        async move {
-            conn.map(TokioIo::new)
-                .ok_or_else(|| std::io::Error::other("the auth connection was already used"))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://teleport.cluster.local")
-        .timeout(CALL_TIMEOUT)
-        .connect_with_connector(connector)
+    AuthClient::connect(proxy, id)
+        .await?
+        .generate_user_certs(req)
         .await
-        .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| anyhow!("auth via proxy {proxy}: connection not ready: {e}"))?;
-    let codec = tonic_prost::ProstCodec::<UserCertsRequest, Certs>::default();
-    let resp = grpc
-        .unary(
-            tonic::Request::new(req),
-            PathAndQuery::from_static(GENERATE_USER_CERTS),
-            codec,
-        )
-        .await;
-    match resp {
-        Ok(r) => Ok(r.into_inner()),
-        // Auth's own refusal is typed (the bot stops on some codes); what broke on the way
-        // (tonic made the status from a transport error) is a plain error.
-        Err(status) => {
-            let line = status_line(proxy, what, &status);
-            if std::error::Error::source(&status).is_some() {
-                return Err(anyhow!("{line}"));
-            }
-            Err(Refused {
-                with: RefusedWith::Grpc(status.code()),
-                line,
-            }
-            .into())
-        }
-    }
 }
 
 /// One line for a failed call: Auth's own refusal, or what broke on the way.
-fn status_line(proxy: &str, what: &str, status: &tonic::Status) -> String {
+fn status_line(proxy: &str, path: &str, what: &str, status: &tonic::Status) -> String {
     let msg = one_line(status.message());
     if std::error::Error::source(status).is_some() {
         // tonic made this status from a transport error: nothing came from Auth.
@@ -114,7 +157,7 @@ fn status_line(proxy: &str, what: &str, status: &tonic::Status) -> String {
     }
     match status.code() {
         tonic::Code::Unimplemented => {
-            format!("auth via proxy {proxy} does not serve {GENERATE_USER_CERTS}: {msg}")
+            format!("auth via proxy {proxy} does not serve {path}: {msg}")
         }
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
             format!("auth via proxy {proxy} did not answer {what}: {msg}")
@@ -143,10 +186,12 @@ mod tests {
     fn refusals_are_one_line_with_the_message() {
         let s = tonic::Status::permission_denied("user bot-x is locked:\n generation mismatch");
         assert_eq!(
-            status_line("p:1", "the renewal", &s),
+            status_line("p:1", GENERATE_USER_CERTS, "the renewal", &s),
             "auth refused the renewal: user bot-x is locked: generation mismatch"
         );
         let s = tonic::Status::unimplemented("nope");
-        assert!(status_line("p:1", "the renewal", &s).contains("does not serve"));
+        assert!(
+            status_line("p:1", GENERATE_USER_CERTS, "the renewal", &s).contains("does not serve")
+        );
     }
 }

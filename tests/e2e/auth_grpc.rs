@@ -27,9 +27,10 @@ fn identity(
         key,
         ssh_cert: Certificate::from_openssh(ssh.trim()).unwrap(),
         tls_cert_pem: tls,
+        // Teleport sends bare CA keys; they name no cluster.
         host_cas: ssh_cas
             .iter()
-            .map(|l| HostCa::parse_line(l.trim()).unwrap())
+            .map(|l| HostCa::parse_entry(l, "grpc.test").unwrap())
             .collect(),
         tls_cas,
     };
@@ -81,7 +82,22 @@ fn join(cl: &DevCluster, bot: &str, logins: &str, key: &KeyPair) -> Identity {
     assert!(o.status.success(), "join: {} {}", stdout(&o), stderr(&o));
     let certs: CertsJson = serde_json::from_str(&stdout(&o)).unwrap();
     let (ssh, tls, tls_cas, ssh_cas) = certs.decode().unwrap();
+    // Teleport's shape for a bot join: user CA then host CA, SSH CAs as bare public keys.
+    assert_eq!(ssh_cas, [ca_key(cl, "user"), ca_key(cl, "host")]);
+    assert_eq!(tls_cas, [ca_pem(cl, "user"), ca_pem(cl, "host")]);
     identity(key.clone(), &ssh, tls, tls_cas, &ssh_cas)
+}
+
+/// The dev cluster's CA public key (`ssh-ed25519 AAAA...` and a newline), from its CA folder.
+fn ca_key(cl: &DevCluster, kind: &str) -> String {
+    let line =
+        std::fs::read_to_string(cl.data_dir().join(format!("ca/{kind}_ca_ssh.pub"))).unwrap();
+    let mut f = line.split_whitespace();
+    format!("{} {}\n", f.next().unwrap(), f.next().unwrap())
+}
+
+fn ca_pem(cl: &DevCluster, kind: &str) -> String {
+    std::fs::read_to_string(cl.data_dir().join(format!("ca/{kind}_ca_tls.crt"))).unwrap()
 }
 
 fn request(user: &str, key: &KeyPair) -> UserCertsRequest {
@@ -113,8 +129,17 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     let certs = rt
         .block_on(generate_user_certs(&cl.addr, &id1, request("bot-ci", &k2)))
         .unwrap_or_else(|e| panic!("renewal: {e:#}"));
+    let renewal_cas = (certs.ssh_ca_certs.clone(), certs.tls_ca_certs.clone());
     let id2 = from_certs(k2, certs);
     let t2 = id2.tls_identity().unwrap();
+    let bytes = |v: Vec<String>| v.into_iter().map(String::into_bytes).collect::<Vec<_>>();
+    assert_eq!(
+        renewal_cas,
+        (
+            bytes(vec![ca_key(&cl, "user"), ca_key(&cl, "host")]),
+            bytes(vec![ca_pem(&cl, "user"), ca_pem(&cl, "host")])
+        )
+    );
     assert_eq!(
         (t2.username.as_str(), t2.generation, t2.renewable),
         ("bot-ci", 2, true)
@@ -135,11 +160,23 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     let k3 = KeyPair::generate(KeyType::Rsa2048).unwrap();
     let mut req = request("bot-ci", &k3);
     req.use_role_requests = true;
-    req.role_requests = vec!["access".into()];
     req.route_to_cluster = "grpc.test".into();
+    // No roles: Teleport's refusal, word for word (never "all roles").
+    let err = rt
+        .block_on(generate_user_certs(&cl.addr, &id2, req.clone()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "auth refused the impersonated certificate request: at least one role request is required"
+    );
+    req.role_requests = vec!["access".into()];
     let certs = rt
         .block_on(generate_user_certs(&cl.addr, &id2, req.clone()))
         .unwrap_or_else(|e| panic!("impersonation: {e:#}"));
+    // Impersonated certificates carry the user CA only.
+    assert_eq!(certs.ssh_ca_certs, bytes(vec![ca_key(&cl, "user")]));
+    assert_eq!(certs.tls_ca_certs, bytes(vec![ca_pem(&cl, "user")]));
     let out = from_certs(k3.clone(), certs);
     assert_eq!(
         out.ssh_cert.valid_principals(),
@@ -165,7 +202,8 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
         "{err}"
     );
     assert!(
-        err.contains("may not impersonate role \"editor\"") && !err.contains('\n'),
+        err.ends_with(r#"user "bot-ci" has requested role impersonation for ["editor"]"#)
+            && !err.contains('\n'),
         "{err}"
     );
 

@@ -22,11 +22,32 @@ fn ssh_scp_sftp_rsync_and_parallel_sessions() {
     let cfg = dest.join("ssh_config");
     let target = format!("{}@node-1.{C}", me());
 
-    // A command and its exit status; the bare name routes too.
+    // A command and its exit status.
     let o = ssh(&cfg, &[&target, "echo hello; exit 42"]);
     assert_eq!(o.status.code(), Some(42), "{}", stderr(&o));
     assert_eq!(stdout(&o), "hello\n");
-    let o = ssh(&cfg, &[&format!("{}@node-1", me()), "whoami"]);
+    // Bare names are left alone by default, as tbot's files leave them...
+    let bare = format!("{}@node-1", me());
+    let o = ssh(&cfg, &[&bare, "whoami"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Could not resolve hostname node-1"),
+        "{}",
+        stderr(&o)
+    );
+    // ...and route with --bare-names.
+    let bare_dest = cl.data_dir().join("dest-bare");
+    let o = cl.admin(&[
+        "auth",
+        "sign",
+        "--bot",
+        "ci",
+        "--bare-names",
+        "--destination-dir",
+        bare_dest.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "auth sign: {}", stderr(&o));
+    let o = ssh(&bare_dest.join("ssh_config"), &[&bare, "whoami"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), me());
 

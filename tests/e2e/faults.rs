@@ -580,7 +580,7 @@ fn clock_moved_five_minutes_either_way() {
         1,
         ClusterOptions {
             env: faketime_env(&lib, &cluster_clock),
-            log: None,
+            ..Default::default()
         },
     );
     std::fs::write(&cluster_clock, "+0\n").unwrap();

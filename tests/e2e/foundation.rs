@@ -29,6 +29,10 @@ fn setup(kind: KeyType) -> (tempfile::TempDir, ClusterCas, Identity) {
 }
 
 fn ssh_config_cmd(dest: &Path, mode: &str) -> std::process::Output {
+    ssh_config_with(dest, mode, &[])
+}
+
+fn ssh_config_with(dest: &Path, mode: &str, extra: &[&str]) -> std::process::Output {
     run(Command::new(idmux_bin())
         .arg("ssh-config")
         .arg("--destination-dir")
@@ -36,16 +40,38 @@ fn ssh_config_cmd(dest: &Path, mode: &str) -> std::process::Output {
         .arg("--proxy-server")
         .arg("127.0.0.1:3080")
         .arg("--mode")
-        .arg(mode))
+        .arg(mode)
+        .args(extra))
 }
 
 #[test]
-fn ssh_g_routes_cluster_and_bare_names_only() {
+fn ssh_g_routes_cluster_names_and_bare_names_only_when_asked() {
     let (tmp, _cas, _id) = setup(KeyType::EcdsaP256);
     let dest = tmp.path().join("dest");
+    // By default, as tbot: no catch-all Host block, no catch-all known_hosts line.
     let o = ssh_config_cmd(&dest, "stdio");
     assert!(o.status.success(), "{}", stderr(&o));
     let cfg = dest.join("ssh_config");
+    assert_eq!(get(&ssh_g(&cfg, "root@node-1"), "proxycommand"), None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        !text.contains("Host *\n") && !text.contains("Host * "),
+        "{text}"
+    );
+    let kh = std::fs::read_to_string(dest.join("known_hosts")).unwrap();
+    assert!(
+        kh.lines()
+            .all(|l| l.starts_with(&format!("@cert-authority 127.0.0.1,{CLUSTER},*.{CLUSTER} "))),
+        "{kh}"
+    );
+    // --bare-names adds them.
+    let o = ssh_config_with(&dest, "stdio", &["--bare-names"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kh = std::fs::read_to_string(dest.join("known_hosts")).unwrap();
+    assert!(
+        kh.contains("@cert-authority *,!*.*,!*:*,!localhost "),
+        "{kh}"
+    );
     let exe = idmux_bin();
     for target in [format!("root@node-1.{CLUSTER}"), "root@node-1".to_string()] {
         let g = ssh_g(&cfg, &target);
@@ -199,7 +225,9 @@ fn ssh_node(cfg: &Path, node: &SshdNode, target: &str, extra: &[&str]) -> std::p
 fn real_sshd_accepts_issued_certs_and_refuses_bad_ones() {
     let (tmp, cas, id) = setup(KeyType::EcdsaP256);
     let dest = tmp.path().join("dest");
-    assert!(ssh_config_cmd(&dest, "stdio").status.success());
+    assert!(ssh_config_with(&dest, "stdio", &["--bare-names"])
+        .status
+        .success());
     let cfg = dest.join("ssh_config");
     let node = SshdNode::start(
         &cas,

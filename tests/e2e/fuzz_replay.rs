@@ -142,9 +142,13 @@ fn write_seed_corpus() {
             key.to_pem().unwrap().as_bytes(),
         );
         put("cert_pem", &format!("user-{i}"), id.tls_cert_pem.as_bytes());
-        let kh =
-            idmux_identity::openssh::render_known_hosts("127.0.0.1", "seed.test", &id.host_cas)
-                .unwrap();
+        let kh = idmux_identity::openssh::render_known_hosts(
+            "127.0.0.1",
+            "seed.test",
+            &id.host_cas,
+            true,
+        )
+        .unwrap();
         put("known_hosts", &format!("known_hosts-{i}"), kh.as_bytes());
     }
     let ec = KeyPair::generate(KeyType::EcdsaP256).unwrap();

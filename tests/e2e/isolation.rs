@@ -191,6 +191,7 @@ fn no_secret_in_any_log_at_trace_level() {
         ClusterOptions {
             env: trace.clone(),
             log: Some(cluster_log.clone()),
+            ..Default::default()
         },
     );
     let token = cl.token("ci", &me());

@@ -13,6 +13,7 @@ mod cluster_ssh;
 mod faults;
 mod foundation;
 mod fuzz_replay;
+mod identities;
 mod isolation;
 mod mux;
 mod ops;

@@ -38,9 +38,11 @@ pub struct BotConfig {
 #[derive(Clone, Debug)]
 pub struct Output {
     pub dir: PathBuf,
-    /// Roles to impersonate; empty = all the bot's roles.
+    /// Roles to impersonate; empty = the bot role's impersonate list (`GetRole`), as tbot.
     pub roles: Vec<String>,
     pub mode: Mode,
+    /// Route bare one-label names to the cluster (idmux's own; see `SshConfigParams`).
+    pub bare_names: bool,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +95,9 @@ struct FileOutput {
     roles: Vec<String>,
     #[serde(default = "default_ssh_config")]
     ssh_config: String,
+    /// idmux's own key (tbot has none): also route bare one-label host names.
+    #[serde(default)]
+    bare_names: bool,
 }
 
 fn default_ssh_config() -> String {
@@ -200,6 +205,7 @@ pub fn parse_yaml(text: &str, origin: &str) -> Result<BotConfig> {
             dir,
             roles: o.roles,
             mode,
+            bare_names: o.bare_names,
         });
     }
     let trust = if f.insecure {

@@ -2,25 +2,31 @@
 //! dir, renew it, and write identity outputs (destination dirs) as tbot does.
 //!
 //! - [`config`]: the tbot v2 YAML config and the bot's settings.
+//! - [`outputs`]: what one renewal asks Auth for each output (CAs, roles, clusters, keys).
+//! - [`heartbeat`]: bot instance heartbeats.
 //! - What a destination dir holds: `idmux_identity::destination`.
 //!
 //! Lifecycle: take `DATA/lock` (flock; a second bot on the same data dir stops), then load the
 //! stored identity: a valid one is renewed, an expired one (or a new token) joins again. Every
-//! renewal asks Auth (gRPC `GenerateUserCerts` over the `teleport-auth@` ALPN) for a fresh bot
-//! identity with a new key (the generation counter goes up by one), then for each output an
-//! impersonated identity. When the proxy is down the bot keeps its files, logs one line per
-//! failure and retries with backoff; a locked or removed bot stops.
+//! renewal asks Auth (gRPC over the `teleport-auth@` ALPN) for the cluster's signature
+//! algorithm suite and a fresh bot identity with a new key of that suite's type (the
+//! generation counter goes up by one), then for each output an impersonated identity, again
+//! with a new key. When the proxy is down the bot keeps its files, logs one line per failure
+//! and retries with backoff; a locked or removed bot stops.
 //!
 //! Logs: one info line per successful renewal (`renewed: ...`, with generation, expiry and
 //! outputs) and one warn line per failed attempt; SIGHUP renews at once (`systemctl reload`),
 //! SIGTERM and SIGINT stop. No line carries a key, a certificate or the join token.
 //!
-//! Key/cert pairing: OpenSSH reads `key` and `key-cert.pub` as two files, so an output keeps
-//! one key for the life of the process and only its certificates change; any `key` a reader
-//! sees matches any `key-cert.pub` it sees. (The multiplexer's agent socket swaps key and cert
-//! together, so it can rotate keys each renewal.)
+//! Keys: as tbot, a fresh key for every renewal and every output ("constantly rotate private
+//! keys"). The files of an output are renamed into place one by one (certificates, then the
+//! key), so a reader that opens `key` and `key-cert.pub` within the microseconds between two
+//! renames can see a pair from two renewals, as with tbot; the multiplexer's agent socket
+//! swaps key and certificate together, which is why the fdpass ssh_config uses it.
 
 pub mod config;
+pub(crate) mod heartbeat;
+pub(crate) mod outputs;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -33,12 +39,14 @@ use russh::keys::ssh_key::Certificate;
 use tokio::sync::watch;
 
 use config::BotConfig;
-use idmux_identity::destination::{self as output, CaPems};
+use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
 use idmux_identity::fsutil;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
+use idmux_transport::auth_client::AuthClient;
 use idmux_transport::refusal::Refused;
 use idmux_transport::web::WebClient;
+use idmux_wire::resources::SignatureAlgorithmSuite;
 use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
 
 /// Hold `DATA/lock` for the life of the bot.
@@ -61,7 +69,9 @@ fn rfc3339(t: SystemTime) -> String {
 
 use idmux_wire::web::b64e as b64;
 
-/// Assemble an identity from a key and the certificates Auth returned.
+/// Assemble an identity from a key and the certificates Auth returned. `ssh_cas` are the
+/// entries of `ssh_cas_certs`: bare CA public keys from Teleport (user CA first, then host
+/// CA), taken as the identity's own cluster's.
 pub(crate) fn identity_from_certs(
     key: KeyPair,
     ssh: &str,
@@ -71,22 +81,35 @@ pub(crate) fn identity_from_certs(
 ) -> Result<Identity> {
     let ssh_cert = Certificate::from_openssh(ssh.trim())
         .map_err(|e| anyhow!("the SSH certificate from auth: {e}"))?;
-    let host_cas = ssh_cas
-        .iter()
-        .flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| HostCa::parse_line(&l))
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| anyhow!("the SSH CA from auth: {e}"))?;
-    let id = Identity {
+    let mut id = Identity {
         key,
         ssh_cert,
         tls_cert_pem: tls.to_string(),
-        host_cas,
+        host_cas: vec![],
         tls_cas,
     };
+    let cluster = id
+        .cluster_name()
+        .map_err(|e| anyhow!("the TLS certificate from auth: {e}"))?;
+    id.host_cas = ssh_cas
+        .iter()
+        .flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| HostCa::parse_entry(&l, &cluster))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| anyhow!("the SSH CA keys from auth: {e}"))?;
     id.check_consistent()?;
     Ok(id)
+}
+
+fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>, Vec<String>) {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        s(&c.ssh),
+        s(&c.tls),
+        c.tls_ca_certs.iter().map(|c| s(c)).collect(),
+        c.ssh_ca_certs.iter().map(|c| s(c)).collect(),
+    )
 }
 
 /// Join the cluster with a token: `GET /webapi/find` picks the key type, then
@@ -112,48 +135,6 @@ pub(crate) async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<
         .map_err(|e| anyhow!("join failed: {e:#}"))?;
     let (ssh, tls, tls_cas, ssh_cas) = certs.decode()?;
     identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)
-}
-
-/// Ask Auth for certificates for `key`: the bot's own renewal (`roles` = None) or an
-/// impersonated output identity.
-async fn generate(
-    proxy: &str,
-    bot: &Identity,
-    key: KeyPair,
-    roles: Option<&[String]>,
-    ttl: Duration,
-) -> Result<Identity> {
-    use idmux_wire::proto::UserCertsRequest;
-    let user = bot.tls_identity()?.username;
-    let expires = SystemTime::now() + ttl;
-    let secs = expires.duration_since(SystemTime::UNIX_EPOCH)?.as_secs() as i64;
-    let req = UserCertsRequest {
-        username: user,
-        expires: Some(idmux_wire::proto::Timestamp {
-            seconds: secs,
-            nanos: 0,
-        }),
-        route_to_cluster: bot.cluster_name()?,
-        role_requests: roles.map(|r| r.to_vec()).unwrap_or_default(),
-        use_role_requests: roles.is_some(),
-        ssh_public_key: key.ssh_authorized_key()?.into_bytes(),
-        tls_public_key: key.tls_public_pem()?.into_bytes(),
-        ..Default::default()
-    };
-    let certs = idmux_transport::auth_client::generate_user_certs(proxy, bot, req).await?;
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut tls_cas: Vec<String> = certs.tls_ca_certs.iter().map(|c| s(c)).collect();
-    let mut ssh_cas: Vec<String> = certs.ssh_ca_certs.iter().map(|c| s(c)).collect();
-    if roles.is_some() {
-        // As tbot: outputs trust the host CA the bot trusts.
-        tls_cas = bot.tls_cas.clone();
-        ssh_cas = bot
-            .host_cas
-            .iter()
-            .map(|c| c.authorized_hosts_line())
-            .collect::<Result<_>>()?;
-    }
-    identity_from_certs(key, &s(&certs.ssh), &s(&certs.tls), tls_cas, &ssh_cas)
 }
 
 /// Why a renewal failed, which decides what the bot does next.
@@ -187,8 +168,10 @@ pub struct Bot {
     cfg: BotConfig,
     web: WebClient,
     identity: Option<Identity>,
-    /// One key per output, kept across renewals (see the module doc).
-    output_keys: Vec<KeyPair>,
+    /// The cluster's suite, as Auth last said (`GetAuthPreference`).
+    suite: Option<SignatureAlgorithmSuite>,
+    /// When this process started (heartbeats carry the uptime).
+    started: SystemTime,
     /// The identity last written to each output (empty before the first write).
     written: Vec<Arc<Identity>>,
     /// Subscribers to one output's identity (the in-process multiplexer), by output index.
@@ -200,17 +183,12 @@ pub struct Bot {
 impl Bot {
     pub fn new(cfg: BotConfig) -> Result<Bot> {
         let web = WebClient::new(&cfg.proxy_server, &cfg.trust)?;
-        let kind = KeyType::EcdsaP256;
-        let output_keys = cfg
-            .outputs
-            .iter()
-            .map(|_| KeyPair::generate(kind))
-            .collect::<Result<_>>()?;
         Ok(Bot {
             cfg,
             web,
             identity: None,
-            output_keys,
+            suite: None,
+            started: SystemTime::now(),
             written: Vec::new(),
             published: Vec::new(),
             lock: None,
@@ -256,21 +234,20 @@ impl Bot {
         Ok(())
     }
 
-    /// Renew the bot's own identity (new key, generation + 1).
+    /// Renew the bot's own identity: a new key of the cluster's suite, generation + 1.
     async fn renew_bot(&mut self) -> Result<()> {
         let cur = self
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity to renew"))?;
-        let key = KeyPair::generate(cur.key.key_type())?;
-        let new = generate(
-            &self.cfg.proxy_server,
-            cur,
-            key,
-            None,
-            self.cfg.certificate_ttl,
-        )
-        .await?;
+        let mut auth = AuthClient::connect(&self.cfg.proxy_server, cur).await?;
+        let suite = outputs::suite(&mut auth).await?;
+        self.suite = Some(suite);
+        let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
+        let req = outputs::renewal_request(cur, &key, self.cfg.certificate_ttl)?;
+        let certs = auth.generate_user_certs(req).await?;
+        let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
+        let new = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)?;
         new.write_data_dir(&self.cfg.data_dir, None)?;
         tracing::debug!(
             generation = new.tls_identity()?.generation,
@@ -294,28 +271,30 @@ impl Bot {
         if self.cfg.outputs.is_empty() {
             return Ok(());
         }
-        let user = self
-            .web
-            .get_text("/webapi/auth/export?type=tls-user")
-            .await?;
-        let db = self.web.get_text("/webapi/auth/export?type=tls-db").await?;
-        let pems = CaPems {
-            host: bot.tls_cas.clone(),
-            user: idmux_identity::files::split_pem_certs(&user),
-            db: idmux_identity::files::split_pem_certs(&db),
+        let proxy = &self.cfg.proxy_server;
+        let mut auth = AuthClient::connect(proxy, bot).await?;
+        let suite = match self.suite {
+            Some(s) => s,
+            None => outputs::suite(&mut auth).await?,
         };
+        self.suite = Some(suite);
+        let pems = outputs::ca_pems(&mut auth).await?;
+        let bot_user = bot.tls_identity()?.username;
+        let own = bot.cluster_name()?;
         let mut written = Vec::with_capacity(self.cfg.outputs.len());
-        for (o, key) in self.cfg.outputs.iter().zip(&self.output_keys) {
-            let roles: &[String] = &o.roles;
-            let id = generate(
-                &self.cfg.proxy_server,
-                bot,
-                key.clone(),
-                Some(roles),
-                self.cfg.certificate_ttl,
-            )
-            .await?;
-            output::write_destination(&o.dir, &id, &pems, &self.cfg.proxy_server, o.mode)?;
+        for o in &self.cfg.outputs {
+            let roles = outputs::output_roles(&mut auth, &o.roles, &bot_user).await?;
+            let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
+            let req = outputs::impersonation_request(bot, &key, roles, self.cfg.certificate_ttl)?;
+            let certs = auth.generate_user_certs(req).await?;
+            let (ssh, tls, _, _) = certs_text(&certs);
+            // As tbot: the output trusts the host CAs of the CA resources, not the answer's
+            // CA lists (which hold the user CA only).
+            let mut id = identity_from_certs(key, &ssh, &tls, pems.host.clone(), &[])?;
+            let mut as_output = AuthClient::connect(proxy, &id).await?;
+            let clusters = outputs::cluster_names(&mut as_output, &own).await?;
+            id.host_cas = outputs::host_cas(&mut as_output, &clusters).await?;
+            output::write_destination(&o.dir, &id, &pems, proxy, o.mode, o.bare_names)?;
             tracing::debug!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
             written.push(Arc::new(id));
         }
@@ -325,6 +304,36 @@ impl Bot {
         }
         self.written = written;
         Ok(())
+    }
+
+    /// Send a heartbeat in the background with the current identity (never delays renewal).
+    fn spawn_heartbeat(&self, startup: bool) {
+        let Some(id) = self.identity.clone() else {
+            return;
+        };
+        let req = heartbeat::heartbeat(self.started, SystemTime::now(), startup, self.cfg.oneshot);
+        let proxy = self.cfg.proxy_server.clone();
+        tokio::spawn(async move {
+            match heartbeat::submit(&proxy, &id, req).await {
+                Ok(true) => tracing::debug!(startup, "heartbeat sent"),
+                Ok(false) => tracing::debug!("the cluster does not take bot heartbeats"),
+                Err(e) => tracing::warn!("heartbeat not sent: {e:#}"),
+            }
+        });
+    }
+
+    /// The one-shot run's heartbeat (`one_shot`), waited for at most `limit`.
+    pub async fn heartbeat_once(&self, limit: Duration) {
+        let Some(id) = self.identity.clone() else {
+            return;
+        };
+        let req = heartbeat::heartbeat(self.started, SystemTime::now(), true, true);
+        match tokio::time::timeout(limit, heartbeat::submit(&self.cfg.proxy_server, &id, req)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("heartbeat not sent: {e:#}"),
+            Err(_) => tracing::warn!("heartbeat not sent: no answer in {}s", limit.as_secs()),
+        }
     }
 
     /// Follow the identity written to the output in `dest`: the receiver sees every renewal
@@ -375,13 +384,20 @@ impl Bot {
     /// stops it. Call after [`Bot::start`].
     pub async fn renew_until_stopped(mut self) -> Result<()> {
         let mut failures = 0u32;
-        let mut wait = self.cfg.renewal_interval;
+        let mut next = tokio::time::Instant::now() + self.cfg.renewal_interval;
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+        // The first tick is at once: the startup heartbeat.
+        let mut beats = tokio::time::interval(heartbeat::INTERVAL);
+        let mut startup = true;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = beats.tick() => {
+                    self.spawn_heartbeat(std::mem::take(&mut startup));
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next) => {}
                 // `systemctl reload`: renew now.
                 _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -408,14 +424,15 @@ impl Bot {
             match r.map_err(RenewError::classify) {
                 Ok(()) => {
                     failures = 0;
-                    wait = self.cfg.renewal_interval;
+                    next = tokio::time::Instant::now() + self.cfg.renewal_interval;
                     self.log_renewed("renewed");
                 }
                 Err(RenewError::Final(e)) => return Err(e),
                 Err(RenewError::Passing(e)) => {
                     failures += 1;
-                    wait =
+                    let wait =
                         Duration::from_secs(1u64 << failures.min(5)).min(self.cfg.renewal_interval);
+                    next = tokio::time::Instant::now() + wait;
                     tracing::warn!(
                         "renewal failed (attempt {failures}), retrying in {}s: {e:#}",
                         wait.as_secs()

@@ -1,0 +1,362 @@
+//! Teleport-exact identities end to end: the signature algorithm suites (key types of the CAs,
+//! the bot and its outputs), outputs whose roles come from the bot role, heartbeats, and CA
+//! rotations followed by a running bot while sessions run and new ones open.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use idmux_identity::{Identity, KeyPair, KeyType};
+use idmux_testkit::*;
+
+const C: &str = "ids.test";
+
+fn cluster(suite: &str, nodes: usize) -> DevCluster {
+    DevCluster::start_with(
+        tempfile::tempdir().unwrap(),
+        C,
+        nodes,
+        ClusterOptions {
+            args: vec![format!("--signature-algorithm-suite={suite}")],
+            ..Default::default()
+        },
+    )
+}
+
+fn key_type(path: &std::path::Path) -> KeyType {
+    KeyPair::from_pem(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .key_type()
+}
+
+fn generation(data: &std::path::Path) -> u64 {
+    Identity::read_data_dir(data)
+        .unwrap()
+        .tls_identity()
+        .unwrap()
+        .generation
+}
+
+/// The seed's flow on a suite: join, outputs, ssh and scp through the multiplexer; the keys of
+/// the bot and its output and the CAs have the suite's types.
+fn seed_flow(suite: &str, want_key: KeyType, want_ca_prefix: &str) {
+    let cl = cluster(suite, 1);
+    // `idmux start` without --roles: the output's roles come from the bot role.
+    let bot = BotProc::start(&cl, BotOptions::default());
+    assert_eq!(key_type(&bot.dest.join("key")), want_key, "output key");
+    assert_eq!(
+        key_type(&bot.data.join("key")),
+        want_key,
+        "bot identity key"
+    );
+    let kh = std::fs::read_to_string(bot.dest.join("known_hosts")).unwrap();
+    assert!(
+        kh.starts_with(&format!(
+            "@cert-authority {},{C},*.{C} {want_ca_prefix} ",
+            proxy_host(&cl)
+        )),
+        "{kh}"
+    );
+    let cfg = bot.ssh_config();
+    let target = format!("{}@node-1.{C}", me());
+    let o = ssh(&cfg, &[&target, "echo ok"]);
+    assert!(o.status.success(), "{suite}: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "ok");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("payload");
+    std::fs::write(&src, vec![7u8; 256 * 1024]).unwrap();
+    let remote = work.path().join("remote");
+    let o = run(Command::new("scp")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-q", "-o", "BatchMode=yes"])
+        .arg(&src)
+        .arg(format!("{target}:{}", remote.display())));
+    assert!(o.status.success(), "{suite} scp: {}", stderr(&o));
+    assert_eq!(std::fs::read(&remote).unwrap(), vec![7u8; 256 * 1024]);
+    // Ping names the suite.
+    let o = run(Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(cl.data_dir().join("ca.pem"))
+        .arg(format!("https://{}/webapi/ping", cl.addr)));
+    let ping: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(ping["auth"]["signature_algorithm_suite"], suite);
+    assert_eq!(ping["fips"], false);
+}
+
+fn proxy_host(cl: &DevCluster) -> String {
+    cl.addr.rsplit_once(':').unwrap().0.to_string()
+}
+
+#[test]
+fn seed_flow_on_the_legacy_suite_is_rsa() {
+    seed_flow("legacy", KeyType::Rsa2048, "ssh-rsa");
+}
+
+#[test]
+fn seed_flow_on_the_balanced_suite_is_ecdsa_with_ed25519_cas() {
+    seed_flow("balanced-v1", KeyType::EcdsaP256, "ssh-ed25519");
+}
+
+#[test]
+#[ignore = "long tier: scripts/test.sh --long"]
+fn seed_flow_on_the_fips_and_hsm_suites_is_ecdsa() {
+    seed_flow("fips-v1", KeyType::EcdsaP256, "ecdsa-sha2-nistp256");
+    seed_flow("hsm-v1", KeyType::EcdsaP256, "ecdsa-sha2-nistp256");
+}
+
+#[test]
+fn roles_come_from_the_bot_role_and_heartbeats_are_recorded() {
+    let cl = cluster("balanced-v1", 0);
+    // A bot whose role may impersonate nothing: one line naming the role.
+    let o = cl.admin(&[
+        "bots",
+        "add",
+        "empty",
+        "--roles=",
+        "--logins",
+        &me(),
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let token = v["token_id"].as_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut args = cl.start_args(&work.path().join("data"), &work.path().join("dest"), token);
+    args.push("--oneshot".into());
+    let o = run(Command::new(idmux_bin()).args(&args));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("idmux: "))
+        .unwrap_or(&err);
+    assert!(
+        line.contains("the bot role bot-empty allows impersonating no roles"),
+        "{err}"
+    );
+
+    // A one-shot run of a bot with roles: its output holds the bot role's roles, and its
+    // heartbeat says one-shot.
+    let token = cl.token("ci", &me());
+    let dest = work.path().join("dest-ci");
+    let mut args = cl.start_args(&work.path().join("data-ci"), &dest, &token);
+    args.push("--oneshot".into());
+    let o = run(Command::new(idmux_bin()).args(&args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = Identity::load_destination(&dest).unwrap();
+    assert_eq!(id.tls_identity().unwrap().groups, ["access".to_string()]);
+    let ls = stdout(&cl.admin(&["bots", "ls"]));
+    let row = ls.lines().find(|l| l.starts_with("ci ")).unwrap();
+    assert!(row.contains("one-shot") && !row.contains(" - "), "{ls}");
+
+    // A running bot sends its startup heartbeat.
+    let bot = BotProc::start(
+        &cl,
+        BotOptions {
+            token: Some(cl.token("daemon", &me())),
+            ..Default::default()
+        },
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let ls = stdout(&cl.admin(&["bots", "ls"]));
+            ls.lines()
+                .any(|l| l.starts_with("daemon ") && l.contains("startup"))
+        }),
+        "no startup heartbeat: {}",
+        bot.log_text()
+    );
+}
+
+/// Ask the bot to renew now (SIGHUP) and wait until its output's known_hosts satisfies `ok`.
+fn renew_until(bot: &BotProc, what: &str, ok: impl Fn(&str) -> bool) {
+    let g = generation(&bot.data);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bot.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let kh = bot.dest.join("known_hosts");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            generation(&bot.data) > g && ok(&std::fs::read_to_string(&kh).unwrap_or_default())
+        }),
+        "{what}: the bot did not renew into it: {}",
+        bot.log_text()
+    );
+}
+
+fn rotate(cl: &DevCluster, kind: &str, phase: &str) {
+    let o = cl.admin(&["auth", "rotate", "--type", kind, "--phase", phase]);
+    assert!(o.status.success(), "rotate {kind} {phase}: {}", stderr(&o));
+}
+
+fn ca_key(cl: &DevCluster, kind: &str) -> String {
+    let line =
+        std::fs::read_to_string(cl.data_dir().join(format!("ca/{kind}_ca_ssh.pub"))).unwrap();
+    let mut f = line.split_whitespace();
+    format!("{} {}", f.next().unwrap(), f.next().unwrap())
+}
+
+/// A session held open: the remote side printed `ready` and waits for a line.
+struct Held {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+fn hold(cfg: &std::path::Path, target: &str) -> Held {
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(cfg)
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg(target)
+        .arg("echo ready; read line; echo got-$line")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    Held { child, out }
+}
+
+#[test]
+fn ca_rotations_through_every_phase_with_sessions_running() {
+    let _serial = exclusive(); // 10 held sessions and a stream of new ones
+    let cl = cluster("balanced-v1", 1);
+    let bot = BotProc::start(
+        &cl,
+        BotOptions {
+            args: vec![
+                "--certificate-ttl=2h".into(),
+                "--renewal-interval=1h".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let cfg = bot.ssh_config();
+    let target = format!("{}@node-1.{C}", me());
+    let mut held: Vec<Held> = (0..10).map(|_| hold(&cfg, &target)).collect();
+
+    // New sessions, one after another, for the whole rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let churn = {
+        let (stop, ok, failures, cfg, target) = (
+            stop.clone(),
+            ok.clone(),
+            failures.clone(),
+            cfg.clone(),
+            target.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let o = ssh(&cfg, &[&target, "true"]);
+                if o.status.success() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.lock().unwrap().push(stderr(&o));
+                }
+            }
+        })
+    };
+
+    // Between two phases, at least two new sessions open (and none fails).
+    let opens = |what: &str| {
+        let before = ok.load(Ordering::Relaxed);
+        assert!(
+            wait_for(Duration::from_secs(30), || ok.load(Ordering::Relaxed)
+                >= before + 2),
+            "{what}: new sessions stopped opening: {:?}",
+            failures.lock().unwrap()
+        );
+    };
+    let t0 = Instant::now();
+    let old_host = ca_key(&cl, "host");
+    let keys = |kh: &str| kh.lines().count();
+    rotate(&cl, "host", "init");
+    renew_until(&bot, "host init", |kh| keys(kh) == 2);
+    opens("host init");
+    let new_host = std::fs::read_to_string(cl.data_dir().join("ca/host_ca_additional_ssh.pub"))
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    rotate(&cl, "host", "update_clients");
+    renew_until(&bot, "host update_clients", |kh| keys(kh) == 2);
+    opens("host update_clients");
+    rotate(&cl, "host", "update_servers");
+    renew_until(&bot, "host update_servers", |kh| keys(kh) == 2);
+    opens("host update_servers");
+    rotate(&cl, "host", "standby");
+    renew_until(&bot, "host standby", |kh| keys(kh) == 1);
+    opens("host standby");
+    let kh = std::fs::read_to_string(bot.dest.join("known_hosts")).unwrap();
+    assert!(kh.contains(&new_host) && !kh.contains(&old_host), "{kh}");
+    assert_eq!(ca_key(&cl, "host"), new_host);
+    // Only the new host CA is trusted now, so the node serves a certificate from it.
+    let o = ssh(&cfg, &[&target, "true"]);
+    assert!(
+        o.status.success(),
+        "after the host rotation: {}",
+        stderr(&o)
+    );
+
+    // The user CA: nodes and the proxy trust both keys while clients move over.
+    let old_user = ca_key(&cl, "user");
+    for phase in ["init", "update_clients", "update_servers", "standby"] {
+        rotate(&cl, "user", phase);
+        renew_until(&bot, &format!("user {phase}"), |_| true);
+        opens(&format!("user {phase}"));
+    }
+    assert_ne!(ca_key(&cl, "user"), old_user);
+    let out = Identity::load_destination(&bot.dest).unwrap();
+    let signer = russh::keys::ssh_key::PublicKey::from(out.ssh_cert.signature_key().clone())
+        .to_openssh()
+        .unwrap();
+    assert_eq!(
+        signer
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+        ca_key(&cl, "user"),
+        "the output is signed by the new user CA"
+    );
+    let o = ssh(&cfg, &[&target, "true"]);
+    assert!(
+        o.status.success(),
+        "after the user rotation: {}",
+        stderr(&o)
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    let failed = failures.lock().unwrap().clone();
+    let opened = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "rotations took {:?}; {opened} new sessions opened, {} failed",
+        t0.elapsed(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "new sessions failed: {failed:?}");
+    assert!(opened >= 16, "only {opened} new sessions opened");
+    // The sessions held through both rotations are still there.
+    for (i, h) in held.iter_mut().enumerate() {
+        let stdin = h.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{i}").unwrap();
+        let mut line = String::new();
+        h.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("got-{i}"));
+        assert!(h.child.wait().unwrap().success());
+    }
+}
