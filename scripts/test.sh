@@ -7,7 +7,8 @@
 #   scripts/test.sh            the default suite (about 6 minutes on 2 cores once built;
 #                              a fresh build adds about 12.5)
 #   scripts/test.sh --long     also the long tier: the full soak (7,000 connections through
-#                              v1.sock) instead of its short form
+#                              v1.sock) instead of its short form, and the seed's flow on
+#                              the fips-v1 and hsm-v1 suites
 #
 # The end-to-end tests that reach nodes run once per node transport (IDMUX_TEST_TRANSPORT):
 # first everything with dev clusters serving only gRPC TransportService, then the
@@ -30,7 +31,7 @@ trap 'rm -f "$log"' EXIT
 # keeps a 2-core machine responsive. (No doc tests: the crates have none.)
 threads="${IDMUX_TEST_THREADS:-2}"
 # End-to-end modules whose tests reach nodes through the proxy (test names start `MODULE::`).
-per_transport=(cluster_ssh:: mux:: bot:: ansible:: transport:: faults::)
+per_transport=(cluster_ssh:: mux:: bot:: ansible:: transport:: faults:: identities::)
 status=0
 echo "== pass 1: unit tests of every crate and every end-to-end test, node transport gRPC"
 IDMUX_TEST_TRANSPORT=grpc cargo test --workspace --no-fail-fast --lib --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?

@@ -62,6 +62,10 @@ pub(crate) struct StartArgs {
     /// existing cluster the CAs keep their keys until rotated, as in Teleport.
     #[arg(long, value_enum)]
     pub signature_algorithm_suite: Option<SuiteArg>,
+    /// A leaf cluster trusted by this one (repeatable): its own CAs and an sshd node
+    /// (`node-1.NAME`), reached through this proxy and listed by ListRemoteClusters.
+    #[arg(long = "leaf")]
+    pub leaves: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,6 +190,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 nodes: a.nodes,
                 transports: a.transports.iter().map(|&t| t.into()).collect(),
                 suite: a.signature_algorithm_suite.map(Into::into),
+                leaves: a.leaves,
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {

@@ -140,19 +140,19 @@ async fn route(
         }
         GET_CERT_AUTHORITY => {
             unary(req, move |r: GetCertAuthorityRequest| {
-                res::get_cert_authority(&[&c.live().cas], &r)
+                res::get_cert_authority(&c.live().clusters(), &r)
             })
             .await
         }
         GET_CERT_AUTHORITIES => {
             unary(req, move |r: GetCertAuthoritiesRequest| {
-                res::get_cert_authorities(&[&c.live().cas], &r)
+                res::get_cert_authorities(&c.live().clusters(), &r)
             })
             .await
         }
         LIST_REMOTE_CLUSTERS => {
             unary(req, move |r: ListRemoteClustersRequest| {
-                res::list_remote_clusters(&[], &r)
+                res::list_remote_clusters(&c.live().leaf_names(), &r)
             })
             .await
         }

@@ -62,6 +62,7 @@ pub struct Ctx {
     pub proxy_host: String,
     listen: SocketAddr,
     transports: Vec<ProxyTransport>,
+    leaf_names: Vec<String>,
     /// The web API's TLS (`http/1.1`): its certificate is issued once at start, from the host
     /// CA then active (`DIR/ca.pem`), and kept through rotations, as a Teleport proxy's web
     /// certificate does not follow the cluster's CAs.
@@ -75,6 +76,8 @@ pub struct Ctx {
 /// trusted user CA key) and the proxy SSH server's host certificate.
 pub struct Live {
     pub cas: ClusterCas,
+    /// The leaf clusters' CAs (`DIR/leaves/NAME/ca`), in `--leaf` order.
+    pub leaves: Vec<ClusterCas>,
     /// `None` when that transport is switched off (`--transports`), as on an older proxy.
     tls_ssh: Option<Arc<rustls::ServerConfig>>,
     tls_grpc: Option<Arc<rustls::ServerConfig>>,
@@ -92,6 +95,8 @@ pub struct StartOptions {
     pub transports: Vec<ProxyTransport>,
     /// The signature algorithm suite (`None`: keep the stored one; balanced-v1 when new).
     pub suite: Option<ca::Suite>,
+    /// Leaf clusters trusted by this one, each with its own CAs and one sshd node.
+    pub leaves: Vec<String>,
 }
 
 fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
@@ -172,13 +177,28 @@ fn proxy_tls_cert(cas: &ClusterCas, key: &KeyPair, listen: SocketAddr) -> Result
 }
 
 impl Live {
+    /// This cluster's CAs, then every leaf cluster's: what the bot's CA requests see.
+    pub fn clusters(&self) -> Vec<&ClusterCas> {
+        std::iter::once(&self.cas).chain(&self.leaves).collect()
+    }
+
+    /// The leaf cluster names, in order.
+    pub fn leaf_names(&self) -> Vec<String> {
+        self.leaves.iter().map(|l| l.cluster.clone()).collect()
+    }
+
     /// Issue the proxy's and Auth's certificates from `cas` and build their configurations.
     fn build(
         dir: &Path,
         cas: ClusterCas,
+        leaves: &[String],
         listen: SocketAddr,
         transports: &[ProxyTransport],
     ) -> Result<Live> {
+        let leaves = leaves
+            .iter()
+            .map(|l| ClusterCas::load(&leaf_dir(dir, l).join("ca")))
+            .collect::<Result<Vec<_>>>()?;
         let pdir = dir.join("proxy");
         let proxy_host = listen.ip().to_string();
         let tls_key = key_file(&pdir.join("tls.key"), KeyType::EcdsaP256)?;
@@ -213,6 +233,7 @@ impl Live {
         sc.methods = russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]);
         Ok(Live {
             cas,
+            leaves,
             tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
             tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
             tls_auth: Arc::new(auth),
@@ -225,6 +246,7 @@ impl Ctx {
     fn new(
         dir: &Path,
         cas: ClusterCas,
+        leaves: &[String],
         listen: SocketAddr,
         transports: &[ProxyTransport],
     ) -> Result<Ctx> {
@@ -237,13 +259,14 @@ impl Ctx {
         let web_cert = proxy_tls_cert(&cas, &web_key, listen)?;
         fsutil::write_atomic(&pdir.join("web.crt"), web_cert.as_bytes(), PUBLIC)?;
         let web = web_tls_config(&cas, &web_cert, &web_key)?;
-        let live = Live::build(dir, cas, listen, transports)?;
+        let live = Live::build(dir, cas, leaves, listen, transports)?;
         Ok(Ctx {
             dir: dir.to_path_buf(),
             proxy_addr,
             proxy_host,
             listen,
             transports: transports.to_vec(),
+            leaf_names: leaves.to_vec(),
             tls_web: Arc::new(web),
             live: std::sync::RwLock::new(Arc::new(live)),
         })
@@ -257,7 +280,13 @@ impl Ctx {
     /// Reload the CAs from disk and rebuild what follows them (a rotation step was applied).
     fn reload(&self) -> Result<Arc<Live>> {
         let cas = ClusterCas::load(&self.dir.join("ca"))?;
-        let live = Arc::new(Live::build(&self.dir, cas, self.listen, &self.transports)?);
+        let live = Arc::new(Live::build(
+            &self.dir,
+            cas,
+            &self.leaf_names,
+            self.listen,
+            &self.transports,
+        )?);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = live.clone();
         Ok(live)
     }
@@ -384,47 +413,91 @@ pub async fn start(opts: StartOptions) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot listen", opts.listen))?;
     let listen = listener.local_addr()?;
+    for l in &opts.leaves {
+        if l.is_empty() || l.contains(|c: char| c.is_whitespace() || c == '/') || *l == opts.name {
+            bail!(
+                "--leaf {l:?}: want a cluster name other than {:?}",
+                opts.name
+            );
+        }
+        tokio::task::block_in_place(|| {
+            ClusterCas::load_or_create(&leaf_dir(dir, l).join("ca"), l, opts.suite)
+        })?;
+    }
     let ctx = Arc::new(tokio::task::block_in_place(|| {
-        Ctx::new(dir, cas, listen, &opts.transports)
+        Ctx::new(dir, cas, &opts.leaves, listen, &opts.transports)
     })?);
 
-    // Nodes: keep host ids across restarts.
-    let known = State::load(dir).map(|s| s.nodes).unwrap_or_default();
+    // Nodes: keep host ids across restarts. Each leaf cluster has one node, `node-1`.
+    let st = State::load(dir).unwrap_or_default();
+    let host_id = |known: Option<&Vec<Node>>, name: &str| {
+        known
+            .and_then(|k| k.iter().find(|n| n.name == name))
+            .map(|n| n.host_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    };
+    let live = ctx.live();
     let mut nodes = Vec::new();
     for i in 1..=opts.nodes {
         let name = format!("node-{i}");
-        let host_id = known
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.host_id.clone())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = host_id(Some(&st.nodes), &name);
         let n = tokio::task::block_in_place(|| {
-            node::SshdNode::start(
-                &ctx.live().cas,
-                &dir.join("nodes").join(&name),
-                &name,
-                &host_id,
-            )
+            node::SshdNode::start(&live.cas, &dir.join("nodes").join(&name), &name, &id)
         })?;
-        nodes.push(n);
+        nodes.push(RunningNode {
+            leaf: None,
+            node: n,
+        });
     }
+    for (i, leaf) in live.leaves.iter().enumerate() {
+        let name = "node-1".to_string();
+        let id = host_id(st.leaves.get(&leaf.cluster), &name);
+        let ndir = leaf_dir(dir, &leaf.cluster).join("nodes").join(&name);
+        let n = tokio::task::block_in_place(|| {
+            node::SshdNode::start_for(leaf, &live.cas, &ndir, &name, &id)
+        })?;
+        nodes.push(RunningNode {
+            leaf: Some(i),
+            node: n,
+        });
+    }
+    drop(live);
     let listing: Vec<String> = nodes
         .iter()
-        .map(|n| format!("  node {} at {}", n.name, n.addr))
-        .collect();
-    let inventory: Vec<Node> = nodes
-        .iter()
-        .map(|n| Node {
-            name: n.name.clone(),
-            host_id: n.host_id.clone(),
-            addr: n.addr.to_string(),
-            labels: [
-                ("env".to_string(), "dev".to_string()),
-                ("name".to_string(), n.name.clone()),
-            ]
-            .into(),
+        .map(|r| {
+            let n = &r.node;
+            match r.leaf {
+                None => format!("  node {} at {}", n.name, n.addr),
+                Some(i) => format!("  node {}.{} at {}", n.name, opts.leaves[i], n.addr),
+            }
         })
         .collect();
+    let as_node = |n: &node::SshdNode, cluster: &str| Node {
+        name: n.name.clone(),
+        host_id: n.host_id.clone(),
+        addr: n.addr.to_string(),
+        labels: [
+            ("env".to_string(), "dev".to_string()),
+            ("name".to_string(), n.name.clone()),
+            ("cluster".to_string(), cluster.to_string()),
+        ]
+        .into(),
+    };
+    let inventory: Vec<Node> = nodes
+        .iter()
+        .filter(|r| r.leaf.is_none())
+        .map(|r| as_node(&r.node, &opts.name))
+        .collect();
+    let mut leaf_inventory = std::collections::BTreeMap::new();
+    for r in &nodes {
+        if let Some(i) = r.leaf {
+            let l = &opts.leaves[i];
+            leaf_inventory
+                .entry(l.clone())
+                .or_insert_with(Vec::new)
+                .push(as_node(&r.node, l));
+        }
+    }
     let nodes = Arc::new(std::sync::Mutex::new(nodes));
     let cluster_name = ctx.live().cas.cluster.clone();
     let proxy_addr = ctx.proxy_addr.clone();
@@ -432,6 +505,7 @@ pub async fn start(opts: StartOptions) -> Result<()> {
         s.cluster_name = cluster_name;
         s.proxy_addr = proxy_addr;
         s.nodes = inventory;
+        s.leaves = leaf_inventory;
         Ok(())
     })?;
 
@@ -489,7 +563,18 @@ fn read_count(p: &Path) -> u64 {
 
 /// Apply CA changes as they are made: reload the CAs, reissue the proxy's and Auth's
 /// certificates, refresh every node (host certificate, trusted user CA keys, sshd reload).
-async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<node::SshdNode>>>) {
+/// A node the cluster runs: its own (`leaf: None`) or a leaf cluster's (index into the leaves).
+struct RunningNode {
+    leaf: Option<usize>,
+    node: node::SshdNode,
+}
+
+/// Where a leaf cluster keeps its CAs and nodes.
+fn leaf_dir(dir: &Path, leaf: &str) -> PathBuf {
+    dir.join("leaves").join(leaf)
+}
+
+async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<RunningNode>>>) {
     let serial = ctx.dir.join("ca").join("serial");
     let mut seen = read_count(&serial);
     loop {
@@ -502,8 +587,9 @@ async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<node::SshdNode
         let (c, n) = (ctx.clone(), nodes.clone());
         let applied = tokio::task::spawn_blocking(move || -> Result<()> {
             let live = c.reload()?;
-            for node in n.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-                node.refresh(&live.cas)?;
+            for r in n.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                let host = r.leaf.map(|i| &live.leaves[i]).unwrap_or(&live.cas);
+                r.node.refresh(host, &live.cas)?;
             }
             fsutil::write_atomic(
                 &c.dir.join("ca").join("applied"),

@@ -47,8 +47,21 @@ pub fn free_port() -> Result<u16> {
 impl SshdNode {
     /// Prepare `dir` for a node (host key, host cert, trusted CAs, sshd_config) and start sshd.
     pub fn start(cas: &ClusterCas, dir: &Path, name: &str, host_id: &str) -> Result<SshdNode> {
+        Self::start_for(cas, cas, dir, name, host_id)
+    }
+
+    /// Start a node whose host certificate comes from `host`'s CA and which trusts the user
+    /// certificates of `users` (a leaf cluster's node trusts the root's users: the dev
+    /// cluster's simpler model of a trusted cluster).
+    pub fn start_for(
+        host: &ClusterCas,
+        users: &ClusterCas,
+        dir: &Path,
+        name: &str,
+        host_id: &str,
+    ) -> Result<SshdNode> {
         fsutil::ensure_private_dir(dir)?;
-        write_credentials(cas, dir, name, host_id)?;
+        write_credentials(host, users, dir, name, host_id)?;
         let sshd = sshd_path()?;
         // Privilege separation needs /run/sshd when sshd runs as root.
         if nix::unistd::geteuid().is_root() {
@@ -114,8 +127,8 @@ impl SshdNode {
     /// trusted user CA keys (every trusted key, a rotation has two) again, and when either
     /// changed, make sshd reload them (SIGHUP: it re-executes itself) and wait until it listens
     /// again. Sessions in progress are sshd's children and go on.
-    pub fn refresh(&mut self, cas: &ClusterCas) -> Result<bool> {
-        if !write_credentials(cas, &self.dir, &self.name, &self.host_id)? {
+    pub fn refresh(&mut self, host: &ClusterCas, users: &ClusterCas) -> Result<bool> {
+        if !write_credentials(host, users, &self.dir, &self.name, &self.host_id)? {
             return Ok(false);
         }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -157,7 +170,13 @@ pub fn terminate(child: &mut Child, grace: Duration) {
 
 /// Write a node's host key (kept), host certificate and trusted user CA keys. Returns whether
 /// the certificate's signing CA or the trusted keys changed since the last write.
-fn write_credentials(cas: &ClusterCas, dir: &Path, name: &str, host_id: &str) -> Result<bool> {
+fn write_credentials(
+    cas: &ClusterCas,
+    users: &ClusterCas,
+    dir: &Path,
+    name: &str,
+    host_id: &str,
+) -> Result<bool> {
     let key_path = dir.join("ssh_host_key");
     let key = if key_path.exists() {
         KeyPair::from_pem(&fsutil::read_string(&key_path)?)
@@ -170,11 +189,11 @@ fn write_credentials(cas: &ClusterCas, dir: &Path, name: &str, host_id: &str) ->
         k
     };
     let mut trusted = String::new();
-    for line in cas
+    for line in users
         .user
         .trusted_ssh_lines()?
         .into_iter()
-        .chain(cas.openssh.trusted_ssh_lines()?)
+        .chain(users.openssh.trusted_ssh_lines()?)
     {
         trusted.push_str(&line);
         trusted.push('\n');

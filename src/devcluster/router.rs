@@ -84,12 +84,19 @@ pub(crate) fn decide(
     port: u16,
     cluster: &str,
 ) -> Result<String, Refusal> {
-    if !cluster.is_empty() && cluster != st.cluster_name {
+    // This cluster, or one of its leaf clusters (reached through this proxy).
+    let leaf = !cluster.is_empty() && cluster != st.cluster_name;
+    if leaf && !st.leaves.contains_key(cluster) {
         return Err(Refusal::NotFound(format!(
-            "cluster {cluster:?} is not found (this proxy serves {:?})",
+            "cluster {cluster:?} is not found (this proxy serves {:?} and its leaf clusters)",
             st.cluster_name
         )));
     }
+    let in_cluster = if leaf {
+        cluster
+    } else {
+        st.cluster_name.as_str()
+    };
     if let Some(bot) = caller.username.strip_prefix("bot-") {
         match st.bots.get(bot) {
             None => {
@@ -108,15 +115,19 @@ pub(crate) fn decide(
             _ => {}
         }
     }
-    let host = clean_target_host(host, proxy_host, &st.cluster_name);
+    let host = clean_target_host(host, proxy_host, in_cluster);
     if host.is_empty() {
         return Err(Refusal::BadRequest("the target names no host".into()));
     }
-    let Some(node) = st.find_node(host, port) else {
+    let found = if leaf {
+        st.find_leaf_node(cluster, host, port)
+    } else {
+        st.find_node(host, port)
+    };
+    let Some(node) = found else {
         return Err(Refusal::NotFound(format!(
             "direct dialing to nodes not found in inventory is not supported (no node {host:?} \
-             in cluster {:?})",
-            st.cluster_name
+             in cluster {in_cluster:?})"
         )));
     };
     let allowed = caller
@@ -128,7 +139,7 @@ pub(crate) fn decide(
         return Err(Refusal::Denied(format!(
             "access denied to {} connecting to {}.{} (its roles {:?} do not allow the node's \
              labels)",
-            caller.username, node.name, st.cluster_name, caller.roles
+            caller.username, node.name, in_cluster, caller.roles
         )));
     }
     Ok(node.addr.clone())

@@ -126,6 +126,9 @@ pub struct State {
     pub tokens: BTreeMap<String, Token>,
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// Leaf clusters trusted by this one (`--leaf`), with their nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leaves: BTreeMap<String, Vec<Node>>,
 }
 
 impl State {
@@ -175,11 +178,12 @@ impl State {
 
     /// Find a registered node by name, `name.<cluster>`, host UUID or address.
     pub(crate) fn find_node(&self, host: &str, port: u16) -> Option<&Node> {
-        let suffix = format!(".{}", self.cluster_name);
-        let short = host.strip_suffix(&suffix).unwrap_or(host);
-        self.nodes
-            .iter()
-            .find(|n| n.name == short || n.host_id == short || n.addr == format!("{host}:{port}"))
+        find_in(&self.nodes, &self.cluster_name, host, port)
+    }
+
+    /// Find a node of a leaf cluster the same way.
+    pub(crate) fn find_leaf_node(&self, leaf: &str, host: &str, port: u16) -> Option<&Node> {
+        find_in(self.leaves.get(leaf)?, leaf, host, port)
     }
 
     /// Take a join token: it must exist and be unexpired; `token` joins are single use.
@@ -193,6 +197,14 @@ impl State {
         }
         Ok(t)
     }
+}
+
+fn find_in<'a>(nodes: &'a [Node], cluster: &str, host: &str, port: u16) -> Option<&'a Node> {
+    let suffix = format!(".{cluster}");
+    let short = host.strip_suffix(&suffix).unwrap_or(host);
+    nodes
+        .iter()
+        .find(|n| n.name == short || n.host_id == short || n.addr == format!("{host}:{port}"))
 }
 
 #[cfg(test)]

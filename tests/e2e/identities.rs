@@ -100,9 +100,13 @@ fn seed_flow_on_the_balanced_suite_is_ecdsa_with_ed25519_cas() {
     seed_flow("balanced-v1", KeyType::EcdsaP256, "ssh-ed25519");
 }
 
+/// The long tier only (`scripts/test.sh --long`): the default suite runs one suite per key type.
 #[test]
-#[ignore = "long tier: scripts/test.sh --long"]
 fn seed_flow_on_the_fips_and_hsm_suites_is_ecdsa() {
+    if std::env::var_os("IDMUX_LONG").is_none() {
+        eprintln!("SKIP fips-v1 and hsm-v1: long tier (scripts/test.sh --long)");
+        return;
+    }
     seed_flow("fips-v1", KeyType::EcdsaP256, "ecdsa-sha2-nistp256");
     seed_flow("hsm-v1", KeyType::EcdsaP256, "ecdsa-sha2-nistp256");
 }
@@ -359,4 +363,80 @@ fn ca_rotations_through_every_phase_with_sessions_running() {
         assert_eq!(line.trim(), format!("got-{i}"));
         assert!(h.child.wait().unwrap().success());
     }
+}
+
+#[test]
+fn a_leaf_cluster_is_listed_trusted_and_reached() {
+    const LEAF: &str = "leaf.test";
+    let cl = DevCluster::start_with(
+        tempfile::tempdir().unwrap(),
+        C,
+        1,
+        ClusterOptions {
+            args: vec![format!("--leaf={LEAF}")],
+            ..Default::default()
+        },
+    );
+    let bot = BotProc::start(&cl, BotOptions::default());
+    // known_hosts: a line per cluster (the leaf's host CA from GetCertAuthority), and the
+    // leaf's own files, as tbot writes them.
+    let kh = std::fs::read_to_string(bot.dest.join("known_hosts")).unwrap();
+    let host = proxy_host(&cl);
+    let lines: Vec<&str> = kh.lines().collect();
+    assert_eq!(lines.len(), 2, "{kh}");
+    assert!(
+        lines[0].starts_with(&format!("@cert-authority {host},{C},*.{C} ")),
+        "{kh}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("@cert-authority {host},{LEAF},*.{LEAF} ")),
+        "{kh}"
+    );
+    let leaf_key = std::fs::read_to_string(
+        cl.data_dir()
+            .join(format!("leaves/{LEAF}/ca/host_ca_ssh.pub")),
+    )
+    .unwrap();
+    let leaf_key: Vec<&str> = leaf_key.split_whitespace().take(2).collect();
+    assert!(lines[1].contains(&leaf_key.join(" ")), "{kh}");
+    let own = std::fs::read_to_string(bot.dest.join(format!("{LEAF}.known_hosts"))).unwrap();
+    assert!(
+        own.starts_with(&format!(
+            "# Cluster specific known_hosts generated for cluster '{LEAF}'\n@cert-authority * "
+        )),
+        "{own}"
+    );
+    assert!(bot.dest.join(format!("{LEAF}.ssh_config")).exists());
+    // Both clusters' host CAs in teleport-host-ca.crt.
+    let cas = std::fs::read_to_string(bot.dest.join("teleport-host-ca.crt")).unwrap();
+    assert_eq!(cas.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+
+    // ssh through the multiplexer to the leaf's node, checked against the leaf's host CA.
+    let cfg = bot.ssh_config();
+    let o = ssh(&cfg, &[&format!("{}@node-1.{LEAF}", me()), "echo leaf-ok"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "leaf-ok");
+    // The v1.sock `|cluster` form.
+    let sock = bot.dest.join("v1.sock");
+    let target = |req: &str| {
+        idmux_wire::v1::parse(format!("{req}\0").as_bytes())
+            .unwrap()
+            .0
+    };
+    let banner = idmux_client::mux::local::dial_v1(
+        &sock,
+        &target(&format!("node-1:3022|{LEAF}")),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(banner.starts_with("SSH-2.0-"), "{banner}");
+    // A cluster that is neither: refused by the proxy, named in the error.
+    let err = idmux_client::mux::local::dial_v1(
+        &sock,
+        &target("node-1:3022|nope.test"),
+        Duration::from_secs(20),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope.test"), "{err}");
 }

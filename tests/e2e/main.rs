@@ -3,8 +3,9 @@
 //! Helpers (dev cluster launcher, bots, waits) come from `idmux-testkit`.
 //!
 //! Modules by subject; `scripts/test.sh` runs the node-reaching ones once per node transport
-//! (`IDMUX_TEST_TRANSPORT`), selected by module name. Long runs (the soak, 7,000 connections)
-//! are `#[ignore]`d and run by `scripts/test.sh --long`.
+//! (`IDMUX_TEST_TRANSPORT`), selected by module name. Long runs (the full soak, 7,000
+//! connections; the fips-v1 and hsm-v1 suites) run in full only with `IDMUX_LONG=1`
+//! (`scripts/test.sh --long`).
 
 mod ansible;
 mod auth_grpc;
