@@ -8,6 +8,9 @@
 #   scripts/bench.sh --quick   10 latency runs, 256 MiB throughput x1, storm of 50, 50 sessions
 #   scripts/bench.sh --keep    keep the work dir (cluster, destinations, logs) for inspection
 #   scripts/bench.sh --no-build  measure target/release as it is (no install-deps, no build)
+#   scripts/bench.sh --identities  only renewals per signature algorithm suite (legacy RSA vs
+#                              balanced-v1 ECDSA) and ssh latency while the bot renews back to
+#                              back (benches/identities.py; about a minute)
 #
 # Starts, all on loopback: a dev cluster with one sshd node, two bot daemons (`idmux start`, fdpass
 # multiplexer; one with --transport grpc, one with --transport ssh), a stdio destination dir
@@ -18,13 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
-quick=0 keep=0 build=1
+quick=0 keep=0 build=1 identities=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
+    --identities) identities=1 ;;
     --keep) keep=1 ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,6 +40,10 @@ if [ "$build" = 1 ]; then
 fi
 IDMUX="$ROOT/target/release/idmux"
 [ -x "$ROOT/target/release/idmux-fdpass" ] || { echo "bench: target/release/idmux-fdpass is missing" >&2; exit 1; }
+if [ "$identities" = 1 ]; then
+  unset SSH_AUTH_SOCK
+  exec python3 "$ROOT/benches/identities.py" "$IDMUX" --runs "$([ "$quick" = 1 ] && echo 5 || echo 15)"
+fi
 
 # 200 sessions + pipes need more than the usual 1024 descriptors.
 [ "$(ulimit -n)" -ge 8192 ] 2>/dev/null || ulimit -n 8192 2>/dev/null || true

@@ -87,3 +87,71 @@ impl CertsJson {
         Ok((ssh, tls, tls_cas, ssh_cas))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The join request's JSON names, as Go's `types.RegisterUsingTokenRequest` spells them
+    /// (`hostID` is camelCase; `[]byte` is base64; `expires` RFC 3339), written by hand.
+    #[test]
+    fn join_request_field_names() {
+        let req = RegisterUsingTokenRequest {
+            token: "tok".into(),
+            role: "Bot".into(),
+            public_tls_key: b64e(b"TLS"),
+            public_ssh_key: b64e(b"SSH"),
+            expires: Some("2026-12-02T05:00:00Z".into()),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "token": "tok",
+                "hostID": "",
+                "node_name": "",
+                "role": "Bot",
+                "public_tls_key": "VExT",
+                "public_ssh_key": "U1NI",
+                "expires": "2026-12-02T05:00:00Z"
+            })
+        );
+        let full = RegisterUsingTokenRequest {
+            additional_principals: vec!["a".into()],
+            dns_names: vec!["d".into()],
+            remote_addr: "1.2.3.4".into(),
+            bot_instance_id: "inst".into(),
+            bot_generation: 3,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&full).unwrap();
+        for k in [
+            "additional_principals",
+            "dns_names",
+            "remote_addr",
+            "bot_instance_id",
+            "bot_generation",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing from {v}");
+        }
+    }
+
+    /// The answer, as a Teleport proxy sends it (`proto.Certs` through Go's encoding/json):
+    /// every `[]byte` base64, CA lists as arrays, unknown fields ignored.
+    #[test]
+    fn certs_answer_decodes() {
+        let text = r#"{"ssh":"c3No","tls":"dGxz","tls_ca_certs":["dXNlcg==","aG9zdA=="],
+            "ssh_ca_certs":["c3NoLWVkMjU1MTkgVVNFUgo=","c3NoLWVkMjU1MTkgSE9TVAo="],"extra":1}"#;
+        let c: CertsJson = serde_json::from_str(text).unwrap();
+        let (ssh, tls, tls_cas, ssh_cas) = c.decode().unwrap();
+        assert_eq!((ssh.as_str(), tls.as_str()), ("ssh", "tls"));
+        assert_eq!(tls_cas, ["user", "host"]);
+        assert_eq!(ssh_cas, ["ssh-ed25519 USER\n", "ssh-ed25519 HOST\n"]);
+        let bad: CertsJson = serde_json::from_str(r#"{"ssh":"%%"}"#).unwrap();
+        assert_eq!(
+            bad.decode().unwrap_err().to_string(),
+            "ssh: bad base64: Invalid symbol 37, offset 0."
+        );
+    }
+}

@@ -69,20 +69,35 @@ pub(crate) async fn submit(
     let sent: Result<Empty> = auth.unary(SUBMIT_HEARTBEAT, "the heartbeat", req).await;
     match sent {
         Ok(_) => Ok(true),
-        Err(e)
-            if e.downcast_ref::<Refused>()
-                .is_some_and(|r| r.with == RefusedWith::Grpc(tonic::Code::Unimplemented)) =>
-        {
-            Ok(false)
-        }
+        Err(e) if not_served(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Did the server answer that it has no such service (an older Teleport)? tbot ignores that.
+fn not_served(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>()
+        .is_some_and(|r| r.with == RefusedWith::Grpc(tonic::Code::Unimplemented))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn an_older_cluster_without_the_service_is_not_an_error() {
+        let refused = |code| -> anyhow::Error {
+            Refused {
+                with: RefusedWith::Grpc(code),
+                line: "x".into(),
+            }
+            .into()
+        };
+        assert!(not_served(&refused(tonic::Code::Unimplemented)));
+        assert!(!not_served(&refused(tonic::Code::PermissionDenied)));
+        assert!(!not_served(&anyhow::anyhow!("connection refused")));
+    }
 
     #[test]
     fn startup_heartbeat_fields() {

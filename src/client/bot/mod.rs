@@ -244,7 +244,8 @@ impl Bot {
         let suite = outputs::suite(&mut auth).await?;
         self.suite = Some(suite);
         let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
-        let req = outputs::renewal_request(cur, &key, self.cfg.certificate_ttl)?;
+        let user = cur.tls_identity()?.username;
+        let req = outputs::renewal_request(&user, &key, self.cfg.certificate_ttl)?;
         let certs = auth.generate_user_certs(req).await?;
         let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
         let new = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)?;
@@ -285,7 +286,13 @@ impl Bot {
         for o in &self.cfg.outputs {
             let roles = outputs::output_roles(&mut auth, &o.roles, &bot_user).await?;
             let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
-            let req = outputs::impersonation_request(bot, &key, roles, self.cfg.certificate_ttl)?;
+            let req = outputs::impersonation_request(
+                &bot_user,
+                &own,
+                &key,
+                roles,
+                self.cfg.certificate_ttl,
+            )?;
             let certs = auth.generate_user_certs(req).await?;
             let (ssh, tls, _, _) = certs_text(&certs);
             // As tbot: the output trusts the host CAs of the CA resources, not the answer's

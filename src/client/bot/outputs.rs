@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 
 use idmux_identity::destination::CaPems;
-use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
+use idmux_identity::{HostCa, KeyPair, KeyType};
 use idmux_transport::auth_client::AuthClient;
 use idmux_wire::proto::{Timestamp, UserCertsRequest};
 use idmux_wire::resources::{CertAuthorityV2, RoleV6, SignatureAlgorithmSuite};
@@ -140,17 +140,19 @@ pub(crate) async fn output_roles(
     default_roles(&role, bot_user)
 }
 
-/// The impersonated certificate request for an output (exactly tbot's fields).
+/// The impersonated certificate request for an output of bot user `user` in `cluster`
+/// (exactly tbot's fields).
 pub(crate) fn impersonation_request(
-    bot: &Identity,
+    user: &str,
+    cluster: &str,
     key: &KeyPair,
     roles: Vec<String>,
     ttl: Duration,
 ) -> Result<UserCertsRequest> {
     Ok(UserCertsRequest {
-        username: bot.tls_identity()?.username,
+        username: user.to_string(),
         expires: Some(Timestamp::from_system_time(SystemTime::now() + ttl)),
-        route_to_cluster: bot.cluster_name()?,
+        route_to_cluster: cluster.to_string(),
         role_requests: roles,
         use_role_requests: true,
         ssh_public_key: key.ssh_authorized_key()?.into_bytes(),
@@ -162,12 +164,12 @@ pub(crate) fn impersonation_request(
 /// The bot's own renewal request: only the new keys, its user and the expiry (tbot's
 /// `botIdentityFromAuth`).
 pub(crate) fn renewal_request(
-    bot: &Identity,
+    user: &str,
     key: &KeyPair,
     ttl: Duration,
 ) -> Result<UserCertsRequest> {
     Ok(UserCertsRequest {
-        username: bot.tls_identity()?.username,
+        username: user.to_string(),
         expires: Some(Timestamp::from_system_time(SystemTime::now() + ttl)),
         ssh_public_key: key.ssh_authorized_key()?.into_bytes(),
         tls_public_key: key.tls_public_pem()?.into_bytes(),
@@ -317,6 +319,40 @@ mod tests {
         let e = default_roles(&role, "bot-ci").unwrap_err().to_string();
         assert!(e.contains("bot role bot-ci"), "{e}");
         assert_eq!(e.lines().count(), 1);
+    }
+
+    #[test]
+    fn requests_carry_exactly_tbots_fields() {
+        let key = KeyPair::generate(KeyType::EcdsaP256).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let r = renewal_request("bot-ci", &key, ttl).unwrap();
+        let exp = r.expires.unwrap();
+        assert_eq!(
+            r,
+            UserCertsRequest {
+                username: "bot-ci".into(),
+                expires: Some(exp),
+                ssh_public_key: key.ssh_authorized_key().unwrap().into_bytes(),
+                tls_public_key: key.tls_public_pem().unwrap().into_bytes(),
+                ..Default::default()
+            },
+            "a renewal: no roles, no route, no usage"
+        );
+        let o =
+            impersonation_request("bot-ci", "unit.test", &key, vec!["access".into()], ttl).unwrap();
+        assert_eq!(
+            o,
+            UserCertsRequest {
+                username: "bot-ci".into(),
+                expires: o.expires,
+                route_to_cluster: "unit.test".into(),
+                role_requests: vec!["access".into()],
+                use_role_requests: true,
+                ssh_public_key: key.ssh_authorized_key().unwrap().into_bytes(),
+                tls_public_key: key.tls_public_pem().unwrap().into_bytes(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
