@@ -66,6 +66,10 @@ pub(crate) struct StartArgs {
     /// (`node-1.NAME`), reached through this proxy and listed by ListRemoteClusters.
     #[arg(long = "leaf")]
     pub leaves: Vec<String>,
+    /// Answer the join service (`teleport.join.v1.JoinService`) as a Teleport without it
+    /// does, so bots join through `POST /webapi/host/credentials`.
+    #[arg(long)]
+    pub legacy_join_only: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +195,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 transports: a.transports.iter().map(|&t| t.into()).collect(),
                 suite: a.signature_algorithm_suite.map(Into::into),
                 leaves: a.leaves,
+                legacy_join_only: a.legacy_join_only,
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {

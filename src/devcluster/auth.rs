@@ -110,9 +110,23 @@ pub(crate) fn register_bot(
     }
     let (ssh_pub, spki) = request_keys(req)?;
     let ttl = requested_ttl(req.expires.as_deref(), DEFAULT_JOIN_TTL, MAX_RENEWABLE_TTL)?;
+    let issued = join_bot(dir, cas, &req.token, &ssh_pub, &spki, ttl)?;
+    certs_json(cas, issued)
+}
+
+/// The token join itself, whichever service carries it: take the single-use token, start a
+/// new bot instance at generation 1, issue the renewable identity.
+pub(crate) fn join_bot(
+    dir: &std::path::Path,
+    cas: &ClusterCas,
+    token: &str,
+    ssh_pub: &russh::keys::ssh_key::PublicKey,
+    spki: &[u8],
+    ttl: Duration,
+) -> Result<IssuedCerts> {
     let (name, bot) = State::modify(dir, |st| {
         let t = st
-            .take_token(&req.token)
+            .take_token(token)
             .map_err(|_| anyhow!("token expired or not found (a token joins once)"))?;
         let bot = st
             .bots
@@ -121,11 +135,12 @@ pub(crate) fn register_bot(
         bot.generation = 1;
         bot.locked = None;
         bot.instance_id = uuid::Uuid::new_v4().to_string();
+        bot.heartbeats.clear();
         Ok((t.bot.clone(), bot.clone()))
     })?;
-    let issued = issue_bot_identity(cas, &name, &bot, &ssh_pub, &spki, ttl)?;
+    let issued = issue_bot_identity(cas, &name, &bot, ssh_pub, spki, ttl)?;
     tracing::info!(bot = name, "bot joined");
-    certs_json(cas, issued)
+    Ok(issued)
 }
 
 /// Issue the bot's own renewable identity (user and role `bot-NAME`, a nologin principal,

@@ -162,15 +162,24 @@ async fn route(
             })
             .await
         }
-        other => {
-            // What a real Auth answers for a method it does not have.
-            let msg = format!(
-                "unknown method {} for service {}",
-                method_of(other),
-                service_of(other)
-            );
-            Status::unimplemented(msg).into_http()
-        }
+        other => Status::unimplemented(unknown(other)).into_http(),
+    }
+}
+
+/// grpc-go's words for a call it cannot route: an unregistered service, or a method the
+/// registered service lacks.
+pub(crate) fn unknown(path: &str) -> String {
+    const SERVED: [&str; 4] = [
+        "proto.AuthService",
+        "teleport.trust.v1.TrustService",
+        "teleport.presence.v1.PresenceService",
+        "teleport.machineid.v1.BotInstanceService",
+    ];
+    let service = service_of(path);
+    if SERVED.contains(&service) {
+        format!("unknown method {} for service {service}", method_of(path))
+    } else {
+        format!("unknown service {service}")
     }
 }
 
@@ -525,6 +534,18 @@ mod tests {
         assert_eq!(
             err.message(),
             r#"user "bot-ci" has requested role impersonation for ["access" "admin"]"#
+        );
+    }
+
+    #[test]
+    fn unroutable_calls_get_grpc_gos_words() {
+        assert_eq!(
+            unknown("/proto.AuthService/GetClusterName"),
+            "unknown method GetClusterName for service proto.AuthService"
+        );
+        assert_eq!(
+            unknown("/teleport.bots.v9.Nope/Get"),
+            "unknown service teleport.bots.v9.Nope"
         );
     }
 

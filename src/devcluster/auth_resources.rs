@@ -114,17 +114,27 @@ fn ca_kind(t: &str) -> Result<Option<CaKind>, Status> {
 /// A CA as `CertAuthorityV2`, public parts only: the active keys and the additional trusted
 /// ones (a rotation), each SSH key as an authorized_keys line with its newline.
 pub fn cert_authority(cluster: &str, ca: &Authority) -> Result<CertAuthorityV2, Status> {
+    // The halves each type has in Teleport: the db CA signs TLS only, the openssh CA SSH only.
+    let (has_ssh, has_tls) = match ca.kind {
+        CaKind::Db => (false, true),
+        CaKind::OpenSsh => (true, false),
+        CaKind::User | CaKind::Host => (true, true),
+    };
     let set = |k: &crate::ca::KeySet| -> Result<CaKeySet, Status> {
-        Ok(CaKeySet {
-            ssh: vec![SshKeyPair {
+        let mut out = CaKeySet::default();
+        if has_ssh {
+            out.ssh.push(SshKeyPair {
                 public_key: format!("{}\n", k.ssh_public_line().map_err(internal)?).into_bytes(),
                 private_key: vec![],
-            }],
-            tls: vec![TlsKeyPair {
+            });
+        }
+        if has_tls {
+            out.tls.push(TlsKeyPair {
                 cert: k.tls_cert_pem.clone().into_bytes(),
                 key: vec![],
-            }],
-        })
+            });
+        }
+        Ok(out)
     };
     let rotating = ca.phase != "standby";
     Ok(CertAuthorityV2 {
@@ -417,6 +427,8 @@ mod tests {
             all.cert_authorities_v2[0].trusted_tls_certs(),
             [cas.db.tls_cert_pem.as_bytes()]
         );
+        // The db CA has no SSH half.
+        assert!(all.cert_authorities_v2[0].trusted_ssh_keys().is_empty());
         assert_eq!(
             get_cluster_ca_cert(&cas).tls_ca,
             cas.host.tls_cert_pem.as_bytes()

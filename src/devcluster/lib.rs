@@ -18,6 +18,7 @@ pub mod auth;
 pub mod auth_grpc;
 pub mod auth_resources;
 pub mod ca;
+pub mod join_service;
 pub mod node;
 pub mod proxy_grpc;
 pub mod proxy_ssh;
@@ -67,6 +68,11 @@ pub struct Ctx {
     /// CA then active (`DIR/ca.pem`), and kept through rotations, as a Teleport proxy's web
     /// certificate does not follow the cluster's CAs.
     tls_web: Arc<rustls::ServerConfig>,
+    /// The join service's TLS (ALPN `teleport-proxy-grpc`, `h2`): the web certificate, no
+    /// client certificate, as Teleport's unauthenticated proxy gRPC.
+    tls_join: Arc<rustls::ServerConfig>,
+    /// `--legacy-join-only`.
+    pub legacy_join_only: bool,
     /// Everything that follows the CAs; swapped whole when a rotation step is applied.
     live: std::sync::RwLock<Arc<Live>>,
 }
@@ -97,6 +103,9 @@ pub struct StartOptions {
     pub suite: Option<ca::Suite>,
     /// Leaf clusters trusted by this one, each with its own CAs and one sshd node.
     pub leaves: Vec<String>,
+    /// Answer the join service as a Teleport without it (Unimplemented): bots join through
+    /// `POST /webapi/host/credentials`.
+    pub legacy_join_only: bool,
 }
 
 fn cert_chain(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
@@ -120,13 +129,11 @@ fn user_roots(cas: &ClusterCas) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-/// The web's TLS configuration (client certificate optional, ALPN `http/1.1`).
-fn web_tls_config(cas: &ClusterCas, cert_pem: &str, key: &KeyPair) -> Result<rustls::ServerConfig> {
-    let optional = WebPkiClientVerifier::builder(user_roots(cas)?)
-        .allow_unauthenticated()
-        .build()?;
+/// The web's TLS configuration (ALPN `http/1.1`): no client certificate, as a Teleport
+/// proxy's web listener (the web API a bot uses is unauthenticated).
+fn web_tls_config(cert_pem: &str, key: &KeyPair) -> Result<rustls::ServerConfig> {
     let mut web = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(optional)
+        .with_no_client_auth()
         .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
     web.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(web)
@@ -249,6 +256,7 @@ impl Ctx {
         leaves: &[String],
         listen: SocketAddr,
         transports: &[ProxyTransport],
+        legacy_join_only: bool,
     ) -> Result<Ctx> {
         let proxy_host = listen.ip().to_string();
         let proxy_addr = listen.to_string();
@@ -258,7 +266,14 @@ impl Ctx {
         let web_key = key_file(&pdir.join("web.key"), KeyType::EcdsaP256)?;
         let web_cert = proxy_tls_cert(&cas, &web_key, listen)?;
         fsutil::write_atomic(&pdir.join("web.crt"), web_cert.as_bytes(), PUBLIC)?;
-        let web = web_tls_config(&cas, &web_cert, &web_key)?;
+        let web = web_tls_config(&web_cert, &web_key)?;
+        let mut join = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(cert_chain(&web_cert)?, web_key.to_rustls()?)?;
+        join.alpn_protocols = vec![
+            join_service::ALPN_PROXY_GRPC_INSECURE.to_vec(),
+            b"h2".to_vec(),
+        ];
         let live = Live::build(dir, cas, leaves, listen, transports)?;
         Ok(Ctx {
             dir: dir.to_path_buf(),
@@ -268,6 +283,8 @@ impl Ctx {
             transports: transports.to_vec(),
             leaf_names: leaves.to_vec(),
             tls_web: Arc::new(web),
+            tls_join: Arc::new(join),
+            legacy_join_only,
             live: std::sync::RwLock::new(Arc::new(live)),
         })
     }
@@ -354,6 +371,12 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
         return auth_grpc::serve(ctx, tls, caller).await;
     }
+    if wants(join_service::ALPN_PROXY_GRPC_INSECURE) {
+        let tls = handshake(start, ctx.tls_join.clone())
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        return join_service::serve(ctx, tls).await;
+    }
     if let Some(cfg) = live.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
         let tls = handshake(start, cfg)
             .await
@@ -425,7 +448,14 @@ pub async fn start(opts: StartOptions) -> Result<()> {
         })?;
     }
     let ctx = Arc::new(tokio::task::block_in_place(|| {
-        Ctx::new(dir, cas, &opts.leaves, listen, &opts.transports)
+        Ctx::new(
+            dir,
+            cas,
+            &opts.leaves,
+            listen,
+            &opts.transports,
+            opts.legacy_join_only,
+        )
     })?);
 
     // Nodes: keep host ids across restarts. Each leaf cluster has one node, `node-1`.
@@ -598,12 +628,15 @@ async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<RunningNode>>>
             )
         })
         .await;
+        // A change that failed to apply is tried again at the next check.
         match applied {
-            Ok(Ok(())) => tracing::info!(serial = now, "CA change applied"),
-            Ok(Err(e)) => tracing::warn!("CA change {now} not applied: {e:#}"),
-            Err(e) => tracing::warn!("CA change {now} not applied: {e}"),
+            Ok(Ok(())) => {
+                tracing::info!(serial = now, "CA change applied");
+                seen = now;
+            }
+            Ok(Err(e)) => tracing::warn!("CA change {now} not applied (will retry): {e:#}"),
+            Err(e) => tracing::warn!("CA change {now} not applied (will retry): {e}"),
         }
-        seen = now;
     }
 }
 
@@ -611,10 +644,20 @@ async fn follow_ca(ctx: Arc<Ctx>, nodes: Arc<std::sync::Mutex<Vec<RunningNode>>>
 /// wait up to `wait` until it has applied the change. Returns the CA's phase line.
 pub fn rotate_ca(dir: &Path, kind: ca::CaKind, phase: &str, wait: Duration) -> Result<String> {
     let ca_dir = dir.join("ca");
+    // New keys are made before the state lock is taken: RSA takes seconds under `legacy`.
+    let mut fresh = if phase == "init" {
+        let cas = ClusterCas::load(&ca_dir)?;
+        Some(rotate::next_keys(&cas.cluster, cas.suite, kind)?)
+    } else {
+        None
+    };
     let (serial, running) = State::modify(dir, |st| {
         let mut cas = ClusterCas::load(&ca_dir)?;
-        let (cluster, suite) = (cas.cluster.clone(), cas.suite);
-        rotate::step(cas.get_mut(kind), &cluster, suite, phase)?;
+        rotate::step(cas.get_mut(kind), phase, || {
+            fresh
+                .take()
+                .ok_or_else(|| anyhow!("no new keys were made for phase {phase}"))
+        })?;
         cas.save_authority(&ca_dir, kind)?;
         let serial = read_count(&ca_dir.join("serial")) + 1;
         fsutil::write_atomic(

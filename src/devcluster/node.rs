@@ -61,7 +61,9 @@ impl SshdNode {
         host_id: &str,
     ) -> Result<SshdNode> {
         fsutil::ensure_private_dir(dir)?;
-        write_credentials(host, users, dir, name, host_id)?;
+        if let Changed::HostCert(signer) = write_credentials(host, users, dir, name, host_id)? {
+            confirm_host_cert(dir, &signer)?;
+        }
         let sshd = sshd_path()?;
         // Privilege separation needs /run/sshd when sshd runs as root.
         if nix::unistd::geteuid().is_root() {
@@ -128,16 +130,26 @@ impl SshdNode {
     /// changed, make sshd reload them (SIGHUP: it re-executes itself) and wait until it listens
     /// again. Sessions in progress are sshd's children and go on.
     pub fn refresh(&mut self, host: &ClusterCas, users: &ClusterCas) -> Result<bool> {
-        if !write_credentials(host, users, &self.dir, &self.name, &self.host_id)? {
-            return Ok(false);
-        }
+        let signer = match write_credentials(host, users, &self.dir, &self.name, &self.host_id)? {
+            Changed::Nothing => return Ok(false),
+            Changed::Trust => return Ok(true),
+            Changed::HostCert(signer) => signer,
+        };
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
             .with_context(|| format!("node {}: cannot signal sshd", self.name))?;
-        // The re-executed sshd listens again within milliseconds.
-        std::thread::sleep(Duration::from_millis(20));
+        // sshd closes its listener and re-executes itself: wait for the old listener to go
+        // (probing every 10 ms for at most 200 ms: a re-exec between two probes is missed),
+        // then for the new one.
+        let gone = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < gone
+            && TcpStream::connect_timeout(&self.addr, Duration::from_millis(50)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         wait_listening(&self.addr, &mut self.child)
             .with_context(|| format!("node {}: sshd did not come back after reload", self.name))?;
+        confirm_host_cert(&self.dir, &signer)?;
         Ok(true)
     }
 
@@ -168,15 +180,27 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// Write a node's host key (kept), host certificate and trusted user CA keys. Returns whether
-/// the certificate's signing CA or the trusted keys changed since the last write.
+/// What [`write_credentials`] changed.
+#[derive(Debug, PartialEq, Eq)]
+enum Changed {
+    Nothing,
+    /// Only the trusted user CA keys: sshd reads `TrustedUserCAKeys` at every authentication.
+    Trust,
+    /// The host certificate, from another CA key: sshd reads it only when it starts.
+    HostCert(String),
+}
+
+/// Write a node's host key (kept), host certificate and trusted user CA keys (every trusted
+/// key of `users`' user and openssh CAs). The host certificate is issued again when the key
+/// serving it (`host`'s) is not the one `host_cert.signer` names; the caller writes that
+/// stamp once sshd has loaded the certificate ([`confirm_host_cert`]).
 fn write_credentials(
     cas: &ClusterCas,
     users: &ClusterCas,
     dir: &Path,
     name: &str,
     host_id: &str,
-) -> Result<bool> {
+) -> Result<Changed> {
     let key_path = dir.join("ssh_host_key");
     let key = if key_path.exists() {
         KeyPair::from_pem(&fsutil::read_string(&key_path)?)
@@ -198,28 +222,37 @@ fn write_credentials(
         trusted.push_str(&line);
         trusted.push('\n');
     }
-    let signer = cas.serving_host_keys().ssh_public_line()?;
-    let stamp = format!("{signer}\n{trusted}");
-    let stamp_path = dir.join("credentials.stamp");
-    if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
-        return Ok(false);
+    let mut changed = Changed::Nothing;
+    let trust_path = dir.join("trusted_user_ca.pub");
+    if std::fs::read_to_string(&trust_path).ok().as_deref() != Some(trusted.as_str()) {
+        fsutil::write_atomic(&trust_path, trusted.as_bytes(), PUBLIC)?;
+        changed = Changed::Trust;
     }
-    let cert = cas.issue_ssh_host(
-        &key.ssh_public()?,
-        host_id,
-        name,
-        "Node",
-        &[],
-        Duration::from_secs(365 * 86400),
-    )?;
-    fsutil::write_atomic(
-        &dir.join("ssh_host_key-cert.pub"),
-        format!("{}\n", cert.to_openssh()?).as_bytes(),
-        PUBLIC,
-    )?;
-    fsutil::write_atomic(&dir.join("trusted_user_ca.pub"), trusted.as_bytes(), PUBLIC)?;
-    fsutil::write_atomic(&stamp_path, stamp.as_bytes(), PUBLIC)?;
-    Ok(true)
+    let signer = cas.serving_host_keys().ssh_public_line()?;
+    let cert_path = dir.join("ssh_host_key-cert.pub");
+    let stamp = std::fs::read_to_string(dir.join("host_cert.signer")).ok();
+    if stamp.as_deref() != Some(signer.as_str()) || !cert_path.exists() {
+        let cert = cas.issue_ssh_host(
+            &key.ssh_public()?,
+            host_id,
+            name,
+            "Node",
+            &[],
+            Duration::from_secs(365 * 86400),
+        )?;
+        fsutil::write_atomic(
+            &cert_path,
+            format!("{}\n", cert.to_openssh()?).as_bytes(),
+            PUBLIC,
+        )?;
+        changed = Changed::HostCert(signer);
+    }
+    Ok(changed)
+}
+
+/// Record that sshd serves a host certificate from `signer`.
+fn confirm_host_cert(dir: &Path, signer: &str) -> Result<()> {
+    fsutil::write_atomic(&dir.join("host_cert.signer"), signer.as_bytes(), PUBLIC)
 }
 
 fn wait_listening(addr: &SocketAddr, child: &mut Child) -> Result<()> {

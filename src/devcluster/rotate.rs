@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::ca::{ca_key_types, Authority, KeySet, Suite};
+use crate::ca::{ca_key_types, Authority, CaKind, KeySet, Suite};
 
 /// The phases a manual rotation steps through.
 pub const PHASES: [&str; 5] = [
@@ -24,8 +24,15 @@ pub const PHASES: [&str; 5] = [
     "standby",
 ];
 
-/// Move `ca` (of `cluster`, whose suite is `suite`) to `phase`.
-pub fn step(ca: &mut Authority, cluster: &str, suite: Suite, phase: &str) -> Result<()> {
+/// The keys `init` adds: of the suite's types for this CA. (RSA takes up to seconds under
+/// `legacy`: callers make them before taking any lock.)
+pub fn next_keys(cluster: &str, suite: Suite, kind: CaKind) -> Result<KeySet> {
+    let (ssh, tls) = ca_key_types(suite, kind);
+    KeySet::create(cluster, ssh, tls)
+}
+
+/// Move `ca` to `phase`; `init` takes its new keys from `fresh`.
+pub fn step(ca: &mut Authority, phase: &str, fresh: impl FnOnce() -> Result<KeySet>) -> Result<()> {
     let cur = ca.phase.clone();
     let only_from = |from: &str| -> Result<()> {
         if cur != from {
@@ -40,8 +47,7 @@ pub fn step(ca: &mut Authority, cluster: &str, suite: Suite, phase: &str) -> Res
             if cur != "standby" && !cur.is_empty() {
                 bail!("can not initiate rotation while another is in progress");
             }
-            let (ssh, tls) = ca_key_types(suite, ca.kind);
-            ca.additional = Some(KeySet::create(cluster, ssh, tls)?);
+            ca.additional = Some(fresh()?);
         }
         "update_clients" => {
             only_from("init")?;
@@ -77,7 +83,12 @@ fn swap(ca: &mut Authority) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{CaKind, ClusterCas};
+    use crate::ca::ClusterCas;
+
+    fn go(ca: &mut Authority, suite: Suite, phase: &str) -> Result<()> {
+        let kind = ca.kind;
+        step(ca, phase, || next_keys("rot.test", suite, kind))
+    }
 
     fn fp(k: &KeySet) -> String {
         k.ssh_public_line().unwrap()
@@ -89,33 +100,33 @@ mod tests {
         let mut cas = ClusterCas::create(&d.path().join("ca"), "rot.test").unwrap();
         let ca = &mut cas.host;
         let old = fp(&ca.active);
-        let e = step(ca, "rot.test", Suite::BalancedV1, "update_clients").unwrap_err();
+        let e = go(ca, Suite::BalancedV1, "update_clients").unwrap_err();
         assert_eq!(
             e.to_string(),
             "can only switch to phase update_clients from init, current phase is standby"
         );
-        let e = step(ca, "rot.test", Suite::BalancedV1, "standby").unwrap_err();
+        let e = go(ca, Suite::BalancedV1, "standby").unwrap_err();
         assert_eq!(
             e.to_string(),
             r#"can not transition to phase "standby" from "standby" phase."#
         );
 
-        step(ca, "rot.test", Suite::BalancedV1, "init").unwrap();
+        go(ca, Suite::BalancedV1, "init").unwrap();
         assert_eq!(fp(&ca.active), old, "init keeps signing with the old keys");
         let new = fp(ca.additional.as_ref().unwrap());
         assert_ne!(new, old);
-        let e = step(ca, "rot.test", Suite::BalancedV1, "init").unwrap_err();
+        let e = go(ca, Suite::BalancedV1, "init").unwrap_err();
         assert_eq!(
             e.to_string(),
             "can not initiate rotation while another is in progress"
         );
 
-        step(ca, "rot.test", Suite::BalancedV1, "update_clients").unwrap();
+        go(ca, Suite::BalancedV1, "update_clients").unwrap();
         assert_eq!(fp(&ca.active), new);
         assert_eq!(fp(ca.additional.as_ref().unwrap()), old);
-        step(ca, "rot.test", Suite::BalancedV1, "update_servers").unwrap();
+        go(ca, Suite::BalancedV1, "update_servers").unwrap();
         assert_eq!(ca.trusted().count(), 2);
-        step(ca, "rot.test", Suite::BalancedV1, "standby").unwrap();
+        go(ca, Suite::BalancedV1, "standby").unwrap();
         assert_eq!(fp(&ca.active), new);
         assert!(ca.additional.is_none());
         assert_eq!(ca.phase, "standby");
@@ -127,12 +138,12 @@ mod tests {
         let mut cas = ClusterCas::create(&d.path().join("ca"), "rot.test").unwrap();
         let ca = &mut cas.user;
         let old = fp(&ca.active);
-        step(ca, "rot.test", Suite::BalancedV1, "init").unwrap();
-        step(ca, "rot.test", Suite::BalancedV1, "update_clients").unwrap();
-        step(ca, "rot.test", Suite::BalancedV1, "rollback").unwrap();
+        go(ca, Suite::BalancedV1, "init").unwrap();
+        go(ca, Suite::BalancedV1, "update_clients").unwrap();
+        go(ca, Suite::BalancedV1, "rollback").unwrap();
         assert_eq!(fp(&ca.active), old);
         assert_eq!(ca.trusted().count(), 2);
-        step(ca, "rot.test", Suite::BalancedV1, "standby").unwrap();
+        go(ca, Suite::BalancedV1, "standby").unwrap();
         assert_eq!(fp(&ca.active), old);
         assert_eq!(ca.trusted().count(), 1);
     }
@@ -143,7 +154,7 @@ mod tests {
         let dir = d.path().join("ca");
         let mut cas = ClusterCas::create(&dir, "rot.test").unwrap();
         cas.suite = Suite::FipsV1;
-        step(&mut cas.host, "rot.test", Suite::FipsV1, "init").unwrap();
+        go(&mut cas.host, Suite::FipsV1, "init").unwrap();
         cas.save_authority(&dir, CaKind::Host).unwrap();
         let back = ClusterCas::load(&dir).unwrap();
         assert_eq!(back.host.phase, "init");

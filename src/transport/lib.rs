@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod auth_client;
 pub mod grpc;
+pub mod join_client;
 pub mod link;
 pub mod refusal;
 pub mod relay;

@@ -135,6 +135,28 @@ impl WebClient {
         })
     }
 
+    /// A TLS connection to the proxy with this client's trust (`--ca-path`, the system roots,
+    /// or `--insecure`) and other ALPNs: the join service's `teleport-proxy-grpc`, `h2`.
+    pub async fn dial_alpn(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut cfg = (*self.tls).clone();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = crate::tls::tcp_connect(&self.proxy).await?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| anyhow!("--proxy-server {}: bad host name", self.proxy))?;
+        let what = format!("proxy {}", self.proxy);
+        crate::tls::handshake(&what, Arc::new(cfg), name, tcp)
+            .await?
+            .map_err(|e| anyhow!("{}", crate::tls::describe_tls_error(&self.proxy, alpn, &e)))
+    }
+
+    /// The proxy's address as given.
+    pub fn proxy(&self) -> &str {
+        &self.proxy
+    }
+
     async fn request(
         &self,
         method: Method,

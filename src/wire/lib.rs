@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod alpn;
 pub mod hostport;
+pub mod join;
 pub mod proto;
 pub mod resources;
 pub mod services;

@@ -200,6 +200,53 @@ mod tests {
         assert_eq!(UserCertsRequest::decode(&b[..]).unwrap(), req);
     }
 
+    /// The impersonation request a bot sends, every field by hand: Username=2, Expires=3
+    /// (Timestamp{seconds=1}), RouteToCluster=5, RoleRequests=12 (repeated), UseRoleRequests=14,
+    /// SSHPublicKey=22, TLSPublicKey=23; the renewal is the same without 5, 12 and 14.
+    #[test]
+    fn impersonation_and_renewal_requests_by_hand() {
+        let req = UserCertsRequest {
+            username: "bot-ci".into(),
+            expires: Some(Timestamp {
+                seconds: 300,
+                nanos: 0,
+            }),
+            route_to_cluster: "c".into(),
+            role_requests: vec!["a".into(), "b".into()],
+            use_role_requests: true,
+            ssh_public_key: b"k".to_vec(),
+            tls_public_key: b"t".to_vec(),
+            ..Default::default()
+        };
+        let want = [
+            &[0x12, 6][..],
+            b"bot-ci",
+            &[0x1a, 3, 0x08, 0xac, 0x02], // expires: seconds 300 (varint ac 02)
+            &[0x2a, 1, b'c'],             // route_to_cluster
+            &[0x62, 1, b'a', 0x62, 1, b'b'], // role_requests
+            &[0x70, 1],                   // use_role_requests
+            &[0xb2, 0x01, 1, b'k'],       // ssh_public_key
+            &[0xba, 0x01, 1, b't'],       // tls_public_key
+        ]
+        .concat();
+        assert_eq!(req.encode_to_vec(), want);
+        assert_eq!(UserCertsRequest::decode(&want[..]).unwrap(), req);
+        let renewal = UserCertsRequest {
+            route_to_cluster: String::new(),
+            role_requests: vec![],
+            use_role_requests: false,
+            ..req
+        };
+        let want = [
+            &[0x12, 6][..],
+            b"bot-ci",
+            &[0x1a, 3, 0x08, 0xac, 0x02],
+            &[0xb2, 0x01, 1, b'k', 0xba, 0x01, 1, b't'],
+        ]
+        .concat();
+        assert_eq!(renewal.encode_to_vec(), want);
+    }
+
     #[test]
     fn certs_round_trip_and_repeated_bytes() {
         let c = Certs {

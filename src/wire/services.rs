@@ -35,8 +35,9 @@ pub struct GetRoleRequest {
     pub name: String,
 }
 
-/// `proto.GetClusterCACertResponse { bytes TLSCA = 1; }`: the PEM of the cluster's TLS CA
-/// certificates (tbot: "will only contain the Teleport User CA").
+/// `proto.GetClusterCACertResponse { bytes TLSCA = 1; }`: the PEM of the cluster's host CA TLS
+/// certificates (`lib/auth` `GetClusterCACert`), which tbot adds to an impersonated identity's
+/// CA list (whose own holds only the user CA).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct GetClusterCaCertResponse {
     #[prost(bytes = "vec", tag = "1")]

@@ -1,6 +1,7 @@
 //! Teleport-exact identities end to end: the signature algorithm suites (key types of the CAs,
-//! the bot and its outputs), outputs whose roles come from the bot role, heartbeats, and CA
-//! rotations followed by a running bot while sessions run and new ones open.
+//! the bot and its outputs), outputs whose roles come from the bot role, heartbeats, leaf
+//! clusters, and CA rotations that a running bot follows on its own while sessions run and new
+//! ones open.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -31,11 +32,12 @@ fn key_type(path: &std::path::Path) -> KeyType {
         .key_type()
 }
 
+/// The generation in the data dir's `tlscert` (read alone: the bot may be writing the set).
 fn generation(data: &std::path::Path) -> u64 {
-    Identity::read_data_dir(data)
+    let tls = std::fs::read_to_string(data.join("tlscert")).unwrap();
+    idmux_identity::x509::tls_identity_of(&tls)
         .unwrap()
-        .tls_identity()
-        .unwrap()
+        .0
         .generation
 }
 
@@ -176,27 +178,25 @@ fn roles_come_from_the_bot_role_and_heartbeats_are_recorded() {
     );
 }
 
-/// Ask the bot to renew now (SIGHUP) and wait until its output's known_hosts satisfies `ok`.
-fn renew_until(bot: &BotProc, what: &str, ok: impl Fn(&str) -> bool) {
-    let g = generation(&bot.data);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bot.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+/// Wait until the bot has renewed on its own (it checks its cluster's CAs every second here)
+/// since generation `g`, into a known_hosts that satisfies `ok`.
+fn renewed_into(bot: &BotProc, g: u64, what: &str, ok: impl Fn(&str) -> bool) {
     let kh = bot.dest.join("known_hosts");
     assert!(
         wait_for(Duration::from_secs(30), || {
             generation(&bot.data) > g && ok(&std::fs::read_to_string(&kh).unwrap_or_default())
         }),
-        "{what}: the bot did not renew into it: {}",
+        "{what}: the bot did not renew into it by itself: {}",
         bot.log_text()
     );
 }
 
-fn rotate(cl: &DevCluster, kind: &str, phase: &str) {
+/// One rotation step; returns the bot's generation from before it.
+fn rotate(cl: &DevCluster, bot: &BotProc, kind: &str, phase: &str) -> u64 {
+    let g = generation(&bot.data);
     let o = cl.admin(&["auth", "rotate", "--type", kind, "--phase", phase]);
     assert!(o.status.success(), "rotate {kind} {phase}: {}", stderr(&o));
+    g
 }
 
 fn ca_key(cl: &DevCluster, kind: &str) -> String {
@@ -242,6 +242,9 @@ fn ca_rotations_through_every_phase_with_sessions_running() {
                 "--certificate-ttl=2h".into(),
                 "--renewal-interval=1h".into(),
             ],
+            // No scheduled renewal during the test: every renewal is the bot following a
+            // rotation step on its own.
+            env: vec![("IDMUX_CA_CHECK_INTERVAL".into(), "1s".into())],
             ..Default::default()
         },
     );
@@ -286,8 +289,8 @@ fn ca_rotations_through_every_phase_with_sessions_running() {
     let t0 = Instant::now();
     let old_host = ca_key(&cl, "host");
     let keys = |kh: &str| kh.lines().count();
-    rotate(&cl, "host", "init");
-    renew_until(&bot, "host init", |kh| keys(kh) == 2);
+    let g = rotate(&cl, &bot, "host", "init");
+    renewed_into(&bot, g, "host init", |kh| keys(kh) == 2);
     opens("host init");
     let new_host = std::fs::read_to_string(cl.data_dir().join("ca/host_ca_additional_ssh.pub"))
         .unwrap()
@@ -295,14 +298,35 @@ fn ca_rotations_through_every_phase_with_sessions_running() {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ");
-    rotate(&cl, "host", "update_clients");
-    renew_until(&bot, "host update_clients", |kh| keys(kh) == 2);
+    // Servers go on serving certificates from the old host CA until update_servers.
+    let only_old = bot.work.path().join("old_known_hosts");
+    std::fs::write(
+        &only_old,
+        format!("@cert-authority *.{C} {old_host} type=host\n"),
+    )
+    .unwrap();
+    let old_only = |phase: &str| {
+        let opt = format!("UserKnownHostsFile={}", only_old.display());
+        let o = ssh(&cfg, &["-o", &opt, &target, "true"]);
+        eprintln!("{phase}: ssh trusting only the old host CA: {}", o.status);
+        o.status.success()
+    };
+    let g = rotate(&cl, &bot, "host", "update_clients");
+    renewed_into(&bot, g, "host update_clients", |kh| keys(kh) == 2);
     opens("host update_clients");
-    rotate(&cl, "host", "update_servers");
-    renew_until(&bot, "host update_servers", |kh| keys(kh) == 2);
+    assert!(
+        old_only("update_clients"),
+        "the node changed its certificate too early"
+    );
+    let g = rotate(&cl, &bot, "host", "update_servers");
+    renewed_into(&bot, g, "host update_servers", |kh| keys(kh) == 2);
     opens("host update_servers");
-    rotate(&cl, "host", "standby");
-    renew_until(&bot, "host standby", |kh| keys(kh) == 1);
+    assert!(
+        !old_only("update_servers"),
+        "the node still serves the old CA's certificate"
+    );
+    let g = rotate(&cl, &bot, "host", "standby");
+    renewed_into(&bot, g, "host standby", |kh| keys(kh) == 1);
     opens("host standby");
     let kh = std::fs::read_to_string(bot.dest.join("known_hosts")).unwrap();
     assert!(kh.contains(&new_host) && !kh.contains(&old_host), "{kh}");
@@ -318,8 +342,8 @@ fn ca_rotations_through_every_phase_with_sessions_running() {
     // The user CA: nodes and the proxy trust both keys while clients move over.
     let old_user = ca_key(&cl, "user");
     for phase in ["init", "update_clients", "update_servers", "standby"] {
-        rotate(&cl, "user", phase);
-        renew_until(&bot, &format!("user {phase}"), |_| true);
+        let g = rotate(&cl, &bot, "user", phase);
+        renewed_into(&bot, g, &format!("user {phase}"), |_| true);
         opens(&format!("user {phase}"));
     }
     assert_ne!(ca_key(&cl, "user"), old_user);
@@ -439,4 +463,63 @@ fn a_leaf_cluster_is_listed_trusted_and_reached() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("nope.test"), "{err}");
+}
+
+#[test]
+fn joins_through_the_join_service_or_falls_back_as_tbot_does() {
+    // A cluster with the join service: the bot joins through it.
+    let cl = cluster("legacy", 0);
+    let work = tempfile::tempdir().unwrap();
+    let join = |cl: &DevCluster, name: &str, token: &str| {
+        let mut args = cl.start_args(
+            &work.path().join(format!("data-{name}")),
+            &work.path().join(format!("dest-{name}")),
+            token,
+        );
+        args.push("--oneshot".into());
+        run(Command::new(idmux_bin())
+            .args(&args)
+            .env("IDMUX_LOG", "info"))
+    };
+    let o = join(&cl, "new", &cl.token("ci", &me()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("joined through the join service"),
+        "{}",
+        stderr(&o)
+    );
+    // ServerInit named the suite: the key is RSA under legacy.
+    assert_eq!(
+        key_type(&work.path().join("data-new/key")),
+        KeyType::Rsa2048
+    );
+    let id = Identity::read_data_dir(&work.path().join("data-new")).unwrap();
+    assert_eq!(id.tls_identity().unwrap().generation, 1);
+    // A bad token is refused after ServerInit: final, no fallback to the web join.
+    let o = join(&cl, "bad", "00000000000000000000000000000000");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("token expired or not found"), "{err}");
+    assert!(!err.contains("/webapi/host/credentials"), "{err}");
+
+    // An older Teleport (no join service): Unimplemented, so the legacy join.
+    let old = DevCluster::start_with(
+        tempfile::tempdir().unwrap(),
+        C,
+        0,
+        ClusterOptions {
+            args: vec!["--legacy-join-only".into()],
+            ..Default::default()
+        },
+    );
+    let o = join(&old, "old", &old.token("ci", &me()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("unknown service teleport.join.v1.JoinService")
+            && err.contains("joining through /webapi/host/credentials"),
+        "{err}"
+    );
+    let id = Identity::read_data_dir(&work.path().join("data-old")).unwrap();
+    assert_eq!(id.tls_identity().unwrap().generation, 1);
 }

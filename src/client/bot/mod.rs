@@ -19,8 +19,8 @@
 //! SIGTERM and SIGINT stop. No line carries a key, a certificate or the join token.
 //!
 //! Keys: as tbot, a fresh key for every renewal and every output ("constantly rotate private
-//! keys"). The files of an output are renamed into place one by one (certificates, then the
-//! key), so a reader that opens `key` and `key-cert.pub` within the microseconds between two
+//! keys"). The files of an output are written first and renamed into place back to back (the
+//! key, then the certificates), so a reader that opens `key` and `key-cert.pub` within the microseconds between two
 //! renames can see a pair from two renewals, as with tbot; the multiplexer's agent socket
 //! swaps key and certificate together, which is why the fdpass ssh_config uses it.
 
@@ -48,6 +48,9 @@ use idmux_transport::refusal::Refused;
 use idmux_transport::web::WebClient;
 use idmux_wire::resources::SignatureAlgorithmSuite;
 use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
+
+/// How often the bot checks its cluster's CAs for a rotation step.
+const CA_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hold `DATA/lock` for the life of the bot.
 pub fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -112,15 +115,65 @@ fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>, Vec
     )
 }
 
-/// Join the cluster with a token: `GET /webapi/find` picks the key type, then
-/// `POST /webapi/host/credentials`.
+/// Join the cluster with a token, as newest tbot: through the join service
+/// (`teleport.join.v1.JoinService`, whose `ServerInit` picks the key type), falling back to
+/// the legacy web join when the proxy does not serve it (NotImplemented, or no connection
+/// before `ServerInit`).
 pub(crate) async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<Identity> {
+    use idmux_transport::join_client::{self, Outcome};
+    let keygen = |suite: String| outputs::fresh_key(KeyType::for_suite(&suite));
+    match join_client::join(web, token, ttl, keygen).await? {
+        Outcome::Joined(joined) => {
+            let (key, certs) = *joined;
+            tracing::info!("joined through the join service");
+            identity_from_join(key, &certs)
+        }
+        Outcome::Fallback(why) => {
+            tracing::info!(
+                "the join service is not available ({why}); joining through /webapi/host/credentials"
+            );
+            legacy_join(web, token, ttl).await
+        }
+    }
+}
+
+/// An identity from the join service's certificates (DER and SSH wire format).
+fn identity_from_join(key: KeyPair, c: &idmux_wire::join::Certificates) -> Result<Identity> {
+    use russh::keys::ssh_key::PublicKey;
+    use x509_cert::der::pem::{encode_string, LineEnding};
+    let pem = |der: &[u8]| {
+        encode_string("CERTIFICATE", LineEnding::LF, der)
+            .map_err(|e| anyhow!("a certificate from the join service: {e}"))
+    };
+    let ssh = Certificate::from_bytes(&c.ssh_cert)
+        .and_then(|c| c.to_openssh())
+        .map_err(|e| anyhow!("the SSH certificate from the join service: {e}"))?;
+    let ca_keys = c
+        .ssh_ca_keys
+        .iter()
+        .map(|k| {
+            PublicKey::from_bytes(k)
+                .and_then(|k| k.to_openssh())
+                .map_err(|e| anyhow!("an SSH CA key from the join service: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tls_cas = c
+        .tls_ca_certs
+        .iter()
+        .map(|d| pem(d))
+        .collect::<Result<Vec<_>>>()?;
+    identity_from_certs(key, &ssh, &pem(&c.tls_cert)?, tls_cas, &ca_keys)
+}
+
+/// The legacy join: `GET /webapi/find` picks the key type, then
+/// `POST /webapi/host/credentials`.
+async fn legacy_join(web: &WebClient, token: &str, ttl: Duration) -> Result<Identity> {
     let find = web.get_json("/webapi/find").await?;
     let suite = find
         .pointer("/auth/signature_algorithm_suite")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    let key = KeyPair::generate(KeyType::for_suite(suite))?;
+    let key = outputs::fresh_key(KeyType::for_suite(suite)).await?;
     let req = RegisterUsingTokenRequest {
         token: token.to_string(),
         role: "Bot".into(),
@@ -172,6 +225,8 @@ pub struct Bot {
     suite: Option<SignatureAlgorithmSuite>,
     /// When this process started (heartbeats carry the uptime).
     started: SystemTime,
+    /// Where the own cluster's CAs stood at the last check (see [`Bot::ca_changed`]).
+    ca_state: Option<Vec<String>>,
     /// The identity last written to each output (empty before the first write).
     written: Vec<Arc<Identity>>,
     /// Subscribers to one output's identity (the in-process multiplexer), by output index.
@@ -189,6 +244,7 @@ impl Bot {
             identity: None,
             suite: None,
             started: SystemTime::now(),
+            ca_state: None,
             written: Vec::new(),
             published: Vec::new(),
             lock: None,
@@ -313,6 +369,21 @@ impl Bot {
         Ok(())
     }
 
+    /// Has a CA of the bot's cluster moved (a rotation step) since the last check? tbot renews
+    /// at once when one does, so known_hosts, the CA files and the bot's own certificates
+    /// follow a rotation however fast its phases are stepped. The first check only records.
+    async fn ca_changed(&mut self) -> Result<bool> {
+        let bot = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| anyhow!("no identity"))?;
+        let mut auth = AuthClient::connect(&self.cfg.proxy_server, bot).await?;
+        let now = outputs::ca_state(&mut auth, &bot.cluster_name()?).await?;
+        let changed = self.ca_state.as_ref().is_some_and(|was| *was != now);
+        self.ca_state = Some(now);
+        Ok(changed)
+    }
+
     /// Send a heartbeat in the background with the current identity (never delays renewal).
     fn spawn_heartbeat(&self, startup: bool) {
         let Some(id) = self.identity.clone() else {
@@ -395,14 +466,34 @@ impl Bot {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+        // CA rotations: checked every 10 s (IDMUX_CA_CHECK_INTERVAL overrides, e.g. `1s`).
+        let every = std::env::var("IDMUX_CA_CHECK_INTERVAL")
+            .ok()
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .unwrap_or(CA_CHECK_INTERVAL);
+        let mut ca_checks = tokio::time::interval(every);
+        ca_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: the startup heartbeat.
         let mut beats = tokio::time::interval(heartbeat::INTERVAL);
+        // After a suspend, one heartbeat, not a burst.
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut startup = true;
         loop {
             tokio::select! {
                 _ = beats.tick() => {
                     self.spawn_heartbeat(std::mem::take(&mut startup));
                     continue;
+                }
+                _ = ca_checks.tick() => {
+                    match tokio::time::timeout(every.max(Duration::from_secs(10)), self.ca_changed()).await {
+                        Ok(Ok(true)) => tracing::info!("a CA of the cluster rotated: renewing now"),
+                        Ok(Ok(false)) => continue,
+                        Ok(Err(e)) => {
+                            tracing::debug!("CA rotation check failed: {e:#}");
+                            continue;
+                        }
+                        Err(_) => continue,
+                    }
                 }
                 _ = tokio::time::sleep_until(next) => {}
                 // `systemctl reload`: renew now.

@@ -225,6 +225,45 @@ pub(crate) async fn host_cas(auth: &mut AuthClient, clusters: &[String]) -> Resu
     Ok(out)
 }
 
+/// Where the CAs of `cluster` stand: for the host, user and db CA, the rotation phase and the
+/// first trusted key. A change means a rotation step (tbot renews on one at once).
+pub(crate) async fn ca_state(auth: &mut AuthClient, cluster: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in ["host", "user", "db"] {
+        let ca: CertAuthorityV2 = auth
+            .unary(
+                GET_CERT_AUTHORITY,
+                "the CA rotation check",
+                GetCertAuthorityRequest {
+                    r#type: t.into(),
+                    domain: cluster.to_string(),
+                    include_key: false,
+                },
+            )
+            .await?;
+        out.push(ca_fingerprint(&ca));
+    }
+    Ok(out)
+}
+
+/// A CA's rotation phase and first trusted key (SSH, else TLS), as one comparable string.
+pub(crate) fn ca_fingerprint(ca: &CertAuthorityV2) -> String {
+    let phase = ca
+        .spec
+        .as_ref()
+        .and_then(|s| s.rotation.as_ref())
+        .map(|r| r.phase.as_str())
+        .unwrap_or("");
+    let first = ca
+        .trusted_ssh_keys()
+        .first()
+        .or(ca.trusted_tls_certs().first())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let kind = ca.spec.as_ref().map(|s| s.r#type.as_str()).unwrap_or("");
+    format!("{kind}:{phase}:{}", first.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +392,23 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_rotation_step_changes_the_fingerprint() {
+        let (k1, k2) = (key_line(), key_line());
+        let mut c = ca("root.test", &k1, None);
+        let standby = ca_fingerprint(&c);
+        c.spec.as_mut().unwrap().rotation = Some(idmux_wire::resources::Rotation {
+            phase: "init".into(),
+            ..Default::default()
+        });
+        let init = ca_fingerprint(&c);
+        assert_ne!(standby, init);
+        // A whole rotation between two checks still shows: the active key changed.
+        let done = ca_fingerprint(&ca("root.test", &k2, None));
+        assert_ne!(standby, done);
+        assert_eq!(standby, ca_fingerprint(&ca("root.test", &k1, None)));
     }
 
     #[test]
