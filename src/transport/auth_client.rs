@@ -46,6 +46,27 @@ async fn dial_auth(
     }
 }
 
+/// A gRPC channel over a TLS connection that is already up (tonic dials through a connector:
+/// it is handed this connection, once). `timeout` bounds each call.
+pub(crate) async fn grpc_channel_over(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    timeout: Option<Duration>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let slot = Arc::new(Mutex::new(Some(tls)));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            conn.map(TokioIo::new)
+                .ok_or_else(|| std::io::Error::other("the connection was already used"))
+        }
+    });
+    let mut ep = tonic::transport::Endpoint::from_static("http://teleport.cluster.local");
+    if let Some(t) = timeout {
+        ep = ep.timeout(t);
+    }
+    ep.connect_with_connector(connector).await
+}
+
 /// One authenticated gRPC connection to Auth through the proxy, for the calls of one renewal
 /// (the bot's own certificates, the CA resources, the bot role, each output's certificates).
 pub struct AuthClient {
@@ -57,18 +78,7 @@ impl AuthClient {
     /// Dial Auth behind `proxy` (`host:port`) as `id`: one TCP and TLS connection, HTTP/2.
     pub async fn connect(proxy: &str, id: &Identity) -> Result<AuthClient> {
         let tls = dial_auth(proxy, id).await?;
-        // tonic dials through a connector; hand it the connection that is already up, once.
-        let slot = Arc::new(Mutex::new(Some(tls)));
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            async move {
-                conn.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("the auth connection was already used"))
-            }
-        });
-        let channel = tonic::transport::Endpoint::from_static("http://teleport.cluster.local")
-            .timeout(CALL_TIMEOUT)
-            .connect_with_connector(connector)
+        let channel = grpc_channel_over(tls, Some(CALL_TIMEOUT))
             .await
             .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
         Ok(AuthClient {

@@ -10,12 +10,10 @@
 //! never once `ServerInit` has arrived (a bad token is final).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
 use http::uri::PathAndQuery;
-use hyper_util::rt::TokioIo;
 
 use crate::refusal::{Refused, RefusedWith};
 use crate::web::WebClient;
@@ -91,18 +89,7 @@ where
         Ok(t) => t,
         Err(e) => return fallback(format!("{e:#}")),
     };
-    let slot = Arc::new(Mutex::new(Some(tls)));
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        async move {
-            conn.map(TokioIo::new)
-                .ok_or_else(|| std::io::Error::other("the join connection was already used"))
-        }
-    });
-    let channel = match tonic::transport::Endpoint::from_static("http://teleport.cluster.local")
-        .connect_with_connector(connector)
-        .await
-    {
+    let channel = match crate::auth_client::grpc_channel_over(tls, None).await {
         Ok(c) => c,
         Err(e) => {
             return fallback(format!(

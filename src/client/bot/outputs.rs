@@ -205,22 +205,25 @@ pub(crate) async fn cluster_names(auth: &mut AuthClient, own: &str) -> Result<Ve
     }
 }
 
+/// One CA of one cluster, public parts (`GetCertAuthority{type, domain}`).
+async fn get_ca(auth: &mut AuthClient, kind: &str, cluster: &str) -> Result<CertAuthorityV2> {
+    auth.unary(
+        GET_CERT_AUTHORITY,
+        "the CA request",
+        GetCertAuthorityRequest {
+            r#type: kind.into(),
+            domain: cluster.to_string(),
+            include_key: false,
+        },
+    )
+    .await
+}
+
 /// The host CA keys of every cluster (`GetCertAuthority{host, cluster}` each).
 pub(crate) async fn host_cas(auth: &mut AuthClient, clusters: &[String]) -> Result<Vec<HostCa>> {
     let mut out = Vec::new();
     for c in clusters {
-        let ca: CertAuthorityV2 = auth
-            .unary(
-                GET_CERT_AUTHORITY,
-                "the host CA request",
-                GetCertAuthorityRequest {
-                    r#type: "host".into(),
-                    domain: c.clone(),
-                    include_key: false,
-                },
-            )
-            .await?;
-        out.extend(cluster_host_cas(&ca, c)?);
+        out.extend(cluster_host_cas(&get_ca(auth, "host", c).await?, c)?);
     }
     Ok(out)
 }
@@ -230,18 +233,7 @@ pub(crate) async fn host_cas(auth: &mut AuthClient, clusters: &[String]) -> Resu
 pub(crate) async fn ca_state(auth: &mut AuthClient, cluster: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for t in ["host", "user", "db"] {
-        let ca: CertAuthorityV2 = auth
-            .unary(
-                GET_CERT_AUTHORITY,
-                "the CA rotation check",
-                GetCertAuthorityRequest {
-                    r#type: t.into(),
-                    domain: cluster.to_string(),
-                    include_key: false,
-                },
-            )
-            .await?;
-        out.push(ca_fingerprint(&ca));
+        out.push(ca_fingerprint(&get_ca(auth, t, cluster).await?));
     }
     Ok(out)
 }
