@@ -63,12 +63,18 @@ pub(crate) fn public_keys(
         .map_err(|e| anyhow!("public_ssh_key: {e}"))?;
     let tls_pem = std::str::from_utf8(tls_pem).map_err(|_| anyhow!("public_tls_key: not UTF-8"))?;
     let spki = public_pem_to_spki(tls_pem)?;
-    let tls_key = idmux_identity::keys::ssh_key_data_from_spki(&spki)
+    check_one_key(&ssh_pub, &spki)?;
+    Ok((ssh_pub, spki))
+}
+
+/// The TLS public key (DER SPKI) and the SSH public key of a request must be one key.
+pub(crate) fn check_one_key(ssh_pub: &russh::keys::ssh_key::PublicKey, spki: &[u8]) -> Result<()> {
+    let tls_key = idmux_identity::keys::ssh_key_data_from_spki(spki)
         .map_err(|e| anyhow!("public_tls_key: {e}"))?;
     if &tls_key != ssh_pub.key_data() {
         bail!("public_tls_key and public_ssh_key are different keys");
     }
-    Ok((ssh_pub, spki))
+    Ok(())
 }
 
 /// DER SPKI of a PEM public key (`PUBLIC KEY` PKIX, or `RSA PUBLIC KEY` PKCS#1).

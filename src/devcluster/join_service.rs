@@ -57,7 +57,7 @@ async fn route(
     let path = req.uri().path().to_string();
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
     if path != JOIN || ctx.legacy_join_only {
-        // grpc-go's words for a service the server does not have.
+        // grpc-go's words for a service the server does not have (this port serves no other).
         return Status::unimplemented(format!("unknown service {service}")).into_http();
     }
     let codec = tonic_prost::ProstCodec::<JoinResponse, JoinRequest>::default();
@@ -191,13 +191,7 @@ pub(crate) fn token_result(
     let ssh_pub = russh::keys::ssh_key::PublicKey::from_bytes(&keys.public_ssh_key)
         .map_err(|e| Status::invalid_argument(format!("public_ssh_key: {e}")))?;
     let spki = keys.public_tls_key.clone();
-    let tls_key = idmux_identity::keys::ssh_key_data_from_spki(&spki)
-        .map_err(|e| Status::invalid_argument(format!("public_tls_key: {e}")))?;
-    if &tls_key != ssh_pub.key_data() {
-        return Err(Status::invalid_argument(
-            "public_tls_key and public_ssh_key are different keys",
-        ));
-    }
+    auth::check_one_key(&ssh_pub, &spki).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
     let ttl = match bot.expires.and_then(|t| t.to_system_time()) {
         None => DEFAULT_JOIN_TTL,
         Some(t) => t
