@@ -70,6 +70,19 @@ pub(crate) struct StartArgs {
     /// does, so bots join through `POST /webapi/host/credentials`.
     #[arg(long)]
     pub legacy_join_only: bool,
+    /// Act as a proxy without TLS routing (`proxy_listener_mode: separate`): ping says
+    /// `tls_routing_enabled: false`, the web port refuses the node and Auth ALPNs, and a
+    /// separate SSH port (`--ssh-listen`) multiplexes SSH and TLS (gRPC TransportService).
+    #[arg(long)]
+    pub no_tls_routing: bool,
+    /// Address of the SSH port with `--no-tls-routing` (port 0: a free port, reported on the
+    /// ready line as `ssh proxy on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:0", requires = "no_tls_routing")]
+    pub ssh_listen: std::net::SocketAddr,
+    /// The proxy's public address, HOST[:PORT] (port: the web port), reported by ping as
+    /// `proxy.ssh.public_addr` and named by the proxy's certificates.
+    #[arg(long)]
+    pub public_addr: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,6 +209,9 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 suite: a.signature_algorithm_suite.map(Into::into),
                 leaves: a.leaves,
                 legacy_join_only: a.legacy_join_only,
+                no_tls_routing: a.no_tls_routing,
+                ssh_listen: a.ssh_listen,
+                public_addr: a.public_addr,
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {
@@ -354,6 +370,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 &id,
                 &pems,
                 &proxy,
+                Default::default(),
                 mode.into(),
                 bare_names,
             )?;

@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tonic::{Code, Status};
 
@@ -79,7 +78,7 @@ pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerC
 }
 
 /// The identity in the verified client certificate of a TLS connection.
-pub(crate) fn peer_identity(tls: &TlsStream<TcpStream>) -> Result<TlsIdentity> {
+pub(crate) fn peer_identity<S>(tls: &TlsStream<S>) -> Result<TlsIdentity> {
     let der = tls
         .get_ref()
         .1
@@ -91,7 +90,11 @@ pub(crate) fn peer_identity(tls: &TlsStream<TcpStream>) -> Result<TlsIdentity> {
 }
 
 /// Serve gRPC on one Auth connection from `caller` until the client closes it.
-pub async fn serve(ctx: Arc<Ctx>, tls: TlsStream<TcpStream>, caller: TlsIdentity) -> Result<()> {
+pub async fn serve<S: crate::Io>(
+    ctx: Arc<Ctx>,
+    tls: TlsStream<S>,
+    caller: TlsIdentity,
+) -> Result<()> {
     let caller = Arc::new(caller);
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (ctx, caller) = (ctx.clone(), caller.clone());

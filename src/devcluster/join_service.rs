@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 use tonic::Status;
@@ -39,7 +38,7 @@ pub(crate) const ALPN_PROXY_GRPC_INSECURE: &[u8] = b"teleport-proxy-grpc";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve gRPC on one connection: the join service, or an older Teleport's answer.
-pub async fn serve(ctx: Arc<Ctx>, tls: TlsStream<TcpStream>) -> Result<()> {
+pub async fn serve<S: crate::Io>(ctx: Arc<Ctx>, tls: TlsStream<S>) -> Result<()> {
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(ctx, req).await) }

@@ -8,22 +8,33 @@
 //!
 //! `idmux cluster start` creates (first time) the cluster's CAs in its data dir, starts N real
 //! OpenSSH nodes, and serves one TLS port routed by ALPN, as a Teleport proxy with TLS routing:
-//! `http/1.1` is the web API ([`web`]), `teleport-proxy-ssh` the proxy's SSH server
-//! ([`proxy_ssh`]), `teleport-auth@...` the Auth gRPC service ([`auth_grpc`]). The proxy's TLS
-//! cert is signed by the host CA (`DIR/ca.pem`) and covers `localhost` and `127.0.0.1`. Roles,
-//! bots, tokens and nodes live in [`state`], which the admin commands change while the cluster
-//! runs.
+//! `http/1.1` is the web API ([`web`], with `/webapi/connectionupgrade`, [`conn_upgrade`], whose
+//! tunnelled TLS is routed here again), `teleport-proxy-ssh` the proxy's SSH server
+//! ([`proxy_ssh`]), `teleport-proxy-ssh-grpc` the TransportService ([`proxy_grpc`]),
+//! `teleport-auth@...` the Auth gRPC service ([`auth_grpc`]), `teleport-proxy-grpc` the join
+//! service ([`join_service`]), `teleport-reversetunnel(v2)` negotiated and then closed (no
+//! reverse tunnel server here). With `--no-tls-routing` the node and Auth ALPNs are refused on
+//! the web port and a separate SSH port ([`ssh_port`]) multiplexes SSH and TLS, as a proxy in
+//! `proxy_listener_mode: separate`. The web certificate (`DIR/ca.pem` signs it) covers
+//! `localhost`, loopback, the listen address, `--public-addr`'s host and the machine's host
+//! name when it is local; the proxy's Teleport host certificate adds `teleport.cluster.local`.
+//! Roles, bots, tokens and nodes live in [`state`], which the admin commands change while the
+//! cluster runs.
 
 pub mod auth;
 pub mod auth_grpc;
 pub mod auth_resources;
 pub mod ca;
+pub mod conn_upgrade;
 pub mod join_service;
 pub mod node;
 pub mod proxy_grpc;
 pub mod proxy_ssh;
 pub mod rotate;
 pub mod router;
+#[cfg(test)]
+mod routing_tests;
+pub mod ssh_port;
 pub mod state;
 pub mod web;
 
@@ -36,7 +47,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hyper_util::rt::TokioIo;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::ClusterCas;
@@ -45,7 +56,55 @@ use idmux_identity::keys::{KeyPair, KeyType};
 use state::{Node, State};
 
 pub use idmux_wire::alpn::{PROXY_GRPC as ALPN_PROXY_GRPC, PROXY_SSH as ALPN_PROXY_SSH};
+use idmux_wire::alpn::{REVERSE_TUNNEL, REVERSE_TUNNEL_V2};
 pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// The DNS names every Teleport host certificate carries (`constants.APIDomain`).
+pub(crate) const HOST_CERT_DNS: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
+
+/// A byte stream a connection handler can serve: a TCP socket, or the stream tunnelled through
+/// `/webapi/connectionupgrade`.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Where a TLS connection arrived; it decides the certificate of the web-facing ALPNs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// The web port: the web certificate for `http/1.1`, the join service and the reverse
+    /// tunnel, as Teleport's ALPN router uses `tlsConfigWeb` for them.
+    WebPort,
+    /// Inside `/webapi/connectionupgrade`: the proxy's Teleport host certificate for every
+    /// ALPN (`alpnServer.MakeConnectionHandler(alpnTLSConfigForWeb, ...)`, lib/service).
+    Upgrade,
+}
+
+/// The TLS configurations of the web-facing ALPNs, for one certificate.
+pub(crate) struct WebFace {
+    web: Arc<rustls::ServerConfig>,
+    join: Arc<rustls::ServerConfig>,
+    tunnel: Arc<rustls::ServerConfig>,
+}
+
+impl WebFace {
+    /// `http/1.1`: no client certificate asked for (a certificate is not how the web API's
+    /// callers authenticate); the join service: `teleport-proxy-grpc` then `h2`, no client
+    /// certificate; the reverse tunnel: `teleport-reversetunnelv2`, `teleport-reversetunnel`.
+    fn new(cert_pem: &str, key: &KeyPair) -> Result<WebFace> {
+        let base = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
+        let with = |alpns: &[&[u8]]| {
+            let mut c = base.clone();
+            c.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+            Arc::new(c)
+        };
+        Ok(WebFace {
+            web: with(&[ALPN_HTTP1]),
+            join: with(&[join_service::ALPN_PROXY_GRPC_INSECURE, ALPN_H2]),
+            tunnel: with(&[REVERSE_TUNNEL_V2, REVERSE_TUNNEL]),
+        })
+    }
+}
 
 /// A node transport the proxy can serve (`--transports`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,21 +115,40 @@ pub enum ProxyTransport {
     Ssh,
 }
 
+/// How the proxy listens and what it advertises (`idmux cluster start` flags).
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The bound web port.
+    pub listen: SocketAddr,
+    /// The node transports served.
+    pub transports: Vec<ProxyTransport>,
+    /// `--legacy-join-only`.
+    pub legacy_join_only: bool,
+    /// `false` with `--no-tls-routing` (`proxy_listener_mode: separate`).
+    pub tls_routing: bool,
+    /// The bound SSH port (`--ssh-listen`), only without TLS routing.
+    pub ssh_addr: Option<SocketAddr>,
+    /// `--public-addr` as `host:port` (default: the web listen address).
+    pub public_addr: String,
+    /// Host names the proxy's certificates also cover: `--public-addr`'s host and the
+    /// machine's host name when it resolves to a local address.
+    pub extra_names: Vec<String>,
+    /// The interval of the server's pings on an `alpn-ping` upgrade
+    /// (`defaults.ProxyPingInterval`, 30 s; `IDMUX_DEV_UPGRADE_PING_INTERVAL` for tests).
+    pub upgrade_ping_interval: Duration,
+}
+
 /// What every connection handler needs.
 pub struct Ctx {
     pub dir: PathBuf,
     pub proxy_addr: String,
     pub proxy_host: String,
-    listen: SocketAddr,
-    transports: Vec<ProxyTransport>,
+    pub(crate) opts: ProxyOptions,
     leaf_names: Vec<String>,
-    /// The web API's TLS (`http/1.1`): its certificate is issued once at start, from the host
-    /// CA then active (`DIR/ca.pem`), and kept through rotations, as a Teleport proxy's web
-    /// certificate does not follow the cluster's CAs.
-    tls_web: Arc<rustls::ServerConfig>,
-    /// The join service's TLS (ALPN `teleport-proxy-grpc`, `h2`): the web certificate, no
-    /// client certificate, as Teleport's unauthenticated proxy gRPC.
-    tls_join: Arc<rustls::ServerConfig>,
+    /// The web-facing ALPNs on the web port, with the web certificate: issued once at start,
+    /// from the host CA then active (`DIR/ca.pem`), and kept through rotations, as a Teleport
+    /// proxy's web certificate does not follow the cluster's CAs.
+    web_face: WebFace,
     /// `--legacy-join-only`.
     pub legacy_join_only: bool,
     /// Everything that follows the CAs; swapped whole when a rotation step is applied.
@@ -88,6 +166,12 @@ pub struct Live {
     tls_ssh: Option<Arc<rustls::ServerConfig>>,
     tls_grpc: Option<Arc<rustls::ServerConfig>>,
     tls_auth: Arc<rustls::ServerConfig>,
+    /// The SSH port's TLS (`--no-tls-routing`): the host certificate, a client certificate
+    /// from the user CA required, ALPN `h2` or `teleport-proxy-ssh-grpc` (Teleport's
+    /// `sshGRPCTLSConfig`); `None` when gRPC is not served (`--transports`).
+    tls_ssh_port: Option<Arc<rustls::ServerConfig>>,
+    /// The web-facing ALPNs inside a connection upgrade: the host certificate.
+    upgrade_face: WebFace,
     ssh_config: Arc<russh::server::Config>,
 }
 
@@ -95,6 +179,12 @@ pub struct Live {
 pub struct StartOptions {
     pub dir: PathBuf,
     pub listen: SocketAddr,
+    /// `--no-tls-routing`: a proxy in `proxy_listener_mode: separate`.
+    pub no_tls_routing: bool,
+    /// `--ssh-listen`: the SSH port's address (used with `no_tls_routing`).
+    pub ssh_listen: SocketAddr,
+    /// `--public-addr HOST[:PORT]`.
+    pub public_addr: Option<String>,
     pub name: String,
     pub nodes: usize,
     /// The node transports served.
@@ -129,23 +219,14 @@ fn user_roots(cas: &ClusterCas) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-/// The web's TLS configuration (ALPN `http/1.1`): no client certificate, as a Teleport
-/// proxy's web listener (the web API a bot uses is unauthenticated).
-fn web_tls_config(cert_pem: &str, key: &KeyPair) -> Result<rustls::ServerConfig> {
-    let mut web = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
-    web.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(web)
-}
-
 /// The node transports' TLS configurations (client certificate from the user CA required;
-/// ALPN `teleport-proxy-ssh`, then the same with `teleport-proxy-ssh-grpc`).
+/// ALPN `teleport-proxy-ssh`, then the same with `teleport-proxy-ssh-grpc`, then the SSH
+/// port's `h2` or `teleport-proxy-ssh-grpc`).
 fn transport_tls_configs(
     cas: &ClusterCas,
     cert_pem: &str,
     key: &KeyPair,
-) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
+) -> Result<[rustls::ServerConfig; 3]> {
     let required = WebPkiClientVerifier::builder(user_roots(cas)?).build()?;
     let mut ssh = rustls::ServerConfig::builder()
         .with_client_cert_verifier(required)
@@ -153,7 +234,9 @@ fn transport_tls_configs(
     ssh.alpn_protocols = vec![ALPN_PROXY_SSH.to_vec()];
     let mut grpc = ssh.clone();
     grpc.alpn_protocols = vec![ALPN_PROXY_GRPC.to_vec()];
-    Ok((ssh, grpc))
+    let mut ssh_port = ssh.clone();
+    ssh_port.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_PROXY_GRPC.to_vec()];
+    Ok([ssh, grpc, ssh_port])
 }
 
 /// Load or create a key file.
@@ -167,20 +250,86 @@ fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
     Ok(k)
 }
 
-/// The proxy's TLS certificate for `listen` (`localhost`, loopback and the listen address),
-/// from the serving host CA keys.
-fn proxy_tls_cert(cas: &ClusterCas, key: &KeyPair, listen: SocketAddr) -> Result<String> {
-    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
-    if !ips.contains(&listen.ip()) {
-        ips.push(listen.ip());
+/// The names of the proxy's certificates: `localhost` and `extra` host names as DNS names,
+/// loopback, the listen address and `extra` IP literals as IP addresses (pure).
+pub(crate) fn cert_names(listen: SocketAddr, extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec!["localhost".to_string()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let add_ip = |ip: IpAddr, ips: &mut Vec<IpAddr>| {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    };
+    add_ip(listen.ip(), &mut ips);
+    for h in extra {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        match h.parse::<IpAddr>() {
+            Ok(ip) => add_ip(ip, &mut ips),
+            Err(_) if !h.is_empty() && !dns.iter().any(|d| d == h) => dns.push(h.to_string()),
+            Err(_) => {}
+        }
+    }
+    (dns, ips)
+}
+
+/// The proxy's web certificate, or (`host_cert`) its Teleport host certificate, which also
+/// names `teleport.cluster.local` and `*.teleport.cluster.local`; from the serving host CA
+/// keys.
+fn proxy_tls_cert(
+    cas: &ClusterCas,
+    key: &KeyPair,
+    opts: &ProxyOptions,
+    host_cert: bool,
+) -> Result<String> {
+    let (mut dns, ips) = cert_names(opts.listen, &opts.extra_names);
+    if host_cert {
+        dns.extend(HOST_CERT_DNS.iter().map(|s| s.to_string()));
     }
     cas.issue_tls_server(
         &key.spki_der()?,
         "proxy",
-        &["localhost".into()],
+        &dns,
         &ips,
         Duration::from_secs(365 * 86400),
     )
+}
+
+/// The machine's host name, when it resolves to an address of this machine (a test can then
+/// reach the cluster by a name that is not a loopback literal).
+pub fn local_hostname() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = nix::unistd::gethostname().ok()?.into_string().ok()?;
+    if name.is_empty() {
+        return None;
+    }
+    let addrs = (name.as_str(), 0).to_socket_addrs().ok()?;
+    for a in addrs {
+        // Binding succeeds only for an address of this machine.
+        if std::net::UdpSocket::bind((a.ip(), 0)).is_ok() {
+            return Some(name);
+        }
+    }
+    None
+}
+
+/// Parse `--public-addr HOST[:PORT]` (the port defaults to `web_port`) into `host:port`.
+pub fn parse_public_addr(s: &str, web_port: u16) -> Result<(String, String)> {
+    use idmux_wire::hostport::{self, HostPortError};
+    let (host, port) = match hostport::split(s) {
+        Ok((h, p)) => (h.to_string(), p),
+        Err(HostPortError::NoPort) => {
+            let h = s.trim_start_matches('[').trim_end_matches(']');
+            (h.to_string(), web_port)
+        }
+        Err(e) => bail!("--public-addr {s:?}: want HOST[:PORT] ({e})"),
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        bail!("--public-addr {s:?}: want HOST[:PORT]");
+    }
+    Ok((hostport::join(&host, port), host))
 }
 
 impl Live {
@@ -195,34 +344,32 @@ impl Live {
     }
 
     /// Issue the proxy's and Auth's certificates from `cas` and build their configurations.
-    fn build(
-        dir: &Path,
-        cas: ClusterCas,
-        leaves: &[String],
-        listen: SocketAddr,
-        transports: &[ProxyTransport],
-    ) -> Result<Live> {
+    fn build(dir: &Path, cas: ClusterCas, leaves: &[String], opts: &ProxyOptions) -> Result<Live> {
         let leaves = leaves
             .iter()
             .map(|l| ClusterCas::load(&leaf_dir(dir, l).join("ca")))
             .collect::<Result<Vec<_>>>()?;
         let pdir = dir.join("proxy");
-        let proxy_host = listen.ip().to_string();
+        let proxy_host = opts.listen.ip().to_string();
         let tls_key = key_file(&pdir.join("tls.key"), KeyType::EcdsaP256)?;
-        let cert = proxy_tls_cert(&cas, &tls_key, listen)?;
+        // The Teleport host certificate: the node transports, and everything inside an upgrade.
+        let cert = proxy_tls_cert(&cas, &tls_key, opts, true)?;
         fsutil::write_atomic(&pdir.join("tls.crt"), cert.as_bytes(), PUBLIC)?;
-        let (ssh, grpc) = transport_tls_configs(&cas, &cert, &tls_key)?;
-        let serves = |t| transports.contains(&t);
+        let [ssh, grpc, ssh_port] = transport_tls_configs(&cas, &cert, &tls_key)?;
+        let upgrade_face = WebFace::new(&cert, &tls_key)?;
+        let serves = |t| opts.transports.contains(&t);
         let auth = auth_grpc::tls_config(&pdir, &cas)?;
         // SSH: the proxy's host key and host cert.
         let host_key = key_file(&pdir.join("ssh_host_key"), KeyType::Ed25519)?;
         let host_id = proxy_host_id(dir)?;
+        let mut principals = vec![proxy_host];
+        principals.extend(opts.extra_names.iter().cloned());
         let host_cert = cas.issue_ssh_host(
             &host_key.ssh_public()?,
             &host_id,
             "proxy",
             "Proxy",
-            std::slice::from_ref(&proxy_host),
+            &principals,
             Duration::from_secs(365 * 86400),
         )?;
         let mut sc = russh::server::Config {
@@ -244,47 +391,38 @@ impl Live {
             tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
             tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
             tls_auth: Arc::new(auth),
+            tls_ssh_port: serves(ProxyTransport::Grpc).then(|| Arc::new(ssh_port)),
+            upgrade_face,
             ssh_config: Arc::new(sc),
         })
     }
 }
 
 impl Ctx {
-    fn new(
+    pub(crate) fn new(
         dir: &Path,
         cas: ClusterCas,
         leaves: &[String],
-        listen: SocketAddr,
-        transports: &[ProxyTransport],
-        legacy_join_only: bool,
+        opts: ProxyOptions,
     ) -> Result<Ctx> {
-        let proxy_host = listen.ip().to_string();
-        let proxy_addr = listen.to_string();
+        let proxy_host = opts.listen.ip().to_string();
+        let proxy_addr = opts.listen.to_string();
         let pdir = dir.join("proxy");
         fsutil::ensure_private_dir(&pdir)?;
         // The web certificate: issued once, from the host CA at start (`ca.pem`).
         let web_key = key_file(&pdir.join("web.key"), KeyType::EcdsaP256)?;
-        let web_cert = proxy_tls_cert(&cas, &web_key, listen)?;
+        let web_cert = proxy_tls_cert(&cas, &web_key, &opts, false)?;
         fsutil::write_atomic(&pdir.join("web.crt"), web_cert.as_bytes(), PUBLIC)?;
-        let web = web_tls_config(&web_cert, &web_key)?;
-        let mut join = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(cert_chain(&web_cert)?, web_key.to_rustls()?)?;
-        join.alpn_protocols = vec![
-            join_service::ALPN_PROXY_GRPC_INSECURE.to_vec(),
-            b"h2".to_vec(),
-        ];
-        let live = Live::build(dir, cas, leaves, listen, transports)?;
+        let web_face = WebFace::new(&web_cert, &web_key)?;
+        let live = Live::build(dir, cas, leaves, &opts)?;
         Ok(Ctx {
             dir: dir.to_path_buf(),
             proxy_addr,
             proxy_host,
-            listen,
-            transports: transports.to_vec(),
+            legacy_join_only: opts.legacy_join_only,
+            opts,
             leaf_names: leaves.to_vec(),
-            tls_web: Arc::new(web),
-            tls_join: Arc::new(join),
-            legacy_join_only,
+            web_face,
             live: std::sync::RwLock::new(Arc::new(live)),
         })
     }
@@ -297,13 +435,7 @@ impl Ctx {
     /// Reload the CAs from disk and rebuild what follows them (a rotation step was applied).
     fn reload(&self) -> Result<Arc<Live>> {
         let cas = ClusterCas::load(&self.dir.join("ca"))?;
-        let live = Arc::new(Live::build(
-            &self.dir,
-            cas,
-            &self.leaf_names,
-            self.listen,
-            &self.transports,
-        )?);
+        let live = Arc::new(Live::build(&self.dir, cas, &self.leaf_names, &self.opts)?);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = live.clone();
         Ok(live)
     }
@@ -327,20 +459,20 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// half-closed and drained for up to [`REFUSAL_LINGER`] before it is dropped. Closing at once
 /// with the client's next bytes (TLS 1.3 clients send data right after their Finished) still
 /// unread would send a TCP reset, which destroys the alert before the client reads it.
-async fn handshake(
-    start: tokio_rustls::StartHandshake<TcpStream>,
+pub(crate) async fn handshake<S: Io>(
+    start: tokio_rustls::StartHandshake<S>,
     config: Arc<rustls::ServerConfig>,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::server::TlsStream<S>> {
     match start.into_stream(config).into_fallible().await {
         Ok(tls) => Ok(tls),
-        Err((e, mut tcp)) => {
+        Err((e, mut io)) => {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = tcp.shutdown().await;
+            let _ = io.shutdown().await;
             let drain = async {
                 let mut sink = [0u8; 4096];
                 let mut left = 1usize << 20;
                 while left > 0 {
-                    match tcp.read(&mut sink).await {
+                    match io.read(&mut sink).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => left = left.saturating_sub(n),
                     }
@@ -352,10 +484,53 @@ async fn handshake(
     }
 }
 
-/// Accept one TLS connection and route it by ALPN.
-async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<()> {
-    let _ = tcp.set_nodelay(true);
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+/// Accept TLS for Auth on `io` (mutual TLS with Auth's certificate) and serve Auth's gRPC: the
+/// end of the `teleport-auth@` route and of TransportService `ProxyCluster`.
+pub(crate) async fn serve_auth<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -> Result<()> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    serve_auth_tls(ctx, start, peer).await
+}
+
+async fn serve_auth_tls<S: Io>(
+    ctx: Arc<Ctx>,
+    start: tokio_rustls::StartHandshake<S>,
+    peer: &str,
+) -> Result<()> {
+    let tls = handshake(start, ctx.live().tls_auth.clone())
+        .await
+        .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+    let caller = auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
+    auth_grpc::serve(ctx, tls, caller).await
+}
+
+/// [`serve_conn`] for a stream tunnelled through `/webapi/connectionupgrade`, boxed: the
+/// upgrade is served from inside the web API, which [`serve_conn`] itself serves.
+pub(crate) fn serve_upgraded(
+    ctx: Arc<Ctx>,
+    io: Box<dyn Io>,
+    peer: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> {
+    Box::pin(async move { serve_conn(ctx, io, &peer, Entry::Upgrade).await })
+}
+
+/// Accept one TLS connection and route it by ALPN, as Teleport's ALPN router does.
+pub(crate) async fn serve_conn<S: Io>(
+    ctx: Arc<Ctx>,
+    io: S,
+    peer: &str,
+    entry: Entry,
+) -> Result<()> {
+    let start = tokio::time::timeout(
+        ssh_port::TLS_HANDSHAKE_TIMEOUT,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no TLS ClientHello from {peer} within {:?}",
+            ssh_port::TLS_HANDSHAKE_TIMEOUT
+        )
+    })??;
     let offered: Vec<Vec<u8>> = start
         .client_hello()
         .alpn()
@@ -363,21 +538,49 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
         .unwrap_or_default();
     let wants = |p: &[u8]| offered.iter().any(|o| o == p);
     let live = ctx.live();
-    if auth_grpc::wants_auth(&offered) {
-        let tls = handshake(start, live.tls_auth.clone())
-            .await
-            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
-        let caller =
-            auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
-        return auth_grpc::serve(ctx, tls, caller).await;
+    let face = match entry {
+        Entry::WebPort => &ctx.web_face,
+        Entry::Upgrade => &live.upgrade_face,
+    };
+    // Without TLS routing the node and Auth ALPNs are not served on this port (see FIDELITY.md:
+    // a real proxy in separate mode still routes them; this dev cluster refuses them so that a
+    // client ignoring `tls_routing_enabled: false` fails).
+    let routed = ctx.opts.tls_routing;
+    if routed && auth_grpc::wants_auth(&offered) {
+        return serve_auth_tls(ctx.clone(), start, peer).await;
     }
     if wants(join_service::ALPN_PROXY_GRPC_INSECURE) {
-        let tls = handshake(start, ctx.tls_join.clone())
+        let tls = handshake(start, face.join.clone())
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         return join_service::serve(ctx, tls).await;
     }
-    if let Some(cfg) = live.tls_grpc.clone().filter(|_| wants(ALPN_PROXY_GRPC)) {
+    if wants(REVERSE_TUNNEL_V2) || wants(REVERSE_TUNNEL) {
+        let tls = handshake(start, face.tunnel.clone())
+            .await
+            .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+        let alpn = tls
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        // No reverse tunnel server here (FIDELITY.md): the handshake is all a client's
+        // upgrade detection needs; the connection is then closed.
+        tracing::info!(
+            peer,
+            alpn,
+            "reverse tunnel: not served by the dev cluster; closing"
+        );
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return Ok(());
+    }
+    if let Some(cfg) = live
+        .tls_grpc
+        .clone()
+        .filter(|_| routed && wants(ALPN_PROXY_GRPC))
+    {
         let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
@@ -385,14 +588,18 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             .map_err(|e| anyhow!("transport gRPC from {peer}: {e}"))?;
         return proxy_grpc::serve(ctx, tls, caller).await;
     }
-    if let Some(cfg) = live.tls_ssh.clone().filter(|_| wants(ALPN_PROXY_SSH)) {
+    if let Some(cfg) = live
+        .tls_ssh
+        .clone()
+        .filter(|_| routed && wants(ALPN_PROXY_SSH))
+    {
         let tls = handshake(start, cfg)
             .await
             .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
         let user = auth_grpc::peer_identity(&tls)
             .map(|i| i.username)
             .map_err(|e| anyhow!("proxy SSH from {peer}: {e}"))?;
-        let handler = proxy_ssh::ProxyConn::new(ctx.clone(), user);
+        let handler = proxy_ssh::ProxyConn::new(ctx.clone(), Some(user));
         let session = russh::server::run_stream(live.ssh_config.clone(), tls, handler).await?;
         session.await?;
         return Ok(());
@@ -405,19 +612,28 @@ async fn serve_conn(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) -> Result<(
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
-        let _ = handshake(start, ctx.tls_web.clone()).await;
+        let _ = handshake(start, face.web.clone()).await;
         bail!("{peer} offered no protocol this proxy serves: {names:?}");
     }
-    let tls = handshake(start, ctx.tls_web.clone())
+    let tls = handshake(start, face.web.clone())
         .await
         .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
     let svc_ctx = ctx.clone();
-    let svc = hyper::service::service_fn(move |req| web::handle(svc_ctx.clone(), req));
+    let peer_name = peer.to_string();
+    let svc =
+        hyper::service::service_fn(move |req| web::handle(svc_ctx.clone(), peer_name.clone(), req));
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(WEB_HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), svc)
+        .with_upgrades()
         .await?;
     Ok(())
 }
+
+/// How long a web client may take to send a request's headers (Teleport's web server:
+/// `ReadHeaderTimeout: defaults.ReadHeadersTimeout`).
+const WEB_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run the cluster in the foreground until SIGINT/SIGTERM.
 pub async fn start(opts: StartOptions) -> Result<()> {
@@ -447,15 +663,41 @@ pub async fn start(opts: StartOptions) -> Result<()> {
             ClusterCas::load_or_create(&leaf_dir(dir, l).join("ca"), l, opts.suite)
         })?;
     }
-    let ctx = Arc::new(tokio::task::block_in_place(|| {
-        Ctx::new(
-            dir,
-            cas,
-            &opts.leaves,
-            listen,
-            &opts.transports,
-            opts.legacy_join_only,
+    // The SSH port (3023-style) of a proxy without TLS routing.
+    let ssh_listener = if opts.no_tls_routing {
+        Some(
+            TcpListener::bind(opts.ssh_listen)
+                .await
+                .with_context(|| format!("--ssh-listen {}: cannot listen", opts.ssh_listen))?,
         )
+    } else {
+        None
+    };
+    let ssh_addr = ssh_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (public_addr, mut extra_names) = match &opts.public_addr {
+        Some(p) => {
+            let (addr, host) = parse_public_addr(p, listen.port())?;
+            (addr, vec![host])
+        }
+        None => (listen.to_string(), vec![]),
+    };
+    if let Some(h) = local_hostname() {
+        if !extra_names.contains(&h) {
+            extra_names.push(h);
+        }
+    }
+    let proxy_opts = ProxyOptions {
+        listen,
+        transports: opts.transports.clone(),
+        legacy_join_only: opts.legacy_join_only,
+        tls_routing: !opts.no_tls_routing,
+        ssh_addr,
+        public_addr,
+        extra_names,
+        upgrade_ping_interval: conn_upgrade::ping_interval_from_env()?,
+    };
+    let ctx = Arc::new(tokio::task::block_in_place(|| {
+        Ctx::new(dir, cas, &opts.leaves, proxy_opts)
     })?);
 
     // Nodes: keep host ids across restarts. Each leaf cluster has one node, `node-1`.
@@ -531,16 +773,23 @@ pub async fn start(opts: StartOptions) -> Result<()> {
     let nodes = Arc::new(std::sync::Mutex::new(nodes));
     let cluster_name = ctx.live().cas.cluster.clone();
     let proxy_addr = ctx.proxy_addr.clone();
+    let ssh_proxy_addr = ssh_addr.map(|a| a.to_string()).unwrap_or_default();
     State::modify(dir, move |s| {
         s.cluster_name = cluster_name;
         s.proxy_addr = proxy_addr;
+        s.ssh_proxy_addr = ssh_proxy_addr;
         s.nodes = inventory;
         s.leaves = leaf_inventory;
         Ok(())
     })?;
 
+    // The SSH port, when there is one, goes at the end: readers take the address after
+    // `ready on https://` and, after `ssh proxy on `, the SSH port's.
+    let ssh_note = ssh_addr
+        .map(|a| format!(", ssh proxy on {a}"))
+        .unwrap_or_default();
     println!(
-        "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s)",
+        "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s){ssh_note}",
         ctx.live().cas.cluster,
         ctx.proxy_addr,
         dir.join("ca.pem").display(),
@@ -553,6 +802,7 @@ pub async fn start(opts: StartOptions) -> Result<()> {
     let _ = std::io::stdout().flush();
 
     let follower = tokio::spawn(follow_ca(ctx.clone(), nodes.clone()));
+    let ssh_server = ssh_listener.map(|l| tokio::spawn(ssh_port::serve(ctx.clone(), l)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -563,7 +813,8 @@ pub async fn start(opts: StartOptions) -> Result<()> {
                 };
                 let c = ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_conn(c, tcp, peer).await {
+                    let _ = tcp.set_nodelay(true);
+                    if let Err(e) = serve_conn(c, tcp, &peer.to_string(), Entry::WebPort).await {
                         tracing::info!("connection from {peer}: {e:#}");
                     }
                 });
@@ -574,9 +825,13 @@ pub async fn start(opts: StartOptions) -> Result<()> {
     }
     println!("idmux dev cluster stopping");
     follower.abort();
+    if let Some(s) = ssh_server {
+        s.abort();
+    }
     nodes.lock().unwrap_or_else(|p| p.into_inner()).clear(); // stops every sshd
     let _ = State::modify(dir, |s| {
         s.proxy_addr.clear();
+        s.ssh_proxy_addr.clear();
         Ok(())
     });
     Ok(())

@@ -1,5 +1,13 @@
-//! The proxy's gRPC TransportService (ALPN `teleport-proxy-ssh-grpc`): `ProxySSH`, one bidi
-//! stream per node connection, and `GetClusterDetails`.
+//! The proxy's gRPC TransportService (ALPN `teleport-proxy-ssh-grpc`, or TLS on the SSH port):
+//! `ProxySSH`, one bidi stream per node connection, `ProxyCluster`, one bidi stream of raw
+//! bytes to a cluster's Auth server, and `GetClusterDetails`.
+//!
+//! `ProxyCluster` (lib/srv/transport/transportv1 `ProxyCluster`, lib/proxy/router.go
+//! `DialSite`): the first request names the cluster (empty = this one) and may carry a frame;
+//! every later request must carry a frame (else `received invalid frame`, InvalidArgument). The
+//! bytes go to the same mutual-TLS Auth acceptor the `teleport-auth@` route reaches
+//! ([`crate::serve_auth`]), so the client does its own TLS with Auth inside the stream. An
+//! unknown cluster: NotFound `failed dialing cluster "X": cluster "X" is not found`.
 //!
 //! Mutual TLS with a client certificate from the user CA; the caller is the certificate's
 //! identity (user and roles). A `ProxySSH` stream's first request must carry `dial_target`;
@@ -25,20 +33,26 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::router::{self, Caller};
+use crate::state::State;
 use crate::Ctx;
 use idmux_identity::TlsIdentity;
 use idmux_transport::grpc::{self, FRAME_SIZE};
 use idmux_transport::relay;
 use idmux_wire::proto::{
-    ClusterDetails, Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest,
-    ProxySshResponse, SshFrame, GET_CLUSTER_DETAILS, PROXY_SSH,
+    ClusterDetails, Frame, GetClusterDetailsRequest, GetClusterDetailsResponse,
+    ProxyClusterRequest, ProxyClusterResponse, ProxySshRequest, ProxySshResponse, SshFrame,
+    GET_CLUSTER_DETAILS, PROXY_CLUSTER, PROXY_SSH,
 };
 
 /// How long a client may take to send the dial target.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve TransportService on one connection from `caller` until the client closes it.
-pub async fn serve(ctx: Arc<Ctx>, tls: TlsStream<TcpStream>, caller: TlsIdentity) -> Result<()> {
+pub async fn serve<S: crate::Io>(
+    ctx: Arc<Ctx>,
+    tls: TlsStream<S>,
+    caller: TlsIdentity,
+) -> Result<()> {
     let caller = Arc::new(caller);
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (ctx, caller) = (ctx.clone(), caller.clone());
@@ -67,6 +81,13 @@ async fn route(
             let codec = tonic_prost::ProstCodec::<ProxySshResponse, ProxySshRequest>::default();
             tonic::server::Grpc::new(codec)
                 .streaming(ProxySsh { ctx, caller }, req)
+                .await
+        }
+        PROXY_CLUSTER => {
+            let codec =
+                tonic_prost::ProstCodec::<ProxyClusterResponse, ProxyClusterRequest>::default();
+            tonic::server::Grpc::new(codec)
+                .streaming(ProxyCluster { ctx, caller }, req)
                 .await
         }
         GET_CLUSTER_DETAILS => {
@@ -233,5 +254,205 @@ async fn relay(
             }
             _ = &mut from_node => return, // the node is done: end the stream (status OK)
         }
+    }
+}
+
+/// May `caller` reach the Auth server of `cluster` (empty = this one)? (pure)
+pub(crate) fn cluster_route(st: &State, caller: &TlsIdentity, cluster: &str) -> Result<(), Status> {
+    let who = Caller {
+        username: &caller.username,
+        roles: &caller.groups,
+    };
+    router::check_caller(st, &who).map_err(|r| Status::new(r.grpc_code(), r.to_string()))?;
+    let failed = |code: Code, why: String| {
+        Status::new(code, format!("failed dialing cluster {cluster:?}: {why}"))
+    };
+    if cluster.is_empty() || cluster == st.cluster_name {
+        return Ok(());
+    }
+    if st.leaves.contains_key(cluster) {
+        // The dev cluster's leaves have no Auth server (FIDELITY.md, leaf clusters).
+        return Err(failed(
+            Code::Unimplemented,
+            "the idmux dev cluster runs no Auth server for its leaf clusters".into(),
+        ));
+    }
+    Err(failed(
+        Code::NotFound,
+        format!("cluster {cluster:?} is not found"),
+    ))
+}
+
+struct ProxyCluster {
+    ctx: Arc<Ctx>,
+    caller: Arc<TlsIdentity>,
+}
+
+type ClusterResponses = ReceiverStream<Result<ProxyClusterResponse, Status>>;
+type ProxyClusterFuture =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<ClusterResponses>, Status>> + Send>>;
+
+impl tonic::server::StreamingService<ProxyClusterRequest> for ProxyCluster {
+    type Response = ProxyClusterResponse;
+    type ResponseStream = ClusterResponses;
+    type Future = ProxyClusterFuture;
+
+    fn call(
+        &mut self,
+        req: tonic::Request<tonic::Streaming<ProxyClusterRequest>>,
+    ) -> ProxyClusterFuture {
+        let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
+        Box::pin(async move {
+            let mut inbound = req.into_inner();
+            let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "no cluster name within the time limit",
+                    ))
+                }
+                Ok(Err(s)) => return Err(s),
+                Ok(Ok(None)) => {
+                    return Err(Status::invalid_argument(
+                        "failed receiving first frame: stream ended",
+                    ))
+                }
+                Ok(Ok(Some(r))) => r,
+            };
+            let st = State::load(&ctx.dir).map_err(|e| Status::unavailable(format!("{e:#}")))?;
+            cluster_route(&st, &caller, &first.cluster).inspect_err(|s| {
+                tracing::info!(
+                    user = caller.username,
+                    "proxy cluster: refused: {}",
+                    s.message()
+                );
+            })?;
+            let (mut near, far) = tokio::io::duplex(256 * 1024);
+            let peer = format!("ProxyCluster of {}", caller.username);
+            let c = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::serve_auth(c, far, &peer).await {
+                    tracing::info!("{peer}: {e:#}");
+                }
+            });
+            if let Some(f) = first.frame {
+                near.write_all(&f.payload).await.map_err(|e| {
+                    Status::unavailable(format!("failed writing payload from first frame: {e}"))
+                })?;
+            }
+            tracing::info!(user = caller.username, "proxy cluster: relaying to Auth");
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(relay_cluster(inbound, near, tx));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Copy between a `ProxyCluster` stream and Auth until either side ends.
+async fn relay_cluster(
+    mut inbound: tonic::Streaming<ProxyClusterRequest>,
+    auth: tokio::io::DuplexStream,
+    tx: tokio::sync::mpsc::Sender<Result<ProxyClusterResponse, Status>>,
+) {
+    let (mut auth_r, mut auth_w) = tokio::io::split(auth);
+    let to_auth = async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(ProxyClusterRequest { frame: Some(f), .. })) => {
+                    if auth_w.write_all(&f.payload).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(Some(_)) => return Some(Status::invalid_argument("received invalid frame")),
+                Ok(None) => {
+                    let _ = auth_w.shutdown().await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    let from_auth = async {
+        let mut chunks = relay::Chunks::new();
+        loop {
+            match chunks.read(&mut auth_r, FRAME_SIZE).await {
+                Ok(None) | Err(_) => return,
+                Ok(Some(payload)) => {
+                    let frame = ProxyClusterResponse {
+                        frame: Some(Frame { payload }),
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(to_auth, from_auth);
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            refused = &mut to_auth, if sending => {
+                if let Some(status) = refused {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                sending = false;
+            }
+            _ = &mut from_auth => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_cluster_routes_to_this_cluster_only_with_teleports_words() {
+        let mut st = State {
+            cluster_name: "dev.test".into(),
+            ..Default::default()
+        };
+        st.leaves.insert("leaf.test".into(), vec![]);
+        st.bots.insert(
+            "ci".into(),
+            crate::state::Bot {
+                roles: vec![],
+                logins: vec![],
+                generation: 1,
+                locked: None,
+                instance_id: String::new(),
+                heartbeats: vec![],
+            },
+        );
+        let bot = TlsIdentity {
+            username: "bot-ci".into(),
+            ..Default::default()
+        };
+        assert!(cluster_route(&st, &bot, "").is_ok());
+        assert!(cluster_route(&st, &bot, "dev.test").is_ok());
+        let s = cluster_route(&st, &bot, "nope").unwrap_err();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(
+            s.message(),
+            r#"failed dialing cluster "nope": cluster "nope" is not found"#
+        );
+        assert_eq!(
+            cluster_route(&st, &bot, "leaf.test").unwrap_err().code(),
+            Code::Unimplemented
+        );
+        let gone = TlsIdentity {
+            username: "bot-gone".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cluster_route(&st, &gone, "").unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        st.bots.get_mut("ci").unwrap().locked = Some("copied".into());
+        assert_eq!(
+            cluster_route(&st, &bot, "").unwrap_err().code(),
+            Code::PermissionDenied
+        );
     }
 }

@@ -1,8 +1,10 @@
-//! The proxy's SSH server (ALPN `teleport-proxy-ssh`): user-cert auth and the
-//! `proxy:<host>:<port>@<cluster>` subsystem that relays to a registered node.
+//! The proxy's SSH server (ALPN `teleport-proxy-ssh` on the web port, or plain SSH on the SSH
+//! port, [`crate::ssh_port`]): user-cert auth and the `proxy:<host>:<port>@<cluster>`
+//! subsystem that relays to a registered node.
 //!
 //! Checks, as Teleport's proxy makes them: the user cert is signed by the cluster's user CA,
-//! unexpired, a user cert, names the login, and belongs to the TLS client cert's user; the bot
+//! unexpired, a user cert, names the login, and (behind TLS) belongs to the TLS client cert's
+//! user; on the plain SSH port the SSH certificate is the only credential; the bot
 //! exists and is not locked; the target is a registered node; one of the cert's roles reaches
 //! the node's labels. A refusal is written as one line to the channel's stderr and the
 //! subsystem request fails. The relay never blocks the SSH session loop: node-bound bytes go
@@ -62,14 +64,15 @@ struct Authed {
 /// One proxy SSH connection.
 pub(crate) struct ProxyConn {
     ctx: Arc<Ctx>,
-    /// CN of the TLS client certificate this connection came with.
-    tls_user: String,
+    /// CN of the TLS client certificate this connection came with (`None` on the plain SSH
+    /// port, where the SSH certificate is the only credential).
+    tls_user: Option<String>,
     authed: Option<Authed>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
 impl ProxyConn {
-    pub fn new(ctx: Arc<Ctx>, tls_user: String) -> ProxyConn {
+    pub fn new(ctx: Arc<Ctx>, tls_user: Option<String>) -> ProxyConn {
         ProxyConn {
             ctx,
             tls_user,
@@ -95,11 +98,10 @@ impl ProxyConn {
         if !cert.valid_principals().iter().any(|p| p == user) {
             bail!("login {user:?} is not in the certificate");
         }
-        if cert.key_id() != self.tls_user {
+        if let Some(tls_user) = self.tls_user.as_deref().filter(|u| *u != cert.key_id()) {
             bail!(
-                "SSH certificate of {:?} does not belong to TLS identity {:?}",
-                cert.key_id(),
-                self.tls_user
+                "SSH certificate of {:?} does not belong to TLS identity {tls_user:?}",
+                cert.key_id()
             );
         }
         let roles = cert

@@ -75,6 +75,30 @@ pub(crate) fn authorize(
     decide(&st, proxy_host, caller, host, port, cluster)
 }
 
+/// The caller's own standing, before any target (pure): a bot that was removed or is locked
+/// may reach nothing.
+pub(crate) fn check_caller(st: &State, caller: &Caller<'_>) -> Result<(), Refusal> {
+    if let Some(bot) = caller.username.strip_prefix("bot-") {
+        match st.bots.get(bot) {
+            None => {
+                return Err(Refusal::Denied(format!(
+                    "user {} does not exist (the bot was removed)",
+                    caller.username
+                )))
+            }
+            Some(b) if b.locked.is_some() => {
+                return Err(Refusal::Denied(format!(
+                    "user {} is locked: {}",
+                    caller.username,
+                    b.locked.as_deref().unwrap_or("")
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// [`authorize`] over a loaded state (pure).
 pub(crate) fn decide(
     st: &State,
@@ -97,24 +121,7 @@ pub(crate) fn decide(
     } else {
         st.cluster_name.as_str()
     };
-    if let Some(bot) = caller.username.strip_prefix("bot-") {
-        match st.bots.get(bot) {
-            None => {
-                return Err(Refusal::Denied(format!(
-                    "user {} does not exist (the bot was removed)",
-                    caller.username
-                )))
-            }
-            Some(b) if b.locked.is_some() => {
-                return Err(Refusal::Denied(format!(
-                    "user {} is locked: {}",
-                    caller.username,
-                    b.locked.as_deref().unwrap_or("")
-                )))
-            }
-            _ => {}
-        }
-    }
+    check_caller(st, caller)?;
     let host = clean_target_host(host, proxy_host, in_cluster);
     if host.is_empty() {
         return Err(Refusal::BadRequest("the target names no host".into()));

@@ -118,6 +118,9 @@ pub struct State {
     /// The proxy's public address while a cluster runs (for `bots add` output).
     #[serde(default)]
     pub proxy_addr: String,
+    /// The SSH port's address while a cluster without TLS routing runs (`--no-tls-routing`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_proxy_addr: String,
     #[serde(default)]
     pub roles: BTreeMap<String, Role>,
     #[serde(default)]

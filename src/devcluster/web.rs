@@ -1,5 +1,6 @@
 //! The proxy's web API (ALPN `http/1.1`): `/webapi/ping`, `/webapi/find`,
-//! `POST /webapi/host/credentials` (the join) and `/webapi/auth/export`.
+//! `POST /webapi/host/credentials` (the join), `/webapi/auth/export` and
+//! `/webapi/connectionupgrade` ([`crate::conn_upgrade`]).
 //!
 //! JSON shapes follow Teleport's webclient: errors are `{"error":{"message":..}}` with a status
 //! chosen by the kind of failure.
@@ -31,7 +32,7 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
     reply(status, "application/json", v.to_string())
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
+pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
     let m = msg.to_string();
     json_reply(status, json!({"error": {"message": m}, "messages": [m]}))
 }
@@ -53,14 +54,9 @@ pub(crate) fn ping_json(ctx: &Ctx) -> serde_json::Value {
         "auth": auth,
         "proxy": {
             "kube": {"enabled": false},
-            "ssh": {
-                "listen_addr": ctx.proxy_addr,
-                "tunnel_listen_addr": ctx.proxy_addr,
-                "web_listen_addr": ctx.proxy_addr,
-                "public_addr": ctx.proxy_addr,
-            },
+            "ssh": ssh_settings(&ctx.opts),
             "db": {},
-            "tls_routing_enabled": true,
+            "tls_routing_enabled": ctx.opts.tls_routing,
         },
         "server_version": concat!("idmux-dev-", env!("CARGO_PKG_VERSION")),
         "min_client_version": "0.0.0",
@@ -70,11 +66,45 @@ pub(crate) fn ping_json(ctx: &Ctx) -> serde_json::Value {
     })
 }
 
-/// Serve one HTTP request.
-pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// `proxy.ssh` of ping, as a proxy with a v2/v3 config builds it (lib/web
+/// `buildProxySettingsV2`): with TLS routing every listen address is the web address; without,
+/// `listen_addr` is the SSH port and `web_listen_addr` the web port (there is no reverse tunnel
+/// port here, so no `tunnel_listen_addr`). `public_addr` is `--public-addr` (or the web
+/// address) and, without TLS routing, `ssh_public_addr` is its host with the SSH port, as a
+/// proxy configured with `ssh_public_addr` reports it (pure).
+pub(crate) fn ssh_settings(o: &crate::ProxyOptions) -> serde_json::Value {
+    let web = o.listen.to_string();
+    match o.ssh_addr.filter(|_| !o.tls_routing) {
+        None => json!({
+            "listen_addr": web,
+            "tunnel_listen_addr": web,
+            "web_listen_addr": web,
+            "public_addr": o.public_addr,
+        }),
+        Some(ssh) => {
+            let host = idmux_wire::hostport::host_of(&o.public_addr);
+            json!({
+                "listen_addr": ssh.to_string(),
+                "web_listen_addr": web,
+                "public_addr": o.public_addr,
+                "ssh_public_addr": idmux_wire::hostport::join(host, ssh.port()),
+            })
+        }
+    }
+}
+
+/// Serve one HTTP request from `peer`.
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    peer: String,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/webapi/connectionupgrade") => {
+            return Ok(crate::conn_upgrade::handle(ctx, peer, req))
+        }
         (&Method::GET, "/webapi/ping") | (&Method::GET, "/webapi/find") => {
             json_reply(StatusCode::OK, ping_json(&ctx))
         }

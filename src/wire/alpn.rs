@@ -4,6 +4,10 @@
 pub const PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
 /// The proxy's gRPC TransportService (`ProxySSH` streams to nodes).
 pub const PROXY_GRPC: &[u8] = b"teleport-proxy-ssh-grpc";
+/// The proxy's reverse tunnel (newest first); a client's upgrade detection dials with
+/// `teleport-reversetunnel` and reads "nothing negotiated" as "behind an L7 load balancer".
+pub const REVERSE_TUNNEL_V2: &[u8] = b"teleport-reversetunnelv2";
+pub const REVERSE_TUNNEL: &[u8] = b"teleport-reversetunnel";
 /// The SNI a Teleport API client sends to Auth.
 pub const AUTH_SERVER_NAME: &str = "teleport.cluster.local";
 

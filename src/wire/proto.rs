@@ -171,6 +171,28 @@ pub struct GetClusterDetailsResponse {
     pub details: Option<ClusterDetails>,
 }
 
+/// `teleport.transport.v1.TransportService/ProxyCluster`: one bidi stream of raw bytes to the
+/// Auth server of a cluster (api/proto/teleport/transport/v1/transport_service.proto).
+pub const PROXY_CLUSTER: &str = "/teleport.transport.v1.TransportService/ProxyCluster";
+
+/// `teleport.transport.v1.ProxyClusterRequest`: the first names the cluster (and may carry a
+/// frame); every later one must carry a frame.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ProxyClusterRequest {
+    /// The cluster whose Auth server to reach (empty = the proxy's own).
+    #[prost(string, tag = "1")]
+    pub cluster: String,
+    #[prost(message, optional, tag = "2")]
+    pub frame: Option<Frame>,
+}
+
+/// `teleport.transport.v1.ProxyClusterResponse`: bytes from the cluster's Auth server.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ProxyClusterResponse {
+    #[prost(message, optional, tag = "1")]
+    pub frame: Option<Frame>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +339,50 @@ mod tests {
             .unwrap()
             .details
             .is_some());
+    }
+
+    #[test]
+    fn proxy_cluster_messages_on_the_wire() {
+        // ProxyClusterRequest: 1 = cluster (string), 2 = frame (Frame, whose 1 = payload).
+        let first = ProxyClusterRequest {
+            cluster: "dev".into(),
+            frame: None,
+        };
+        assert_eq!(first.encode_to_vec(), [0x0a, 3, b'd', b'e', b'v']);
+        let both = ProxyClusterRequest {
+            cluster: "c".into(),
+            frame: Some(Frame {
+                payload: bytes::Bytes::from_static(b"\x16\x03"),
+            }),
+        };
+        assert_eq!(
+            both.encode_to_vec(),
+            [0x0a, 1, b'c', 0x12, 4, 0x0a, 2, 0x16, 0x03]
+        );
+        // A later request: no cluster, a frame.
+        let later = ProxyClusterRequest::decode(&[0x12, 3, 0x0a, 1, b'x'][..]).unwrap();
+        assert_eq!(later.cluster, "");
+        assert_eq!(later.frame.unwrap().payload.as_ref(), b"x");
+        // A request with neither has no frame (the server refuses it as an invalid frame).
+        assert!(ProxyClusterRequest::decode(&[][..])
+            .unwrap()
+            .frame
+            .is_none());
+        // ProxyClusterResponse: 1 = frame.
+        let resp = ProxyClusterResponse {
+            frame: Some(Frame {
+                payload: bytes::Bytes::from_static(b"ok"),
+            }),
+        };
+        assert_eq!(resp.encode_to_vec(), [0x0a, 4, 0x0a, 2, b'o', b'k']);
+        assert_eq!(
+            ProxyClusterResponse::decode(&[0x0a, 4, 0x0a, 2, b'o', b'k'][..]).unwrap(),
+            resp
+        );
+        assert_eq!(
+            PROXY_CLUSTER,
+            "/teleport.transport.v1.TransportService/ProxyCluster"
+        );
     }
 
     #[test]
