@@ -2,8 +2,9 @@
 //! per invocation, then the node's SSH bytes between stdin/stdout and the proxy channel.
 //!
 //! Flags match tbot's `ssh-proxy-command` so an ssh_config written by tbot works with the
-//! binary swapped; tbot's TLS-routing switches are accepted and ignored (idmux always uses TLS
-//! routing). `--transport` picks gRPC TransportService or the SSH subsystem (`link`).
+//! binary swapped, and mean what they mean to tbot: `--no-tls-routing` dials the SSH proxy port
+//! given as `--proxy-server`, `--connection-upgrade` goes through a load balancer's WebSocket
+//! upgrade (`route`). `--transport` picks gRPC TransportService or the SSH subsystem (`link`).
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -13,6 +14,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use idmux_identity::Identity;
 use idmux_transport::link::{self, TransportKind};
+use idmux_transport::route::{Route, RouteFlags};
+use idmux_transport::web::{Trust, WebClient};
 use idmux_transport::{relay, stdio};
 use idmux_wire::hostport::clean_target_host;
 use idmux_wire::hostport::split_host_port;
@@ -34,6 +37,29 @@ pub struct ProxyCommandArgs {
     pub port: u16,
     /// Which transport reaches the node.
     pub transport: TransportKind,
+    /// `--tls-routing`/`--no-tls-routing` and `--connection-upgrade`/`--no-connection-upgrade`
+    /// as tbot's ssh_config writes them. Without TLS routing `proxy_server` is the proxy's
+    /// SSH port (tbot's `ProxySSHAddr`); with it, the upgrade test decides when the flag is
+    /// absent.
+    pub flags: RouteFlags,
+}
+
+/// The way to the proxy from the flags alone (no ping: ssh runs this per connection). A load
+/// balancer's certificate is checked with the system roots, as tbot's does.
+pub async fn route(proxy_server: &str, flags: RouteFlags) -> Result<Route> {
+    let web = WebClient::new(proxy_server, &Trust::System)?;
+    if flags.tls_routing == Some(false) {
+        return Ok(Route::ssh_port(
+            web,
+            proxy_server.to_string(),
+            "--no-tls-routing given: --proxy-server is the SSH proxy port".into(),
+        ));
+    }
+    let why = match flags.tls_routing {
+        Some(_) => "--tls-routing given".to_string(),
+        None => "TLS routing assumed".to_string(),
+    };
+    Route::with_routing(web, flags.upgrade, why).await
 }
 
 /// Run the ProxyCommand until the node's side of the connection ends.
@@ -57,7 +83,8 @@ pub async fn run(args: ProxyCommandArgs) -> Result<()> {
         bail!("--host {:?} names no node", args.host);
     }
 
-    let link = link::connect(&args.proxy_server, &id, args.transport).await?;
+    let route = route(&args.proxy_server, args.flags).await?;
+    let link = link::connect(&route, &id, args.transport).await?;
     // Only a gRPC proxy may ask for the agent (agent frames); the SSH transport never does.
     let agent = match link {
         link::Link::Grpc(_) => {

@@ -83,14 +83,17 @@ struct SshProxyCommandArgs {
     /// auto: grpc, falling back to ssh when the proxy does not offer it.
     #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
     transport: TransportArg,
-    /// tbot's transport switches, accepted and ignored (idmux always uses TLS routing).
-    #[arg(long, hide = true, overrides_with = "no_tls_routing")]
+    /// TLS routing on `--proxy-server` (tbot's ssh_config says; default: assumed), or
+    /// `--no-tls-routing`: `--proxy-server` is the proxy's SSH port.
+    #[arg(long, overrides_with = "no_tls_routing")]
     tls_routing: bool,
-    #[arg(long, hide = true)]
+    #[arg(long)]
     no_tls_routing: bool,
-    #[arg(long, hide = true, overrides_with = "no_connection_upgrade")]
+    /// Through an L7 load balancer with the ALPN connection upgrade (default: detected, or
+    /// TELEPORT_TLS_ROUTING_CONN_UPGRADE).
+    #[arg(long, overrides_with = "no_connection_upgrade")]
     connection_upgrade: bool,
-    #[arg(long, hide = true)]
+    #[arg(long)]
     no_connection_upgrade: bool,
     #[arg(long, hide = true, overrides_with = "no_resume")]
     resume: bool,
@@ -115,6 +118,12 @@ struct SshConfigArgs {
     /// Also route bare one-label host names (`ssh node-1`) to the cluster (off, as tbot).
     #[arg(long)]
     bare_names: bool,
+    /// The stdio ProxyCommand's way, as tbot writes it: `--no-tls-routing` (then
+    /// `--proxy-server` is the proxy's SSH port) and `--connection-upgrade`.
+    #[arg(long)]
+    no_tls_routing: bool,
+    #[arg(long)]
+    connection_upgrade: bool,
 }
 
 /// Entry point of the `idmux` binary.
@@ -166,6 +175,10 @@ fn ssh_config(a: SshConfigArgs) -> Result<()> {
         &dir,
         &id,
         &a.proxy_server,
+        idmux_identity::openssh::ProxyWay {
+            tls_routing: !a.no_tls_routing,
+            connection_upgrade: a.connection_upgrade,
+        },
         a.mode.into(),
         a.cluster,
         a.bare_names,
@@ -185,6 +198,10 @@ fn ssh_proxy_command(a: SshProxyCommandArgs) -> Result<()> {
         host: a.host,
         port: a.port,
         transport: a.transport.into(),
+        flags: idmux_transport::route::RouteFlags {
+            tls_routing: start::pair(a.tls_routing, a.no_tls_routing),
+            upgrade: start::pair(a.connection_upgrade, a.no_connection_upgrade),
+        },
     };
     let rt = runtime::build(runtime::Kind::ProxyCommand)?;
     let result = rt.block_on(proxy_command::run(args));

@@ -14,6 +14,7 @@ use idmux_client::mux::server::{self as mux, MuxOptions};
 use idmux_client::mux::upstream::IdentitySource;
 
 use super::choices::{ModeArg, TransportArg};
+use idmux_transport::route::{Finder, RouteFlags};
 use idmux_transport::web::Trust;
 
 #[derive(Args)]
@@ -77,6 +78,26 @@ pub(crate) struct StartArgs {
     /// every single-label host through the proxy.
     #[arg(long)]
     pub bare_names: bool,
+    /// Reach the proxy through an L7 load balancer with the ALPN connection upgrade (default:
+    /// detected as tbot does; TELEPORT_TLS_ROUTING_CONN_UPGRADE also decides).
+    #[arg(long, overrides_with = "no_connection_upgrade")]
+    pub connection_upgrade: bool,
+    #[arg(long)]
+    pub no_connection_upgrade: bool,
+    /// Use the proxy's SSH port instead of TLS routing (default: as /webapi/ping says).
+    #[arg(long, overrides_with = "tls_routing")]
+    pub no_tls_routing: bool,
+    #[arg(long, hide = true)]
+    pub tls_routing: bool,
+}
+
+/// A `--x` / `--no-x` pair: `None` when neither was given.
+pub(crate) fn pair(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
 }
 
 /// Build the bot configuration from the config file and flags.
@@ -105,7 +126,12 @@ pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
             diag_addr: None,
             max_channels: 100,
             transport: TransportKind::Auto,
+            route_flags: Default::default(),
         },
+    };
+    c.route_flags = RouteFlags {
+        tls_routing: pair(a.tls_routing, a.no_tls_routing),
+        upgrade: pair(a.connection_upgrade, a.no_connection_upgrade),
     };
     if let Some(p) = a.proxy_server {
         c.proxy_server = p;
@@ -184,6 +210,18 @@ pub(crate) enum Service {
         /// grpc, ssh, or auto (grpc, falling back to ssh).
         #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
         transport: TransportArg,
+        /// CA certificates (PEM) that check the proxy's web certificate for /webapi/ping
+        /// and a load balancer's (default: the system roots).
+        #[arg(long)]
+        ca_path: Option<PathBuf>,
+        #[arg(long, overrides_with = "no_connection_upgrade")]
+        connection_upgrade: bool,
+        #[arg(long)]
+        no_connection_upgrade: bool,
+        #[arg(long, overrides_with = "tls_routing")]
+        no_tls_routing: bool,
+        #[arg(long, hide = true)]
+        tls_routing: bool,
     },
 }
 
@@ -194,16 +232,26 @@ pub fn run(a: StartArgs) -> Result<()> {
         diag_addr,
         max_channels_per_connection,
         transport,
+        ca_path,
+        connection_upgrade,
+        no_connection_upgrade,
+        no_tls_routing,
+        tls_routing,
     }) = a.service
     {
-        idmux_wire::hostport::split_host_port(&proxy_server, "--proxy-server")?;
+        let trust = ca_path.map(Trust::CaFile).unwrap_or(Trust::System);
+        let web = idmux_transport::web::WebClient::new(&proxy_server, &trust)?;
+        let flags = RouteFlags {
+            tls_routing: pair(tls_routing, no_tls_routing),
+            upgrade: pair(connection_upgrade, no_connection_upgrade),
+        };
         let dest = idmux_identity::paths::absolute(&destination_dir)?;
         let rt = super::runtime::build(super::runtime::Kind::Daemon)?;
         // Another tool renews this dir: follow its identity file.
         return rt.block_on(mux::run(MuxOptions {
             identity: IdentitySource::Poll(dest.clone()),
             dest,
-            proxy: proxy_server,
+            route: Finder::new(web, flags),
             cap: max_channels_per_connection,
             transport: transport.into(),
             diag_addr,
@@ -229,11 +277,14 @@ async fn run_bot(cfg: BotConfig) -> Result<()> {
             Some(rx) => IdentitySource::Watch(rx),
             None => IdentitySource::Poll(dest.clone()),
         };
+        let route = bot
+            .current_route()
+            .ok_or_else(|| anyhow::anyhow!("the bot found no way to the proxy"))?;
         let cfg = bot.config();
         let opts = MuxOptions {
             dest,
             identity,
-            proxy: cfg.proxy_server.clone(),
+            route: Finder::known(route),
             cap: cfg.max_channels,
             transport: cfg.transport,
             diag_addr: cfg.diag_addr,

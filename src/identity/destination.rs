@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::files::write_ca_files;
-use crate::openssh::{self, Mode, SshConfigParams};
+use crate::openssh::{self, Mode, ProxyWay, SshConfigParams};
 use crate::Identity;
 
 /// The TLS CA certs (PEM) a destination dir gets, per CA.
@@ -20,11 +20,13 @@ pub struct CaPems {
 }
 
 /// The ssh_config parameters for a destination dir holding `id`. `cluster` overrides the
-/// identity's own cluster (bare names route there).
+/// identity's own cluster (bare names route there). `proxy` is tbot's `ProxySSHAddr`: the web
+/// address with TLS routing, the SSH proxy address without (`way`).
 pub fn ssh_config_params(
     dir: &Path,
     id: &Identity,
     proxy: &str,
+    way: ProxyWay,
     mode: Mode,
     cluster: Option<String>,
     bare_names: bool,
@@ -43,6 +45,7 @@ pub fn ssh_config_params(
         idmux_exe,
         fdpass_exe,
         bare_names,
+        way,
     })
 }
 
@@ -52,10 +55,11 @@ pub fn write_destination(
     id: &Identity,
     cas: &CaPems,
     proxy: &str,
+    way: ProxyWay,
     mode: Mode,
     bare_names: bool,
 ) -> Result<()> {
-    let params = ssh_config_params(dir, id, proxy, mode, None, bare_names)?;
+    let params = ssh_config_params(dir, id, proxy, way, mode, None, bare_names)?;
     id.write_destination_files(&params.dir)?;
     write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
     openssh::write_files(&params, &id.host_cas)

@@ -50,6 +50,36 @@ pub struct SshConfigParams {
     /// host CA for them: a catch-all `Host` block and `@cert-authority` line that tbot does not
     /// write (`--bare-names`; off by default).
     pub bare_names: bool,
+    /// The way to the proxy when the file was written, as tbot bakes it into the stdio
+    /// ProxyCommand (`--tls-routing`/`--no-tls-routing`, `--connection-upgrade`/
+    /// `--no-connection-upgrade`; `proxy_host:proxy_port` is then the SSH proxy address
+    /// without TLS routing, tbot's `ProxySSHAddr`).
+    pub way: ProxyWay,
+}
+
+/// What the stdio ProxyCommand is told about the way to the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyWay {
+    pub tls_routing: bool,
+    pub connection_upgrade: bool,
+}
+
+impl Default for ProxyWay {
+    fn default() -> Self {
+        ProxyWay {
+            tls_routing: true,
+            connection_upgrade: false,
+        }
+    }
+}
+
+/// `--name` or `--no-name`.
+fn switch(on: bool, name: &str) -> String {
+    if on {
+        format!("--{name}")
+    } else {
+        format!("--no-{name}")
+    }
 }
 
 /// Quote one ProxyCommand argument as tbot does (`proxyCommandQuote`): single quotes, `'` as
@@ -105,12 +135,16 @@ impl SshConfigParams {
                     &q[1..q.len() - 1],
                 )
             }
+            // tbot's line (lib/config/openssh/openssh.go), `--resume` included (accepted and
+            // ignored: a plain SSH stream is what resumption falls back to).
             Mode::Stdio => format!(
-                "{} ssh-proxy-command --destination-dir={} --proxy-server={} --cluster={} --user=%r --host=%h --port=%p",
+                "{} ssh-proxy-command --destination-dir={} --proxy-server={} --cluster={} {} {} --resume --user=%r --host=%h --port=%p",
                 quote(&self.idmux_exe.display().to_string()),
                 quote(&self.dir.display().to_string()),
                 quote(&self.proxy_addr()),
                 quote(cluster),
+                switch(self.way.tls_routing, "tls-routing"),
+                switch(self.way.connection_upgrade, "connection-upgrade"),
             ),
         }
     }
@@ -297,6 +331,7 @@ mod tests {
             idmux_exe: "/usr/bin/idmux".into(),
             fdpass_exe: "/usr/bin/idmux-fdpass".into(),
             bare_names: false,
+            way: ProxyWay::default(),
         };
         assert_eq!(
             p.proxy_command("example.com"),
@@ -309,7 +344,24 @@ mod tests {
         assert_eq!(
             stdio.proxy_command("example.com"),
             "'/usr/bin/idmux' ssh-proxy-command --destination-dir='/opt/machine-id' \
-             --proxy-server='proxy.example.com:443' --cluster='example.com' --user=%r --host=%h --port=%p"
+             --proxy-server='proxy.example.com:443' --cluster='example.com' --tls-routing \
+             --no-connection-upgrade --resume --user=%r --host=%h --port=%p"
+        );
+        // tbot's golden file for a proxy without TLS routing
+        // (lib/tbot/services/identity/testdata/Test_renderSSHConfig/no_tls_routing,_alpn_upgrade).
+        let separate = SshConfigParams {
+            proxy_port: 3023,
+            way: ProxyWay {
+                tls_routing: false,
+                connection_upgrade: false,
+            },
+            ..stdio
+        };
+        assert_eq!(
+            separate.proxy_command("example.com"),
+            "'/usr/bin/idmux' ssh-proxy-command --destination-dir='/opt/machine-id' \
+             --proxy-server='proxy.example.com:3023' --cluster='example.com' --no-tls-routing \
+             --no-connection-upgrade --resume --user=%r --host=%h --port=%p"
         );
     }
 }

@@ -11,14 +11,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use http::uri::PathAndQuery;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 
 use crate::refusal::{Refused, RefusedWith};
-use crate::tls;
+use crate::route::{ProxyTls, Route, Way};
 use idmux_identity::Identity;
 use idmux_wire::proto::{Certs, UserCertsRequest, GENERATE_USER_CERTS};
 
@@ -26,30 +24,27 @@ pub use idmux_wire::alpn::{auth as auth_alpn, AUTH_SERVER_NAME};
 /// How long one gRPC call may take once TLS is up.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Connect to Auth through `proxy` (`host:port`) as `id`: TCP, then mutual TLS with SNI
-/// `teleport.cluster.local` and ALPN [`auth_alpn`] then `h2`.
-async fn dial_auth(
-    proxy: &str,
-    id: &Identity,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+/// Connect to Auth by `route` as `id`: with TLS routing (and inside an upgrade) TLS with ALPN
+/// [`auth_alpn`] then `h2`, which the proxy passes to Auth; without it, a `ProxyCluster` stream
+/// on the SSH proxy port's gRPC connection, with the same mutual TLS to Auth inside.
+async fn dial_auth(route: &Route, id: &Identity) -> Result<ProxyTls> {
     let cluster = id
         .cluster_name()
         .map_err(|e| anyhow!("the identity names no cluster: {e}"))?;
+    if let Way::SshPort(_) = route.way() {
+        return crate::auth_tunnel::dial(route, id, &cluster).await;
+    }
     let alpn = auth_alpn(&cluster);
     let protos: [&[u8]; 2] = [alpn.as_bytes(), b"h2"];
-    let cfg = tls::client_config(id, &protos)?;
-    let tcp = tls::tcp_connect(proxy).await?;
-    let name = ServerName::try_from(AUTH_SERVER_NAME).expect("static DNS name");
-    match tls::handshake(&format!("auth via proxy {proxy}"), cfg, name, tcp).await? {
-        Err(e) => bail!("auth via {}", tls::describe_tls_error(proxy, &protos, &e)),
-        Ok(s) => Ok(s),
-    }
+    route
+        .dial_tls(id, &protos, Some(AUTH_SERVER_NAME), false)
+        .await
 }
 
 /// A gRPC channel over a TLS connection that is already up (tonic dials through a connector:
 /// it is handed this connection, once). `timeout` bounds each call.
-pub(crate) async fn grpc_channel_over(
-    tls: tokio_rustls::client::TlsStream<TcpStream>,
+pub(crate) async fn grpc_channel_over<S: crate::dial::Io>(
+    tls: S,
     timeout: Option<Duration>,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let slot = Arc::new(Mutex::new(Some(tls)));
@@ -75,9 +70,10 @@ pub struct AuthClient {
 }
 
 impl AuthClient {
-    /// Dial Auth behind `proxy` (`host:port`) as `id`: one TCP and TLS connection, HTTP/2.
-    pub async fn connect(proxy: &str, id: &Identity) -> Result<AuthClient> {
-        let tls = dial_auth(proxy, id).await?;
+    /// Dial Auth by `route` as `id`: one connection, HTTP/2.
+    pub async fn connect(route: &Route, id: &Identity) -> Result<AuthClient> {
+        let proxy = route.proxy();
+        let tls = dial_auth(route, id).await?;
         let channel = grpc_channel_over(tls, Some(CALL_TIMEOUT))
             .await
             .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
@@ -145,14 +141,14 @@ impl AuthClient {
     }
 }
 
-/// Call `GenerateUserCerts` on the Auth service behind `proxy` (`host:port`) as `id`, on a
+/// Call `GenerateUserCerts` on the Auth service by `route` as `id`, on a
 /// connection of its own.
 pub async fn generate_user_certs(
-    proxy: &str,
+    route: &Route,
     id: &Identity,
     req: UserCertsRequest,
 ) -> Result<Certs> {
-    AuthClient::connect(proxy, id)
+    AuthClient::connect(route, id)
         .await?
         .generate_user_certs(req)
         .await

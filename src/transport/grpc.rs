@@ -28,8 +28,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::Agent;
 use idmux_wire::proto::{
-    Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxySshRequest, ProxySshResponse,
-    SshFrame, TargetHost, GET_CLUSTER_DETAILS, PROXY_SSH,
+    Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxyClusterRequest,
+    ProxyClusterResponse, ProxySshRequest, ProxySshResponse, SshFrame, TargetHost,
+    GET_CLUSTER_DETAILS, PROXY_CLUSTER, PROXY_SSH,
 };
 
 /// ALPN of the proxy's gRPC TransportService.
@@ -346,6 +347,78 @@ impl GrpcProxy {
             rx: inbound,
             agent,
         })
+    }
+
+    /// A `ProxyCluster` stream to the Auth server of `cluster`: raw bytes both ways, as a byte
+    /// stream (the first request names the cluster; each later one carries a frame). The
+    /// stream holds this connection open for as long as it lives.
+    pub async fn open_cluster(&self, cluster: &str) -> Result<crate::dial::BoxIo> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut grpc = self.client();
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        tx.send(ProxyClusterRequest {
+            cluster: cluster.to_string(),
+            frame: None,
+        })
+        .await
+        .expect("the receiver is in hand");
+        let codec = tonic_prost::ProstCodec::<ProxyClusterRequest, ProxyClusterResponse>::default();
+        let what = format!("ProxyCluster {cluster}");
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| anyhow!("proxy {}: gRPC connection not ready: {e}", self.proxy))?;
+            grpc.streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                PathAndQuery::from_static(PROXY_CLUSTER),
+                codec,
+            )
+            .await
+            .map_err(|s| self.refusal(&what, &s))
+        };
+        let mut inbound = match tokio::time::timeout(DIAL_TIMEOUT, call).await {
+            Ok(r) => r?.into_inner(),
+            Err(_) => bail!(
+                "proxy {} did not open {what} within {}s",
+                self.proxy,
+                DIAL_TIMEOUT.as_secs()
+            ),
+        };
+        let (near, far) = tokio::io::duplex(2 * FRAME_SIZE);
+        let (mut rd, mut wr) = tokio::io::split(far);
+        let keep = self.send.clone();
+        tokio::spawn(async move {
+            let _conn = keep;
+            let up = async {
+                let mut buf = vec![0u8; FRAME_SIZE];
+                while let Ok(n) = rd.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let req = ProxyClusterRequest {
+                        cluster: String::new(),
+                        frame: Some(Frame {
+                            payload: Bytes::copy_from_slice(&buf[..n]),
+                        }),
+                    };
+                    if tx.send(req).await.is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+            };
+            let down = async {
+                while let Ok(Some(r)) = inbound.message().await {
+                    let Some(f) = r.frame else { break };
+                    if wr.write_all(&f.payload).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            tokio::join!(up, down);
+        });
+        Ok(Box::new(near))
     }
 
     /// `GetClusterDetails`: one round trip, so a proxy's refusal of the identity's certificate

@@ -16,7 +16,7 @@ use anyhow::{anyhow, Result};
 use http::uri::PathAndQuery;
 
 use crate::refusal::{Refused, RefusedWith};
-use crate::web::WebClient;
+use crate::route::Route;
 use idmux_identity::KeyPair;
 use idmux_wire::join::{
     BotParams, Certificates, ClientInit, ClientParams, JoinRequest, JoinRequestPayload,
@@ -63,7 +63,7 @@ fn refused(status: &tonic::Status, proxy: &str) -> anyhow::Error {
 
 /// Join with `token` through the join service of `web`'s proxy. `keygen` makes the key once
 /// the server has named its suite.
-pub async fn join<F, Fut>(web: &WebClient, token: &str, ttl: Duration, keygen: F) -> Result<Outcome>
+pub async fn join<F, Fut>(web: &Route, token: &str, ttl: Duration, keygen: F) -> Result<Outcome>
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<KeyPair>>,
@@ -78,14 +78,14 @@ where
     }
 }
 
-async fn run<F, Fut>(web: &WebClient, token: &str, ttl: Duration, keygen: F) -> Result<Outcome>
+async fn run<F, Fut>(web: &Route, token: &str, ttl: Duration, keygen: F) -> Result<Outcome>
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<KeyPair>>,
 {
     let proxy = web.proxy().to_string();
     let fallback = |why: String| Ok(Outcome::Fallback(why));
-    let tls = match web.dial_alpn(&JOIN_ALPN).await {
+    let tls = match web.dial_join(&JOIN_ALPN).await {
         Ok(t) => t,
         Err(e) => return fallback(format!("{e:#}")),
     };

@@ -12,12 +12,18 @@
 
 pub mod agent;
 pub mod auth_client;
+mod auth_tunnel;
+pub mod dial;
 pub mod grpc;
 pub mod join_client;
+pub mod join_verify;
 pub mod link;
+pub mod proxy_env;
 pub mod refusal;
 pub mod relay;
+pub mod route;
 pub mod sshproxy;
 pub mod stdio;
 pub mod tls;
+pub mod upgrade;
 pub mod web;

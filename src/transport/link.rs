@@ -14,8 +14,9 @@ use russh::client::Handle;
 
 use crate::agent::Agent;
 use crate::grpc::{self, GrpcNode, GrpcProxy, ALPN_PROXY_GRPC};
+use crate::route::{Route, Way};
 use crate::sshproxy::{self, NodeChannel, ProxyHandler};
-use crate::tls::{self, AlpnNotOffered, ALPN_PROXY_SSH};
+use crate::tls::{AlpnNotOffered, ALPN_PROXY_SSH};
 use idmux_identity::Identity;
 
 /// Which transport carries node connections.
@@ -53,35 +54,48 @@ pub enum Node {
     Grpc(GrpcNode),
 }
 
-/// Connect to `proxy` as `id` with `kind` (see the module doc for `auto`).
-pub async fn connect(proxy: &str, id: &Identity, kind: TransportKind) -> Result<Link> {
+/// Connect to the proxy by `route` as `id` with `kind` (see the module doc for `auto`).
+/// Without TLS routing both transports are on the SSH proxy port: gRPC inside TLS, SSH
+/// plain, told apart by the proxy's multiplexer as Teleport's port 3023 does.
+pub async fn connect(route: &Route, id: &Identity, kind: TransportKind) -> Result<Link> {
+    let proxy = route.node_addr();
     match kind {
-        TransportKind::Ssh => connect_ssh(proxy, id).await,
-        TransportKind::Grpc => connect_grpc(proxy, id).await,
-        TransportKind::Auto => match connect_grpc(proxy, id).await {
+        TransportKind::Ssh => connect_ssh(route, id).await,
+        TransportKind::Grpc => connect_grpc(route, id).await,
+        TransportKind::Auto => match connect_grpc(route, id).await {
             Err(e) if e.downcast_ref::<AlpnNotOffered>().is_some() => {
                 tracing::info!(
                     "proxy {proxy} does not offer the gRPC transport; using its SSH transport"
                 );
-                connect_ssh(proxy, id).await
+                connect_ssh(route, id).await
             }
             r => r,
         },
     }
 }
 
-async fn connect_ssh(proxy: &str, id: &Identity) -> Result<Link> {
-    let tls = tls::dial(proxy, id, &[ALPN_PROXY_SSH]).await.map_err(|e| {
-        hint(
-            e,
-            "it may serve only the gRPC transport: use --transport auto or grpc",
-        )
-    })?;
+async fn connect_ssh(route: &Route, id: &Identity) -> Result<Link> {
+    let proxy = route.node_addr();
+    if let Way::SshPort(addr) = route.way() {
+        let (io, _) = crate::dial::connect(addr).await?;
+        return Ok(Link::Ssh(sshproxy::connect(io, id, addr).await?));
+    }
+    let tls = route
+        .dial_tls(id, &[ALPN_PROXY_SSH], None, true)
+        .await
+        .map_err(|e| {
+            hint(
+                e,
+                "it may serve only the gRPC transport: use --transport auto or grpc",
+            )
+        })?;
     Ok(Link::Ssh(sshproxy::connect(tls, id, proxy).await?))
 }
 
-async fn connect_grpc(proxy: &str, id: &Identity) -> Result<Link> {
-    let tls = tls::dial(proxy, id, &[ALPN_PROXY_GRPC])
+async fn connect_grpc(route: &Route, id: &Identity) -> Result<Link> {
+    let proxy = route.node_addr();
+    let tls = route
+        .dial_tls(id, &[ALPN_PROXY_GRPC], None, true)
         .await
         .map_err(|e| {
             hint(

@@ -20,7 +20,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use idmux_identity::Identity;
-use idmux_wire::hostport::split_host_port;
 
 /// ALPN of the proxy's SSH server (PROTOCOL.md section 4).
 pub(crate) const ALPN_PROXY_SSH: &[u8] = b"teleport-proxy-ssh";
@@ -103,12 +102,13 @@ pub(crate) async fn tcp_connect(proxy: &str) -> Result<TcpStream> {
 /// The one TLS handshake over a [`tcp_connect`]ed stream, within [`HANDSHAKE_TIMEOUT`].
 /// `Ok(Err(e))` is the handshake's own error, for the caller to word; a timeout is an error
 /// naming `what` (e.g. `proxy HOST:PORT`).
-pub(crate) async fn handshake(
+pub(crate) async fn handshake<S: crate::dial::Io>(
     what: &str,
     cfg: Arc<ClientConfig>,
     name: ServerName<'static>,
-    tcp: TcpStream,
-) -> Result<io::Result<TlsStream<TcpStream>>> {
+    tcp: S,
+) -> Result<io::Result<TlsStream<crate::dial::BoxIo>>> {
+    let tcp: crate::dial::BoxIo = Box::new(tcp);
     match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         TlsConnector::from(cfg).connect(name, tcp),
@@ -123,35 +123,7 @@ pub(crate) async fn handshake(
     }
 }
 
-/// Connect to `proxy` (`host:port`) over TCP and TLS with `alpn`, as `id`.
-pub async fn dial(proxy: &str, id: &Identity, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>> {
-    let (host, _) = split_host_port(proxy, "proxy address")?;
-    let name = server_name(&host)?;
-    let cfg = client_config(id, alpn)?;
-    let tcp = tcp_connect(proxy).await?;
-    let tls = match handshake(&format!("proxy {proxy}"), cfg, name, tcp).await? {
-        Err(e) => {
-            if matches!(
-                rustls_error(&e),
-                Some(rustls::Error::NoApplicationProtocol)
-                    | Some(rustls::Error::AlertReceived(
-                        AlertDescription::NoApplicationProtocol
-                    ))
-            ) {
-                return Err(not_offered(proxy, alpn));
-            }
-            bail!("{}", describe_tls_error(proxy, alpn, &e))
-        }
-        Ok(s) => s,
-    };
-    let got = tls.get_ref().1.alpn_protocol();
-    if !alpn.is_empty() && !got.is_some_and(|g| alpn.contains(&g)) {
-        return Err(not_offered(proxy, alpn));
-    }
-    Ok(tls)
-}
-
-fn not_offered(proxy: &str, alpn: &[&[u8]]) -> anyhow::Error {
+pub(crate) fn not_offered(proxy: &str, alpn: &[&[u8]]) -> anyhow::Error {
     AlpnNotOffered {
         proxy: proxy.to_string(),
         alpn: alpn_text(alpn),

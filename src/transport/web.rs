@@ -39,10 +39,14 @@ pub struct Ping {
 }
 
 /// A client for one proxy's web API.
+#[derive(Clone)]
 pub struct WebClient {
     proxy: String,
     host: String,
-    tls: Arc<rustls::ClientConfig>,
+    trust: Trust,
+    /// Built on first use with the system roots (a ProxyCommand that never needs them does
+    /// not read them), at once with `--ca-path` or `--insecure` so their errors come first.
+    tls: Arc<std::sync::OnceLock<Arc<rustls::ClientConfig>>>,
 }
 
 #[derive(Debug)]
@@ -83,6 +87,28 @@ impl ServerCertVerifier for NoVerify {
 impl WebClient {
     pub fn new(proxy: &str, trust: &Trust) -> Result<WebClient> {
         let (host, _) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
+        let web = WebClient {
+            proxy: proxy.to_string(),
+            host,
+            trust: trust.clone(),
+            tls: Default::default(),
+        };
+        if !matches!(trust, Trust::System) {
+            web.config()?;
+        }
+        Ok(web)
+    }
+
+    /// The TLS configuration for the web port (ALPN `http/1.1`).
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(c) = self.tls.get() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Self::build(&self.proxy, &self.trust)?);
+        Ok(self.tls.get_or_init(|| c).clone())
+    }
+
+    fn build(proxy: &str, trust: &Trust) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder();
         let mut cfg = match trust {
             Trust::Insecure => {
@@ -128,22 +154,15 @@ impl WebClient {
             }
         };
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(WebClient {
-            proxy: proxy.to_string(),
-            host,
-            tls: Arc::new(cfg),
-        })
+        Ok(cfg)
     }
 
     /// A TLS connection to the proxy with this client's trust (`--ca-path`, the system roots,
     /// or `--insecure`) and other ALPNs: the join service's `teleport-proxy-grpc`, `h2`.
-    pub async fn dial_alpn(
-        &self,
-        alpn: &[&[u8]],
-    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let mut cfg = (*self.tls).clone();
+    pub async fn dial_alpn(&self, alpn: &[&[u8]]) -> Result<crate::route::ProxyTls> {
+        let mut cfg = (*self.config()?).clone();
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let tcp = crate::tls::tcp_connect(&self.proxy).await?;
+        let (tcp, _) = crate::dial::connect(&self.proxy).await?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| anyhow!("--proxy-server {}: bad host name", self.proxy))?;
         let what = format!("proxy {}", self.proxy);
@@ -157,17 +176,27 @@ impl WebClient {
         &self.proxy
     }
 
+    /// The proxy's host (the TLS name and the HTTP `Host`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// How the proxy's web certificate is checked.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
     async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, http::HeaderMap, Bytes)> {
-        let tcp = crate::tls::tcp_connect(&self.proxy).await?;
+        let (tcp, _) = crate::dial::connect(&self.proxy).await?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| anyhow!("--proxy-server {}: bad host name", self.proxy))?;
         let what = format!("proxy {}", self.proxy);
-        let tls = crate::tls::handshake(&what, self.tls.clone(), name, tcp)
+        let tls = crate::tls::handshake(&what, self.config()?, name, tcp)
             .await?
             .map_err(|e| {
                 anyhow!(

@@ -8,6 +8,7 @@ use base64::Engine;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
 use idmux_testkit::*;
 use idmux_transport::auth_client::generate_user_certs;
+use idmux_transport::route::Route;
 use idmux_wire::proto::{Certs, Timestamp, UserCertsRequest};
 use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
 use russh::keys::ssh_key::Certificate;
@@ -127,7 +128,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     // Renewal with a fresh key: generation 1 -> 2, same instance, still renewable.
     let k2 = KeyPair::generate(KeyType::Ed25519).unwrap();
     let certs = rt
-        .block_on(generate_user_certs(&cl.addr, &id1, request("bot-ci", &k2)))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id1,
+            request("bot-ci", &k2),
+        ))
         .unwrap_or_else(|e| panic!("renewal: {e:#}"));
     let renewal_cas = (certs.ssh_ca_certs.clone(), certs.tls_ca_certs.clone());
     let id2 = from_certs(k2, certs);
@@ -163,7 +168,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     req.route_to_cluster = "grpc.test".into();
     // No roles: Teleport's refusal, word for word (never "all roles").
     let err = rt
-        .block_on(generate_user_certs(&cl.addr, &id2, req.clone()))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id2,
+            req.clone(),
+        ))
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -172,7 +181,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     );
     req.role_requests = vec!["access".into()];
     let certs = rt
-        .block_on(generate_user_certs(&cl.addr, &id2, req.clone()))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id2,
+            req.clone(),
+        ))
         .unwrap_or_else(|e| panic!("impersonation: {e:#}"));
     // Impersonated certificates carry the user CA only.
     assert_eq!(certs.ssh_ca_certs, bytes(vec![ca_key(&cl, "user")]));
@@ -194,7 +207,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     // A role the bot may not impersonate: a one-line refusal with auth's message.
     req.role_requests = vec!["editor".into()];
     let err = rt
-        .block_on(generate_user_certs(&cl.addr, &id2, req))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id2,
+            req,
+        ))
         .unwrap_err()
         .to_string();
     assert!(
@@ -210,7 +227,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     // The stale generation-1 identity renews again: refused, and the bot is locked.
     let k4 = KeyPair::generate(KeyType::EcdsaP256).unwrap();
     let err = rt
-        .block_on(generate_user_certs(&cl.addr, &id1, request("bot-ci", &k4)))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id1,
+            request("bot-ci", &k4),
+        ))
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("auth refused the renewal: "), "{err}");
@@ -225,7 +246,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
 
     // Locked: the current identity is refused too.
     let err = rt
-        .block_on(generate_user_certs(&cl.addr, &id2, request("bot-ci", &k4)))
+        .block_on(generate_user_certs(
+            &Route::direct(&cl.addr).unwrap(),
+            &id2,
+            request("bot-ci", &k4),
+        ))
         .unwrap_err()
         .to_string();
     assert!(err.contains("user bot-ci is locked"), "{err}");
@@ -234,7 +259,11 @@ fn renew_impersonate_and_lock_on_generation_mismatch() {
     let port = idmux_devcluster::node::free_port().unwrap();
     let bad = format!("127.0.0.1:{port}");
     let err = rt
-        .block_on(generate_user_certs(&bad, &id2, request("bot-ci", &k4)))
+        .block_on(generate_user_certs(
+            &Route::direct(&bad).unwrap(),
+            &id2,
+            request("bot-ci", &k4),
+        ))
         .unwrap_err()
         .to_string();
     assert!(err.contains(&bad), "{err}");

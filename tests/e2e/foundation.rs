@@ -78,7 +78,7 @@ fn ssh_g_routes_cluster_names_and_bare_names_only_when_asked() {
         let pc = get(&g, "proxycommand").unwrap_or_else(|| panic!("{target}: no ProxyCommand"));
         // ssh -G shows the line as configured: quoted, tokens unexpanded.
         let want = format!(
-            "'{}' ssh-proxy-command --destination-dir='{}' --proxy-server='127.0.0.1:3080' --cluster='{CLUSTER}' --user=%r --host=%h --port=%p",
+            "'{}' ssh-proxy-command --destination-dir='{}' --proxy-server='127.0.0.1:3080' --cluster='{CLUSTER}' --tls-routing --no-connection-upgrade --resume --user=%r --host=%h --port=%p",
             exe.display(),
             dest.display()
         );

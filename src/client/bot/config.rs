@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use idmux_identity::openssh::Mode;
 use idmux_transport::link::TransportKind;
+use idmux_transport::route::RouteFlags;
 use idmux_transport::web::Trust;
 
 /// Everything `idmux start` needs.
@@ -32,6 +33,9 @@ pub struct BotConfig {
     pub max_channels: usize,
     /// How the multiplexer reaches nodes.
     pub transport: TransportKind,
+    /// TLS routing and the connection upgrade, when the user decides them (else ping and the
+    /// upgrade test do).
+    pub route_flags: RouteFlags,
 }
 
 /// One identity output (a destination dir).
@@ -230,6 +234,7 @@ pub fn parse_yaml(text: &str, origin: &str) -> Result<BotConfig> {
         diag_addr: None,
         max_channels: 100,
         transport: f.transport,
+        route_flags: RouteFlags::default(),
     })
 }
 

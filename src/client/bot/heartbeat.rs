@@ -11,6 +11,7 @@ use anyhow::Result;
 use idmux_identity::Identity;
 use idmux_transport::auth_client::AuthClient;
 use idmux_transport::refusal::{Refused, RefusedWith};
+use idmux_transport::route::Route;
 use idmux_wire::proto::Timestamp;
 use idmux_wire::services::{
     BotInstanceStatusHeartbeat, Empty, ProtoDuration, SubmitHeartbeatRequest, SUBMIT_HEARTBEAT,
@@ -61,11 +62,11 @@ fn go_arch() -> &'static str {
 
 /// Send one heartbeat; `Ok(false)` when the server does not have the service.
 pub(crate) async fn submit(
-    proxy: &str,
+    route: &Route,
     bot: &Identity,
     req: SubmitHeartbeatRequest,
 ) -> Result<bool> {
-    let mut auth = AuthClient::connect(proxy, bot).await?;
+    let mut auth = AuthClient::connect(route, bot).await?;
     let sent: Result<Empty> = auth.unary(SUBMIT_HEARTBEAT, "the heartbeat", req).await;
     match sent {
         Ok(_) => Ok(true),

@@ -42,9 +42,11 @@ use config::BotConfig;
 use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
 use idmux_identity::fsutil;
+use idmux_identity::openssh::ProxyWay;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
 use idmux_transport::auth_client::AuthClient;
 use idmux_transport::refusal::Refused;
+use idmux_transport::route::{Route, Way};
 use idmux_transport::web::WebClient;
 use idmux_wire::resources::SignatureAlgorithmSuite;
 use idmux_wire::web::{CertsJson, RegisterUsingTokenRequest};
@@ -119,10 +121,10 @@ fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>, Vec
 /// (`teleport.join.v1.JoinService`, whose `ServerInit` picks the key type), falling back to
 /// the legacy web join when the proxy does not serve it (NotImplemented, or no connection
 /// before `ServerInit`).
-pub(crate) async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<Identity> {
+pub(crate) async fn join(route: &Route, token: &str, ttl: Duration) -> Result<Identity> {
     use idmux_transport::join_client::{self, Outcome};
     let keygen = |suite: String| outputs::fresh_key(KeyType::for_suite(&suite));
-    match join_client::join(web, token, ttl, keygen).await? {
+    match join_client::join(route, token, ttl, keygen).await? {
         Outcome::Joined(joined) => {
             let (key, certs) = *joined;
             tracing::info!("joined through the join service");
@@ -132,7 +134,7 @@ pub(crate) async fn join(web: &WebClient, token: &str, ttl: Duration) -> Result<
             tracing::info!(
                 "the join service is not available ({why}); joining through /webapi/host/credentials"
             );
-            legacy_join(web, token, ttl).await
+            legacy_join(route.web(), token, ttl).await
         }
     }
 }
@@ -190,6 +192,16 @@ async fn legacy_join(web: &WebClient, token: &str, ttl: Duration) -> Result<Iden
     identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)
 }
 
+/// The proxy address and way an ssh_config's ProxyCommand is given, as tbot writes them: the
+/// configured address with TLS routing, the SSH proxy address without (`ProxySSHAddr`).
+fn ssh_config_proxy(route: &Route) -> (String, ProxyWay) {
+    let way = ProxyWay {
+        tls_routing: !matches!(route.way(), Way::SshPort(_)),
+        connection_upgrade: matches!(route.way(), Way::Upgrade),
+    };
+    (route.node_addr().to_string(), way)
+}
+
 /// Why a renewal failed, which decides what the bot does next.
 #[derive(Debug)]
 pub(crate) enum RenewError {
@@ -220,6 +232,8 @@ impl RenewError {
 pub struct Bot {
     cfg: BotConfig,
     web: WebClient,
+    /// The way to the proxy, from the last ping (see [`Bot::route`]).
+    route: Option<Route>,
     identity: Option<Identity>,
     /// The cluster's suite, as Auth last said (`GetAuthPreference`).
     suite: Option<SignatureAlgorithmSuite>,
@@ -241,6 +255,7 @@ impl Bot {
         Ok(Bot {
             cfg,
             web,
+            route: None,
             identity: None,
             suite: None,
             started: SystemTime::now(),
@@ -251,8 +266,27 @@ impl Bot {
         })
     }
 
+    /// The way to the proxy, found again from `/webapi/ping` (tbot pings before it joins or
+    /// renews): TLS routing or not, and the upgrade through a load balancer (cached per
+    /// address). Logged when it changes.
+    async fn route(&mut self) -> Result<Route> {
+        let ping = self.web.ping().await?;
+        let route = Route::discover(self.web.clone(), &ping.json, self.cfg.route_flags).await?;
+        if self.route.as_ref().map(|r| r.describe()) != Some(route.describe()) {
+            tracing::info!("proxy path: {}", route.describe());
+        }
+        self.route = Some(route.clone());
+        Ok(route)
+    }
+
+    /// The way to the proxy found at start (for the multiplexer). Call after [`Bot::start`].
+    pub fn current_route(&self) -> Option<Route> {
+        self.route.clone()
+    }
+
     /// Obtain the bot identity: renew a valid stored one, else join with the token.
     async fn start_identity(&mut self) -> Result<()> {
+        self.route().await?;
         let d = &self.cfg.data_dir;
         let stored = if d.join("key-cert.pub").exists() {
             Some(Identity::read_data_dir(d)?)
@@ -283,7 +317,11 @@ impl Bot {
                 d.display()
             );
         };
-        let id = join(&self.web, &token, self.cfg.certificate_ttl).await?;
+        let route = self
+            .route
+            .clone()
+            .ok_or_else(|| anyhow!("no route to the proxy"))?;
+        let id = join(&route, &token, self.cfg.certificate_ttl).await?;
         id.write_data_dir(d, Some(&token))?;
         tracing::info!(cluster = %id.cluster_name()?, "joined with the token; identity stored in {}", d.display());
         self.identity = Some(id);
@@ -296,7 +334,11 @@ impl Bot {
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity to renew"))?;
-        let mut auth = AuthClient::connect(&self.cfg.proxy_server, cur).await?;
+        let route = self
+            .route
+            .clone()
+            .ok_or_else(|| anyhow!("no route to the proxy"))?;
+        let mut auth = AuthClient::connect(&route, cur).await?;
         let suite = outputs::suite(&mut auth).await?;
         self.suite = Some(suite);
         let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
@@ -328,8 +370,12 @@ impl Bot {
         if self.cfg.outputs.is_empty() {
             return Ok(());
         }
-        let proxy = &self.cfg.proxy_server;
-        let mut auth = AuthClient::connect(proxy, bot).await?;
+        let route = self
+            .route
+            .clone()
+            .ok_or_else(|| anyhow!("no route to the proxy"))?;
+        let (proxy, way) = ssh_config_proxy(&route);
+        let mut auth = AuthClient::connect(&route, bot).await?;
         let suite = match self.suite {
             Some(s) => s,
             None => outputs::suite(&mut auth).await?,
@@ -354,10 +400,10 @@ impl Bot {
             // As tbot: the output trusts the host CAs of the CA resources, not the answer's
             // CA lists (which hold the user CA only).
             let mut id = identity_from_certs(key, &ssh, &tls, pems.host.clone(), &[])?;
-            let mut as_output = AuthClient::connect(proxy, &id).await?;
+            let mut as_output = AuthClient::connect(&route, &id).await?;
             let clusters = outputs::cluster_names(&mut as_output, &own).await?;
             id.host_cas = outputs::host_cas(&mut as_output, &clusters).await?;
-            output::write_destination(&o.dir, &id, &pems, proxy, o.mode, o.bare_names)?;
+            output::write_destination(&o.dir, &id, &pems, &proxy, way, o.mode, o.bare_names)?;
             tracing::debug!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
             written.push(Arc::new(id));
         }
@@ -377,7 +423,11 @@ impl Bot {
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity"))?;
-        let mut auth = AuthClient::connect(&self.cfg.proxy_server, bot).await?;
+        let route = self
+            .route
+            .clone()
+            .ok_or_else(|| anyhow!("no route to the proxy"))?;
+        let mut auth = AuthClient::connect(&route, bot).await?;
         let now = outputs::ca_state(&mut auth, &bot.cluster_name()?).await?;
         let changed = self.ca_state.as_ref().is_some_and(|was| *was != now);
         self.ca_state = Some(now);
@@ -390,9 +440,11 @@ impl Bot {
             return;
         };
         let req = heartbeat::heartbeat(self.started, SystemTime::now(), startup, self.cfg.oneshot);
-        let proxy = self.cfg.proxy_server.clone();
+        let Some(route) = self.route.clone() else {
+            return;
+        };
         tokio::spawn(async move {
-            match heartbeat::submit(&proxy, &id, req).await {
+            match heartbeat::submit(&route, &id, req).await {
                 Ok(true) => tracing::debug!(startup, "heartbeat sent"),
                 Ok(false) => tracing::debug!("the cluster does not take bot heartbeats"),
                 Err(e) => tracing::warn!("heartbeat not sent: {e:#}"),
@@ -406,8 +458,10 @@ impl Bot {
             return;
         };
         let req = heartbeat::heartbeat(self.started, SystemTime::now(), true, true);
-        match tokio::time::timeout(limit, heartbeat::submit(&self.cfg.proxy_server, &id, req)).await
-        {
+        let Some(route) = self.route.clone() else {
+            return;
+        };
+        match tokio::time::timeout(limit, heartbeat::submit(&route, &id, req)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("heartbeat not sent: {e:#}"),
             Err(_) => tracing::warn!("heartbeat not sent: no answer in {}s", limit.as_secs()),
@@ -478,6 +532,17 @@ impl Bot {
         // After a suspend, one heartbeat, not a burst.
         beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut startup = true;
+        // SIGTERM or SIGINT stops the bot at once, whatever it is waiting for (a stalled
+        // proxy holds a renewal for up to a stage's deadline; stopping must not wait for it).
+        let (stop_tx, mut stop) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        let mut stopping = stop.clone();
         loop {
             tokio::select! {
                 _ = beats.tick() => {
@@ -485,7 +550,12 @@ impl Bot {
                     continue;
                 }
                 _ = ca_checks.tick() => {
-                    match tokio::time::timeout(every.max(Duration::from_secs(10)), self.ca_changed()).await {
+                    let check = tokio::time::timeout(every.max(Duration::from_secs(10)), self.ca_changed());
+                    let checked = tokio::select! {
+                        r = check => r,
+                        _ = stopping.wait_for(|s| *s) => return Ok(()),
+                    };
+                    match checked {
                         Ok(Ok(true)) => tracing::info!("a CA of the cluster rotated: renewing now"),
                         Ok(Ok(false)) => continue,
                         Ok(Err(e)) => {
@@ -498,13 +568,10 @@ impl Bot {
                 _ = tokio::time::sleep_until(next) => {}
                 // `systemctl reload`: renew now.
                 _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: stopping");
-                    return Ok(());
-                }
+                _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let r = async {
+                self.route().await?;
                 // An expired identity cannot renew: join again if a token allows it.
                 if self
                     .identity
@@ -517,8 +584,11 @@ impl Bot {
                     self.renew_bot().await?;
                 }
                 self.write_outputs().await
-            }
-            .await;
+            };
+            let r = tokio::select! {
+                r = r => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
             match r.map_err(RenewError::classify) {
                 Ok(()) => {
                     failures = 0;

@@ -246,7 +246,8 @@ pub struct MuxOptions {
     pub dest: PathBuf,
     /// Where renewed identities come from.
     pub identity: IdentitySource,
-    pub proxy: String,
+    /// The way to the proxy (found by the bot, or on first use).
+    pub route: idmux_transport::route::Finder,
     pub cap: usize,
     pub transport: idmux_transport::link::TransportKind,
     pub diag_addr: Option<std::net::SocketAddr>,
@@ -257,7 +258,7 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
     let m = Arc::new(Metrics::default());
     let agent = Agent::default();
     let up = Upstream::new(
-        &opts.proxy,
+        opts.route,
         opts.identity,
         opts.cap,
         opts.transport,

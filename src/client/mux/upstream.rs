@@ -25,6 +25,7 @@ use crate::mux::metrics::Metrics;
 use idmux_identity::Identity;
 use idmux_transport::agent::Agent;
 use idmux_transport::link::{self, Link, Node, TransportKind};
+use idmux_transport::route::Finder;
 
 /// One connection to the proxy.
 struct Conn {
@@ -47,7 +48,9 @@ impl Drop for Lease {
 }
 
 pub(crate) struct Upstream {
+    /// The proxy's web address (for messages).
     pub proxy: String,
+    route: Finder,
     source: IdentitySource,
     cap: usize,
     conns: Mutex<Vec<Arc<Conn>>>,
@@ -118,7 +121,7 @@ fn identity_mtime(dest: &std::path::Path) -> SystemTime {
 
 impl Upstream {
     pub fn new(
-        proxy: &str,
+        route: Finder,
         source: IdentitySource,
         cap: usize,
         transport: TransportKind,
@@ -128,7 +131,8 @@ impl Upstream {
         let current = source.initial()?;
         load_agent(&agent, &current.0);
         Ok(Arc::new(Upstream {
-            proxy: proxy.to_string(),
+            proxy: route.proxy().to_string(),
+            route,
             source,
             cap: cap.max(1),
             conns: Mutex::new(Vec::new()),
@@ -179,7 +183,8 @@ impl Upstream {
             TransportKind::Auto => *self.resolved.lock().unwrap_or_else(|e| e.into_inner()),
             k => k,
         };
-        let link = link::connect(&self.proxy, &id, kind).await?;
+        let route = self.route.get().await?;
+        let link = link::connect(&route, &id, kind).await?;
         if self.transport == TransportKind::Auto {
             *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = link.kind();
         }

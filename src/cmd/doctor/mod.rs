@@ -37,6 +37,7 @@ mod local;
 mod parse;
 mod remote;
 
+use idmux_transport::route::RouteFlags;
 use local::*;
 use parse::*;
 use remote::*;
@@ -56,6 +57,20 @@ pub(crate) struct DoctorArgs {
     /// The transport to check the proxy with (as `idmux start --transport`).
     #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
     pub transport: TransportArg,
+    /// CA certificates (PEM) for the proxy's (or its load balancer's) web certificate
+    /// (default: the cluster's host CA file in the destination, then the system roots).
+    #[arg(long)]
+    pub ca_path: Option<PathBuf>,
+    /// As `ssh-proxy-command`: the way to the proxy (default: as the ssh_config's
+    /// ProxyCommand says, else as ping and the upgrade test find).
+    #[arg(long, overrides_with = "no_tls_routing")]
+    pub tls_routing: bool,
+    #[arg(long)]
+    pub no_tls_routing: bool,
+    #[arg(long, overrides_with = "no_connection_upgrade")]
+    pub connection_upgrade: bool,
+    #[arg(long)]
+    pub no_connection_upgrade: bool,
 }
 
 /// The verdict of one check.
@@ -129,6 +144,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
         }
         texts.iter().find_map(|t| proxy_from_ssh_config(t))
     });
+    let mut route = None;
     match &proxy {
         None => out.push(check(
             Status::Warn,
@@ -136,10 +152,24 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
             "not checked: no proxy address in the ssh_config; pass --proxy-server host:port",
         )),
         Some(p) => {
-            out.push(check_clock(p, &dir).await);
-            match &id {
-                Some(id) => out.push(check_proxy(p, id, a.transport.into()).await),
-                None => out.push(check(
+            let from_cfg = route_flags_from_ssh_config(&cfg);
+            let pair = crate::cmd::start::pair;
+            let flags = RouteFlags {
+                tls_routing: pair(a.tls_routing, a.no_tls_routing).or(from_cfg.tls_routing),
+                upgrade: pair(a.connection_upgrade, a.no_connection_upgrade).or(from_cfg.upgrade),
+            };
+            let (r, path, ping) = find_route(p, &dir, a.ca_path.as_deref(), flags).await;
+            route = r;
+            out.push(path);
+            out.push(check_clock(p, ping.as_ref()));
+            match (&id, &route) {
+                (Some(id), Some(r)) => out.push(check_proxy(r, id, a.transport.into()).await),
+                (Some(_), None) => out.push(check(
+                    Status::Fail,
+                    "proxy",
+                    "not checked: no way to the proxy (see path)",
+                )),
+                (None, _) => out.push(check(
                     Status::Fail,
                     "proxy",
                     "not checked: no usable identity",
@@ -154,7 +184,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
                 n,
                 &dir,
                 fdpass,
-                proxy.as_deref(),
+                route.as_ref(),
                 id.as_ref(),
                 a.transport.into(),
             )

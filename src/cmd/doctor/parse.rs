@@ -42,6 +42,29 @@ pub(crate) fn proxy_from_ssh_config(text: &str) -> Option<String> {
     None
 }
 
+/// The way tbot's (and idmux's) stdio ProxyCommand line says: `--[no-]tls-routing`,
+/// `--[no-]connection-upgrade`.
+pub(crate) fn route_flags_from_ssh_config(text: &str) -> idmux_transport::route::RouteFlags {
+    let line = text
+        .lines()
+        .find(|l| l.contains("ssh-proxy-command"))
+        .unwrap_or_default();
+    let has = |w: &str| line.split_whitespace().any(|x| x == w);
+    let pick = |on: &str, off: &str| {
+        if has(off) {
+            Some(false)
+        } else if has(on) {
+            Some(true)
+        } else {
+            None
+        }
+    };
+    idmux_transport::route::RouteFlags {
+        tls_routing: pick("--tls-routing", "--no-tls-routing"),
+        upgrade: pick("--connection-upgrade", "--no-connection-upgrade"),
+    }
+}
+
 /// Does this ssh_config pass connections by fd (`ProxyUseFdpass yes`)?
 pub(crate) fn uses_fdpass(ssh_config: &str) -> bool {
     ssh_config.lines().any(|l| {

@@ -12,26 +12,90 @@ use idmux_client::mux::local;
 use idmux_identity::{rfc3339, unix_now, Identity};
 use idmux_transport::link::{self, TransportKind};
 use idmux_transport::relay;
+use idmux_transport::route::{Route, RouteFlags};
+use idmux_transport::web::{Trust, WebClient};
 
 use super::parse::*;
 use super::{check, Check, Status};
 
+/// `/webapi/ping` of `proxy`, its web certificate checked with `ca_path`, else the cluster's
+/// host CA file in `dir` and then the system roots (a load balancer's own certificate).
+pub(super) async fn ping(
+    proxy: &str,
+    dir: &Path,
+    ca_path: Option<&Path>,
+) -> Result<(WebClient, idmux_transport::web::Ping)> {
+    let host_ca = dir.join("teleport-host-ca.crt");
+    let mut trusts = Vec::new();
+    match ca_path {
+        Some(p) => trusts.push(Trust::CaFile(p.to_path_buf())),
+        None => {
+            if host_ca.exists() {
+                trusts.push(Trust::CaFile(host_ca));
+            }
+            trusts.push(Trust::System);
+        }
+    }
+    let mut last = anyhow!("no trust to check the proxy's web certificate with");
+    for t in trusts {
+        let web = match WebClient::new(proxy, &t) {
+            Ok(w) => w,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match web.ping().await {
+            Ok(p) => return Ok((web, p)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// How this machine reaches the proxy (`path`): the way ping and the flags give (TLS routing,
+/// the connection upgrade through a load balancer, the SSH proxy port), any HTTP proxy, and
+/// why. Without a ping (a stdio ssh_config written for the SSH proxy port names no web
+/// address) the flags alone decide.
+pub(super) async fn find_route(
+    proxy: &str,
+    dir: &Path,
+    ca_path: Option<&Path>,
+    flags: RouteFlags,
+) -> (Option<Route>, Check, Option<idmux_transport::web::Ping>) {
+    const N: &str = "path";
+    if flags.tls_routing == Some(false) {
+        return match idmux_client::proxy_command::route(proxy, flags).await {
+            Ok(r) => {
+                let d = r.describe();
+                (Some(r), check(Status::Ok, N, d), None)
+            }
+            Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), None),
+        };
+    }
+    match ping(proxy, dir, ca_path).await {
+        Ok((web, p)) => match Route::discover(web, &p.json, flags).await {
+            Ok(r) => {
+                let d = r.describe();
+                (Some(r), check(Status::Ok, N, d), Some(p))
+            }
+            Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), Some(p)),
+        },
+        Err(e) => match idmux_client::proxy_command::route(proxy, flags).await {
+            Ok(r) => {
+                let d = format!("{} (no ping: {e:#})", r.describe());
+                (Some(r), check(Status::Warn, N, d), None)
+            }
+            Err(e2) => (None, check(Status::Fail, N, format!("{e:#}; {e2:#}")), None),
+        },
+    }
+}
+
 /// The proxy's clock against ours, from `/webapi/ping`'s `Date` header.
-pub(super) async fn check_clock(proxy: &str, dir: &Path) -> Check {
+pub(super) fn check_clock(proxy: &str, ping: Option<&idmux_transport::web::Ping>) -> Check {
     const N: &str = "clock";
-    let ca = dir.join("teleport-host-ca.crt");
-    let trust = if ca.exists() {
-        idmux_transport::web::Trust::CaFile(ca)
-    } else {
-        idmux_transport::web::Trust::System
-    };
-    let ping = match idmux_transport::web::WebClient::new(proxy, &trust) {
-        Ok(c) => c.ping().await,
-        Err(e) => Err(e),
-    };
-    let p = match ping {
-        Ok(p) => p,
-        Err(e) => return check(Status::Warn, N, format!("not checked: {e:#}")),
+    let Some(p) = ping else {
+        return check(Status::Warn, N, "not checked: no answer to /webapi/ping");
     };
     let Some(date) = p.date else {
         return check(
@@ -79,10 +143,11 @@ pub(super) async fn check_clock(proxy: &str, dir: &Path) -> Check {
 /// The proxy's verdict on the identity's certificate, read on a bare TLS connection (ALPN of
 /// the gRPC transport): under TLS 1.3 a refusal arrives as an alert on the first read. `None`
 /// when the proxy just waits for the client to speak (accepted).
-async fn tls_verdict(proxy: &str, id: &Identity) -> Option<String> {
+async fn tls_verdict(route: &Route, id: &Identity) -> Option<String> {
     use idmux_transport::{grpc::ALPN_PROXY_GRPC, tls};
     use tokio::io::AsyncReadExt;
-    let mut s = match tls::dial(proxy, id, &[ALPN_PROXY_GRPC]).await {
+    let proxy = route.node_addr();
+    let mut s = match route.dial_tls(id, &[ALPN_PROXY_GRPC], None, true).await {
         Ok(s) => s,
         Err(e) => return Some(format!("{e:#}")),
     };
@@ -99,16 +164,17 @@ async fn tls_verdict(proxy: &str, id: &Identity) -> Option<String> {
 /// A connection to the proxy as the daemon makes it: TLS verified against the identity's
 /// cluster CA, then the transport (`--transport`: gRPC, or the SSH server whose host
 /// certificate is checked and which the identity logs in to).
-pub(super) async fn check_proxy(proxy: &str, id: &Identity, kind: TransportKind) -> Check {
+pub(super) async fn check_proxy(route: &Route, id: &Identity, kind: TransportKind) -> Check {
     const N: &str = "proxy";
+    let proxy = route.node_addr();
     let t0 = Instant::now();
-    let connected = match link::connect(proxy, id, kind).await {
+    let connected = match link::connect(route, id, kind).await {
         // gRPC: the handshake alone does not show the proxy's verdict on the certificate.
         Ok(link::Link::Grpc(g)) => match g.cluster_details().await {
             Ok(_) => Ok(link::Link::Grpc(g)),
             // HTTP/2 may only see a broken pipe where the proxy sent a TLS alert: ask again
             // on a bare TLS connection, whose first read carries the alert.
-            Err(e) => Err(tls_verdict(proxy, id)
+            Err(e) => Err(tls_verdict(route, id)
                 .await
                 .map(|w| anyhow!("{w}"))
                 .unwrap_or(e)),
@@ -203,7 +269,7 @@ pub(super) fn check_daemon(dir: &Path, fdpass: bool) -> Check {
 /// Dial through the proxy directly (stdio ssh_config), over `kind`; the banner and the
 /// transport used.
 async fn dial_proxy(
-    proxy: &str,
+    route: &Route,
     id: &Identity,
     host: &str,
     port: u16,
@@ -211,7 +277,7 @@ async fn dial_proxy(
 ) -> Result<(String, TransportKind)> {
     use tokio::io::AsyncReadExt;
     let cluster = id.cluster_name()?;
-    let l = link::connect(proxy, id, kind).await?;
+    let l = link::connect(route, id, kind).await?;
     let used = l.kind();
     let result = async {
         let node = l.open_node(host, port, &cluster, None).await?;
@@ -255,7 +321,7 @@ pub(super) async fn check_node(
     node: &str,
     dir: &Path,
     fdpass: bool,
-    proxy: Option<&str>,
+    proxy: Option<&Route>,
     id: Option<&Identity>,
     kind: TransportKind,
 ) -> Check {

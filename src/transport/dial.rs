@@ -1,0 +1,162 @@
+//! The one byte stream to an address: TCP with its deadline, through an HTTP proxy's CONNECT
+//! when the environment says so ([`crate::proxy_env`], Go's rules, as tbot).
+//!
+//! Everything idmux sends to a proxy (web API, join, Auth, node transports, the connection
+//! upgrade's outer TLS) starts here, so `HTTPS_PROXY` is honoured for every dial and every
+//! stage has a deadline whose error names the address and the stage.
+//!
+//! Must not know: TLS, ALPN or what runs over the stream.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::proxy_env::{self, HttpProxy};
+use crate::tls::tcp_connect;
+
+/// A byte stream to a proxy, whatever carries it (TCP, an HTTP CONNECT tunnel, a WebSocket).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A boxed [`Io`].
+pub type BoxIo = Box<dyn Io>;
+
+/// How long an HTTP proxy may take to answer a CONNECT.
+pub(crate) const CONNECT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream to `target` (`host:port`) and the HTTP proxy it went through, if any.
+pub async fn connect(target: &str) -> Result<(BoxIo, Option<HttpProxy>)> {
+    match proxy_env::from_env(target)? {
+        None => Ok((Box::new(tcp_connect(target).await?), None)),
+        Some(p) => {
+            let io = connect_via(&p, target).await?;
+            Ok((io, Some(p)))
+        }
+    }
+}
+
+/// `CONNECT target` through the HTTP proxy `p`, within [`CONNECT_ANSWER_TIMEOUT`].
+async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
+    let via = format!("HTTP proxy {} (from {})", p.addr, p.var);
+    let tcp = tcp_connect(&p.addr)
+        .await
+        .map_err(|e| anyhow!("{via}: {e:#}"))?;
+    let tunnel = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| anyhow!("{via}: {e}"))?;
+        tokio::spawn(conn.with_upgrades());
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target)
+            .header(http::header::HOST, target);
+        if let Some(u) = &p.userinfo {
+            let v = base64::engine::general_purpose::STANDARD.encode(percent_decode(u));
+            req = req.header(http::header::PROXY_AUTHORIZATION, format!("Basic {v}"));
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| anyhow!("{via}: CONNECT {target}: {e}"))?;
+        if resp.status() != http::StatusCode::OK {
+            bail!(
+                "{via} refused CONNECT {target}: HTTP {}",
+                resp.status().as_u16()
+            );
+        }
+        let up = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| anyhow!("{via}: CONNECT {target}: {e}"))?;
+        Ok::<BoxIo, anyhow::Error>(Box::new(TokioIo::new(up)))
+    };
+    match tokio::time::timeout(CONNECT_ANSWER_TIMEOUT, tunnel).await {
+        Err(_) => bail!(
+            "{via} did not answer CONNECT {target} within {}s",
+            CONNECT_ANSWER_TIMEOUT.as_secs()
+        ),
+        Ok(r) => r,
+    }
+}
+
+/// `%XX` escapes of a URL's userinfo decoded (Go's `url.UserPassword` holds them decoded).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn userinfo_is_percent_decoded() {
+        assert_eq!(percent_decode("u%40x:p%3Aw"), b"u@x:p:w");
+        assert_eq!(percent_decode("plain:pw%"), b"plain:pw%");
+    }
+
+    /// A CONNECT goes to the proxy with the target as its URI and Host, and a refusal names
+    /// the proxy, the variable and the status.
+    #[tokio::test]
+    async fn connect_request_and_refusal() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let p = HttpProxy {
+            addr: addr.clone(),
+            userinfo: Some("u:p".into()),
+            var: "HTTPS_PROXY",
+        };
+        let e = match connect_via(&p, "proxy.example.com:443").await {
+            Ok(_) => panic!("a 403 must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            e,
+            format!("HTTP proxy {addr} (from HTTPS_PROXY) refused CONNECT proxy.example.com:443: HTTP 403")
+        );
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("CONNECT proxy.example.com:443 HTTP/1.1\r\n"),
+            "{req}"
+        );
+        let lower = req.to_ascii_lowercase();
+        assert!(lower.contains("host: proxy.example.com:443\r\n"), "{req}");
+        assert!(
+            lower.contains("proxy-authorization: basic dtpw\r\n"),
+            "{req}"
+        );
+    }
+}
