@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what idmux's demo, tests and benchmarks need when it is missing: OpenSSH client and
 # server, rsync, openssl, curl, systemd-analyze, libfaketime, passwd and mount (for the
-# reliability tests), and Ansible (for the multiplexer's end-to-end tests).
+# reliability tests), nginx and tinyproxy (the third-party load balancer and HTTP proxy of the
+# "real deployments" tests, which start their own on loopback), and Ansible (for the
+# multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -20,6 +22,12 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
 command -v mount >/dev/null || need+=(mount)
+# The "real deployments" tests (idmux_testkit::thirdparty) run their own nginx (an L7 load
+# balancer in front of the dev cluster) and tinyproxy (an HTTP CONNECT proxy) on loopback.
+# Debian bookworm's `nginx` package holds /usr/sbin/nginx itself (nginx-core on older releases);
+# `tinyproxy-bin` holds /usr/bin/tinyproxy without the system service.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/bin/tinyproxy ] || need+=(tinyproxy-bin)
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
 fi
@@ -37,6 +45,21 @@ if [ ${#need[@]} -gt 0 ]; then
     trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package's postinst enables (and, where policy-rc.d allows, starts) the system nginx on
+  # port 80. The tests run their own on loopback: leave none running and none to start at boot.
+  if [[ " ${need[*]} " == *" nginx "* ]]; then
+    if command -v systemctl >/dev/null; then
+      $sudo systemctl disable nginx >/dev/null 2>&1 || true
+      [ -d /run/systemd/system ] && { $sudo systemctl stop nginx >/dev/null 2>&1 || true; }
+    fi
+    if [ -s /run/nginx.pid ] && $sudo kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+      echo "install-deps: stopping the system nginx the package started" >&2
+      $sudo /usr/sbin/nginx -s stop 2>/dev/null || true
+    fi
+  fi
 fi
+for tool in /usr/sbin/nginx /usr/bin/tinyproxy; do
+  [ -x "$tool" ] || { echo "install-deps: $tool is still missing" >&2; exit 1; }
+done
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || { [ "$(id -u)" = 0 ] && mkdir -p /run/sshd && chmod 0755 /run/sshd; } || true

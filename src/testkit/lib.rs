@@ -1,12 +1,16 @@
 //! idmux-testkit: test-only helpers for the end-to-end tests and the fuzz targets.
 //!
 //! Owns: the dev cluster launcher ([`DevCluster`]), bots and standalone multiplexers as child
-//! processes, running commands, `ssh -G` and real ssh, `/proc` readings, [`wait_for`], and
-//! the fuzz target bodies ([`fuzzing`]).
+//! processes, running commands, `ssh -G` and real ssh, `/proc` readings, [`wait_for`], the
+//! fuzz target bodies ([`fuzzing`]), and real third-party parts for the "real deployments"
+//! tests ([`thirdparty`]: nginx, tinyproxy, silent peers).
 //!
 //! Must not be a dependency of anything but tests, benches and `fuzz/`.
 
 pub mod fuzzing;
+pub mod thirdparty;
+
+pub use thirdparty::{host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -400,6 +404,8 @@ impl StandaloneMux {
         let diag = format!("127.0.0.1:{}", idmux_devcluster::node::free_port().unwrap());
         let child = Command::new(idmux_bin())
             .args(["start", "ssh-multiplexer", "--proxy-server", &cl.addr])
+            .arg("--ca-path")
+            .arg(cl.dir.path().join("ca.pem"))
             .args(["--diag-addr", &diag])
             .args(extra)
             .arg("--destination-dir")

@@ -19,4 +19,5 @@ mod isolation;
 mod mux;
 mod ops;
 mod soak;
+mod thirdparty;
 mod transport;
