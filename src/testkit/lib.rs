@@ -173,6 +173,8 @@ pub struct ClusterOptions {
     pub log: Option<PathBuf>,
     /// More `idmux cluster start` flags (e.g. `--signature-algorithm-suite=legacy`).
     pub args: Vec<String>,
+    /// `--listen` (default `127.0.0.1:0`: a free loopback port).
+    pub listen: Option<String>,
 }
 
 impl DevCluster {
@@ -212,7 +214,8 @@ impl DevCluster {
         opts: ClusterOptions,
     ) -> DevCluster {
         // Port 0: the cluster binds a free port and reports it on its ready line.
-        let (child, addr) = Self::spawn(dir.path(), "127.0.0.1:0", name, nodes, transports, &opts);
+        let listen = opts.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let (child, addr) = Self::spawn(dir.path(), &listen, name, nodes, transports, &opts);
         DevCluster {
             dir,
             addr,
@@ -471,6 +474,10 @@ pub struct BotOptions {
     pub token: Option<String>,
     /// Return at once instead of waiting for ssh_config, v1.sock and agent.sock.
     pub no_wait: bool,
+    /// `--proxy-server` and `--ca-path` instead of the cluster's own (a load balancer, a
+    /// name reached through an HTTP proxy).
+    pub proxy: Option<String>,
+    pub ca_path: Option<PathBuf>,
 }
 
 /// A running `idmux start` (bot + multiplexer) whose stderr goes to `log`; stopped on drop.
@@ -491,8 +498,17 @@ impl BotProc {
         let dest = o.dest.clone().unwrap_or_else(|| work.path().join("dest"));
         let log = work.path().join("bot.log");
         let token = o.token.clone().unwrap_or_else(|| cl.token("ci", &me()));
+        let mut args = cl.start_args(&data, &dest, &token);
+        for a in args.iter_mut() {
+            if let (Some(p), true) = (&o.proxy, a.starts_with("--proxy-server=")) {
+                *a = format!("--proxy-server={p}");
+            }
+            if let (Some(c), true) = (&o.ca_path, a.starts_with("--ca-path=")) {
+                *a = format!("--ca-path={}", c.display());
+            }
+        }
         let child = Command::new(idmux_bin())
-            .args(cl.start_args(&data, &dest, &token))
+            .args(args)
             .args(extra_start_args())
             .args(&o.args)
             .envs(o.env.iter().map(|(k, v)| (k, v)))

@@ -560,7 +560,11 @@ struct Acceptor {
 
 impl Acceptor {
     fn start(on_conn: impl Fn(TcpStream, &Held) + Send + 'static) -> Acceptor {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", on_conn)
+    }
+
+    fn start_on(at: &str, on_conn: impl Fn(TcpStream, &Held) + Send + 'static) -> Acceptor {
+        let l = TcpListener::bind(at).unwrap_or_else(|e| panic!("bind {at}: {e}"));
         let addr = l.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let held: Held = Arc::default();
@@ -613,7 +617,13 @@ pub struct SilentPeer {
 
 impl SilentPeer {
     pub fn start() -> SilentPeer {
-        let acc = Acceptor::start(|_c, _held| {});
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// On a given address (e.g. the port a load balancer just gave up, so that clients
+    /// configured for it now meet silence).
+    pub fn start_on(at: &str) -> SilentPeer {
+        let acc = Acceptor::start_on(at, |_c, _held| {});
         SilentPeer {
             addr: acc.addr.to_string(),
             acc,

@@ -276,8 +276,12 @@ impl Route {
 pub struct Finder {
     web: WebClient,
     flags: RouteFlags,
-    found: tokio::sync::Mutex<Option<Route>>,
+    /// The route once found; the last failure and when.
+    found: tokio::sync::Mutex<(Option<Route>, Option<(std::time::Instant, String)>)>,
 }
+
+/// How long a failure to find the route answers other callers (see [`Finder::get`]).
+const FAILURE_HOLD: Duration = Duration::from_secs(2);
 
 impl Finder {
     /// A route already found (the bot's, for the multiplexer in its process).
@@ -285,7 +289,7 @@ impl Finder {
         Finder {
             web: route.web.clone(),
             flags: RouteFlags::default(),
-            found: tokio::sync::Mutex::new(Some(route)),
+            found: tokio::sync::Mutex::new((Some(route), None)),
         }
     }
 
@@ -293,7 +297,7 @@ impl Finder {
         Finder {
             web,
             flags,
-            found: tokio::sync::Mutex::new(None),
+            found: tokio::sync::Mutex::new((None, None)),
         }
     }
 
@@ -302,16 +306,36 @@ impl Finder {
         self.web.proxy()
     }
 
+    /// The route, found now if not yet. A caller that waited while another's attempt failed
+    /// gets that failure (for [`FAILURE_HOLD`]) instead of waiting out a second one: against a
+    /// silent proxy every caller fails within one stage's deadline.
     pub async fn get(&self) -> Result<Route> {
         let mut found = self.found.lock().await;
-        if let Some(r) = &*found {
-            return Ok(r.clone());
+        match &found.0 {
+            Some(r) => return Ok(r.clone()),
+            None => {
+                if let Some((at, e)) = &found.1 {
+                    if at.elapsed() < FAILURE_HOLD {
+                        bail!("{e}");
+                    }
+                }
+            }
         }
-        let ping = self.web.ping().await?;
-        let r = Route::discover(self.web.clone(), &ping.json, self.flags).await?;
-        tracing::info!("proxy path: {}", r.describe());
-        *found = Some(r.clone());
-        Ok(r)
+        let attempt = async {
+            let ping = self.web.ping().await?;
+            Route::discover(self.web.clone(), &ping.json, self.flags).await
+        };
+        match attempt.await {
+            Ok(r) => {
+                tracing::info!("proxy path: {}", r.describe());
+                *found = (Some(r.clone()), None);
+                Ok(r)
+            }
+            Err(e) => {
+                found.1 = Some((std::time::Instant::now(), format!("{e:#}")));
+                Err(e)
+            }
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-/// How long a request may wait for the proxy's whole answer once TLS is up.
-pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a request may wait for the proxy's whole answer once TLS is up: with the TCP and
+/// TLS deadlines, a proxy that stops answering at any stage fails a command within 15 s.
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How the proxy's web certificate is checked.
 #[derive(Clone, Debug)]

@@ -11,6 +11,7 @@ mod ansible;
 mod auth_grpc;
 mod bot;
 mod cluster_ssh;
+mod deployments;
 mod faults;
 mod foundation;
 mod fuzz_replay;

@@ -47,7 +47,10 @@ pub(super) async fn ping(
         };
         match web.ping().await {
             Ok(p) => return Ok((web, p)),
-            Err(e) => last = e,
+            // Only a certificate the trust does not cover is worth another try; a proxy
+            // that does not answer will not answer the next one either.
+            Err(e) if format!("{e:#}").contains("certificate") => last = e,
+            Err(e) => return Err(e),
         }
     }
     Err(last)
@@ -81,13 +84,8 @@ pub(super) async fn find_route(
             }
             Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), Some(p)),
         },
-        Err(e) => match idmux_client::proxy_command::route(proxy, flags).await {
-            Ok(r) => {
-                let d = format!("{} (no ping: {e:#})", r.describe());
-                (Some(r), check(Status::Warn, N, d), None)
-            }
-            Err(e2) => (None, check(Status::Fail, N, format!("{e:#}; {e2:#}")), None),
-        },
+        // No answer from the web port: the other checks would only wait for it again.
+        Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), None),
     }
 }
 
