@@ -203,6 +203,9 @@ PATHS = [
      "label": "fdpass multiplexer (idmux-fdpass + daemon, --transport grpc)"},
     {"key": "fdpass-ssh", "short": "fdpass SSH", "kind": "fdpass", "transport": "ssh",
      "label": "fdpass multiplexer (idmux-fdpass + daemon, --transport ssh)"},
+    {"key": "fdpass-nginx", "short": "fdpass via nginx", "kind": "fdpass", "transport": "grpc",
+     "label": "fdpass multiplexer behind nginx (an L7 load balancer: ALPN connection upgrade, "
+              "TLS in WebSocket in TLS, --transport grpc)"},
 ]
 ORDER = [d["key"] for d in PATHS]
 SHORT = {d["key"]: d["short"] for d in PATHS}
@@ -853,7 +856,7 @@ def goals(R, order=ORDER):
 
 # Per path key (PATHS); the SSH transport's paths a lighter shade of their gRPC sibling.
 COLORS = {"direct": "#6b7280", "jump": "#d97706", "stdio-grpc": "#2563eb", "stdio-ssh": "#60a5fa",
-          "fdpass-grpc": "#059669", "fdpass-ssh": "#34d399"}
+          "fdpass-grpc": "#059669", "fdpass-ssh": "#34d399", "fdpass-nginx": "#7c3aed"}
 
 
 def quartiles(v):
@@ -972,7 +975,7 @@ def demo_results(seed=7, runs=30):
     import random
     rnd = random.Random(seed)
     base = {"direct": 350, "jump": 545, "stdio-grpc": 355, "stdio-ssh": 360, "fdpass-grpc": 312,
-            "fdpass-ssh": 315}
+            "fdpass-ssh": 315, "fdpass-nginx": 330}
     lat = {}
     for k, b in base.items():
         v = sorted(b * rnd.lognormvariate(0, 0.06) for _ in range(runs))

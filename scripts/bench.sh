@@ -51,7 +51,7 @@ unset SSH_AUTH_SOCK  # only the keys we name, for every path
 
 work=$(mktemp -d /tmp/idmux-bench.XXXXXX)
 mkdir -p "$ROOT/target/bench"
-cluster_pid="" bot_pids="" bastion_pid="" py_pid="" node_pid=""
+cluster_pid="" bot_pids="" bastion_pid="" py_pid="" node_pid="" nginx_pid=""
 
 # Kill one process and the processes whose parent it is (sshd's per-connection children), by id.
 kill_tree() {
@@ -74,10 +74,11 @@ cleanup() {
   for p in $bot_pids; do kill "$p" 2>/dev/null || true; done
   kill_tree "$bastion_pid"
   kill_tree "$node_pid"
+  kill_tree "$nginx_pid"
   [ -n "$cluster_pid" ] && kill "$cluster_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   if [ "$rc" != 0 ]; then
-    for f in cluster.log bot-grpc.log bot-ssh.log bastion.log; do
+    for f in cluster.log bot-grpc.log bot-ssh.log bot-nginx.log nginx/error.log bastion.log; do
       [ -s "$work/$f" ] && { echo "--- $f (last lines)" >&2; tail -n 15 "$work/$f" >&2; }
     done
   fi
@@ -121,8 +122,76 @@ for t in grpc ssh; do
   grep -q -- "--transport=$t" "$work/stdio-$t.ssh_config" || { echo "bench: no ProxyCommand in $work/stdio/ssh_config" >&2; exit 1; }
 done
 
-# One bot daemon per transport, each with its own data and destination dirs.
+# nginx in front of the proxy as an L7 load balancer: it ends TLS with its own certificate and
+# passes everything (WebSocket upgrades included) to the proxy, so the daemon behind it detects
+# the ALPN connection upgrade and runs TLS inside WebSocket frames inside nginx's TLS.
+echo "bench: nginx (L7 load balancer) in front of the proxy" >&2
+lb="$work/nginx"
+mkdir -p "$lb"/{client_body,proxy,fastcgi,uwsgi,scgi}
+ossl() { openssl "$@" 2>>"$lb/openssl.log"; }
+ossl req -x509 -new -nodes -days 2 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+  -subj "/CN=idmux bench load balancer CA" -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign,cRLSign -keyout "$lb/ca.key" -out "$lb/ca.pem"
+ossl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=127.0.0.1" \
+  -keyout "$lb/key.pem" -out "$lb/cert.csr"
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$lb/cert.ext"
+ossl x509 -req -days 2 -sha256 -in "$lb/cert.csr" -CA "$lb/ca.pem" -CAkey "$lb/ca.key" \
+  -CAcreateserial -extfile "$lb/cert.ext" -out "$lb/cert.pem"
+lbport=$(free_port)
+cat > "$lb/nginx.conf" <<EOF
+$([ "$(id -u)" = 0 ] && echo "user root;")
+worker_processes 1;
+pid $lb/nginx.pid;
+error_log $lb/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $lb/client_body;
+    proxy_temp_path $lb/proxy;
+    fastcgi_temp_path $lb/fastcgi;
+    uwsgi_temp_path $lb/uwsgi;
+    scgi_temp_path $lb/scgi;
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+    server {
+        listen 127.0.0.1:$lbport ssl;
+        ssl_certificate $lb/cert.pem;
+        ssl_certificate_key $lb/key.pem;
+        location / {
+            proxy_pass https://$proxy;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$http_host;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate $dev/ca.pem;
+            proxy_ssl_name localhost;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+/usr/sbin/nginx -p "$lb" -c "$lb/nginx.conf" -e "$lb/error.log" -g 'daemon off;' > "$lb/stdout.log" 2>&1 &
+nginx_pid=$!
+for _ in $(seq 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1',$lbport),0.2)" 2>/dev/null && break
+  sleep 0.1
+done
+kill -0 "$nginx_pid" 2>/dev/null || { echo "bench: nginx did not start" >&2; exit 1; }
+
+# One bot daemon per transport, each with its own data and destination dirs, and one behind
+# nginx (gRPC).
 declare -A bot_pid
+echo "bench: bot daemon behind nginx (idmux start --proxy-server nginx, fdpass multiplexer)" >&2
+token=$("$IDMUX" cluster bots add "bench-bot-nginx" --logins "$user" --format json --data-dir "$dev" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_id"])')
+"$IDMUX" start --data-dir="$work/bot-data-nginx" --destination-dir="$work/mux-nginx" \
+  --token="$token" --join-method=token --proxy-server="127.0.0.1:$lbport" --ca-path="$lb/ca.pem" \
+  --transport=grpc > "$work/bot-nginx.log" 2>&1 &
+bot_pid[nginx]=$!
+bot_pids="$bot_pids ${bot_pid[nginx]}"
 for t in grpc ssh; do
   echo "bench: bot daemon (idmux start --transport $t, fdpass multiplexer)" >&2
   token=$("$IDMUX" cluster bots add "bench-bot-$t" --logins "$user" --format json --data-dir "$dev" \
@@ -133,7 +202,7 @@ for t in grpc ssh; do
   bot_pid[$t]=$!
   bot_pids="$bot_pids ${bot_pid[$t]}"
 done
-for t in grpc ssh; do
+for t in grpc ssh nginx; do
   d="$work/mux-$t"
   for _ in $(seq 300); do
     [ -s "$d/ssh_config" ] && [ -S "$d/v1.sock" ] && [ -S "$d/agent.sock" ] && break
@@ -142,6 +211,8 @@ for t in grpc ssh; do
   [ -S "$d/v1.sock" ] || { echo "bench: the $t daemon did not come up" >&2; exit 1; }
   grep -q ProxyUseFDPass "$d/ssh_config" || { echo "bench: $d/ssh_config is not in fdpass mode" >&2; exit 1; }
 done
+grep -q "proxy path: ALPN connection upgrade" "$work/bot-nginx.log" \
+  || { echo "bench: the daemon behind nginx did not detect the connection upgrade" >&2; exit 1; }
 
 echo "bench: bastion sshd for ProxyJump" >&2
 for _ in 1 2 3 4 5; do
@@ -195,6 +266,7 @@ json.dump({
         "stdio-ssh": {"ssh_config": "$work/stdio-ssh.ssh_config"},
         "fdpass-grpc": {"ssh_config": "$work/mux-grpc/ssh_config", "daemon_pid": ${bot_pid[grpc]}},
         "fdpass-ssh": {"ssh_config": "$work/mux-ssh/ssh_config", "daemon_pid": ${bot_pid[ssh]}},
+        "fdpass-nginx": {"ssh_config": "$work/mux-nginx/ssh_config", "daemon_pid": ${bot_pid[nginx]}},
     },
 }, open(sys.argv[1], "w"), indent=2)
 EOF

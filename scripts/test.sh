@@ -31,7 +31,7 @@ trap 'rm -f "$log"' EXIT
 # keeps a 2-core machine responsive. (No doc tests: the crates have none.)
 threads="${IDMUX_TEST_THREADS:-2}"
 # End-to-end modules whose tests reach nodes through the proxy (test names start `MODULE::`).
-per_transport=(cluster_ssh:: mux:: bot:: ansible:: transport:: faults:: identities::)
+per_transport=(cluster_ssh:: mux:: bot:: ansible:: transport:: faults:: identities:: deployments::seed_flow)
 status=0
 echo "== pass 1: unit tests of every crate and every end-to-end test, node transport gRPC"
 IDMUX_TEST_TRANSPORT=grpc cargo test --workspace --no-fail-fast --lib --tests -- --test-threads="$threads" "$@" 2>&1 | tee -a "$log" || status=$?

@@ -206,7 +206,7 @@ impl DevCluster {
         Self::start_full(dir, name, nodes, cluster_transports(), opts)
     }
 
-    fn start_full(
+    pub fn start_full(
         dir: tempfile::TempDir,
         name: &str,
         nodes: usize,

@@ -179,6 +179,9 @@ impl Route {
                 "ALPN connection upgrade (WebSocket) through the load balancer at {}",
                 self.proxy()
             ),
+            Way::SshPort(a) if a == self.proxy() => {
+                format!("no TLS routing: nodes and Auth through the SSH proxy port {a}")
+            }
             Way::SshPort(a) => format!(
                 "no TLS routing: nodes and Auth through the SSH proxy port {a}, the web API at {}",
                 self.proxy()
@@ -277,8 +280,11 @@ pub struct Finder {
     web: WebClient,
     flags: RouteFlags,
     /// The route once found; the last failure and when.
-    found: tokio::sync::Mutex<(Option<Route>, Option<(std::time::Instant, String)>)>,
+    found: tokio::sync::Mutex<(Option<Route>, Option<Failure>)>,
 }
+
+/// When finding the route last failed, and why.
+type Failure = (std::time::Instant, String);
 
 /// How long a failure to find the route answers other callers (see [`Finder::get`]).
 const FAILURE_HOLD: Duration = Duration::from_secs(2);

@@ -33,7 +33,7 @@ impl Drop for Bot {
 }
 
 /// Whether `tool` is on PATH. (Not `tool --version`: that creates ~/.ansible/tmp.)
-fn installed(tool: &str) -> bool {
+pub(crate) fn installed(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|d| {
@@ -119,14 +119,14 @@ fn settings(work: &Path, dest: &Path) -> Vec<(&'static str, &'static str, &'stat
     ]
 }
 
-struct Ansible {
+pub(crate) struct Ansible {
     work: PathBuf,
     cfg: PathBuf,
     settings: Vec<(&'static str, &'static str, &'static str, String)>,
 }
 
 impl Ansible {
-    fn new(work: &Path, dest: &Path) -> Ansible {
+    pub(crate) fn new(work: &Path, dest: &Path) -> Ansible {
         let settings = settings(work, dest);
         let mut ini = String::new();
         for section in ["defaults", "ssh_connection"] {
@@ -146,7 +146,7 @@ impl Ansible {
         }
     }
 
-    fn command(&self, tool: &str) -> Command {
+    pub(crate) fn command(&self, tool: &str) -> Command {
         let mut cmd = Command::new(tool);
         cmd.current_dir(&self.work);
         // Nothing from the caller's Ansible set-up leaks in.

@@ -98,12 +98,23 @@ fn ssh_and_scp(what: &str, cfg: &Path, env: &[(String, String)], work: &Path) {
 /// one-shot bot writing a stdio ssh_config (ssh and scp through `idmux ssh-proxy-command`).
 /// Returns the daemon bot (running) and the stdio run's stderr and ssh_config.
 fn seed_flow(what: &str, cl: &DevCluster, way: &Way) -> (BotProc, String, String) {
+    seed_flow_with(what, cl, way, vec![])
+}
+
+/// [`seed_flow`] with more `idmux start` flags for the daemon bot.
+fn seed_flow_with(
+    what: &str,
+    cl: &DevCluster,
+    way: &Way,
+    args: Vec<String>,
+) -> (BotProc, String, String) {
     let bot = BotProc::start(
         cl,
         BotOptions {
             proxy: Some(way.proxy.clone()),
             ca_path: Some(way.ca.clone()),
             env: way.env.clone(),
+            args,
             ..Default::default()
         },
     );
@@ -138,7 +149,55 @@ fn seed_flow(what: &str, cl: &DevCluster, way: &Way) -> (BotProc, String, String
     let cfg = dest.join("ssh_config");
     ssh_and_scp(&format!("{what} (stdio)"), &cfg, &way.env, work.path());
     let text = std::fs::read_to_string(&cfg).unwrap();
-    (bot, stderr(&o), text)
+    // The long tier: an Ansible ping through both ssh_configs.
+    if std::env::var("IDMUX_LONG").is_ok() {
+        ansible_ping(what, &bot.dest, &way.env, &work.path().join("ansible-mux"));
+        ansible_ping(what, &dest, &way.env, &work.path().join("ansible-stdio"));
+    }
+    // doctor reports the path it used, and every check passes.
+    let mut c = Command::new(idmux_bin());
+    c.args(["doctor", "--node", "node-1", "--destination-dir"])
+        .arg(&dest);
+    with_env(&mut c, &way.env);
+    let d = run(&mut c);
+    let report = stdout(&d);
+    assert!(d.status.success(), "{what}: doctor: {report}{}", stderr(&d));
+    let path = report
+        .lines()
+        .find(|l| l.starts_with("ok   path: "))
+        .unwrap_or_else(|| panic!("{what}: no path line: {report}"))
+        .to_string();
+    eprintln!("{what}: doctor {path}");
+    (bot, format!("{}\n{path}", stderr(&o)), text)
+}
+
+/// `ansible node-1.C -m ping` through the ssh_config in `dest` (skipped, with a message,
+/// when Ansible is not installed: `IDMUX_WITH_ANSIBLE=1 scripts/install-deps.sh`).
+fn ansible_ping(what: &str, dest: &Path, env: &[(String, String)], work: &Path) {
+    use crate::ansible::{installed, Ansible};
+    if !installed("ansible") {
+        eprintln!("{what}: Ansible ping skipped: ansible is not installed");
+        return;
+    }
+    std::fs::create_dir_all(work).unwrap();
+    let inventory = work.join("inventory.ini");
+    std::fs::write(
+        &inventory,
+        format!("[nodes]\nnode-1.{C} ansible_user={}\n", me()),
+    )
+    .unwrap();
+    let ansible = Ansible::new(work, dest);
+    let mut c = ansible.command("ansible");
+    c.arg("all").arg("-i").arg(&inventory).args(["-m", "ping"]);
+    with_env(&mut c, env);
+    let o = run(&mut c);
+    assert!(
+        o.status.success() && stdout(&o).contains(&format!("node-1.{C} | SUCCESS =>")),
+        "{what}: ansible ping through {}: {}{}",
+        dest.display(),
+        stdout(&o),
+        stderr(&o)
+    );
 }
 
 fn proxy_command_line(ssh_config: &str) -> String {
@@ -222,8 +281,29 @@ fn seed_flow_behind_nginx_detects_the_upgrade() {
 
 #[test]
 fn seed_flow_without_tls_routing() {
-    let cl = cluster(&["--no-tls-routing"], &[], None);
-    let (bot, _, cfg) = seed_flow("without TLS routing", &cl, &direct(&cl));
+    // In the SSH-transport run the multiplexer speaks plain SSH on the SSH proxy port (the
+    // `proxy:` subsystem); the cluster still serves gRPC there, as Teleport's port 3023 does,
+    // because Auth is reached through its ProxyCluster.
+    let (cl, bot_args) = if transport() == "ssh" {
+        let cl = DevCluster::start_full(
+            tempfile::tempdir().unwrap(),
+            C,
+            1,
+            "grpc,ssh",
+            ClusterOptions {
+                args: vec!["--no-tls-routing".into()],
+                ..Default::default()
+            },
+        );
+        (cl, vec!["--transport=ssh".to_string()])
+    } else {
+        (cluster(&["--no-tls-routing"], &[], None), vec![])
+    };
+    let (bot, oneshot, cfg) = seed_flow_with("without TLS routing", &cl, &direct(&cl), bot_args);
+    assert!(
+        oneshot.contains("ok   path: no TLS routing: nodes and Auth through the SSH proxy port"),
+        "{oneshot}"
+    );
     let log = bot.log_text();
     let ssh_port = log
         .split("nodes and Auth through the SSH proxy port ")
@@ -262,7 +342,11 @@ fn seed_flow_through_an_http_proxy() {
         ca: cl.data_dir().join("ca.pem"),
         env: vec![("HTTPS_PROXY".into(), fw.url())],
     };
-    let (bot, _, _) = seed_flow("through tinyproxy", &cl, &way);
+    let (bot, oneshot, _) = seed_flow("through tinyproxy", &cl, &way);
+    assert!(
+        oneshot.contains(&format!("via HTTP proxy {} (from HTTPS_PROXY)", fw.addr)),
+        "{oneshot}"
+    );
     let log = bot.log_text();
     assert!(
         log.contains(&format!("via HTTP proxy {} (from HTTPS_PROXY)", fw.addr)),
