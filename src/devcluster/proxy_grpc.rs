@@ -124,6 +124,21 @@ type Responses = ReceiverStream<Result<ProxySshResponse, Status>>;
 type ProxySshFuture =
     Pin<Box<dyn Future<Output = Result<tonic::Response<Responses>, Status>> + Send>>;
 
+/// A stream's first request within [`FIRST_REQUEST_TIMEOUT`]: `late` (DeadlineExceeded) when
+/// it does not come in time, `ended` (InvalidArgument) when the stream ends first.
+async fn first_request<T: prost::Message + Default>(
+    inbound: &mut tonic::Streaming<T>,
+    late: &str,
+    ended: &str,
+) -> Result<T, Status> {
+    match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
+        Err(_) => Err(Status::deadline_exceeded(late)),
+        Ok(Err(s)) => Err(s),
+        Ok(Ok(None)) => Err(Status::invalid_argument(ended)),
+        Ok(Ok(Some(r))) => Ok(r),
+    }
+}
+
 impl tonic::server::StreamingService<ProxySshRequest> for ProxySsh {
     type Response = ProxySshResponse;
     type ResponseStream = Responses;
@@ -133,20 +148,12 @@ impl tonic::server::StreamingService<ProxySshRequest> for ProxySsh {
         let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
         Box::pin(async move {
             let mut inbound = req.into_inner();
-            let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(
-                        "no dial target within the time limit",
-                    ))
-                }
-                Ok(Err(s)) => return Err(s),
-                Ok(Ok(None)) => {
-                    return Err(Status::invalid_argument(
-                        "stream ended before the dial target",
-                    ))
-                }
-                Ok(Ok(Some(r))) => r,
-            };
+            let first = first_request(
+                &mut inbound,
+                "no dial target within the time limit",
+                "stream ended before the dial target",
+            )
+            .await?;
             let (tcp, target) = dial(&ctx, &caller, first).await.inspect_err(|s| {
                 tracing::info!(
                     user = caller.username,
@@ -304,20 +311,12 @@ impl tonic::server::StreamingService<ProxyClusterRequest> for ProxyCluster {
         let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
         Box::pin(async move {
             let mut inbound = req.into_inner();
-            let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(
-                        "no cluster name within the time limit",
-                    ))
-                }
-                Ok(Err(s)) => return Err(s),
-                Ok(Ok(None)) => {
-                    return Err(Status::invalid_argument(
-                        "failed receiving first frame: stream ended",
-                    ))
-                }
-                Ok(Ok(Some(r))) => r,
-            };
+            let first = first_request(
+                &mut inbound,
+                "no cluster name within the time limit",
+                "failed receiving first frame: stream ended",
+            )
+            .await?;
             let st = State::load(&ctx.dir).map_err(|e| Status::unavailable(format!("{e:#}")))?;
             cluster_route(&st, &caller, &first.cluster).inspect_err(|s| {
                 tracing::info!(

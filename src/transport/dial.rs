@@ -57,7 +57,12 @@ async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
             .uri(target)
             .header(http::header::HOST, target);
         if let Some(u) = &p.userinfo {
-            let v = base64::engine::general_purpose::STANDARD.encode(percent_decode(u));
+            // Go's `user:password`, with an empty password when none is given.
+            let mut cred = percent_decode(u);
+            if !u.contains(':') {
+                cred.push(b':');
+            }
+            let v = base64::engine::general_purpose::STANDARD.encode(cred);
             req = req.header(http::header::PROXY_AUTHORIZATION, format!("Basic {v}"));
         }
         let req = req.body(Empty::<Bytes>::new())?;
@@ -92,7 +97,8 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -113,6 +119,11 @@ mod tests {
     fn userinfo_is_percent_decoded() {
         assert_eq!(percent_decode("u%40x:p%3Aw"), b"u@x:p:w");
         assert_eq!(percent_decode("plain:pw%"), b"plain:pw%");
+        assert_eq!(
+            percent_decode("u:%aé"),
+            "u:%aé".as_bytes(),
+            "no panic inside a character"
+        );
     }
 
     /// A CONNECT goes to the proxy with the target as its URI and Host, and a refusal names

@@ -55,6 +55,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the proxy may take to connect a node.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `GetClusterDetails` may take.
+const DETAILS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests queued towards the proxy per stream before the sender waits.
 const REQUEST_QUEUE: usize = 4;
 
@@ -440,8 +442,15 @@ impl GrpcProxy {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| anyhow!("proxy {}: GetClusterDetails: {}", self.proxy, s.message()))
-        }
-        .await;
+        };
+        let r = match tokio::time::timeout(DETAILS_TIMEOUT, r).await {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "proxy {} did not answer GetClusterDetails within {}s",
+                self.proxy,
+                DETAILS_TIMEOUT.as_secs()
+            ),
+        };
         match r {
             Ok(d) => Ok(d),
             Err(e) => Err(self.why_ended().await.unwrap_or(e)),

@@ -18,11 +18,14 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
 
+use crate::web::NoVerify;
+
 /// The DNS name a Teleport host certificate carries (`constants.APIDomain`).
 pub const TELEPORT_CLUSTER_LOCAL: &str = "teleport.cluster.local";
 
+/// The check; the handshake's signatures are checked as `--insecure`'s verifier checks them.
 #[derive(Debug)]
-struct UpgradedJoin(Arc<rustls::crypto::CryptoProvider>);
+struct UpgradedJoin(NoVerify);
 
 /// Does `der` name `teleport.cluster.local` and is it valid at `now`?
 fn names_cluster_local(der: &[u8], now: SystemTime) -> Result<bool, String> {
@@ -78,7 +81,7 @@ impl ServerCertVerifier for UpgradedJoin {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        self.0.verify_tls12_signature(m, c, d)
     }
     fn verify_tls13_signature(
         &self,
@@ -86,10 +89,10 @@ impl ServerCertVerifier for UpgradedJoin {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        self.0.verify_tls13_signature(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -102,7 +105,7 @@ pub(crate) fn upgraded_join_config(alpn: &[&[u8]]) -> Result<Arc<rustls::ClientC
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow!("TLS protocol versions: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UpgradedJoin(provider)))
+        .with_custom_certificate_verifier(Arc::new(UpgradedJoin(NoVerify(provider))))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))

@@ -60,11 +60,12 @@ pub fn from_env(target: &str) -> Result<Option<HttpProxy>> {
 
 /// `http://[user:pass@]host[:port]` (the scheme may be left out, as Go allows).
 fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
+    let shown = redact(url);
     let rest = match url.split_once("://") {
         None => url,
-        Some(("http", r)) => r,
+        Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => r,
         Some((scheme, _)) => {
-            bail!("{var}={url}: proxy scheme {scheme:?} is not supported (only http://)")
+            bail!("{var}={shown}: proxy scheme {scheme:?} is not supported (only http://)")
         }
     };
     let authority = rest.split('/').next().unwrap_or_default();
@@ -73,7 +74,7 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
         None => (None, authority),
     };
     if hostport.is_empty() {
-        bail!("{var}={url}: no proxy host");
+        bail!("{var}={shown}: no proxy host");
     }
     // Go's default port for an http:// proxy is 80.
     let has_port = match hostport.rsplit_once(':') {
@@ -90,6 +91,22 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
         userinfo,
         var,
     })
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for messages.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}{path}"),
+        None => url.to_string(),
+    }
 }
 
 /// Go's `useProxy`: should a dial to `target` go through the proxy, given `NO_PROXY`?
@@ -126,7 +143,11 @@ fn use_proxy(target: &str, no_proxy: &str) -> bool {
         if !eport.is_empty() && eport != port {
             continue;
         }
-        let ehost = ehost.strip_prefix('*').unwrap_or(ehost);
+        // Go strips `*` only from `*.`: `*example.com` stays a literal (matching nothing).
+        let ehost = match ehost.strip_prefix("*.") {
+            Some(_) => &ehost[1..],
+            None => ehost,
+        };
         let matched = match ehost.strip_prefix('.') {
             Some(domain) => host.ends_with(&format!(".{domain}")),
             None => host == ehost || host.ends_with(&format!(".{ehost}")),
@@ -261,6 +282,18 @@ mod tests {
                 "NO_PROXY={no} target={target}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_never_reach_messages_and_schemes_are_case_blind() {
+        let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks5://u:secret@s:1080")])).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("socks5://***@s:1080"), "{e}");
+        let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "HTTP://s:3128")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.addr, "s:3128");
+        assert!(use_proxy("example.com:443", "*example.com"));
     }
 
     #[test]

@@ -253,7 +253,8 @@ impl Route {
     /// A byte stream inside a WebSocket upgrade through the load balancer at the web address.
     pub(crate) async fn upgraded(&self, proto: &str) -> Result<BoxIo> {
         let outer = self.web.dial_alpn(&[b"http/1.1"]).await?;
-        upgrade::websocket(outer, self.proxy(), self.web.host(), proto).await
+        // Host: the address as given (Go's client sends the URL's host:port).
+        upgrade::websocket(outer, self.proxy(), self.proxy(), proto).await
     }
 
     /// The join service's connection (ALPN `teleport-proxy-grpc`, `h2`, no client
@@ -376,7 +377,16 @@ pub fn ssh_proxy_host_port(ping: &serde_json::Value, web: &str) -> Result<String
         return with_port(&a, ssh_port);
     }
     if let Some(a) = field("listen_addr") {
-        return Ok(a);
+        // An unspecified host (0.0.0.0, ::) means the web address's host with that port.
+        return match split_host_port(&a, "ping listen_addr") {
+            Ok((h, p))
+                if h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_unspecified()) =>
+            {
+                with_port(web, p)
+            }
+            _ => Ok(a),
+        };
     }
     with_port(web, ssh_port)
 }
@@ -397,31 +407,73 @@ pub async fn upgrade_required(web: &WebClient) -> (bool, String) {
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return hit.clone();
     }
-    let answer = test_dial(web).await;
-    cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, answer.clone());
+    let (answer, definite) = test_dial(web).await;
+    // Only a definite answer is kept (tbot keeps any): a slow or failed test dial at start
+    // must not fix the way for the life of a daemon.
+    if definite {
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, answer.clone());
+    }
     answer
 }
 
 /// tbot's test (`IsALPNConnUpgradeRequired`): TLS with ALPN `teleport-reversetunnel`;
 /// required when the peer refuses the ALPN, picks one we did not offer, or picks none. Any
 /// other failure means not required (the real dial will say what is wrong).
-async fn test_dial(web: &WebClient) -> (bool, String) {
+/// Also says whether the answer is definite (the peer answered the ALPN question).
+async fn test_dial(web: &WebClient) -> ((bool, String), bool) {
     let r = tokio::time::timeout(TEST_TIMEOUT, web.dial_alpn(&[TEST_ALPN])).await;
     match r {
-        Err(_) => (false, format!("the upgrade test dial got no answer within {}s", TEST_TIMEOUT.as_secs())),
+        Err(_) => (
+            (
+                false,
+                format!(
+                    "the upgrade test dial got no answer within {}s",
+                    TEST_TIMEOUT.as_secs()
+                ),
+            ),
+            false,
+        ),
         Ok(Ok(tls)) => match tls.get_ref().1.alpn_protocol() {
-            None => (true, "detected: the test dial's ALPN teleport-reversetunnel was not negotiated (an L7 load balancer)".into()),
-            Some(_) => (false, "the test dial negotiated ALPN teleport-reversetunnel".into()),
+            None => (
+                (
+                    true,
+                    "detected: the test dial's ALPN teleport-reversetunnel was not negotiated \
+                     (an L7 load balancer)"
+                        .into(),
+                ),
+                true,
+            ),
+            Some(_) => (
+                (
+                    false,
+                    "the test dial negotiated ALPN teleport-reversetunnel".into(),
+                ),
+                true,
+            ),
         },
         Ok(Err(e)) => {
             let s = format!("{e:#}");
-            if s.contains("does not offer ALPN") || s.contains("unadvertised") || s.contains("SelectedUnofferedApplicationProtocol") {
-                (true, "detected: the test dial's ALPN teleport-reversetunnel was refused (an L7 load balancer)".into())
+            if s.contains("does not offer ALPN")
+                || s.contains("unadvertised")
+                || s.contains("SelectedUnofferedApplicationProtocol")
+            {
+                (
+                    (
+                        true,
+                        "detected: the test dial's ALPN teleport-reversetunnel was refused \
+                         (an L7 load balancer)"
+                            .into(),
+                    ),
+                    true,
+                )
             } else {
-                (false, format!("the upgrade test dial failed ({s})"))
+                (
+                    (false, format!("the upgrade test dial failed ({s})")),
+                    false,
+                )
             }
         }
     }
@@ -512,6 +564,15 @@ mod tests {
         assert_eq!(
             ssh_proxy_host_port(&p(json!({})), "w.example.com:443").unwrap(),
             "w.example.com:3023"
+        );
+        assert_eq!(
+            ssh_proxy_host_port(
+                &p(json!({"listen_addr": "0.0.0.0:3023"})),
+                "w.example.com:443"
+            )
+            .unwrap(),
+            "w.example.com:3023",
+            "an unspecified listen host means the web host"
         );
     }
 }

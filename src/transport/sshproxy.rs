@@ -159,6 +159,32 @@ pub async fn connect<S>(stream: S, id: &Identity, proxy: &str) -> Result<Handle<
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Over TLS the TLS deadline came first; on a proxy's plain SSH port this is the only one.
+    match tokio::time::timeout(
+        SSH_HANDSHAKE_TIMEOUT,
+        handshake_and_login(stream, id, proxy),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "proxy {proxy} did not complete the SSH handshake and login within {}s",
+            SSH_HANDSHAKE_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// How long the SSH handshake and login with the proxy may take.
+pub(crate) const SSH_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn handshake_and_login<S>(
+    stream: S,
+    id: &Identity,
+    proxy: &str,
+) -> Result<Handle<ProxyHandler>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let proxy_host = idmux_wire::hostport::host_of(proxy).to_string();
     let rejection = Arc::new(Mutex::new(None));
     let handler = ProxyHandler {

@@ -35,6 +35,11 @@ pub const ALPN_PING: &str = "alpn-ping";
 /// How long the proxy may take to answer the upgrade request.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the peer may take to finish after our side closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long one frame may wait for the peer to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How much of the peer's data the WebSocket pump holds before it stops reading.
 const PUMP_BUFFER: usize = 256 * 1024;
 
@@ -137,14 +142,19 @@ where
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = sink.send(Message::Close(None)).await;
-                        let _ = sink.close().await;
+                        let bye = async {
+                            let _ = sink.send(Message::Close(None)).await;
+                            let _ = sink.close().await;
+                        };
+                        let _ = tokio::time::timeout(CLOSE_GRACE, bye).await;
                         return;
                     }
                     Ok(n) => {
                         let frame = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-                        if sink.send(frame).await.is_err() {
-                            return;
+                        // A peer that takes no bytes for this long is gone.
+                        match tokio::time::timeout(SEND_TIMEOUT, sink.send(frame)).await {
+                            Ok(Ok(())) => {}
+                            _ => return,
                         }
                     }
                 }
@@ -164,7 +174,15 @@ where
             }
             let _ = wr.shutdown().await;
         };
-        tokio::join!(up, down);
+        // When our side is done, the peer gets CLOSE_GRACE to finish its side; a peer that
+        // never answers the close (or a dead path) does not keep the task and the socket.
+        tokio::select! {
+            _ = down => {}
+            _ = async {
+                up.await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            } => {}
+        }
     });
     Box::new(near)
 }

@@ -50,8 +50,10 @@ pub struct WebClient {
     tls: Arc<std::sync::OnceLock<Arc<rustls::ClientConfig>>>,
 }
 
+/// Accepts any certificate (`--insecure`); the handshake's signatures are still checked with
+/// the provider's algorithms (and [`crate::join_verify`] reuses those checks).
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoVerify(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -202,6 +202,10 @@ fn ssh_config_proxy(route: &Route) -> (String, ProxyWay) {
     (route.node_addr().to_string(), way)
 }
 
+/// How long SIGTERM waits for a join's or renewal's answer that the cluster may have acted on
+/// (an Auth call's own deadline, and then some).
+const STOP_GRACE: Duration = Duration::from_secs(35);
+
 /// Why a renewal failed, which decides what the bot does next.
 #[derive(Debug)]
 pub(crate) enum RenewError {
@@ -247,6 +251,26 @@ pub struct Bot {
     published: Vec<(usize, watch::Sender<Arc<Identity>>)>,
     /// `DATA/lock`, held from [`Bot::start`] for the life of the bot.
     lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// Set from the moment a join or a renewal request may have been acted on by the cluster
+    /// (the token spent, generation N+1 issued) until its answer is stored: SIGTERM then waits
+    /// for the answer rather than lose it (a lost renewal locks the bot at the next one).
+    committing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets a flag for as long as it lives.
+struct Committing(Arc<std::sync::atomic::AtomicBool>);
+
+impl Committing {
+    fn new(flag: &Arc<std::sync::atomic::AtomicBool>) -> Committing {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        Committing(flag.clone())
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Bot {
@@ -263,6 +287,7 @@ impl Bot {
             written: Vec::new(),
             published: Vec::new(),
             lock: None,
+            committing: Default::default(),
         })
     }
 
@@ -321,6 +346,7 @@ impl Bot {
             .route
             .clone()
             .ok_or_else(|| anyhow!("no route to the proxy"))?;
+        let _committing = Committing::new(&self.committing);
         let id = join(&route, &token, self.cfg.certificate_ttl).await?;
         id.write_data_dir(d, Some(&token))?;
         tracing::info!(cluster = %id.cluster_name()?, "joined with the token; identity stored in {}", d.display());
@@ -344,6 +370,7 @@ impl Bot {
         let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
         let user = cur.tls_identity()?.username;
         let req = outputs::renewal_request(&user, &key, self.cfg.certificate_ttl)?;
+        let _committing = Committing::new(&self.committing);
         let certs = auth.generate_user_certs(req).await?;
         let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
         let new = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)?;
@@ -570,24 +597,35 @@ impl Bot {
                 _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
-            let r = async {
-                self.route().await?;
-                // An expired identity cannot renew: join again if a token allows it.
-                if self
-                    .identity
-                    .as_ref()
-                    .map(|i| i.expires().map(|e| e <= SystemTime::now()).unwrap_or(true))
-                    .unwrap_or(true)
-                {
-                    self.start_identity().await?;
-                } else {
-                    self.renew_bot().await?;
+            let committing = self.committing.clone();
+            let r = {
+                let work = async {
+                    self.route().await?;
+                    // An expired identity cannot renew: join again if a token allows it.
+                    if self
+                        .identity
+                        .as_ref()
+                        .map(|i| i.expires().map(|e| e <= SystemTime::now()).unwrap_or(true))
+                        .unwrap_or(true)
+                    {
+                        self.start_identity().await?;
+                    } else {
+                        self.renew_bot().await?;
+                    }
+                    self.write_outputs().await
+                };
+                tokio::pin!(work);
+                tokio::select! {
+                    r = &mut work => r,
+                    _ = stop.wait_for(|s| *s) => {
+                        if committing.load(std::sync::atomic::Ordering::SeqCst) {
+                            // The cluster may have acted on the request: keep its answer.
+                            tracing::info!("stopping once the renewal in flight is stored");
+                            let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
+                        }
+                        return Ok(());
+                    }
                 }
-                self.write_outputs().await
-            };
-            let r = tokio::select! {
-                r = r => r,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
             };
             match r.map_err(RenewError::classify) {
                 Ok(()) => {

@@ -152,7 +152,12 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
             "not checked: no proxy address in the ssh_config; pass --proxy-server host:port",
         )),
         Some(p) => {
-            let from_cfg = route_flags_from_ssh_config(&cfg);
+            // The ssh_config's way belongs to the ssh_config's address only.
+            let from_cfg = if a.proxy_server.is_some() {
+                RouteFlags::default()
+            } else {
+                route_flags_from_ssh_config(&cfg)
+            };
             let pair = crate::cmd::start::pair;
             let flags = RouteFlags {
                 tls_routing: pair(a.tls_routing, a.no_tls_routing).or(from_cfg.tls_routing),
@@ -178,7 +183,17 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
         }
     }
     out.push(check_daemon(&dir, fdpass));
-    if let Some(n) = &a.node {
+    let unreachable = out
+        .iter()
+        .any(|c| c.status == Status::Fail && matches!(c.name, "path" | "proxy"));
+    if a.node.is_some() && unreachable {
+        // A second wait on a proxy that already did not answer tells nothing new.
+        out.push(check(
+            Status::Warn,
+            "node",
+            "not checked: the proxy did not answer (see path and proxy)",
+        ));
+    } else if let Some(n) = &a.node {
         out.push(
             check_node(
                 n,
