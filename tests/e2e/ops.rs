@@ -562,9 +562,9 @@ fn benchmark_latency_chart_is_a_well_formed_svg() {
         .args(["-c", "import sys, xml.dom.minidom as m; d = m.parse(sys.argv[1]); print(len(d.getElementsByTagName('circle')), len(d.getElementsByTagName('rect')))"])
         .arg(&svg));
     assert!(o.status.success(), "not well-formed XML: {}", stderr(&o));
-    // 6 paths (both stdio and both fdpass transports) x 30 runs as dots; a background plus
-    // one box per path.
-    assert_eq!(stdout(&o).trim(), "180 7");
+    // 7 paths (both stdio and both fdpass transports, fdpass behind nginx) x 30 runs as dots;
+    // a background plus one box per path.
+    assert_eq!(stdout(&o).trim(), "210 8");
     let text = std::fs::read_to_string(&svg).unwrap();
     for label in [
         "direct",

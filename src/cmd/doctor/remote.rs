@@ -84,6 +84,17 @@ pub(super) async fn find_route(
             }
             Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), Some(p)),
         },
+        // The web certificate did not verify (the checks below still show what the identity's
+        // own CAs make of the proxy); the flags alone give the way.
+        Err(e) if format!("{e:#}").contains("certificate") => {
+            match idmux_client::proxy_command::route(proxy, flags).await {
+                Ok(r) => {
+                    let d = format!("{} (no ping: {e:#})", r.describe());
+                    (Some(r), check(Status::Warn, N, d), None)
+                }
+                Err(e2) => (None, check(Status::Fail, N, format!("{e:#}; {e2:#}")), None),
+            }
+        }
         // No answer from the web port: the other checks would only wait for it again.
         Err(e) => (None, check(Status::Fail, N, format!("{e:#}")), None),
     }
