@@ -4,11 +4,12 @@
 # (scripts/install-deps.sh), then runs cargo test and ends with one summary line over every
 # test binary.
 #
-#   scripts/test.sh            the default suite (about 6 minutes on 2 cores once built;
+#   scripts/test.sh            the default suite (about 8 minutes on 2 cores once built;
 #                              a fresh build adds about 12.5)
 #   scripts/test.sh --long     also the long tier: the full soak (7,000 connections through
-#                              v1.sock) instead of its short form, and the seed's flow on
-#                              the fips-v1 and hsm-v1 suites
+#                              v1.sock) instead of its short form, the seed's flow on
+#                              the fips-v1 and hsm-v1 suites, 100 renewals behind nginx with
+#                              sessions open, and an Ansible ping in each deployment mode
 #
 # The end-to-end tests that reach nodes run once per node transport (IDMUX_TEST_TRANSPORT):
 # first everything with dev clusters serving only gRPC TransportService, then the
