@@ -1,10 +1,15 @@
 //! idmux-transport: every connection idmux makes to a proxy, and what runs over it.
 //!
-//! Owns: the one dial to the proxy ([`tls`]: TCP with its deadline, TLS verified against the
-//! cluster's CAs, ALPN), a connection that reaches nodes over either transport ([`link`]:
+//! Owns: the way to a proxy and the one dial by it ([`route`]: TLS routing, the ALPN connection
+//! upgrade through an L7 load balancer in [`upgrade`], or the SSH proxy port without TLS
+//! routing; every dial starts in [`dial`]: TCP with its deadline, through an HTTP CONNECT proxy
+//! chosen by Go's rules in [`proxy_env`]; TLS verified against the cluster's CAs in [`tls`],
+//! the join's check inside an upgrade in [`join_verify`]), a connection that reaches nodes
+//! over either transport ([`link`]:
 //! gRPC TransportService in [`grpc`], the SSH `proxy:` subsystem in [`sshproxy`]), node bytes
 //! between a proxy stream and a local byte stream ([`relay`], [`stdio`]), the SSH agent that
-//! answers with the current key ([`agent`]), and the clients of Auth ([`auth_client`]) and of
+//! answers with the current key ([`agent`]), and the clients of Auth ([`auth_client`], through
+//! `ProxyCluster` without TLS routing) and of
 //! the proxy's web API ([`web`]), whose refusals are typed ([`refusal`]).
 //!
 //! Must not know: the bot's schedule, the multiplexer's sockets, clap, or the dev cluster

@@ -26,7 +26,6 @@ use rustls::AlertDescription;
 use tokio_rustls::client::TlsStream;
 
 use crate::dial::{self, BoxIo};
-use crate::proxy_env::HttpProxy;
 use crate::tls;
 use crate::upgrade;
 use crate::web::{Trust, WebClient};
@@ -509,11 +508,6 @@ fn parse_bool(s: &str) -> Option<bool> {
         "no" | "nope" | "n" | "false" | "0" | "off" => Some(false),
         _ => None,
     }
-}
-
-/// Where the HTTP proxy for a dial to `addr` is, for messages.
-pub fn http_proxy_for(addr: &str) -> Option<HttpProxy> {
-    crate::proxy_env::from_env(addr).ok().flatten()
 }
 
 #[cfg(test)]
