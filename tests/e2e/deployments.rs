@@ -616,6 +616,30 @@ fn sigterm_stops_a_bot_stalled_at_renewal_within_2s() {
         log.contains("WARN") && log.contains(&addr) && log.contains("TLS handshake"),
         "{log}"
     );
+    // Three ssh at once through the multiplexer, whose upstream is gone: each fails within
+    // one deadline, not one after another behind the first (queued requests get a slow
+    // failure's answer).
+    let target = format!("{}@node-1.{C}", me());
+    let t0 = Instant::now();
+    let took: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                let cfg = bot.ssh_config();
+                let target = target.clone();
+                s.spawn(move || {
+                    let o = ssh(&cfg, &[&target, "true"]);
+                    assert!(!o.status.success());
+                    t0.elapsed()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("three ssh through a multiplexer whose upstream went silent: failed after {took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(15)),
+        "{took:?}"
+    );
     // Wait until the retry is stalled on the silent peer, then SIGTERM.
     let before = silent.accepted();
     assert!(wait_for(Duration::from_secs(20), || silent.accepted() > before));

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use tokio::sync::{watch, Mutex};
 
 use crate::mux::metrics::Metrics;
@@ -64,7 +64,16 @@ pub(crate) struct Upstream {
     transport: TransportKind,
     /// For `auto`: the transport the proxy was found to offer (`Auto` = not known yet).
     resolved: std::sync::Mutex<TransportKind>,
+    /// The last connect that failed slowly (a proxy that accepts and says nothing), and when:
+    /// requests queued behind it get its answer for [`SLOW_FAILURE_HOLD`] instead of each
+    /// waiting out a deadline of its own in turn.
+    slow_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a slow connect failure answers the requests queued behind it.
+const SLOW_FAILURE_HOLD: Duration = Duration::from_secs(2);
+/// A connect failure that took this long was a deadline, not a refusal.
+const SLOW: Duration = Duration::from_secs(1);
 
 /// Where the multiplexer's identity comes from.
 pub enum IdentitySource {
@@ -142,6 +151,7 @@ impl Upstream {
             agent,
             transport,
             resolved: std::sync::Mutex::new(TransportKind::Auto),
+            slow_failure: std::sync::Mutex::new(None),
         }))
     }
 
@@ -216,7 +226,24 @@ impl Upstream {
         let conn = match found {
             Some(c) => c,
             None => {
-                let c = self.connect().await?;
+                if let Some((at, why)) =
+                    &*self.slow_failure.lock().unwrap_or_else(|e| e.into_inner())
+                {
+                    if at.elapsed() < SLOW_FAILURE_HOLD {
+                        bail!("{why}");
+                    }
+                }
+                let t0 = std::time::Instant::now();
+                let c = match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if t0.elapsed() >= SLOW {
+                            *self.slow_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((std::time::Instant::now(), format!("{e:#}")));
+                        }
+                        return Err(e);
+                    }
+                };
                 conns.push(c.clone());
                 c
             }
