@@ -28,6 +28,12 @@ pub(crate) fn default_filter(default: &str, debug: bool) -> String {
     }
 }
 
+/// Colour codes only on a terminal, and never with `NO_COLOR` set (no-color.org): files,
+/// pipes and the journal get plain text.
+pub(crate) fn colour(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
+}
+
 /// Install the global subscriber. A second call is a no-op.
 pub(crate) fn init(format: LogFormat, debug: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDMUX_LOG")
@@ -35,6 +41,10 @@ pub(crate) fn init(format: LogFormat, debug: bool, default: &str) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        ))
         .with_target(false);
     let _ = match format {
         LogFormat::Text => b.try_init(),

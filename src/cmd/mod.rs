@@ -157,13 +157,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Doctor(a) => crate::cmd::doctor::run(a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
-            crate::cmd::completion::write(
-                shell,
-                &mut Cli::command(),
-                "idmux",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            use std::io::Write;
+            let mut out = Vec::new();
+            crate::cmd::completion::write(shell, &mut Cli::command(), "idmux", &mut out);
+            // A reader that stops early (`| head`) is no error.
+            match std::io::stdout().write_all(&out) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.map_err(|e| anyhow::anyhow!("writing the completion script: {e}")),
+            }
         }
     }
 }

@@ -31,14 +31,15 @@ pub(crate) struct StartArgs {
     /// Where the identity output goes (key, certs, identity, known_hosts, ssh_config).
     #[arg(long)]
     pub destination_dir: Option<PathBuf>,
-    /// The one-time join token from `bots add`.
-    #[arg(long)]
+    /// The one-time join token from `bots add`, or the absolute path of a file holding it
+    /// (as tbot; keeps the token out of `ps`).
+    #[arg(long, env = "TELEPORT_BOT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Join method (only `token`).
     #[arg(long, default_value = "token")]
     pub join_method: String,
     /// The proxy's address, host:port.
-    #[arg(long)]
+    #[arg(long, env = "TELEPORT_PROXY")]
     pub proxy_server: Option<String>,
     /// CA certificate(s) the proxy's TLS certificate must chain to (default: system roots).
     #[arg(long)]
@@ -140,8 +141,14 @@ pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
         bail!("--proxy-server is required (host:port of the proxy)");
     }
     idmux_wire::hostport::split_host_port(&c.proxy_server, "--proxy-server")?;
-    if a.token.is_some() {
+    let token_from = if a.token.is_some() {
         c.token = a.token;
+        "--token"
+    } else {
+        "onboarding.token"
+    };
+    if let Some(t) = &c.token {
+        c.token = Some(config::token_value(t, token_from)?);
     }
     if let Some(d) = a.data_dir {
         c.data_dir = d;
@@ -165,6 +172,7 @@ pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
             bare_names: a.bare_names,
         });
     }
+    check_dirs_apart(&c)?;
     c.diag_addr = a.diag_addr;
     c.max_channels = a.max_channels_per_connection;
     if let Some(t) = a.transport {
@@ -190,6 +198,41 @@ pub(crate) fn to_config(a: StartArgs) -> Result<BotConfig> {
         c.trust = Trust::CaFile(p);
     }
     Ok(c)
+}
+
+/// The data dir and every destination dir must be different dirs, none inside another: an
+/// output written over the data dir destroys the renewable identity (only a new token
+/// recovers). Checked before anything is joined or written.
+fn check_dirs_apart(c: &BotConfig) -> Result<()> {
+    let norm = |p: &std::path::Path| {
+        let abs = idmux_identity::paths::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        std::fs::canonicalize(&abs).unwrap_or(abs)
+    };
+    let data = norm(&c.data_dir);
+    let mut seen: Vec<(std::path::PathBuf, &std::path::Path)> = Vec::new();
+    for o in &c.outputs {
+        let d = norm(&o.dir);
+        if d.starts_with(&data) || data.starts_with(&d) {
+            bail!(
+                "--data-dir {} and --destination-dir {} must be different dirs, neither inside \
+                 the other (the output would overwrite the bot's renewable identity)",
+                c.data_dir.display(),
+                o.dir.display()
+            );
+        }
+        if let Some((_, other)) = seen
+            .iter()
+            .find(|(s, _)| d.starts_with(s) || s.starts_with(&d))
+        {
+            bail!(
+                "destination dirs {} and {} must be different dirs, neither inside the other",
+                other.display(),
+                o.dir.display()
+            );
+        }
+        seen.push((d, &o.dir));
+    }
+    Ok(())
 }
 
 /// `idmux start ssh-multiplexer`: the multiplexer alone, on a destination dir that someone

@@ -49,6 +49,23 @@ pub struct Output {
     pub bare_names: bool,
 }
 
+/// A token value as tbot reads it (`utils.TryReadValueAsFile`): an absolute path is a file
+/// holding the token (whitespace trimmed); anything else is the token itself. `what` names
+/// where the value came from (`--token`, a config file's `onboarding.token`). The file's
+/// contents never appear in messages.
+pub fn token_value(value: &str, what: &str) -> Result<String> {
+    if !std::path::Path::new(value).is_absolute() {
+        return Ok(value.to_string());
+    }
+    let text = std::fs::read_to_string(value)
+        .map_err(|e| anyhow!("{what} {value}: cannot read the token file: {e}"))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!("{what} {value}: the token file is empty");
+    }
+    Ok(token)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileV2 {
