@@ -172,8 +172,17 @@ pub fn describe_tls_error(proxy: &str, alpn: &[&[u8]], e: &io::Error) -> String 
                 ),
             }
         }
+        rustls::Error::InvalidMessage(_) => not_tls(proxy),
         other => format!("TLS handshake with proxy {proxy} failed: {other}"),
     }
+}
+
+/// A peer that answered a TLS ClientHello with something that is not TLS.
+pub(crate) fn not_tls(proxy: &str) -> String {
+    format!(
+        "proxy {proxy} does not speak TLS on this port (is it the proxy's HTTPS port, not its \
+         SSH or plain HTTP port?)"
+    )
 }
 
 /// What is wrong with a server certificate, in words that finish "a certificate that ...".

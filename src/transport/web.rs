@@ -87,6 +87,18 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
+/// One line for a failed TLS handshake with the web port: a peer that is not TLS at all (an
+/// SSH or plain HTTP port) is named as such; only a certificate problem points at `--ca-path`.
+fn web_tls_error(proxy: &str, e: &std::io::Error) -> String {
+    match crate::tls::rustls_error(e) {
+        Some(rustls::Error::InvalidMessage(_)) => crate::tls::not_tls(proxy),
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            format!("proxy {proxy}: TLS failed: {e} (is --ca-path the proxy's CA?)")
+        }
+        _ => crate::tls::describe_tls_error(proxy, &[], e),
+    }
+}
+
 impl WebClient {
     pub fn new(proxy: &str, trust: &Trust) -> Result<WebClient> {
         let (host, _) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
@@ -201,12 +213,7 @@ impl WebClient {
         let what = format!("proxy {}", self.proxy);
         let tls = crate::tls::handshake(&what, self.config()?, name, tcp)
             .await?
-            .map_err(|e| {
-                anyhow!(
-                    "proxy {}: TLS failed: {e} (is --ca-path the cluster's CA?)",
-                    self.proxy
-                )
-            })?;
+            .map_err(|e| anyhow!("{}", web_tls_error(&self.proxy, &e)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         let mut req = Request::builder()

@@ -163,3 +163,69 @@ fn completion_into_a_closed_pipe_does_not_panic() {
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 1);
 }
+
+#[test]
+fn a_proxy_address_that_is_not_tls_is_named_as_such() {
+    let cl = DevCluster::start(C, 1);
+    let o = cl.admin(&["nodes", "ls", "--format", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sshd = nodes[0]["addr"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let o = oneshot(
+        &cl,
+        &[
+            format!("--data-dir={}", work.path().join("d").display()),
+            format!("--destination-dir={}", work.path().join("o").display()),
+            "--token=0123456789abcdef0123456789abcdef".into(),
+            format!("--proxy-server={sshd}"),
+        ],
+        &["--proxy-server="],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("proxy {sshd} does not speak TLS on this port")),
+        "{err}"
+    );
+    assert!(!err.contains("--ca-path"), "{err}");
+}
+
+#[test]
+fn the_multiplexer_removes_its_sockets_when_stopped() {
+    let cl = DevCluster::start(C, 0);
+    let mut bot = BotProc::start(&cl, BotOptions::default());
+    let dest = bot.dest.clone();
+    assert!(dest.join("v1.sock").exists() && dest.join("agent.sock").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bot.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_for(std::time::Duration::from_secs(5), || !bot.alive()));
+    assert!(!dest.join("v1.sock").exists(), "v1.sock left behind");
+    assert!(!dest.join("agent.sock").exists(), "agent.sock left behind");
+    // The multiplexer alone (`start ssh-multiplexer`) too.
+    let mut m = StandaloneMux::start(&cl, &dest, &[]);
+    assert!(wait_for(std::time::Duration::from_secs(5), || dest
+        .join("agent.sock")
+        .exists()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_for(std::time::Duration::from_secs(5), || m
+        .child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert!(
+        !dest.join("v1.sock").exists(),
+        "v1.sock left behind by ssh-multiplexer"
+    );
+    assert!(
+        !dest.join("agent.sock").exists(),
+        "agent.sock left behind by ssh-multiplexer"
+    );
+}

@@ -51,6 +51,31 @@ pub(crate) fn bind_owner_only(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// A socket file this process bound: removed when dropped (the daemon stopping, its task
+/// dropped with the runtime), unless another process has since put its own socket there.
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    ino: Option<u64>,
+}
+
+impl SocketFile {
+    pub(crate) fn new(path: PathBuf) -> SocketFile {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::symlink_metadata(&path).ok().map(|m| m.ino());
+        SocketFile { path, ino }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
+        if now.is_some() && now == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Read the request: the first recvmsg may carry the stderr fd. Returns the stderr fd, the
 /// target and the bytes that followed the NUL.
 async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::Target, Vec<u8>)>) {
@@ -204,6 +229,7 @@ async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<
 /// Serve `v1.sock` in `dir` until the task is dropped.
 pub(crate) async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Result<()> {
     let listener = bind_owner_only(&dir.join("v1.sock"))?;
+    let _file = SocketFile::new(dir.join("v1.sock"));
     let proxy_host = idmux_wire::hostport::host_of(&up.proxy).to_string();
     tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
     loop {
@@ -223,6 +249,7 @@ pub(crate) async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -
 /// Serve `agent.sock` in `dir`.
 pub(crate) async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
     let listener = bind_owner_only(&dir.join("agent.sock"))?;
+    let _file = SocketFile::new(dir.join("agent.sock"));
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
@@ -275,8 +302,14 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
         });
     }
     let agent_task = tokio::spawn(serve_agent(opts.dest.clone(), agent, m.clone()));
-    tokio::select! {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let r = tokio::select! {
         r = serve_v1(opts.dest.clone(), up, m) => r,
         r = agent_task => r.map_err(|e| anyhow!("agent task: {e}"))?,
-    }
+        // Stop: the sockets go with their tasks (the runtime drops them).
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    r
 }
