@@ -322,6 +322,28 @@ impl DevCluster {
         ]
     }
 
+    /// [`DevCluster::start_args`] with another `--proxy-server` and/or `--ca-path` (a load
+    /// balancer, a name reached through an HTTP proxy).
+    pub fn start_args_via(
+        &self,
+        data: &Path,
+        dest: &Path,
+        token: &str,
+        proxy: Option<&str>,
+        ca_path: Option<&Path>,
+    ) -> Vec<String> {
+        let mut args = self.start_args(data, dest, token);
+        for a in args.iter_mut() {
+            if let (Some(p), true) = (proxy, a.starts_with("--proxy-server=")) {
+                *a = format!("--proxy-server={p}");
+            }
+            if let (Some(c), true) = (ca_path, a.starts_with("--ca-path=")) {
+                *a = format!("--ca-path={}", c.display());
+            }
+        }
+        args
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -377,7 +399,13 @@ impl Drop for DevCluster {
 
 /// `ssh -F CONFIG <args>` in batch mode with strict host key checking.
 pub fn ssh(config: &Path, args: &[&str]) -> Output {
+    ssh_with_env(config, &[], args)
+}
+
+/// [`ssh`] with more environment (e.g. `HTTPS_PROXY` for its ProxyCommand).
+pub fn ssh_with_env(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
     run(Command::new("ssh")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("-F")
         .arg(config)
         .args([
@@ -498,15 +526,13 @@ impl BotProc {
         let dest = o.dest.clone().unwrap_or_else(|| work.path().join("dest"));
         let log = work.path().join("bot.log");
         let token = o.token.clone().unwrap_or_else(|| cl.token("ci", &me()));
-        let mut args = cl.start_args(&data, &dest, &token);
-        for a in args.iter_mut() {
-            if let (Some(p), true) = (&o.proxy, a.starts_with("--proxy-server=")) {
-                *a = format!("--proxy-server={p}");
-            }
-            if let (Some(c), true) = (&o.ca_path, a.starts_with("--ca-path=")) {
-                *a = format!("--ca-path={}", c.display());
-            }
-        }
+        let args = cl.start_args_via(
+            &data,
+            &dest,
+            &token,
+            o.proxy.as_deref(),
+            o.ca_path.as_deref(),
+        );
         let child = Command::new(idmux_bin())
             .args(args)
             .args(extra_start_args())

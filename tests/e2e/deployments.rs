@@ -9,7 +9,7 @@
 //! The long tier (IDMUX_LONG=1) adds 100 renewals behind nginx with sessions open.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use idmux_testkit::*;
@@ -58,24 +58,10 @@ fn with_env(c: &mut Command, env: &[(String, String)]) {
     }
 }
 
-fn ssh_env(cfg: &Path, env: &[(String, String)], args: &[&str]) -> Output {
-    let mut c = Command::new("ssh");
-    c.arg("-F").arg(cfg).args([
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-    ]);
-    with_env(&mut c, env);
-    run(c.args(args))
-}
-
 /// One ssh and one scp (256 KiB up) through `cfg`.
 fn ssh_and_scp(what: &str, cfg: &Path, env: &[(String, String)], work: &Path) {
     let target = format!("{}@node-1.{C}", me());
-    let o = ssh_env(cfg, env, &[&target, "echo deployed"]);
+    let o = ssh_with_env(cfg, env, &[&target, "echo deployed"]);
     assert!(o.status.success(), "{what}: ssh: {}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "deployed", "{what}");
     let src = work.join(format!("payload-{}", what.replace(' ', "-")));
@@ -127,19 +113,13 @@ fn seed_flow_with(
     );
 
     let dest = work.path().join("stdio-dest");
-    let mut args = cl.start_args(
+    let mut args = cl.start_args_via(
         &work.path().join("stdio-data"),
         &dest,
         &cl.token("ci", &me()),
+        Some(&way.proxy),
+        Some(&way.ca),
     );
-    for a in args.iter_mut() {
-        if a.starts_with("--proxy-server=") {
-            *a = format!("--proxy-server={}", way.proxy);
-        }
-        if a.starts_with("--ca-path=") {
-            *a = format!("--ca-path={}", way.ca.display());
-        }
-    }
     args.push("--oneshot".into());
     let mut c = Command::new(idmux_bin());
     c.args(&args).env("IDMUX_LOG", "info");
@@ -263,7 +243,7 @@ fn seed_flow_behind_nginx_detects_the_upgrade() {
         "{pc}"
     );
     let target = format!("{}@node-1.{C}", me());
-    let o = ssh_env(
+    let o = ssh_with_env(
         &bot.ssh_config(),
         &way.env,
         &[&target, "sleep 3; echo still-here"],
@@ -410,16 +390,13 @@ fn a_silent_peer_fails_every_command_within_15s() {
     let bot = BotProc::start(&cl, BotOptions::default());
     let mux = StandaloneMuxAt::start(&silent.addr, &cl.data_dir().join("ca.pem"), &bot.dest);
     let start = |oneshot: bool, name: &str| {
-        let mut args = cl.start_args(
+        let mut args = cl.start_args_via(
             &work.path().join(format!("data-{name}")),
             &work.path().join(format!("dest-{name}")),
             "0123456789abcdef0123456789abcdef",
+            Some(&silent.addr),
+            None,
         );
-        for a in args.iter_mut() {
-            if a.starts_with("--proxy-server=") {
-                *a = format!("--proxy-server={}", silent.addr);
-            }
-        }
         if oneshot {
             args.push("--oneshot".into());
         }
