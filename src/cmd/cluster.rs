@@ -369,10 +369,14 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 &destination_dir,
                 &id,
                 &pems,
-                &proxy,
-                Default::default(),
-                mode.into(),
-                bare_names,
+                &idmux_identity::destination::Plan {
+                    proxy: &proxy,
+                    way: Default::default(),
+                    mode: mode.into(),
+                    bare_names,
+                    files: idmux_identity::destination::Files::Identity { ssh_config: true },
+                    fdpass_command: &[],
+                },
             )?;
             println!("wrote {}", destination_dir.join("ssh_config").display());
             Ok(())

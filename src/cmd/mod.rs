@@ -26,20 +26,49 @@ use idmux_identity::Identity;
 #[derive(Parser)]
 #[command(name = "idmux", version, about = "Teleport Machine ID for OpenSSH")]
 struct Cli {
-    /// Log lines as text or as JSON objects (one per line).
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: crate::cmd::logging::LogFormat,
-    /// Log idmux's own decisions at debug level (IDMUX_LOG overrides).
-    #[arg(long, global = true)]
-    debug: bool,
+    #[command(flatten)]
+    g: Globals,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The flags accepted anywhere on the command line (tbot's global flags, `lib/tbot/cli/globals.go`).
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct Globals {
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::cmd::logging::LogFormat,
+    /// Verbose logging: idmux's own decisions at debug level (IDMUX_LOG overrides).
+    #[arg(short = 'd', long, global = true, env = "TBOT_DEBUG")]
+    pub debug: bool,
+    /// Path to a configuration file (tbot's YAML, version v2).
+    #[arg(short = 'c', long, global = true, env = "TBOT_CONFIG_PATH")]
+    pub config: Option<PathBuf>,
+    /// Trust the proxy's certificate without verification (development only; warns).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// FIPS compliance mode: refused, idmux has no FIPS-validated build.
+    #[arg(long, global = true)]
+    pub fips: bool,
+}
+
+/// Print to stdout; a reader that stops early (`| head`) is no error.
+pub(crate) fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| anyhow::anyhow!("writing to stdout: {e}")),
+    }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the bot: join with a token, renew, write the destination dir (tbot start).
     Start(Box<crate::cmd::start::StartArgs>),
+    /// Print the YAML config (version v2) the start flags describe (tbot configure).
+    Configure(Box<crate::cmd::start::ConfigureArgs>),
+    /// Print the version of idmux and the tbot version its behaviour follows.
+    Version,
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
     SshConfig(SshConfigArgs),
     /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
@@ -131,9 +160,11 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // Daemons log at info; one-shot commands (ssh-proxy-command runs inside ssh) only warn.
     let daemon = matches!(cli.cmd, Cmd::Start(_) | Cmd::Cluster(_));
+    // `debug: true` in the config file counts as -d.
+    let debug = cli.g.debug || (daemon && config_says_debug(cli.g.config.as_deref()));
     crate::cmd::logging::init(
-        cli.log_format,
-        cli.debug,
+        cli.g.log_format,
+        debug,
         if daemon { "info" } else { "warn" },
     );
     match run(cli) {
@@ -145,26 +176,39 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// Does the config file say `debug: true`? (Read again, with errors, by `start`.)
+fn config_says_debug(p: Option<&std::path::Path>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct D {
+        #[serde(default)]
+        debug: bool,
+    }
+    p.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_norway::from_str::<D>(&t).ok())
+        .is_some_and(|d| d.debug)
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let g = cli.g;
     match cli.cmd {
-        Cmd::Start(a) => crate::cmd::start::run(*a),
+        Cmd::Start(a) => crate::cmd::start::run(*a, &g),
+        Cmd::Configure(a) => crate::cmd::start::configure(*a, &g),
+        Cmd::Version => print_out(&format!(
+            "idmux v{} (Machine ID for OpenSSH; tbot v17/v18 compatible)\n",
+            env!("CARGO_PKG_VERSION")
+        )),
         Cmd::SshConfig(a) => ssh_config(a),
         Cmd::Cluster(c) => crate::cmd::cluster::run(c),
         Cmd::SshProxyCommand(a) => ssh_proxy_command(a),
         Cmd::Install(crate::cmd::systemd::InstallCmd::Systemd(a)) => {
-            crate::cmd::systemd::run_bot(a)
+            crate::cmd::systemd::run_bot(a, g.config.as_deref())
         }
         Cmd::Doctor(a) => crate::cmd::doctor::run(a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
-            use std::io::Write;
             let mut out = Vec::new();
             crate::cmd::completion::write(shell, &mut Cli::command(), "idmux", &mut out);
-            // A reader that stops early (`| head`) is no error.
-            match std::io::stdout().write_all(&out) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                r => r.map_err(|e| anyhow::anyhow!("writing the completion script: {e}")),
-            }
+            print_out(&String::from_utf8_lossy(&out))
         }
     }
 }

@@ -64,10 +64,7 @@ pub(crate) enum InstallCmd {
 pub(crate) struct BotUnitArgs {
     #[command(flatten)]
     pub unit: UnitFlags,
-    /// The bot's tbot-style YAML config (passed to `idmux start -c`).
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
-    /// `idmux start` flags, after `--` or inline (e.g. --data-dir=... --destination-dir=...).
+    /// `idmux start` flags (`-c FILE`, a tbot YAML config, is the global flag), after `--` or inline (e.g. --data-dir=... --destination-dir=...).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -97,21 +94,14 @@ pub(crate) enum ClusterInstallCmd {
     Systemd(ClusterUnitArgs),
 }
 
-/// The global flags `idmux` accepts anywhere on its command line (see `cli`).
-#[derive(Args)]
-struct GlobalFlags {
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<crate::cmd::logging::LogFormat>,
-    #[arg(long, global = true)]
-    debug: bool,
-}
+use super::Globals as GlobalFlags;
 
 /// The `start` command line alone, parsed with the real flags.
 #[derive(Parser)]
 #[command(name = "idmux", no_binary_name = true)]
 struct StartLine {
     #[command(flatten)]
-    _g: GlobalFlags,
+    g: GlobalFlags,
     #[command(subcommand)]
     cmd: StartOnly,
 }
@@ -269,10 +259,10 @@ fn check_unit_name(name: &str) -> Result<()> {
 }
 
 /// The unit for the bot: `idmux start [-c FILE] FLAGS...`.
-pub(crate) fn bot_unit(a: &BotUnitArgs, exe: &Path) -> Result<Unit> {
+pub(crate) fn bot_unit(a: &BotUnitArgs, config: Option<&Path>, exe: &Path) -> Result<Unit> {
     check_unit_name(&a.unit.name)?;
     let mut start = vec!["start".to_string()];
-    if let Some(c) = &a.config {
+    if let Some(c) = config {
         let c = idmux_identity::paths::absolute(c)?;
         start.push("-c".into());
         start.push(c.display().to_string());
@@ -283,32 +273,40 @@ pub(crate) fn bot_unit(a: &BotUnitArgs, exe: &Path) -> Result<Unit> {
         _ => &a.start,
     };
     start.extend(rest.iter().cloned());
-    let StartOnly::Start(args) = StartLine::try_parse_from(&start)
-        .map_err(|e| anyhow!("the idmux start flags: {}", first_line(&e.to_string())))?
-        .cmd;
+    let line = StartLine::try_parse_from(&start)
+        .map_err(|e| anyhow!("the idmux start flags: {}", first_line(&e.to_string())))?;
+    let StartOnly::Start(args) = line.cmd;
+    let g = line.g;
     let mut rw = Vec::new();
     let mut ro = Vec::new();
+    use crate::cmd::start::Service;
+    let follow = match &args.service {
+        Some(Service::SshMultiplexer(m)) => m.destination_dir.clone(),
+        _ => None,
+    };
     // The standalone multiplexer has no SIGHUP handler: no ExecReload for it.
-    let reload = args.service.is_none();
-    if args.token.is_some() {
+    let reload = follow.is_none();
+    if start
+        .iter()
+        .any(|w| w == "--token" || w.starts_with("--token="))
+    {
         eprintln!(
             "idmux: note: --token is written into the unit file, which other users can read; it is \
              single-use (spent at the first join), or put it in a 0600 -c config instead"
         );
     }
-    if let Some(crate::cmd::start::Service::SshMultiplexer {
-        destination_dir, ..
-    }) = &args.service
-    {
-        need_absolute(destination_dir, "--destination-dir")?;
-        rw.push(destination_dir.clone());
+    if let Some(destination_dir) = follow {
+        need_absolute(&destination_dir, "--destination-dir")?;
+        rw.push(destination_dir);
     } else {
-        if let Some(c) = &args.config {
+        if let Some(c) = &g.config {
             ro.push(c.clone());
         }
-        let cfg = crate::cmd::start::to_config(*args)?;
-        need_absolute(&cfg.data_dir, "--data-dir")?;
-        rw.push(cfg.data_dir.clone());
+        let cfg = crate::cmd::start::to_config(*args, &g)?;
+        if let Some(d) = cfg.data_dir() {
+            need_absolute(d, "--data-dir")?;
+            rw.push(d.to_path_buf());
+        }
         for o in &cfg.outputs {
             need_absolute(&o.dir, "--destination-dir")?;
             if !rw.contains(&o.dir) {
@@ -453,9 +451,9 @@ fn chown_to(d: &Path, user: Option<&str>, group: Option<&str>) -> Result<()> {
 }
 
 /// `idmux install systemd`.
-pub(crate) fn run_bot(a: BotUnitArgs) -> Result<()> {
+pub(crate) fn run_bot(a: BotUnitArgs, config: Option<&Path>) -> Result<()> {
     let (exe, _) = idmux_identity::paths::exe_paths()?;
-    install(&bot_unit(&a, &exe)?, &a.unit)
+    install(&bot_unit(&a, config, &exe)?, &a.unit)
 }
 
 /// `idmux cluster install systemd`.

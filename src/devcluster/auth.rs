@@ -18,6 +18,8 @@ use idmux_identity::Identity;
 
 /// Renewable certificates are capped at 24h, as in Teleport.
 pub(crate) const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// `apidefaults.MinCertDuration`: the shortest certificate Teleport signs.
+pub(crate) const MIN_CERT_TTL: Duration = Duration::from_secs(60);
 /// Default TTL of join certificates.
 pub(crate) const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 
@@ -130,6 +132,9 @@ pub(crate) fn join_bot(
     spki: &[u8],
     ttl: Duration,
 ) -> Result<IssuedCerts> {
+    // As every user certificate Teleport signs (`sshca.UserCertificateRequest`
+    // `CheckAndSetDefaults`): a TTL under a minute becomes a minute.
+    let ttl = ttl.max(MIN_CERT_TTL);
     let (name, bot) = State::modify(dir, |st| {
         let t = st
             .take_token(token)

@@ -401,7 +401,7 @@ pub(crate) fn requested_ttl(req: &UserCertsRequest, now: SystemTime) -> Duration
     expires
         .duration_since(now)
         .unwrap_or(Duration::ZERO)
-        .clamp(Duration::from_secs(60), MAX_RENEWABLE_TTL)
+        .clamp(auth::MIN_CERT_TTL, MAX_RENEWABLE_TTL)
 }
 
 /// The answer: impersonated certificates get the user CA only, the bot's own identity the

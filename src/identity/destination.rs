@@ -1,8 +1,11 @@
-//! An identity output: everything tbot writes into a destination dir.
+//! What tbot writes into a destination dir ([`Files`]):
 //!
-//! `identity`, `key`, `key.pub`, `key-cert.pub`, `tlscert`, the three CA files, then
-//! `known_hosts`, `ssh_config` and the per-cluster files. Every file is written atomically.
-//! The clusters (own first, then leaf clusters) are those of the identity's host CAs.
+//! - an identity output: `identity`, `key`, `key.pub`, `key-cert.pub`, `tlscert`, the three CA
+//!   files, then (with `ssh_config: on`) `known_hosts`, `ssh_config` and the per-cluster files;
+//! - a multiplexer keeping its identity in memory: `known_hosts` and `ssh_config` only.
+//!
+//! Every file is written atomically. The clusters (own first, then leaf clusters) are those of
+//! the identity's host CAs.
 
 use std::path::Path;
 
@@ -35,6 +38,7 @@ pub fn ssh_config_params(
     let (proxy_host, proxy_port) = idmux_wire::hostport::split_host_port(proxy, "--proxy-server")?;
     let own = id.cluster_or(cluster, &dir.join("identity"))?;
     let (idmux_exe, fdpass_exe) = crate::paths::exe_paths()?;
+    let fdpass_command = vec![fdpass_exe.display().to_string()];
     Ok(SshConfigParams {
         clusters: openssh::clusters_of(&own, &id.host_cas),
         dir,
@@ -43,24 +47,59 @@ pub fn ssh_config_params(
         cluster: own,
         mode,
         idmux_exe,
-        fdpass_exe,
+        fdpass_command,
         bare_names,
         way,
     })
 }
 
-/// Write a complete destination dir for `id`.
-pub fn write_destination(
-    dir: &Path,
-    id: &Identity,
-    cas: &CaPems,
-    proxy: &str,
-    way: ProxyWay,
-    mode: Mode,
-    bare_names: bool,
-) -> Result<()> {
-    let params = ssh_config_params(dir, id, proxy, way, mode, None, bare_names)?;
-    id.write_destination_files(&params.dir)?;
-    write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
-    openssh::write_files(&params, &id.host_cas)
+/// Which files a destination dir gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// An identity output; `ssh_config: false` leaves out ssh_config and known_hosts.
+    Identity { ssh_config: bool },
+    /// A multiplexer's dir: ssh_config and known_hosts only (the key is in memory, served on
+    /// agent.sock).
+    Multiplexer,
+}
+
+/// How one destination dir is written.
+pub struct Plan<'a> {
+    pub proxy: &'a str,
+    pub way: ProxyWay,
+    pub mode: Mode,
+    pub bare_names: bool,
+    pub files: Files,
+    /// The fdpass ProxyCommand's argv prefix; empty = `idmux-fdpass`.
+    pub fdpass_command: &'a [String],
+}
+
+/// Write a destination dir for `id`.
+pub fn write_destination(dir: &Path, id: &Identity, cas: &CaPems, plan: &Plan) -> Result<()> {
+    let mut params = ssh_config_params(
+        dir,
+        id,
+        plan.proxy,
+        plan.way,
+        plan.mode,
+        None,
+        plan.bare_names,
+    )?;
+    if !plan.fdpass_command.is_empty() {
+        params.fdpass_command = plan.fdpass_command.to_vec();
+    }
+    match plan.files {
+        Files::Identity { ssh_config } => {
+            id.write_destination_files(&params.dir)?;
+            write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
+            if ssh_config {
+                openssh::write_files(&params, &id.host_cas)?;
+            }
+            Ok(())
+        }
+        Files::Multiplexer => {
+            crate::fsutil::ensure_private_dir(&params.dir)?;
+            openssh::write_mux_files(&params, &id.host_cas)
+        }
+    }
 }

@@ -44,8 +44,10 @@ pub struct SshConfigParams {
     pub mode: Mode,
     /// Absolute path of the `idmux` binary (stdio mode).
     pub idmux_exe: PathBuf,
-    /// Absolute path of the `idmux-fdpass` binary (fdpass mode).
-    pub fdpass_exe: PathBuf,
+    /// The fdpass ProxyCommand's argv prefix (fdpass mode): the `idmux-fdpass` binary's
+    /// absolute path, or a multiplexer's `proxy_command` (e.g. tbot's `fdpass-teleport`); the
+    /// socket and the target are appended.
+    pub fdpass_command: Vec<String>,
     /// Also route bare one-label names (`ssh node-1`) to `cluster` and trust the cluster's
     /// host CA for them: a catch-all `Host` block and `@cert-authority` line that tbot does not
     /// write (`--bare-names`; off by default).
@@ -128,9 +130,10 @@ impl SshConfigParams {
             Mode::Fdpass => {
                 // %h and %p are ssh tokens; only the cluster is literal (quoted, % doubled).
                 let q = quote(cluster);
+                let argv: Vec<String> = self.fdpass_command.iter().map(|a| quote(a)).collect();
                 format!(
                     "{} {} '%h:%p|{}'",
-                    quote(&self.fdpass_exe.display().to_string()),
+                    argv.join(" "),
                     quote(&self.dir.join("v1.sock").display().to_string()),
                     &q[1..q.len() - 1],
                 )
@@ -297,6 +300,21 @@ pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
     Ok(())
 }
 
+/// A multiplexer's dir as tbot writes it: `known_hosts` and `ssh_config` only.
+pub fn write_mux_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
+    let d = &p.dir;
+    fsutil::write_atomic(
+        &d.join("known_hosts"),
+        render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?.as_bytes(),
+        PUBLIC,
+    )?;
+    fsutil::write_atomic(
+        &d.join("ssh_config"),
+        p.render_ssh_config().as_bytes(),
+        PUBLIC,
+    )
+}
+
 /// The clusters of a set of host CAs, `own` first, without repeats.
 pub(crate) fn clusters_of(own: &str, cas: &[HostCa]) -> Vec<String> {
     let mut out = vec![own.to_string()];
@@ -329,7 +347,7 @@ mod tests {
             clusters: vec!["example.com".into()],
             mode: Mode::Fdpass,
             idmux_exe: "/usr/bin/idmux".into(),
-            fdpass_exe: "/usr/bin/idmux-fdpass".into(),
+            fdpass_command: vec!["/usr/bin/idmux-fdpass".into()],
             bare_names: false,
             way: ProxyWay::default(),
         };

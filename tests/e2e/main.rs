@@ -21,5 +21,6 @@ mod isolation;
 mod mux;
 mod ops;
 mod soak;
+mod tbot_config;
 mod thirdparty;
 mod transport;

@@ -38,7 +38,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::Certificate;
 use tokio::sync::watch;
 
-use config::BotConfig;
+use config::{BotConfig, OutputKind};
 use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
 use idmux_identity::fsutil;
@@ -202,6 +202,30 @@ fn ssh_config_proxy(route: &Route) -> (String, ProxyWay) {
     (route.node_addr().to_string(), way)
 }
 
+/// Certificates that end more than this before the asked expiry were cut by the cluster.
+const CUT_SLACK: Duration = Duration::from_secs(30);
+
+/// Refuse to pass off certificates the cluster cut short (a role's `max_session_ttl`, a
+/// bot's 24h cap, an impersonator's own expiry) as the lifetime asked for: a TTL is honoured
+/// or refused, never changed silently.
+fn check_issued(what: &str, id: &Identity, asked: Duration) -> Result<()> {
+    let expires = id.expires()?;
+    let lives = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    if lives + CUT_SLACK < asked {
+        tracing::warn!(
+            "{what}: the cluster issued certificates valid until {} ({} from now), not the {} \
+             asked for (a role's max_session_ttl or the bot's own expiry caps them); renewals \
+             keep to the configured interval",
+            rfc3339(expires),
+            humantime::format_duration(Duration::from_secs(lives.as_secs())),
+            humantime::format_duration(asked)
+        );
+    }
+    Ok(())
+}
+
 /// How long SIGTERM waits for a join's or renewal's answer that the cluster may have acted on
 /// (an Auth call's own deadline, and then some).
 const STOP_GRACE: Duration = Duration::from_secs(35);
@@ -312,44 +336,47 @@ impl Bot {
     /// Obtain the bot identity: renew a valid stored one, else join with the token.
     async fn start_identity(&mut self) -> Result<()> {
         self.route().await?;
-        let d = &self.cfg.data_dir;
-        let stored = if d.join("key-cert.pub").exists() {
-            Some(Identity::read_data_dir(d)?)
-        } else {
-            None
+        let where_ = match self.cfg.data_dir() {
+            Some(d) => d.display().to_string(),
+            None => "memory".to_string(),
+        };
+        // In memory: the identity of this run, if it is still valid.
+        let stored = match self.cfg.data_dir() {
+            Some(d) if d.join("key-cert.pub").exists() => Some(Identity::read_data_dir(d)?),
+            Some(_) => None,
+            None => self.identity.clone(),
         };
         let token_changed = match (
             &self.cfg.token,
-            std::fs::read_to_string(d.join("tokenhash")),
+            self.cfg
+                .data_dir()
+                .map(|d| std::fs::read_to_string(d.join("tokenhash"))),
         ) {
-            (Some(t), Ok(h)) => h.trim() != token_hash(t),
+            (Some(t), Some(Ok(h))) => h.trim() != token_hash(t),
             _ => false,
         };
         if let Some(id) = stored.filter(|_| !token_changed) {
             if id.expires()? > SystemTime::now() + Duration::from_secs(5) {
-                tracing::debug!("renewing the stored identity in {}", d.display());
+                tracing::debug!("renewing the stored identity in {where_}");
                 self.identity = Some(id);
                 return self.renew_bot().await;
             }
-            tracing::info!(
-                "the stored identity in {} has expired; joining again",
-                d.display()
-            );
+            tracing::info!("the stored identity in {where_} has expired; joining again");
         }
         let Some(token) = self.cfg.token.clone() else {
-            bail!(
-                "no valid identity in {} and no --token to join with",
-                d.display()
-            );
+            bail!("no valid identity in {where_} and no --token to join with");
         };
         let route = self
             .route
             .clone()
             .ok_or_else(|| anyhow!("no route to the proxy"))?;
         let _committing = Committing::new(&self.committing);
-        let id = join(&route, &token, self.cfg.certificate_ttl).await?;
-        id.write_data_dir(d, Some(&token))?;
-        tracing::info!(cluster = %id.cluster_name()?, "joined with the token; identity stored in {}", d.display());
+        let id = join(&route, &token, self.cfg.lifetime.ttl).await?;
+        if let Some(d) = self.cfg.data_dir() {
+            id.write_data_dir(d, Some(&token))?;
+        }
+        check_issued("the bot identity", &id, self.cfg.lifetime.ttl)?;
+        tracing::info!(cluster = %id.cluster_name()?, "joined with the token; identity stored in {where_}");
         self.identity = Some(id);
         Ok(())
     }
@@ -369,12 +396,15 @@ impl Bot {
         self.suite = Some(suite);
         let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
         let user = cur.tls_identity()?.username;
-        let req = outputs::renewal_request(&user, &key, self.cfg.certificate_ttl)?;
+        let req = outputs::renewal_request(&user, &key, self.cfg.lifetime.ttl)?;
         let _committing = Committing::new(&self.committing);
         let certs = auth.generate_user_certs(req).await?;
         let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
         let new = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)?;
-        new.write_data_dir(&self.cfg.data_dir, None)?;
+        if let Some(d) = self.cfg.data_dir() {
+            new.write_data_dir(d, None)?;
+        }
+        check_issued("the bot identity", &new, self.cfg.lifetime.ttl)?;
         tracing::debug!(
             generation = new.tls_identity()?.generation,
             "renewed the bot identity"
@@ -388,8 +418,9 @@ impl Bot {
         &self.cfg
     }
 
-    /// Write every output, and send each one's identity to its subscribers.
-    async fn write_outputs(&mut self) -> Result<()> {
+    /// Write the outputs `which` says (every one with `None`), and send each one's identity to
+    /// its subscribers.
+    async fn write_outputs(&mut self, which: Option<&[usize]>) -> Result<()> {
         let bot = self
             .identity
             .as_ref()
@@ -411,17 +442,15 @@ impl Bot {
         let pems = outputs::ca_pems(&mut auth).await?;
         let bot_user = bot.tls_identity()?.username;
         let own = bot.cluster_name()?;
-        let mut written = Vec::with_capacity(self.cfg.outputs.len());
-        for o in &self.cfg.outputs {
+        let mut written = self.written.clone();
+        for (i, o) in self.cfg.outputs.iter().enumerate() {
+            if which.is_some_and(|w| !w.contains(&i)) && written.get(i).is_some() {
+                continue;
+            }
+            let ttl = self.cfg.lifetime_of(o).ttl;
             let roles = outputs::output_roles(&mut auth, &o.roles, &bot_user).await?;
             let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
-            let req = outputs::impersonation_request(
-                &bot_user,
-                &own,
-                &key,
-                roles,
-                self.cfg.certificate_ttl,
-            )?;
+            let req = outputs::impersonation_request(&bot_user, &own, &key, roles, ttl)?;
             let certs = auth.generate_user_certs(req).await?;
             let (ssh, tls, _, _) = certs_text(&certs);
             // As tbot: the output trusts the host CAs of the CA resources, not the answer's
@@ -430,13 +459,30 @@ impl Bot {
             let mut as_output = AuthClient::connect(&route, &id).await?;
             let clusters = outputs::cluster_names(&mut as_output, &own).await?;
             id.host_cas = outputs::host_cas(&mut as_output, &clusters).await?;
-            output::write_destination(&o.dir, &id, &pems, &proxy, way, o.mode, o.bare_names)?;
+            let plan = output::Plan {
+                proxy: &proxy,
+                way,
+                mode: o.mode,
+                bare_names: o.bare_names,
+                files: match o.kind {
+                    OutputKind::Identity { ssh_config } => output::Files::Identity { ssh_config },
+                    OutputKind::Multiplexer => output::Files::Multiplexer,
+                },
+                fdpass_command: &o.fdpass_command,
+            };
+            output::write_destination(&o.dir, &id, &pems, &plan)?;
+            check_issued(&format!("output {}", o.dir.display()), &id, ttl)?;
             tracing::debug!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
-            written.push(Arc::new(id));
-        }
-        for (i, tx) in &self.published {
-            // A receiver that has gone (the multiplexer stopped) is no reason to fail renewal.
-            let _ = tx.send(written[*i].clone());
+            let id = Arc::new(id);
+            if i < written.len() {
+                written[i] = id;
+            } else {
+                written.push(id);
+            }
+            if let Some((_, tx)) = self.published.iter().find(|(j, _)| *j == i) {
+                // A receiver that has gone (the multiplexer stopped) is no reason to fail.
+                let _ = tx.send(written[i].clone());
+            }
         }
         self.written = written;
         Ok(())
@@ -531,10 +577,21 @@ impl Bot {
     /// Take the data dir's lock, obtain the bot identity (renew or join) and write every
     /// output once.
     pub async fn start(&mut self) -> Result<()> {
-        fsutil::ensure_private_dir(&self.cfg.data_dir)?;
-        self.lock = Some(lock_data_dir(&self.cfg.data_dir)?);
+        for w in &self.cfg.warnings {
+            tracing::warn!("{w}");
+        }
+        match self.cfg.data_dir() {
+            Some(d) => {
+                fsutil::ensure_private_dir(d)?;
+                self.lock = Some(lock_data_dir(d)?);
+            }
+            None => tracing::warn!(
+                "the bot's identity is kept in memory only (storage: memory): a restart must join \
+                 again, which a one-time token allows only once"
+            ),
+        }
         self.start_identity().await?;
-        self.write_outputs().await?;
+        self.write_outputs(None).await?;
         self.log_renewed("identity ready");
         Ok(())
     }
@@ -543,7 +600,20 @@ impl Bot {
     /// stops it. Call after [`Bot::start`].
     pub async fn renew_until_stopped(mut self) -> Result<()> {
         let mut failures = 0u32;
-        let mut next = tokio::time::Instant::now() + self.cfg.renewal_interval;
+        let mut next = tokio::time::Instant::now() + self.cfg.lifetime.renewal;
+        // Outputs with a lifetime of their own are also written on their own schedule.
+        let own_schedule: Vec<(usize, Duration)> = self
+            .cfg
+            .outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.lifetime.is_some_and(|l| l != self.cfg.lifetime))
+            .map(|(i, o)| (i, self.cfg.lifetime_of(o).renewal))
+            .collect();
+        let mut due: Vec<(usize, tokio::time::Instant)> = own_schedule
+            .iter()
+            .map(|(i, r)| (*i, tokio::time::Instant::now() + *r))
+            .collect();
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
@@ -593,14 +663,29 @@ impl Bot {
                     }
                 }
                 _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(
+                    due.iter().map(|(_, t)| *t).min().unwrap_or(next)
+                ), if !due.is_empty() => {}
                 // `systemctl reload`: renew now.
                 _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let committing = self.committing.clone();
+            let now = tokio::time::Instant::now();
+            // Only outputs with their own schedule are due (the bot's renewal is not): write
+            // those alone, with the current bot identity.
+            let only: Option<Vec<usize>> = (now < next).then(|| {
+                due.iter()
+                    .filter(|(_, t)| *t <= now)
+                    .map(|(i, _)| *i)
+                    .collect()
+            });
             let r = {
                 let work = async {
                     self.route().await?;
+                    if let Some(only) = &only {
+                        return self.write_outputs(Some(only)).await;
+                    }
                     // An expired identity cannot renew: join again if a token allows it.
                     if self
                         .identity
@@ -612,7 +697,7 @@ impl Bot {
                     } else {
                         self.renew_bot().await?;
                     }
-                    self.write_outputs().await
+                    self.write_outputs(None).await
                 };
                 tokio::pin!(work);
                 tokio::select! {
@@ -630,14 +715,29 @@ impl Bot {
             match r.map_err(RenewError::classify) {
                 Ok(()) => {
                     failures = 0;
-                    next = tokio::time::Instant::now() + self.cfg.renewal_interval;
-                    self.log_renewed("renewed");
+                    let now = tokio::time::Instant::now();
+                    for (i, t) in due.iter_mut() {
+                        if only.as_ref().is_none_or(|o| o.contains(i)) {
+                            let every = own_schedule.iter().find(|(j, _)| j == i).map(|(_, r)| *r);
+                            *t = now + every.unwrap_or(self.cfg.lifetime.renewal);
+                        }
+                    }
+                    match &only {
+                        None => {
+                            next = now + self.cfg.lifetime.renewal;
+                            self.log_renewed("renewed");
+                        }
+                        Some(o) => tracing::info!(
+                            outputs = %o.iter().map(|i| self.cfg.outputs[*i].dir.display().to_string()).collect::<Vec<_>>().join(","),
+                            "renewed {} output(s) on their own schedule", o.len()
+                        ),
+                    }
                 }
                 Err(RenewError::Final(e)) => return Err(e),
                 Err(RenewError::Passing(e)) => {
                     failures += 1;
                     let wait =
-                        Duration::from_secs(1u64 << failures.min(5)).min(self.cfg.renewal_interval);
+                        Duration::from_secs(1u64 << failures.min(5)).min(self.cfg.lifetime.renewal);
                     next = tokio::time::Instant::now() + wait;
                     tracing::warn!(
                         "renewal failed (attempt {failures}), retrying in {}s: {e:#}",

@@ -4,6 +4,7 @@
 //!   comes from ([`upstream::IdentitySource`]).
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
+//! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
 //!
 //! The request format is `idmux_wire::v1`; the agent is `idmux_transport::agent`.
@@ -11,4 +12,5 @@
 pub mod local;
 pub mod metrics;
 pub mod server;
+pub mod templates;
 pub mod upstream;

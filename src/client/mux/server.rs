@@ -170,7 +170,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
     }
 }
 
-async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<Metrics>) {
+/// What every request's handling shares.
+struct Shared {
+    up: Arc<Upstream>,
+    proxy_host: String,
+    m: Arc<Metrics>,
+    templates: Arc<crate::mux::templates::ProxyTemplates>,
+}
+
+async fn handle(conn: UnixStream, s: Arc<Shared>) {
+    let (up, proxy_host, m, templates) = (&s.up, &s.proxy_host, s.m.clone(), &s.templates);
     m.requests_started.fetch_add(1, Ordering::Relaxed);
     m.in_flight.fetch_add(1, Ordering::Relaxed);
     let (stderr, req) = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&conn)).await {
@@ -182,13 +191,23 @@ async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<
     };
     let dialed = match req {
         Ok((t, extra)) => {
-            let cluster = if t.cluster.is_empty() {
+            let mut cluster = if t.cluster.is_empty() {
                 up.cluster()
             } else {
                 t.cluster.clone()
             };
-            let host = clean_target_host(&t.host, &proxy_host, &cluster).to_string();
-            up.dial(&host, t.port, &t.cluster)
+            let (mut host, mut port) = (t.host.clone(), t.port);
+            if let Some(r) = templates.apply(&host, port, &cluster) {
+                tracing::debug!(
+                    "v1.sock: {t}: a proxy template gives {}:{}|{}",
+                    r.host,
+                    r.port,
+                    r.cluster
+                );
+                (host, port, cluster) = (r.host, r.port, r.cluster);
+            }
+            let host = clean_target_host(&host, proxy_host, &cluster).to_string();
+            up.dial(&host, port, &cluster)
                 .await
                 .map(|d| (d, extra))
                 .map_err(|e| anyhow!("{t}: {e:#}"))
@@ -227,15 +246,26 @@ async fn handle(conn: UnixStream, up: Arc<Upstream>, proxy_host: String, m: Arc<
 }
 
 /// Serve `v1.sock` in `dir` until the task is dropped.
-pub(crate) async fn serve_v1(dir: PathBuf, up: Arc<Upstream>, m: Arc<Metrics>) -> Result<()> {
+pub(crate) async fn serve_v1(
+    dir: PathBuf,
+    up: Arc<Upstream>,
+    m: Arc<Metrics>,
+    templates: Arc<crate::mux::templates::ProxyTemplates>,
+) -> Result<()> {
     let listener = bind_owner_only(&dir.join("v1.sock"))?;
     let _file = SocketFile::new(dir.join("v1.sock"));
     let proxy_host = idmux_wire::hostport::host_of(&up.proxy).to_string();
+    let shared = Arc::new(Shared {
+        up,
+        proxy_host,
+        m,
+        templates,
+    });
     tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                tokio::spawn(handle(conn, up.clone(), proxy_host.clone(), m.clone()));
+                tokio::spawn(handle(conn, shared.clone()));
             }
             Err(e) => {
                 // Out of fds, most likely: back off rather than spin.
@@ -278,6 +308,8 @@ pub struct MuxOptions {
     pub cap: usize,
     pub transport: idmux_transport::link::TransportKind,
     pub diag_addr: Option<std::net::SocketAddr>,
+    /// tsh's `proxy_templates` (a multiplexer's `proxy_templates_path`).
+    pub templates: Arc<crate::mux::templates::ProxyTemplates>,
 }
 
 /// Run the multiplexer for a destination dir whose identity someone keeps renewed.
@@ -305,7 +337,7 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let r = tokio::select! {
-        r = serve_v1(opts.dest.clone(), up, m) => r,
+        r = serve_v1(opts.dest.clone(), up, m, opts.templates) => r,
         r = agent_task => r.map_err(|e| anyhow!("agent task: {e}"))?,
         // Stop: the sockets go with their tasks (the runtime drops them).
         _ = term.recv() => Ok(()),

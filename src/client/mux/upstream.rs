@@ -10,8 +10,9 @@
 //! a `watch`; a standalone multiplexer polls the identity file another tool renews), new
 //! channels go to new connections and the old ones are closed
 //! once their last channel ends, so renewals never drop established sessions. A keeper task
-//! holds one connection open and reconnects with backoff (100 ms doubling to 2 s) when it
-//! drops, so the first request after a proxy restart finds a warm connection.
+//! holds one connection open and reconnects with backoff (100 ms doubling to 15 s) when it
+//! drops, so the first request after a proxy restart finds a warm connection; the proxy
+//! going away and coming back are logged once each.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -69,6 +70,12 @@ pub(crate) struct Upstream {
     /// waiting out a deadline of its own in turn.
     slow_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// The keeper's first retry delay after a failed connect, doubled up to [`KEEP_WARM_MAX`].
+const KEEP_WARM_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between the keeper's attempts while the proxy is down (a request still
+/// dials at once: the keeper only keeps a connection warm).
+const KEEP_WARM_MAX: Duration = Duration::from_secs(15);
 
 /// How long a slow connect failure answers the requests queued behind it.
 const SLOW_FAILURE_HOLD: Duration = Duration::from_secs(2);
@@ -278,9 +285,13 @@ impl Upstream {
         self.current_identity().cluster_name().unwrap_or_default()
     }
 
-    /// Keep one connection warm; reconnect with backoff when it drops.
+    /// Keep one connection warm; reconnect with backoff when it drops. The proxy going away
+    /// and coming back are logged once each (a warning with the first failure, an info line
+    /// with how long it was away), not at every attempt.
     pub(crate) async fn keep_warm(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = KEEP_WARM_FIRST;
+        // Since when, and after how many attempts, the proxy has been unreachable.
+        let mut down: Option<(std::time::Instant, u32)> = None;
         loop {
             // Picks up a renewed identity (and swaps the agent's keys) within 250 ms.
             let _ = self.current_identity();
@@ -293,7 +304,17 @@ impl Upstream {
                 *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = TransportKind::Auto;
             }
             if live {
-                backoff = Duration::from_millis(100);
+                if let Some((since, attempts)) = down.take() {
+                    // A request reconnected before the keeper's next attempt.
+                    tracing::info!(
+                        "multiplexer: the proxy {} is reachable again after {}s ({attempts} \
+                         failed attempts)",
+                        self.proxy,
+                        since.elapsed().as_secs()
+                    );
+                    self.metrics.ready.store(1, Ordering::Relaxed);
+                }
+                backoff = KEEP_WARM_FIRST;
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -315,22 +336,44 @@ impl Upstream {
                     self.metrics
                         .upstream_conns
                         .store(conns.len(), Ordering::Relaxed);
-                    tracing::info!(
-                        "multiplexer: upstream connected to {} ({} transport)",
-                        self.proxy,
-                        c.link.kind()
-                    );
+                    match down.take() {
+                        Some((since, attempts)) => tracing::info!(
+                            "multiplexer: the proxy {} is reachable again after {}s \
+                             ({attempts} failed attempts); upstream connected ({} transport)",
+                            self.proxy,
+                            since.elapsed().as_secs(),
+                            c.link.kind()
+                        ),
+                        None => tracing::info!(
+                            "multiplexer: upstream connected to {} ({} transport)",
+                            self.proxy,
+                            c.link.kind()
+                        ),
+                    }
                     self.metrics.ready.store(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.metrics.ready.store(0, Ordering::Relaxed);
-                    tracing::warn!(
-                        "multiplexer: upstream to {} failed, retrying in {:?}: {e:#}",
-                        self.proxy,
-                        backoff
-                    );
+                    match &mut down {
+                        None => {
+                            tracing::warn!(
+                                "multiplexer: cannot reach the proxy {}: {e:#}; retrying with \
+                                 backoff up to {}s (logged again when it is back)",
+                                self.proxy,
+                                KEEP_WARM_MAX.as_secs()
+                            );
+                            down = Some((std::time::Instant::now(), 1));
+                        }
+                        Some((_, attempts)) => {
+                            *attempts += 1;
+                            tracing::debug!(
+                                "multiplexer: upstream to {} still failing (attempt {attempts}): {e:#}",
+                                self.proxy
+                            );
+                        }
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(KEEP_WARM_MAX);
                 }
             }
         }

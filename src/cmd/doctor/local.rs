@@ -97,6 +97,76 @@ fn mode_of(p: &Path) -> Option<(u32, u32)> {
         .map(|m| (m.permissions().mode() & 0o7777, m.uid()))
 }
 
+/// Is `dir` a multiplexer's dir that keeps its identity in memory (tbot's ssh-multiplexer,
+/// or idmux's service of that type): an fdpass ssh_config with no key files beside it?
+pub(super) fn is_multiplexer_dir(dir: &Path, fdpass: bool) -> bool {
+    fdpass && mode_of(&dir.join("identity")).is_none() && mode_of(&dir.join("key")).is_none()
+}
+
+/// The files an identity output holds (tbot's artifacts and `Describe`), the ssh_config's
+/// own when it has one, and a multiplexer dir's.
+fn needed_files(mux_dir: bool, has_ssh_config: bool, fdpass: bool) -> Vec<&'static str> {
+    let mut need = if mux_dir {
+        vec![]
+    } else {
+        vec![
+            "identity",
+            "key",
+            "key.pub",
+            "key-cert.pub",
+            "tlscert",
+            "teleport-host-ca.crt",
+            "teleport-user-ca.crt",
+            "teleport-database-ca.crt",
+        ]
+    };
+    if has_ssh_config || mux_dir {
+        need.extend(["ssh_config", "known_hosts"]);
+    }
+    if fdpass {
+        need.extend(["v1.sock", "agent.sock"]);
+    }
+    need
+}
+
+/// Every program the ssh_config's ProxyCommands run exists and may be run (a moved or
+/// removed binary fails every ssh with only "Connection closed by UNKNOWN port 65535").
+pub(super) fn check_commands(ssh_config: &str) -> Check {
+    const N: &str = "commands";
+    let progs = super::parse::proxy_command_programs(ssh_config);
+    if progs.is_empty() {
+        return check(Status::Warn, N, "the ssh_config runs no ProxyCommand");
+    }
+    let mut bad = Vec::new();
+    for p in &progs {
+        let path = Path::new(p);
+        match std::fs::metadata(path) {
+            Err(e) => bad.push(format!("{p}: {e}")),
+            Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+                bad.push(format!("{p}: not an executable file"))
+            }
+            Ok(_) if !path.is_absolute() => bad.push(format!("{p}: not an absolute path")),
+            Ok(_) => {}
+        }
+    }
+    if bad.is_empty() {
+        check(
+            Status::Ok,
+            N,
+            format!("ProxyCommand runs {}", progs.join(", ")),
+        )
+    } else {
+        check(
+            Status::Fail,
+            N,
+            format!(
+                "the ssh_config's ProxyCommand cannot run {} (regenerate it with `idmux ssh-config`, or restart the bot)",
+                bad.join("; ")
+            ),
+        )
+    }
+}
+
 pub(super) fn check_files(dir: &Path, fdpass: bool) -> Check {
     const N: &str = "files";
     let Some((dmode, _)) = mode_of(dir) else {
@@ -114,17 +184,13 @@ pub(super) fn check_files(dir: &Path, fdpass: bool) -> Check {
             dmode
         ));
     }
-    let mut need = vec![
-        "identity",
-        "key",
-        "key-cert.pub",
-        "ssh_config",
-        "known_hosts",
-    ];
-    if fdpass {
-        need.push("v1.sock");
-        need.push("agent.sock");
-    }
+    let mux_dir = is_multiplexer_dir(dir, fdpass);
+    // An identity output written with `ssh_config: off` has neither file; one of them alone
+    // is a broken dir.
+    let has_ssh_config = mode_of(&dir.join("ssh_config")).is_some()
+        || mode_of(&dir.join("known_hosts")).is_some()
+        || mode_of(&dir.join("identity")).is_none();
+    let need = needed_files(mux_dir, has_ssh_config, fdpass);
     let missing: Vec<&str> = need
         .iter()
         .copied()
@@ -153,14 +219,15 @@ pub(super) fn check_files(dir: &Path, fdpass: bool) -> Check {
     }
     if problems.is_empty() {
         let n = need.len();
+        let what = if mux_dir {
+            "a multiplexer's dir (its identity is in memory, served on agent.sock)"
+        } else {
+            "key and identity owner-only"
+        };
         check(
             Status::Ok,
             N,
-            format!(
-                "{n} files present; key and identity owner-only; {} {:04o}",
-                dir.display(),
-                dmode
-            ),
+            format!("{n} files present; {what}; {} {:04o}", dir.display(), dmode),
         )
     } else {
         check(Status::Fail, N, problems.join("; "))

@@ -5,8 +5,12 @@
 //!   ssh_config uses it, and its `ssh -Q key-cert` / `ssh -Q key` lists hold the identity's
 //!   certificate type and the host CA key types; an `ssh-rsa` (SHA-1) signed certificate is a
 //!   warning (OpenSSH 8.2+ servers refuse it by default).
-//! - `files`: the key and identity files are owner-only, the folder and sockets are not open
-//!   to other users, and the files ssh reads are there.
+//! - `files`: every file of an identity output (tbot's list: identity, key, key.pub,
+//!   key-cert.pub, tlscert, the three CA files, and ssh_config and known_hosts unless written
+//!   with `ssh_config: off`) or of a multiplexer's dir (ssh_config, known_hosts, the sockets) is
+//!   there; the key and identity files are owner-only, the folder and sockets are not open to
+//!   other users.
+//! - `commands`: every program the ssh_config's ProxyCommands run exists and is executable.
 //! - `identity`: the identity file parses, its key matches its certificates, and `key` matches
 //!   `key-cert.pub` (the pair OpenSSH reads).
 //! - `certificate`: the time left (fail when expired or not yet valid, warn under a third of
@@ -126,9 +130,22 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     let mut out = Vec::new();
     let cfg = std::fs::read_to_string(dir.join("ssh_config")).unwrap_or_default();
     let fdpass = uses_fdpass(&cfg);
-    let (idc, id, cert) = check_identity(&dir);
+    let mux_dir = is_multiplexer_dir(&dir, fdpass);
+    let (idc, id, cert) = if mux_dir {
+        let c = check(
+            Status::Ok,
+            "identity",
+            "kept in memory by the multiplexer (checked on agent.sock below)",
+        );
+        (c, None, None)
+    } else {
+        check_identity(&dir)
+    };
     out.push(check_openssh(id.as_ref(), fdpass));
     out.push(check_files(&dir, fdpass));
+    if !cfg.is_empty() {
+        out.push(check_commands(&cfg));
+    }
     out.push(idc);
     if let (Some(id), Some(cert)) = (&id, &cert) {
         out.push(check_certificate(id, cert));
@@ -173,6 +190,11 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
                     Status::Fail,
                     "proxy",
                     "not checked: no way to the proxy (see path)",
+                )),
+                (None, _) if mux_dir => out.push(check(
+                    Status::Ok,
+                    "proxy",
+                    "not checked here: the multiplexer holds this dir's identity (the daemon check dials through it)",
                 )),
                 (None, _) => out.push(check(
                     Status::Fail,

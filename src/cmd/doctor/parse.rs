@@ -42,6 +42,30 @@ pub(crate) fn proxy_from_ssh_config(text: &str) -> Option<String> {
     None
 }
 
+/// The program every ProxyCommand of an ssh_config runs (the first word, unquoted as ssh
+/// would: single or double quotes), each once, in order.
+pub(crate) fn proxy_command_programs(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let Some(rest) = t
+            .strip_prefix("ProxyCommand")
+            .filter(|r| r.starts_with([' ', '\t', '=']))
+        else {
+            continue;
+        };
+        let rest = rest.trim_start_matches([' ', '\t', '=']);
+        let prog = match rest.chars().next() {
+            Some(q @ ('\'' | '"')) => rest[1..].split(q).next().unwrap_or(""),
+            _ => rest.split_whitespace().next().unwrap_or(""),
+        };
+        if !prog.is_empty() && !out.iter().any(|p| p == prog) {
+            out.push(prog.to_string());
+        }
+    }
+    out
+}
+
 /// The way tbot's (and idmux's) stdio ProxyCommand line says: `--[no-]tls-routing`,
 /// `--[no-]connection-upgrade`.
 pub(crate) fn route_flags_from_ssh_config(text: &str) -> idmux_transport::route::RouteFlags {
@@ -144,6 +168,22 @@ mod tests {
             Some("p.example:443")
         );
         assert_eq!(proxy_from_ssh_config("Host *\n  Port 22\n"), None);
+    }
+
+    #[test]
+    fn proxy_command_program() {
+        let cfg = "Host *.c !p\n    ProxyCommand '/usr/bin/idmux-fdpass' '/d/v1.sock' '%h:%p|c'\n\
+                   Host x\n    ProxyCommand /usr/local/bin/tbot ssh-proxy-command --x\n\
+                   Host y\n    ProxyCommand=\"/opt/my bin/fdpass\" a\n";
+        assert_eq!(
+            proxy_command_programs(cfg),
+            vec![
+                "/usr/bin/idmux-fdpass",
+                "/usr/local/bin/tbot",
+                "/opt/my bin/fdpass"
+            ]
+        );
+        assert!(proxy_command_programs("ProxyJump x\n").is_empty());
     }
 
     #[test]
