@@ -51,7 +51,7 @@ pub(crate) enum Service {
 }
 
 /// The flags every service shares (tbot's `newSharedStartArgs`), and idmux's own.
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone, Default, PartialEq)]
 pub(crate) struct SharedArgs {
     /// Address of the Teleport Auth Server. Prefer using --proxy-server where possible.
     #[arg(short = 'a', long, env = "TELEPORT_AUTH_SERVER")]
@@ -106,7 +106,7 @@ pub(crate) struct SharedArgs {
 }
 
 /// `start legacy` (and plain `start`): tbot's legacy flags.
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone, Default, PartialEq)]
 pub(crate) struct LegacyArgs {
     #[command(flatten)]
     pub shared: SharedArgs,
@@ -480,8 +480,23 @@ pub(crate) struct ConfigureArgs {
     /// Path to write the generated configuration file to rather than write to stdout.
     #[arg(short = 'o', long, global = true)]
     pub output: Option<PathBuf>,
+    #[command(subcommand)]
+    pub service: Option<Service>,
+    /// (`legacy`'s flags, when no service is named.)
     #[command(flatten)]
-    pub start: StartArgs,
+    pub legacy: LegacyArgs,
+}
+
+/// `legacy`'s flags as nothing sets them (the environment included).
+fn unset_legacy() -> LegacyArgs {
+    #[derive(clap::Parser)]
+    struct L {
+        #[command(flatten)]
+        l: LegacyArgs,
+    }
+    <L as clap::Parser>::try_parse_from(["configure"])
+        .map(|l| l.l)
+        .unwrap_or_default()
 }
 
 /// The YAML for a configuration built from flags alone.
@@ -557,7 +572,19 @@ pub(crate) fn configure_yaml(a: StartArgs, g: &Globals) -> Result<String> {
 }
 
 pub(crate) fn configure(a: ConfigureArgs, g: &Globals) -> Result<()> {
-    let text = configure_yaml(a.start, g)?;
+    // `-o` may come before the service, so the two are not exclusive to clap: refuse legacy
+    // flags given with a service here (never ignored).
+    if a.service.is_some() && a.legacy != unset_legacy() {
+        bail!(
+            "configure: put the flags after the service name (e.g. `idmux configure -o FILE \
+             identity --destination …`)"
+        );
+    }
+    let start = StartArgs {
+        service: a.service,
+        legacy: a.legacy,
+    };
+    let text = configure_yaml(start, g)?;
     match &a.output {
         Some(p) => {
             idmux_identity::fsutil::write_atomic(
