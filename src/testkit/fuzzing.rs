@@ -21,6 +21,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cert_pem", cert_pem),
     ("known_hosts", known_hosts),
     ("config_yaml", config_yaml),
+    ("proxy_templates", proxy_templates),
 ];
 
 /// The v1.sock request parser ([`request::parse`]).
@@ -103,4 +104,18 @@ pub fn config_yaml(data: &[u8]) {
         return;
     };
     let _ = idmux_client::bot::config::parse_yaml(text, "fuzz.yaml");
+}
+
+/// tsh's `proxy_templates` ([`idmux_client::mux::templates::ProxyTemplates`]): parsing never
+/// panics, and a parsed list applies to any target without panicking.
+pub fn proxy_templates(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    use idmux_client::mux::templates::ProxyTemplates;
+    if let Ok(t) = ProxyTemplates::parse(text, "fuzz.yaml") {
+        for host in ["node-1.example.com", "a.leaf1.example.com", "", "x:y"] {
+            let _ = t.apply(host, 3022, "root");
+        }
+    }
 }

@@ -189,4 +189,16 @@ ca_path: /etc/idmux/proxy-ca.pem
         "unknown-key",
         b"version: v2\nproxy_server: p:443\nbogus: 1\n",
     );
+    put(
+        "proxy_templates",
+        "tsh",
+        br#"proxy_templates:
+  - template: '^(\w+)\.(leaf1|leaf2)\.example\.com:(.*)$'
+    proxy: "$2.example.com:443"
+    cluster: "$2"
+    host: "$1:$3"
+  - template: '^(?P<name>\w+)\.lab:(\d+)$'
+    host: "${name}-node"
+"#,
+    );
 }
