@@ -44,6 +44,15 @@ pub(crate) struct Globals {
     /// Path to a configuration file (tbot's YAML, version v2).
     #[arg(short = 'c', long, global = true, env = "TBOT_CONFIG_PATH")]
     pub config: Option<PathBuf>,
+    /// The configuration as base64-encoded YAML (tbot's hidden `--config-string`).
+    #[arg(
+        long,
+        global = true,
+        env = "TBOT_CONFIG",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub config_string: Option<String>,
     /// Trust the proxy's certificate without verification (development only; warns).
     #[arg(long, global = true)]
     pub insecure: bool,

@@ -232,12 +232,24 @@ pub(crate) fn to_config(a: StartArgs, g: &Globals) -> Result<BotConfig> {
 /// The configuration the file and flags describe, checked except for what `configure` may
 /// leave out (the proxy's address).
 fn describe(a: StartArgs, g: &Globals) -> Result<BotConfig> {
-    let mut c = match &g.config {
-        Some(p) => config::parse_yaml(
+    let mut c = match (&g.config, &g.config_string) {
+        (Some(_), Some(_)) => bail!("cannot specify both config and config-string"),
+        (Some(p), None) => config::parse_yaml(
             &idmux_identity::fsutil::read_string(p)?,
             &p.display().to_string(),
         )?,
-        None => BotConfig::empty(),
+        (None, Some(b64)) => {
+            use base64::Engine;
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    anyhow!("--config-string (TBOT_CONFIG): not base64-encoded UTF-8")
+                })?;
+            config::parse_yaml(&text, "--config-string (TBOT_CONFIG)")?
+        }
+        (None, None) => BotConfig::empty(),
     };
     if g.fips {
         bail!("--fips: {}", config::FIPS_REFUSAL);

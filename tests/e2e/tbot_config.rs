@@ -318,6 +318,20 @@ fn tbots_start_and_configure_command_lines() {
     ));
     assert!(o.status.success(), "start -c configured: {}", stderr(&o));
     ssh_ok(&out.join("ssh_config"));
+    // The same config as tbot's TBOT_CONFIG (base64 YAML) renews what that run stored.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&yaml);
+    let generation = || {
+        idmux_identity::Identity::read_data_dir(&w.join("data3"))
+            .unwrap()
+            .tls_identity()
+            .unwrap()
+            .generation
+    };
+    let before = generation();
+    let o = run(idmux(&cl, &["start", "--oneshot"]).env("TBOT_CONFIG", b64));
+    assert!(o.status.success(), "TBOT_CONFIG: {}", stderr(&o));
+    assert_eq!(generation(), before + 1, "TBOT_CONFIG's run did not renew");
 }
 
 /// What idmux does not do is one line, and refused before the token is spent; a TTL Teleport
