@@ -26,6 +26,9 @@ use idmux_transport::relay;
 use idmux_wire::hostport::clean_target_host;
 use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
 
+/// The most fds one message can carry (Linux's `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,7 +94,10 @@ async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::T
         }
         let got = conn.try_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut buf[len..])];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+            // Room for every fd one message can carry (the kernel's SCM_MAX_FD): a message with
+            // more fds than the buffer holds is truncated, and nix then hides the fds the
+            // kernel did install (it refuses to iterate a truncated buffer), so they would leak.
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; SCM_MAX_FD]);
             let msg = recvmsg::<()>(
                 conn.as_raw_fd(),
                 &mut iov,
@@ -100,13 +106,14 @@ async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::T
             )
             .map_err(std::io::Error::from)?;
             let mut fds = Vec::new();
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(v) = c {
-                        // SAFETY: the kernel just installed these fds in our table for us; each
-                        // is wrapped exactly once, so each is closed exactly once.
-                        fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                    }
+            let cmsgs = msg.cmsgs().map_err(|_| {
+                std::io::Error::other("a control message too large to read (truncated)")
+            })?;
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    // SAFETY: the kernel just installed these fds in our table for us; each
+                    // is wrapped exactly once, so each is closed exactly once.
+                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                 }
             }
             Ok((msg.bytes, fds))
@@ -138,15 +145,55 @@ async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::T
     }
 }
 
-/// Write one error line to the client's stderr fd (blocking, off the runtime).
+/// Error reports being written at once; past that a report is dropped (its fd closed).
+const MAX_REPORTS: usize = 32;
+static REPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REPORTS);
+/// How long a report waits for the client's stderr to take it.
+const REPORT_WAIT: Duration = Duration::from_secs(2);
+/// One write of at most this many bytes to a pipe whose poll says writable never blocks
+/// (POSIX `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+
+/// Write one error line to the client's stderr fd, off the runtime, without ever blocking on
+/// it: the fd is polled for room (at most [`REPORT_WAIT`]), then written once with at most
+/// [`PIPE_BUF`] bytes. A client whose stderr is full (a pipe nobody reads) gets no line rather
+/// than a thread of the daemon; at most [`MAX_REPORTS`] are written at once.
 async fn report(stderr: Option<OwnedFd>, msg: String) {
-    if let Some(fd) = stderr {
-        let _ = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let mut f = std::fs::File::from(fd);
-            let _ = f.write_all(format!("idmux: {msg}\n").as_bytes());
-        })
-        .await;
+    let Some(fd) = stderr else { return };
+    let Ok(permit) = REPORTS.try_acquire() else {
+        tracing::debug!("v1.sock: too many error reports in flight; this one is dropped");
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        write_report(fd, &msg);
+    })
+    .await;
+}
+
+/// The blocking half of [`report`].
+fn write_report(fd: OwnedFd, msg: &str) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut line = format!("idmux: {msg}");
+    if line.len() >= PIPE_BUF {
+        let mut end = PIPE_BUF - 1;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line.push('\n');
+    let ready = {
+        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+        let wait = PollTimeout::try_from(REPORT_WAIT).unwrap_or(PollTimeout::ZERO);
+        matches!(poll(&mut pfd, wait), Ok(n) if n > 0)
+            && pfd[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT))
+    };
+    if ready {
+        let _ = nix::unistd::write(&fd, line.as_bytes());
     }
 }
 
