@@ -87,7 +87,8 @@ fn parent_of(path: &Path) -> &Path {
 }
 
 /// Create `dir` (and parents) with mode 0700 if it does not exist. An existing folder is left
-/// as it is: its owner chose its mode.
+/// as it is: its owner chose its mode. A dir made here is remembered
+/// ([`crate::dirs::check_dir`] may then fix its mode).
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -96,7 +97,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    crate::dirs::remember_created(dir);
+    Ok(())
 }
 
 /// Read a file to a string, naming the file in the error.

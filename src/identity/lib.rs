@@ -2,7 +2,8 @@
 //!
 //! Owns: private keys ([`keys`]), Teleport's identity in an X.509 subject ([`tlsid`]), reading
 //! certificates ([`x509`]), the identity (key + certs + CAs) and tbot's data and destination
-//! files ([`files`], [`destination`]), atomic owner-only writes ([`fsutil`]), ssh_config and
+//! files ([`files`], [`destination`]), atomic owner-only writes ([`fsutil`]), the safety of
+//! the dirs they go into ([`dirs`]: owner, mode, symlinks, a lock per dir), ssh_config and
 //! known_hosts rendering from the `ssh/` templates ([`openssh`]), paths ([`paths`]) and time
 //! ([`time`]).
 //!
@@ -10,6 +11,7 @@
 //! It reads and writes files; it never dials.
 
 pub mod destination;
+pub mod dirs;
 pub mod files;
 pub mod fsutil;
 pub mod keys;
