@@ -25,6 +25,7 @@
 //! swaps key and certificate together, which is why the fdpass ssh_config uses it.
 
 pub mod config;
+mod dirguard;
 pub(crate) mod heartbeat;
 pub(crate) mod outputs;
 
@@ -41,7 +42,6 @@ use tokio::sync::watch;
 use config::BotConfig;
 use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
-use idmux_identity::fsutil;
 use idmux_identity::openssh::ProxyWay;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
 use idmux_transport::auth_client::AuthClient;
@@ -251,6 +251,9 @@ pub struct Bot {
     published: Vec<(usize, watch::Sender<Arc<Identity>>)>,
     /// `DATA/lock`, held from [`Bot::start`] for the life of the bot.
     lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// A `flock` on each dir the bot writes (outputs, the multiplexer's), from [`Bot::start`]
+    /// for the life of the bot: a second bot on one of them stops before it writes.
+    dir_locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     /// Set from the moment a join or a renewal request may have been acted on by the cluster
     /// (the token spent, generation N+1 issued) until its answer is stored: SIGTERM then waits
     /// for the answer rather than lose it (a lost renewal locks the bot at the next one).
@@ -287,6 +290,7 @@ impl Bot {
             written: Vec::new(),
             published: Vec::new(),
             lock: None,
+            dir_locks: Vec::new(),
             committing: Default::default(),
         })
     }
@@ -528,10 +532,11 @@ impl Bot {
         );
     }
 
-    /// Take the data dir's lock, obtain the bot identity (renew or join) and write every
-    /// output once.
+    /// Check and lock the dirs, take the data dir's lock, obtain the bot identity (renew or
+    /// join) and write every output once. A dir that is refused stops the bot before the
+    /// token is spent.
     pub async fn start(&mut self) -> Result<()> {
-        fsutil::ensure_private_dir(&self.cfg.data_dir)?;
+        self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
         self.lock = Some(lock_data_dir(&self.cfg.data_dir)?);
         self.start_identity().await?;
         self.write_outputs().await?;

@@ -1,0 +1,40 @@
+//! The bot's dirs before it spends its token: the data dir and every destination dir are
+//! checked (`idmux_identity::dirs::check_dir`), every dir the bot writes (outputs, the
+//! multiplexer's) is locked for the bot's life and probed for writing.
+//!
+//! Must not know: what is written into the dirs, the network, the join. The data dir keeps
+//! tbot's own `DATA/lock` file (taken by `lock_data_dir`); this module only checks it.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use nix::fcntl::Flock;
+
+use idmux_identity::dirs::{check_dir, lock_dir, probe_writable};
+
+use super::config::BotConfig;
+
+/// The flag that names a destination dir in messages.
+const DEST: &str = "--destination-dir";
+
+/// Check the data dir; check, lock and probe every output dir and the multiplexer's dir (one
+/// lock for a dir named twice). The returned locks are to be held as long as the bot runs.
+pub(crate) fn guard_dirs(cfg: &BotConfig) -> Result<Vec<Flock<File>>> {
+    check_dir(&cfg.data_dir, "--data-dir")?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for d in cfg.outputs.iter().map(|o| &o.dir).chain(&cfg.multiplexer) {
+        let checked = check_dir(d, DEST)?;
+        if !dirs.contains(&checked.path) {
+            dirs.push(checked.path);
+        }
+    }
+    let mut locks = Vec::with_capacity(dirs.len());
+    for d in &dirs {
+        locks.push(lock_dir(d, DEST)?);
+    }
+    for d in &dirs {
+        probe_writable(d, DEST)?;
+    }
+    Ok(locks)
+}
