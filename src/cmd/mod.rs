@@ -6,6 +6,7 @@ mod choices;
 pub mod cluster;
 mod completion;
 mod doctor;
+mod init;
 mod logging;
 mod runtime;
 pub mod start;
@@ -40,6 +41,8 @@ struct Cli {
 enum Cmd {
     /// Run the bot: join with a token, renew, write the destination dir (tbot start).
     Start(Box<crate::cmd::start::StartArgs>),
+    /// Prepare a destination dir: owner, owner-only or shared with a reader (tbot init).
+    Init(crate::cmd::init::InitArgs),
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
     SshConfig(SshConfigArgs),
     /// The development cluster (proxy + auth + sshd nodes) and its admin commands.
@@ -148,6 +151,7 @@ pub(crate) fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Start(a) => crate::cmd::start::run(*a),
+        Cmd::Init(a) => crate::cmd::init::run(a),
         Cmd::SshConfig(a) => ssh_config(a),
         Cmd::Cluster(c) => crate::cmd::cluster::run(c),
         Cmd::SshProxyCommand(a) => ssh_proxy_command(a),

@@ -3,8 +3,8 @@
 //! `idmux init --reader-user` sets them up (tbot's `tbot init --reader-user`).
 //!
 //! Owns: the dir's ACLs ([`share_dir`]: an access ACL giving each reader `r-x` on the dir and
-//! a default ACL that every new file inherits), reading them back ([`readers`]) and the ACL of
-//! each file or socket written into such a dir ([`follow_dir`]). Files are written as new
+//! a default ACL that every new file inherits), reading them back ([`readers`], [`inherited`])
+//! and the ACL of each file or socket written into such a dir ([`follow_dir`], [`share_file`]). Files are written as new
 //! inodes (temp file and rename), so each one gets its ACL when it is made: the named readers
 //! from the dir's default ACL, `r--` on files and `rw-` on sockets (connecting needs write),
 //! the owner, group and others exactly as the file's mode says.
@@ -118,7 +118,7 @@ pub fn readers(dir: &Path) -> Result<Vec<Reader>> {
 }
 
 /// The readers a new file in `dir` inherits: the named entries of its default ACL.
-fn inherited(dir: &Path) -> Result<Vec<Reader>> {
+pub fn inherited(dir: &Path) -> Result<Vec<Reader>> {
     let acl = match exacl::getfacl(dir, AclOption::DEFAULT_ACL) {
         Ok(a) => a,
         Err(e) if unsupported(&e) => return Ok(Vec::new()),
@@ -140,8 +140,7 @@ fn unsupported(e: &std::io::Error) -> bool {
 }
 
 /// Give the file or socket `path`, just made in its dir with `mode`, the readers of the dir's
-/// default ACL: `r--` for a file, `rw-` for a socket (`socket`), and owner, group and others
-/// as `mode` says. Nothing happens in a dir without a default ACL.
+/// default ACL (see [`share_file`]). Nothing happens in a dir without a default ACL.
 pub fn follow_dir(path: &Path, mode: u32, socket: bool) -> Result<()> {
     let dir = path
         .parent()
@@ -151,13 +150,20 @@ pub fn follow_dir(path: &Path, mode: u32, socket: bool) -> Result<()> {
     if readers.is_empty() {
         return Ok(());
     }
+    share_file(path, mode, &readers, socket)
+}
+
+/// Set the ACL of the file or socket `path`: owner, group and others as `mode` says, and
+/// `readers` `r--` on a file, `rw-` on a socket (`socket`: connecting needs write). With no
+/// readers the ACL is the mode alone.
+pub fn share_file(path: &Path, mode: u32, readers: &[Reader], socket: bool) -> Result<()> {
     let perms = if socket {
         Perm::READ | Perm::WRITE
     } else {
         Perm::READ
     };
-    exacl::setfacl(&[path], &entries(mode, &readers, perms, None), None)
-        .map_err(|e| anyhow!("{}: cannot give the dir's readers access ({e})", path.display()))
+    exacl::setfacl(&[path], &entries(mode, readers, perms, None), None)
+        .map_err(|e| anyhow!("{}: cannot set the readers' access ({e})", path.display()))
 }
 
 #[cfg(test)]

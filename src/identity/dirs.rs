@@ -212,8 +212,13 @@ mod tests {
         fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
         let link = t.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let e = check_dir(&link, "--destination-dir").unwrap_err().to_string();
-        assert!(e.starts_with(&format!("--destination-dir {}: is a symlink", link.display())));
+        let e = check_dir(&link, "--destination-dir")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!(
+            "--destination-dir {}: is a symlink",
+            link.display()
+        )));
         assert!(!e.contains('\n'));
         check_dir(&real, "--destination-dir").unwrap();
     }
@@ -348,6 +353,9 @@ mod tests {
         let e = probe_writable(&gone, "--destination-dir")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with(&format!("--destination-dir {}: cannot write", gone.display())));
+        assert!(e.starts_with(&format!(
+            "--destination-dir {}: cannot write",
+            gone.display()
+        )));
     }
 }

@@ -1,6 +1,7 @@
 //! The bot's dirs before it spends its token: the data dir and every destination dir are
 //! checked (`idmux_identity::dirs::check_dir`), every dir the bot writes (outputs, the
-//! multiplexer's) is locked for the bot's life and probed for writing.
+//! multiplexer's) is locked for the bot's life and probed for writing; readers given by
+//! `idmux init` are named in the log.
 //!
 //! Must not know: what is written into the dirs, the network, the join. The data dir keeps
 //! tbot's own `DATA/lock` file (taken by `lock_data_dir`); this module only checks it.
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use nix::fcntl::Flock;
 
+use idmux_identity::acl;
 use idmux_identity::dirs::{check_dir, lock_dir, probe_writable};
 
 use super::config::BotConfig;
@@ -35,6 +37,36 @@ pub(crate) fn guard_dirs(cfg: &BotConfig) -> Result<Vec<Flock<File>>> {
     }
     for d in &dirs {
         probe_writable(d, DEST)?;
+        log_readers(d)?;
     }
     Ok(locks)
+}
+
+/// Say who else reads `dir` through its ACL (`idmux init --reader-user`). Entries in the
+/// dir's access ACL that its default ACL lacks (or the other way round) were not set by
+/// `idmux init`: as tbot with `acls: try` (its default), that is a warning, not a refusal. An
+/// entry that could write is refused earlier: it shows as group write in the dir's mode.
+fn log_readers(dir: &std::path::Path) -> Result<()> {
+    let (access, default) = (acl::readers(dir)?, acl::inherited(dir)?);
+    let names = |r: &[acl::Reader]| r.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    let odd: Vec<String> = access
+        .iter()
+        .filter(|r| !default.contains(r))
+        .chain(default.iter().filter(|r| !access.contains(r)))
+        .map(|r| r.to_string())
+        .collect();
+    if !odd.is_empty() {
+        tracing::warn!(
+            "{DEST} {}: ACL entries idmux init did not set: {} (run idmux init again to set              the readers)",
+            dir.display(),
+            odd.join(", ")
+        );
+    } else if !access.is_empty() {
+        tracing::info!(
+            "{DEST} {}: readable by {} through its ACL",
+            dir.display(),
+            names(&access).join(", ")
+        );
+    }
+    Ok(())
 }
