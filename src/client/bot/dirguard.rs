@@ -20,10 +20,15 @@ use super::config::BotConfig;
 /// The flag that names a destination dir in messages.
 const DEST: &str = "--destination-dir";
 
-/// Check the data dir; check, lock and probe every output dir and the multiplexer's dir (one
-/// lock for a dir named twice). The returned locks are to be held as long as the bot runs.
+/// Check the data dir (created when missing), before its `DATA/lock` is taken.
+pub(crate) fn check_data_dir(cfg: &BotConfig) -> Result<()> {
+    check_dir(&cfg.data_dir, "--data-dir").map(|_| ())
+}
+
+/// Check, lock and probe every output dir and the multiplexer's dir (one lock for a dir named
+/// twice), after the data dir's lock is held (a bot refused there creates no destination).
+/// The returned locks are to be held as long as the bot runs.
 pub(crate) fn guard_dirs(cfg: &BotConfig) -> Result<Vec<Flock<File>>> {
-    check_dir(&cfg.data_dir, "--data-dir")?;
     let mut dirs: Vec<PathBuf> = Vec::new();
     for d in cfg.outputs.iter().map(|o| &o.dir).chain(&cfg.multiplexer) {
         let checked = check_dir(d, DEST)?;

@@ -536,8 +536,9 @@ impl Bot {
     /// join) and write every output once. A dir that is refused stops the bot before the
     /// token is spent.
     pub async fn start(&mut self) -> Result<()> {
-        self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
+        dirguard::check_data_dir(&self.cfg)?;
         self.lock = Some(lock_data_dir(&self.cfg.data_dir)?);
+        self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
         self.start_identity().await?;
         self.write_outputs().await?;
         self.log_renewed("identity ready");
