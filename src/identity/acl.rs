@@ -3,9 +3,10 @@
 //! `idmux init --reader-user` sets them up (tbot's `tbot init --reader-user`).
 //!
 //! Owns: the dir's ACLs ([`share_dir`]: an access ACL giving each reader `r-x` on the dir and
-//! a default ACL that every new file inherits), reading them back ([`readers`], [`inherited`])
-//! and the ACL of each file or socket written into such a dir ([`follow_dir`], [`share_file`]). Files are written as new
-//! inodes (temp file and rename), so each one gets its ACL when it is made: the named readers
+//! a default ACL that every new file inherits), reading them back ([`readers`], [`inherited`],
+//! [`not_from_init`]) and the ACL of each file or socket written into such a dir
+//! ([`follow_dir`], [`share_file`]). Files are written as new inodes (temp file and rename),
+//! so each one gets its ACL when it is made: the named readers
 //! from the dir's default ACL, `r--` on files and `rw-` on sockets (connecting needs write),
 //! the owner, group and others exactly as the file's mode says.
 //!
@@ -135,6 +136,18 @@ pub fn inherited(dir: &Path) -> Result<Vec<Reader>> {
         .collect())
 }
 
+/// Named entries `idmux init` did not set: in `dir`'s access ACL but not in its default ACL,
+/// or the other way round (`init` sets the same readers in both).
+pub fn not_from_init(dir: &Path) -> Result<Vec<Reader>> {
+    let (access, default) = (readers(dir)?, inherited(dir)?);
+    Ok(access
+        .iter()
+        .filter(|r| !default.contains(r))
+        .chain(default.iter().filter(|r| !access.contains(r)))
+        .cloned()
+        .collect())
+}
+
 fn unsupported(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::Unsupported || e.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
@@ -249,6 +262,26 @@ mod tests {
         let f = t.path().join("f");
         crate::fsutil::write_atomic(&f, b"x", 0o600).unwrap();
         assert_eq!(text(&f), "user::rw-\ngroup::---\nother::---\n");
+    }
+
+    #[test]
+    fn an_entry_added_by_hand_is_not_from_init() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        share_dir(d, &[Reader::User("nobody".into())]).unwrap();
+        assert!(not_from_init(d).unwrap().is_empty());
+        // `setfacl -m g:nogroup:r-x D`: the access ACL only.
+        let mut acl = exacl::getfacl(d, AclOption::ACCESS_ACL).unwrap();
+        acl.push(AclEntry::allow_group(
+            "nogroup",
+            Perm::READ | Perm::EXECUTE,
+            None,
+        ));
+        exacl::setfacl(&[d], &acl, AclOption::ACCESS_ACL).unwrap();
+        assert_eq!(
+            not_from_init(d).unwrap(),
+            vec![Reader::Group("nogroup".into())]
+        );
     }
 
     #[test]

@@ -52,14 +52,9 @@ pub(crate) fn guard_dirs(cfg: &BotConfig) -> Result<Vec<Flock<File>>> {
 /// `idmux init`: as tbot with `acls: try` (its default), that is a warning, not a refusal. An
 /// entry that could write is refused earlier: it shows as group write in the dir's mode.
 fn log_readers(dir: &std::path::Path) -> Result<()> {
-    let (access, default) = (acl::readers(dir)?, acl::inherited(dir)?);
     let names = |r: &[acl::Reader]| r.iter().map(|r| r.to_string()).collect::<Vec<_>>();
-    let odd: Vec<String> = access
-        .iter()
-        .filter(|r| !default.contains(r))
-        .chain(default.iter().filter(|r| !access.contains(r)))
-        .map(|r| r.to_string())
-        .collect();
+    let odd = names(&acl::not_from_init(dir)?);
+    let access = acl::readers(dir)?;
     if !odd.is_empty() {
         tracing::warn!(
             "{DEST} {}: ACL entries idmux init did not set: {} (run idmux init again to set              the readers)",
