@@ -421,3 +421,74 @@ fn a_reader_user_runs_ssh_and_ansible_through_a_root_bots_destination() {
     );
     assert!(bot.alive());
 }
+
+#[test]
+fn init_shares_with_a_reader_or_no_one_and_clean_removes_the_rest() {
+    let Some(_reader) = unix_user(READER) else {
+        eprintln!("SKIP init_shares_with_a_reader_or_no_one...: needs root and useradd");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    chmod(work.path(), 0o711);
+    let dest = work.path().join("dest");
+    let init = |args: &[&str]| {
+        run(Command::new(idmux_bin())
+            .args(["init", "--destination-dir"])
+            .arg(&dest)
+            .args(args))
+    };
+    let read_as = |user: &str, f: &str| {
+        run(&mut runuser(
+            user,
+            &["cat", &dest.join(f).display().to_string()],
+        ))
+        .status
+        .success()
+    };
+    // A group reader; files already there (a key, and something idmux does not write).
+    let o = init(&["--reader-group", READER]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(dest.join("key"), b"secret").unwrap();
+    std::fs::write(dest.join("notes.txt"), b"mine").unwrap();
+    let o = init(&["--reader-user", READER]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not written by idmux, left as they are: notes.txt"),
+        "{}",
+        stderr(&o)
+    );
+    let acl = getfacl(&dest.join("key"));
+    assert!(acl.contains(&format!("user:{READER}:r--")), "{acl}");
+    assert!(acl.contains("group::---"), "{acl}");
+    assert!(read_as(READER, "key"));
+    assert!(!read_as("nobody", "key"));
+    // No reader: owner-only again, the dir's default ACL gone, the reader locked out.
+    let o = init(&["--clean"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("owner-only"), "{}", stdout(&o));
+    assert!(!dest.join("notes.txt").exists(), "--clean left notes.txt");
+    assert!(dest.join("key").exists(), "--clean removed an output");
+    let acl = getfacl(&dest);
+    assert!(!acl.contains(READER) && !acl.contains("default"), "{acl}");
+    assert!(!read_as(READER, "key"));
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().mode() & 0o777,
+        0o700,
+        "{acl}"
+    );
+    // Names that do not exist, and an owner the bot would refuse, are one line each.
+    for (args, want) in [
+        (
+            vec!["--reader-user", "no-such-idmux-user"],
+            "idmux: --reader-user no-such-idmux-user: no such user",
+        ),
+        (
+            vec!["--owner", "nobody:nogroup"],
+            "idmux: --owner nobody:nogroup: idmux's bot writes only a dir it owns",
+        ),
+    ] {
+        let o = init(&args);
+        assert!(!o.status.success());
+        assert!(error_line(&o).starts_with(want), "{}", stderr(&o));
+    }
+}
