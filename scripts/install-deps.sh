@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install what idmux's demo, tests and benchmarks need when it is missing: OpenSSH client and
 # server, rsync, openssl, curl, systemd-analyze, libfaketime, passwd and mount (for the
-# reliability tests), nginx and tinyproxy (the third-party load balancer and HTTP proxy of the
-# "real deployments" tests, which start their own on loopback), and Ansible (for the
-# multiplexer's end-to-end tests).
+# reliability tests), libacl1-dev and acl (the POSIX ACLs of `idmux init`), nginx and
+# tinyproxy (the third-party load balancer and HTTP proxy of the "real deployments" tests,
+# which start their own on loopback), and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -22,6 +22,11 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 command -v useradd >/dev/null || need+=(passwd)
 command -v mount >/dev/null || need+=(mount)
+# `idmux init --reader-user` sets POSIX ACLs through the exacl crate, which links libacl: the
+# build needs its headers and libacl.so (libacl1-dev); getfacl/setfacl (acl) let a test or a
+# person look at what init set.
+[ -e /usr/include/sys/acl.h ] || need+=(libacl1-dev)
+command -v getfacl >/dev/null || need+=(acl)
 # The "real deployments" tests (idmux_testkit::thirdparty) run their own nginx (an L7 load
 # balancer in front of the dev cluster) and tinyproxy (an HTTP CONNECT proxy) on loopback.
 # Debian bookworm's `nginx` package holds /usr/sbin/nginx itself (nginx-core on older releases);

@@ -6,6 +6,7 @@ mod choices;
 pub mod cluster;
 mod completion;
 mod doctor;
+mod init;
 mod logging;
 mod runtime;
 pub mod start;
@@ -76,6 +77,8 @@ enum Cmd {
     Start(Box<crate::cmd::start::StartArgs>),
     /// Print the YAML config (version v2) the start flags describe (tbot configure).
     Configure(Box<crate::cmd::start::ConfigureArgs>),
+    /// Prepare a destination dir: owner, owner-only or shared with a reader (tbot init).
+    Init(crate::cmd::init::InitArgs),
     /// Print the version of idmux and the tbot version its behaviour follows.
     Version,
     /// Regenerate ssh_config and known_hosts from the identity file in a destination dir.
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Start(a) => crate::cmd::start::run(*a, &g),
         Cmd::Configure(a) => crate::cmd::start::configure(*a, &g),
+        Cmd::Init(a) => crate::cmd::init::run(a),
         Cmd::Version => print_out(&format!(
             "idmux v{} (Machine ID for OpenSSH; tbot v17/v18 compatible)\n",
             env!("CARGO_PKG_VERSION")

@@ -53,6 +53,40 @@ pub fn ssh_config_params(
     })
 }
 
+/// Is `name` a file idmux writes into a destination dir (the identity files, the CA files,
+/// ssh_config and known_hosts, per cluster too, and the multiplexer's sockets)?
+/// `idmux init --clean` removes everything else.
+pub fn is_output_name(name: &str) -> bool {
+    const FIXED: [&str; 12] = [
+        "identity",
+        "key",
+        "key.pub",
+        "key-cert.pub",
+        "tlscert",
+        "teleport-host-ca.crt",
+        "teleport-user-ca.crt",
+        "teleport-database-ca.crt",
+        "known_hosts",
+        "ssh_config",
+        "v1.sock",
+        "agent.sock",
+    ];
+    FIXED.contains(&name)
+        || name
+            .strip_suffix(".known_hosts")
+            .or_else(|| name.strip_suffix(".ssh_config"))
+            .is_some_and(|cluster| !cluster.is_empty() && !cluster.starts_with('.'))
+}
+
+/// The mode idmux writes the destination file `name` with: the private key and the identity
+/// file 0600, sockets 0600, the rest (certificates, CAs, ssh_config, known_hosts) 0644.
+pub fn output_mode(name: &str) -> u32 {
+    match name {
+        "identity" | "key" | "v1.sock" | "agent.sock" => crate::fsutil::PRIVATE,
+        _ => crate::fsutil::PUBLIC,
+    }
+}
+
 /// Which files a destination dir gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Files {
@@ -100,6 +134,33 @@ pub fn write_destination(dir: &Path, id: &Identity, cas: &CaPems, plan: &Plan) -
         Files::Multiplexer => {
             crate::fsutil::ensure_private_dir(&params.dir)?;
             openssh::write_mux_files(&params, &id.host_cas)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_output_name;
+
+    #[test]
+    fn output_names_and_others() {
+        for n in [
+            "identity",
+            "key-cert.pub",
+            "agent.sock",
+            "leaf.test.known_hosts",
+            "a.ssh_config",
+        ] {
+            assert!(is_output_name(n), "{n}");
+        }
+        for n in [
+            "notes.txt",
+            ".ssh_config",
+            "key.bak",
+            ".key.tmp-1-2",
+            "lock",
+        ] {
+            assert!(!is_output_name(n), "{n}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Every file idmux writes goes through [`write_atomic`]: a temp file in the same folder, fsync,
 //! rename, fsync of the folder. A reader sees the old file or the new one, never a mix, and a
 //! failed write leaves the old file in place. Private material is 0600; folders idmux creates are
-//! 0700.
+//! 0700. In a dir with readers ([`crate::acl`]) each new file gets their read access.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -50,6 +50,8 @@ pub fn write_set_atomic(files: &[(&Path, &[u8], u32)]) -> Result<()> {
             staged.push((tmp.clone(), path));
             // The umask may have narrowed the mode; public files must stay readable.
             f.set_permissions(fs::Permissions::from_mode(*mode))?;
+            // A dir shared with readers (`idmux init --reader-user`): this new inode too.
+            crate::acl::follow_dir(&tmp, *mode, false)?;
             f.write_all(data)
                 .with_context(|| format!("{}: cannot write", tmp.display()))?;
             f.sync_all()
@@ -87,7 +89,8 @@ fn parent_of(path: &Path) -> &Path {
 }
 
 /// Create `dir` (and parents) with mode 0700 if it does not exist. An existing folder is left
-/// as it is: its owner chose its mode.
+/// as it is: its owner chose its mode. A dir made here is remembered
+/// ([`crate::dirs::check_dir`] may then fix its mode).
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -96,7 +99,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    crate::dirs::remember_created(dir);
+    Ok(())
 }
 
 /// Read a file to a string, naming the file in the error.

@@ -12,6 +12,7 @@ mod auth_grpc;
 mod bot;
 mod cluster_ssh;
 mod deployments;
+mod dirs;
 mod dropin;
 mod faults;
 mod foundation;

@@ -25,6 +25,7 @@
 //! swaps key and certificate together, which is why the fdpass ssh_config uses it.
 
 pub mod config;
+mod dirguard;
 pub(crate) mod heartbeat;
 pub(crate) mod outputs;
 
@@ -41,7 +42,6 @@ use tokio::sync::watch;
 use config::{BotConfig, OutputKind};
 use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
-use idmux_identity::fsutil;
 use idmux_identity::openssh::ProxyWay;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
 use idmux_transport::auth_client::AuthClient;
@@ -275,6 +275,9 @@ pub struct Bot {
     published: Vec<(usize, watch::Sender<Arc<Identity>>)>,
     /// `DATA/lock`, held from [`Bot::start`] for the life of the bot.
     lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// A `flock` on each dir the bot writes (outputs, the multiplexer's), from [`Bot::start`]
+    /// for the life of the bot: a second bot on one of them stops before it writes.
+    dir_locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     /// Set from the moment a join or a renewal request may have been acted on by the cluster
     /// (the token spent, generation N+1 issued) until its answer is stored: SIGTERM then waits
     /// for the answer rather than lose it (a lost renewal locks the bot at the next one).
@@ -311,6 +314,7 @@ impl Bot {
             written: Vec::new(),
             published: Vec::new(),
             lock: None,
+            dir_locks: Vec::new(),
             committing: Default::default(),
         })
     }
@@ -574,22 +578,22 @@ impl Bot {
         );
     }
 
-    /// Take the data dir's lock, obtain the bot identity (renew or join) and write every
-    /// output once.
+    /// Check and lock the dirs, take the data dir's lock, obtain the bot identity (renew or
+    /// join) and write every output once. A dir that is refused stops the bot before the
+    /// token is spent.
     pub async fn start(&mut self) -> Result<()> {
         for w in &self.cfg.warnings {
             tracing::warn!("{w}");
         }
+        dirguard::check_data_dir(&self.cfg)?;
         match self.cfg.data_dir() {
-            Some(d) => {
-                fsutil::ensure_private_dir(d)?;
-                self.lock = Some(lock_data_dir(d)?);
-            }
+            Some(d) => self.lock = Some(lock_data_dir(d)?),
             None => tracing::warn!(
                 "the bot's identity is kept in memory only (storage: memory): a restart must join \
                  again, which a one-time token allows only once"
             ),
         }
+        self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
         self.start_identity().await?;
         self.write_outputs(None).await?;
         self.log_renewed("identity ready");

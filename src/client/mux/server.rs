@@ -32,7 +32,7 @@ const SCM_MAX_FD: usize = 253;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bind a unix socket owner-only, replacing a stale one.
+/// Bind a unix socket owner-only (and for the dir's ACL readers), replacing a stale one.
 pub(crate) fn bind_owner_only(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         // A live daemon still answering means a second one must not steal the socket.
@@ -51,6 +51,8 @@ pub(crate) fn bind_owner_only(path: &Path) -> Result<UnixListener> {
     let l = l.with_context(|| format!("{}: cannot listen", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // In a dir shared with readers (`idmux init --reader-user`) they may connect too.
+    idmux_identity::acl::follow_dir(path, 0o600, true)?;
     Ok(l)
 }
 
