@@ -17,6 +17,7 @@ mod dropin;
 mod faults;
 mod foundation;
 mod fuzz_replay;
+mod hostile;
 mod identities;
 mod isolation;
 mod mux;

@@ -645,6 +645,9 @@ impl Bot {
         });
         let mut stopping = stop.clone();
         loop {
+            // Woken only because an output with its own schedule is due (not the bot's
+            // renewal, a SIGHUP or a CA rotation, which renew everything).
+            let mut outputs_only = false;
             tokio::select! {
                 _ = beats.tick() => {
                     self.spawn_heartbeat(std::mem::take(&mut startup));
@@ -669,7 +672,7 @@ impl Bot {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = tokio::time::sleep_until(
                     due.iter().map(|(_, t)| *t).min().unwrap_or(next)
-                ), if !due.is_empty() => {}
+                ), if !due.is_empty() => outputs_only = true,
                 // `systemctl reload`: renew now.
                 _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -678,7 +681,7 @@ impl Bot {
             let now = tokio::time::Instant::now();
             // Only outputs with their own schedule are due (the bot's renewal is not): write
             // those alone, with the current bot identity.
-            let only: Option<Vec<usize>> = (now < next).then(|| {
+            let only: Option<Vec<usize>> = (outputs_only && now < next).then(|| {
                 due.iter()
                     .filter(|(_, t)| *t <= now)
                     .map(|(i, _)| *i)
