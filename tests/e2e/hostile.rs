@@ -5,6 +5,7 @@ use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use idmux_testkit::*;
@@ -146,4 +147,65 @@ fn error_reports_never_block_on_a_full_stderr() {
         threads(pid)
     );
     drop(keep);
+}
+
+/// `--diag-addr` is reachable by any local user: 500 connections that never send a request
+/// hold at most the cap of the daemon's fds, and only for the header timeout; ssh works
+/// throughout and `/metrics` answers once they are gone (on main at 1ba7f1d: no cap, no
+/// timeout, 20,400 held connections took 20,000 fds). `/metrics` also counts the bytes relayed
+/// down to ssh (never counted on main at 1ba7f1d).
+#[test]
+fn diag_connections_are_capped_and_timed_out() {
+    let cl = DevCluster::start(C, 1);
+    let diag = format!("127.0.0.1:{}", idmux_devcluster::node::free_port().unwrap());
+    let bot = BotProc::start(
+        &cl,
+        BotOptions {
+            args: vec![format!("--diag-addr={diag}")],
+            ..Default::default()
+        },
+    );
+    let pid = bot.pid();
+    let target = format!("{}@node-1.{C}", me());
+    let metrics = || {
+        stdout(&run(Command::new("curl").args([
+            "-s",
+            "-m",
+            "5",
+            &format!("http://{diag}/metrics"),
+        ])))
+    };
+    assert!(wait_for(Duration::from_secs(10), || metrics()
+        .contains("idmux_relayed_bytes_total")));
+    assert!(
+        ssh(&bot.ssh_config(), &[&target, "head -c 100000 /dev/zero"])
+            .status
+            .success()
+    );
+    let down: u64 = metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("idmux_relayed_bytes_total{direction=\"down\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(down >= 100_000, "bytes down not counted: {down}");
+    let fds0 = settled_fds(pid, Duration::from_secs(5));
+    let held: Vec<std::net::TcpStream> = (0..500)
+        .filter_map(|_| std::net::TcpStream::connect(&diag).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let most = fd_count(pid);
+    eprintln!("500 idle diag connections: daemon fds {fds0} -> {most}");
+    assert!(
+        most <= fds0 + idmux_client::mux::metrics::DIAG_MAX_CONNECTIONS + 4,
+        "fds {fds0} -> {most}"
+    );
+    assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
+    // The daemon drops them after the header timeout, though the client keeps them open.
+    assert!(
+        wait_for(Duration::from_secs(15), || fd_count(pid) <= fds0 + 2),
+        "fds stayed at {} (was {fds0})",
+        fd_count(pid)
+    );
+    assert!(metrics().contains("tbot_ssh_multiplexer_requests_started_total"));
+    drop(held);
 }

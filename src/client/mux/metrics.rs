@@ -99,19 +99,40 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics`, `/readyz` and `/livez` on `addr` until the process ends.
+/// Diagnostics connections served at once; past that a connection is closed at once.
+pub const DIAG_MAX_CONNECTIONS: usize = 64;
+/// How long a diagnostics client has to send its request headers.
+pub const DIAG_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one diagnostics connection may last in all.
+pub const DIAG_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serve `/metrics`, `/readyz` and `/livez` on `addr` until the process ends. Any local user
+/// can reach this port, so it is capped: at most [`DIAG_MAX_CONNECTIONS`] connections at once
+/// (more are closed on accept), [`DIAG_HEADER_TIMEOUT`] for the request headers,
+/// [`DIAG_CONNECTION_TIMEOUT`] for a whole connection, and a failing accept (out of fds)
+/// backs off instead of spinning.
 pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--diag-addr {addr}: {e}"))?;
     tracing::info!("diagnostics on http://{addr}/metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(DIAG_MAX_CONNECTIONS));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
-            Err(_) => continue,
+            Err(e) => {
+                tracing::debug!("--diag-addr {addr}: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
         };
         let m = m.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let m = m.clone();
                 async move {
@@ -136,9 +157,11 @@ pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> a
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(DIAG_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(DIAG_CONNECTION_TIMEOUT, conn).await;
         });
     }
 }

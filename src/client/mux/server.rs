@@ -199,6 +199,60 @@ fn write_report(fd: OwnedFd, msg: &str) {
     }
 }
 
+/// Counts bytes written through it (`idmux_relayed_bytes_total{direction="down"}`).
+struct CountedWrite<W> {
+    inner: W,
+    metrics: Arc<Metrics>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountedWrite<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.metrics
+                .bytes_down
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.metrics
+                .bytes_down
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Counts bytes read through it.
 struct Counted<R> {
     inner: R,
@@ -277,10 +331,14 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
                 inner: std::io::Cursor::new(extra).chain(r),
                 metrics: m.clone(),
             };
+            let output = CountedWrite {
+                inner: w,
+                metrics: m.clone(),
+            };
             let r = relay::relay(
                 node,
                 input,
-                w,
+                output,
                 tokio::io::sink(),
                 ("ssh client", "ssh client"),
             )
