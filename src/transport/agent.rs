@@ -16,6 +16,12 @@ use russh::keys::ssh_encoding::Encode;
 use russh::keys::ssh_key::{private::KeypairData, Certificate, HashAlg, PrivateKey, Signature};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The largest agent request served: a sign request is a key blob and the data to sign (a
+/// few hundred bytes to a few KiB); OpenSSH's own limit is 256 KiB.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a request may take to arrive once its first byte has.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use idmux_wire::agent::{
     self as wire, AgentIdentity, SignRequest, FAILURE, MAX_FRAME, REQUEST_IDENTITIES, RSA_SHA2_256,
     RSA_SHA2_512, SIGN_REQUEST,
@@ -120,22 +126,36 @@ impl Agent {
         }
     }
 
-    /// Serve one client connection until it closes or sends a bad frame.
+    /// Serve one client connection until it closes or sends a bad frame. A request must be
+    /// at most [`MAX_REQUEST`] bytes and arrive whole within [`REQUEST_TIMEOUT`] of its first
+    /// byte; its buffer grows with what arrives (a client that announces a large frame and
+    /// sends nothing holds no memory).
     pub async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         &self,
         mut s: S,
     ) -> Result<()> {
         loop {
             let mut len = [0u8; 4];
-            if s.read_exact(&mut len).await.is_err() {
+            if s.read_exact(&mut len[..1]).await.is_err() {
                 return Ok(());
             }
-            let n = u32::from_be_bytes(len) as usize;
-            if n == 0 || n > MAX_FRAME {
-                anyhow::bail!("agent request of {n} bytes");
-            }
-            let mut msg = vec![0u8; n];
-            s.read_exact(&mut msg).await?;
+            let msg = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                s.read_exact(&mut len[1..]).await?;
+                let n = u32::from_be_bytes(len) as usize;
+                if n == 0 || n > MAX_REQUEST.min(MAX_FRAME) {
+                    anyhow::bail!("agent request of {n} bytes");
+                }
+                let mut msg = Vec::new();
+                (&mut s).take(n as u64).read_to_end(&mut msg).await?;
+                if msg.len() != n {
+                    anyhow::bail!("agent request cut short");
+                }
+                Ok(msg)
+            })
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("agent request not complete within {REQUEST_TIMEOUT:?}")
+            })??;
             let reply = self.respond(&msg);
             s.write_all(&(reply.len() as u32).to_be_bytes()).await?;
             s.write_all(&reply).await?;

@@ -209,3 +209,48 @@ fn diag_connections_are_capped_and_timed_out() {
     assert!(metrics().contains("tbot_ssh_multiplexer_requests_started_total"));
     drop(held);
 }
+
+/// agent.sock slowloris: 1,000 connections announcing 256 KiB requests and sending 200 KiB of
+/// them, then 400 within the size limit that never finish. The daemon refuses the oversized at
+/// once, holds the others at most the request timeout, and its RSS and fds come back (on main
+/// at 1ba7f1d: no timeout, no cap, 1,000 such connections held 281 MiB).
+#[test]
+fn agent_socket_slowloris_is_bounded() {
+    let cl = DevCluster::start(C, 1);
+    let bot = BotProc::start(&cl, BotOptions::default());
+    let pid = bot.pid();
+    let sock = bot.dest.join("agent.sock");
+    let target = format!("{}@node-1.{C}", me());
+    assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
+    let (fds0, rss0) = (settled_fds(pid, Duration::from_secs(5)), rss_kib(pid));
+    let partial = |announce: u32, send: usize| {
+        let mut s = UnixStream::connect(&sock).ok()?;
+        s.set_nonblocking(true).ok()?;
+        let mut bytes = announce.to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', send));
+        let mut off = 0;
+        while off < bytes.len() {
+            match s.write(&bytes[off..]) {
+                Ok(n) => off += n,
+                Err(_) => break,
+            }
+        }
+        Some(s)
+    };
+    let mut held: Vec<UnixStream> = (0..1000)
+        .filter_map(|_| partial(256 * 1024, 200 * 1024))
+        .collect();
+    held.extend((0..400).filter_map(|_| partial(60 * 1024, 30 * 1024)));
+    std::thread::sleep(Duration::from_secs(1));
+    let (fds1, rss1) = (fd_count(pid), rss_kib(pid));
+    eprintln!("agent.sock slowloris: daemon fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB");
+    assert!(rss1 <= rss0 + 48 * 1024, "RSS {rss0} -> {rss1} KiB");
+    // Within the request timeout (10 s) every partial request is dropped.
+    assert!(
+        wait_for(Duration::from_secs(20), || fd_count(pid) <= fds0 + 2),
+        "fds stayed at {} (was {fds0})",
+        fd_count(pid)
+    );
+    assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
+    drop(held);
+}

@@ -29,6 +29,9 @@ use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
 /// The most fds one message can carry (Linux's `SCM_MAX_FD`).
 const SCM_MAX_FD: usize = 253;
 
+/// agent.sock connections served at once (ssh holds one only while it authenticates).
+pub const AGENT_MAX_CONNECTIONS: usize = 512;
+
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -387,12 +390,21 @@ pub(crate) async fn serve_v1(
 pub(crate) async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
     let listener = bind_owner_only(&dir.join("agent.sock"))?;
     let _file = SocketFile::new(dir.join("agent.sock"));
+    let slots = Arc::new(tokio::sync::Semaphore::new(AGENT_MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
+                // ssh holds its agent connection only while it authenticates.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(
+                        "agent.sock: {AGENT_MAX_CONNECTIONS} connections open; refusing one"
+                    );
+                    continue;
+                };
                 m.agent_connections.fetch_add(1, Ordering::Relaxed);
                 let a = agent.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let _ = a.serve(conn).await;
                 });
             }
