@@ -636,7 +636,10 @@ pub(crate) async fn serve_conn<S: Io>(
 const WEB_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run the cluster in the foreground until SIGINT/SIGTERM.
-pub async fn start(opts: StartOptions) -> Result<()> {
+pub async fn start(mut opts: StartOptions) -> Result<()> {
+    // sshd gets paths from here (its config, host keys, CA files): they must not depend on
+    // the working directory.
+    opts.dir = idmux_identity::paths::absolute(&opts.dir)?;
     let dir = &opts.dir;
     fsutil::ensure_private_dir(dir)?;
     let cas = tokio::task::block_in_place(|| {
