@@ -178,7 +178,10 @@ async fn route(
         }
         // The join service and Ping are answered above: GetClusterCACert is left.
         let c = ctx.clone();
-        return unary(req, move |_: Empty| Ok(res::get_cluster_ca_cert(&c.live().cas))).await;
+        return unary(req, move |_: Empty| {
+            Ok(res::get_cluster_ca_cert(&c.live().cas))
+        })
+        .await;
     };
     let (c, who) = (ctx.clone(), caller.clone());
     match path.as_str() {

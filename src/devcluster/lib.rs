@@ -532,9 +532,9 @@ pub(crate) async fn serve_auth_direct<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -
     .map_err(|_| anyhow!("TLS from {peer}: no handshake within the deadline"))?
     .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
     let caller = match tls.get_ref().1.peer_certificates() {
-        Some(c) if !c.is_empty() => Some(
-            auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?,
-        ),
+        Some(c) if !c.is_empty() => {
+            Some(auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?)
+        }
         _ => None,
     };
     auth_grpc::serve_as(ctx, tls, caller).await

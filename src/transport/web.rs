@@ -170,9 +170,7 @@ impl WebClient {
                     for pem in pems {
                         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                             let c = c.map_err(|e| anyhow!("the cluster's CA: bad PEM: {e}"))?;
-                            roots
-                                .add(c)
-                                .map_err(|e| anyhow!("the cluster's CA: {e}"))?;
+                            roots.add(c).map_err(|e| anyhow!("the cluster's CA: {e}"))?;
                         }
                     }
                 }

@@ -217,7 +217,10 @@ pub(crate) async fn join_through_auth(
 
 /// The proxy's address from Auth's `Ping` (`proxy_public_addr`), as tbot finds the proxy when
 /// given Auth's address; refused in one line when Auth names none.
-pub(crate) fn proxy_from_ping(addr: &str, ping: &idmux_wire::services::PingResponse) -> Result<String> {
+pub(crate) fn proxy_from_ping(
+    addr: &str,
+    ping: &idmux_wire::services::PingResponse,
+) -> Result<String> {
     let p = ping.proxy_public_addr.trim();
     if p.is_empty() {
         bail!(
@@ -748,6 +751,8 @@ impl Bot {
         });
         let mut stopping = stop.clone();
         loop {
+            // A renewal asked for now (SIGHUP, a CA rotation), not an output's own schedule.
+            let mut forced = false;
             tokio::select! {
                 _ = beats.tick() => {
                     self.spawn_heartbeat(std::mem::take(&mut startup));
@@ -760,7 +765,10 @@ impl Bot {
                         _ = stopping.wait_for(|s| *s) => return Ok(()),
                     };
                     match checked {
-                        Ok(Ok(true)) => tracing::info!("a CA of the cluster rotated: renewing now"),
+                        Ok(Ok(true)) => {
+                            tracing::info!("a CA of the cluster rotated: renewing now");
+                            forced = true;
+                        }
                         Ok(Ok(false)) => continue,
                         Ok(Err(e)) => {
                             tracing::debug!("CA rotation check failed: {e:#}");
@@ -774,14 +782,17 @@ impl Bot {
                     due.iter().map(|(_, t)| *t).min().unwrap_or(next)
                 ), if !due.is_empty() => {}
                 // `systemctl reload`: renew now.
-                _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
+                _ = hup.recv() => {
+                    tracing::debug!("SIGHUP: renewing now");
+                    forced = true;
+                }
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let committing = self.committing.clone();
             let now = tokio::time::Instant::now();
             // Only outputs with their own schedule are due (the bot's renewal is not): write
             // those alone, with the current bot identity.
-            let only: Option<Vec<usize>> = (now < next).then(|| {
+            let only: Option<Vec<usize>> = (now < next && !forced).then(|| {
                 due.iter()
                     .filter(|(_, t)| *t <= now)
                     .map(|(i, _)| *i)
