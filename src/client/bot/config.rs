@@ -754,6 +754,30 @@ renewal_interval: 10m
 ";
 
     #[test]
+    fn auth_addressed_directly_and_how_it_is_trusted() {
+        let yaml = "version: v2\nauth_server: auth.example.com:3025\nonboarding:\n  token: t\n  ca_pins: [\"sha256:ab\"]\n";
+        let mut c = parse_yaml(yaml, "bot.yaml").unwrap();
+        assert_eq!(c.auth_direct(), Some("auth.example.com:3025"));
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::Pins(p) if p == ["sha256:ab"]));
+        // Pins first, then --ca-path, then --insecure; with none, one line asking for a pin.
+        c.ca_pins.clear();
+        c.trust = Trust::CaFile("/ca.pem".into());
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::CaFile(_)));
+        c.trust = Trust::Insecure;
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::Insecure));
+        c.trust = Trust::System;
+        let e = c.first_trust().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--auth-server auth.example.com:3025: nothing to check Auth's certificate with: give --ca-pin")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        // With a proxy too, the proxy is used (tbot's ConnectionConfig).
+        c.proxy_server = "proxy.example.com:443".into();
+        assert_eq!(c.auth_direct(), None);
+    }
+
+    #[test]
     fn parses_tbot_v2() {
         let c = parse_yaml(GOOD, "bot.yaml").unwrap();
         assert_eq!(c.proxy_server, "proxy.example.com:443");

@@ -866,3 +866,27 @@ impl Bot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idmux_wire::services::PingResponse;
+
+    #[test]
+    fn the_proxy_is_the_one_auths_ping_names() {
+        let mut ping = PingResponse {
+            proxy_public_addr: "proxy.example.com:443".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            proxy_from_ping("a:3025", &ping).unwrap(),
+            "proxy.example.com:443"
+        );
+        ping.proxy_public_addr = String::new();
+        assert_eq!(
+            proxy_from_ping("a:3025", &ping).unwrap_err().to_string(),
+            "auth server a:3025 names no proxy (its Ping has no proxy_public_addr); give the \
+             proxy's address with --proxy-server"
+        );
+    }
+}
