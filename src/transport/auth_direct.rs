@@ -65,7 +65,8 @@ pub fn check_pins(pins: &[String], certs: &[CertificateDer<'_>]) -> Result<()> {
     }
     for c in certs {
         let pin = spki_pin(c)?;
-        if !pins.iter().any(|p| p.eq_ignore_ascii_case(&pin)) {
+        // Compared whole and exactly, as Teleport's (an upper-case pin matches nothing).
+        if !pins.iter().any(|p| *p == pin) {
             bail!("{PIN_MISMATCH}");
         }
     }
@@ -294,7 +295,9 @@ xRQXBi+z7rx4AiEAt/K/o0vUDMWrWYhylFLy90UkAu+vTarAinyp3uCSXZ4=
     #[test]
     fn every_ca_must_match_a_pin_with_teleports_words() {
         check_pins(&[PIN.into()], &[cert()]).unwrap();
-        check_pins(&["sha256:00".into(), PIN.to_uppercase()], &[cert()]).unwrap();
+        check_pins(&["sha256:00".into(), PIN.into()], &[cert()]).unwrap();
+        let upper = format!("sha256:{}", PIN[7..].to_uppercase());
+        assert!(check_pins(&[upper], &[cert()]).is_err());
         let other = format!("sha256:{}", "0".repeat(64));
         let e = check_pins(&[other], &[cert()]).unwrap_err().to_string();
         assert_eq!(e, PIN_MISMATCH);
