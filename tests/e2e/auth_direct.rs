@@ -214,3 +214,54 @@ fn teleport_auth_server_in_the_environment_is_the_flag() {
     assert!(o.status.success(), "{}", stderr(&o));
     ssh_ok(&dest.join("ssh_config"));
 }
+
+/// `auth_server:` and `onboarding.ca_pins` in tbot's YAML; `--ca-path` instead of a pin; and
+/// `--insecure`, which joins without checking Auth, with a warning.
+#[test]
+fn yaml_ca_path_and_insecure() {
+    let cl = cluster();
+    let a = auth(&cl);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let cfg = w.join("tbot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nauth_server: {a}\nonboarding:\n  join_method: token\n  token: {token}\n  ca_pins:\n    - {pin}\nstorage:\n  type: directory\n  path: {data}\noneshot: true\noutputs:\n  - type: identity\n    destination:\n      type: directory\n      path: {dest}\n",
+            token = cl.token("ci", &me()),
+            pin = cl.ca_pins()[0],
+            data = w.join("d1").display(),
+            dest = w.join("o1").display(),
+        ),
+    )
+    .unwrap();
+    let o = run(&mut idmux(
+        &["start".into(), "-c".into(), cfg.display().to_string()],
+        &[],
+    ));
+    assert!(o.status.success(), "yaml: {}", stderr(&o));
+    ssh_ok(&w.join("o1/ssh_config"));
+    // --ca-path: the cluster's CA file checks Auth (and the proxy Auth names).
+    let mut args = dirs(&w.join("d2"), &w.join("o2"), &cl.token("ci", &me()));
+    args.extend([
+        format!("--auth-server={a}"),
+        format!("--ca-path={}", cl.dir.path().join("ca.pem").display()),
+        "--oneshot".into(),
+    ]);
+    let o = run(&mut idmux(&args, &[]));
+    assert!(o.status.success(), "--ca-path: {}", stderr(&o));
+    ssh_ok(&w.join("o2/ssh_config"));
+    // --insecure: joins, and says that Auth was not checked.
+    let mut args = vec!["--insecure".to_string()];
+    args.extend(dirs(&w.join("d3"), &w.join("o3"), &cl.token("ci", &me())));
+    args.extend([format!("--auth-server={a}"), "--oneshot".into()]);
+    let o = run(&mut idmux(&args, &[]));
+    assert!(o.status.success(), "--insecure: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "--insecure: Auth {a}'s certificate is NOT verified"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
