@@ -66,7 +66,7 @@ pub fn check_pins(pins: &[String], certs: &[CertificateDer<'_>]) -> Result<()> {
     for c in certs {
         let pin = spki_pin(c)?;
         // Compared whole and exactly, as Teleport's (an upper-case pin matches nothing).
-        if !pins.iter().any(|p| *p == pin) {
+        if !pins.contains(&pin) {
             bail!("{PIN_MISMATCH}");
         }
     }

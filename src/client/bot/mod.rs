@@ -9,7 +9,7 @@
 //! Lifecycle: take `DATA/lock` (flock; a second bot on the same data dir stops), then load the
 //! stored identity: a valid one is renewed, an expired one (or a new token) joins again. Every
 //! renewal asks Auth (gRPC over the `teleport-auth@` ALPN, or on Auth's own port when Auth is
-//! addressed directly: [`join_through_auth`], [`Bot::auth_via`]) for the cluster's signature
+//! addressed directly: `join_through_auth`, `Bot::auth_via`) for the cluster's signature
 //! algorithm suite and a fresh bot identity with a new key of that suite's type (the
 //! generation counter goes up by one), then for each output an impersonated identity, again
 //! with a new key. When the proxy is down the bot keeps its files, logs one line per failure
