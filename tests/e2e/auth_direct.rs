@@ -79,6 +79,16 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
     let pins = cl.ca_pins();
     assert_eq!(pins.len(), 1, "{pins:?}");
     assert!(pins[0].starts_with("sha256:") && pins[0].len() == 7 + 64);
+    // The text of `bots add`, as `tctl bots add`'s: the pins, then Auth's address.
+    let o = cl.admin(&["bots", "add", "texty", "--logins", "nobody"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "   --ca-pin={} \\\n   --auth-server={a}\n",
+            pins[0]
+        )),
+        "{text}"
+    );
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let (data, once, fd) = (w.join("data"), w.join("once"), w.join("fdpass"));
