@@ -159,11 +159,7 @@ impl AuthDirect {
     /// A connection for the join: no client certificate, Auth's certificate checked against
     /// the established CAs as `teleport.cluster.local`.
     pub async fn dial_join(&self) -> Result<ProxyTls> {
-        let cfg = match &self.roots {
-            Some(r) => anonymous_config(Some(r.clone()))?,
-            None => anonymous_config(None)?,
-        };
-        dial(&self.addr, cfg).await
+        dial(&self.addr, anonymous_config(self.roots.clone())?).await
     }
 }
 

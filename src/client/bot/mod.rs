@@ -752,8 +752,9 @@ impl Bot {
         });
         let mut stopping = stop.clone();
         loop {
-            // A renewal asked for now (SIGHUP, a CA rotation), not an output's own schedule.
-            let mut forced = false;
+            // Woken only because an output with its own schedule is due (not the bot's
+            // renewal, a SIGHUP or a CA rotation, which renew everything).
+            let mut outputs_only = false;
             tokio::select! {
                 _ = beats.tick() => {
                     self.spawn_heartbeat(std::mem::take(&mut startup));
@@ -766,10 +767,7 @@ impl Bot {
                         _ = stopping.wait_for(|s| *s) => return Ok(()),
                     };
                     match checked {
-                        Ok(Ok(true)) => {
-                            tracing::info!("a CA of the cluster rotated: renewing now");
-                            forced = true;
-                        }
+                        Ok(Ok(true)) => tracing::info!("a CA of the cluster rotated: renewing now"),
                         Ok(Ok(false)) => continue,
                         Ok(Err(e)) => {
                             tracing::debug!("CA rotation check failed: {e:#}");
@@ -781,19 +779,16 @@ impl Bot {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = tokio::time::sleep_until(
                     due.iter().map(|(_, t)| *t).min().unwrap_or(next)
-                ), if !due.is_empty() => {}
+                ), if !due.is_empty() => outputs_only = true,
                 // `systemctl reload`: renew now.
-                _ = hup.recv() => {
-                    tracing::debug!("SIGHUP: renewing now");
-                    forced = true;
-                }
+                _ = hup.recv() => tracing::debug!("SIGHUP: renewing now"),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let committing = self.committing.clone();
             let now = tokio::time::Instant::now();
             // Only outputs with their own schedule are due (the bot's renewal is not): write
             // those alone, with the current bot identity.
-            let only: Option<Vec<usize>> = (now < next && !forced).then(|| {
+            let only: Option<Vec<usize>> = (outputs_only && now < next).then(|| {
                 due.iter()
                     .filter(|(_, t)| *t <= now)
                     .map(|(i, _)| *i)
