@@ -83,6 +83,12 @@ pub(crate) struct StartArgs {
     /// `proxy.ssh.public_addr` and named by the proxy's certificates.
     #[arg(long)]
     pub public_addr: Option<String>,
+    /// Also serve Auth directly on this address, as Teleport's auth service listens on 3025:
+    /// TLS with Auth's certificate, a client certificate optional (without one: the join
+    /// service, GetClusterCACert and Ping only). Port 0: a free port, reported on the ready
+    /// line as `auth on ADDR`.
+    #[arg(long)]
+    pub auth_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -212,6 +218,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 no_tls_routing: a.no_tls_routing,
                 ssh_listen: a.ssh_listen,
                 public_addr: a.public_addr,
+                auth_listen: a.auth_listen,
             }))
         }
         ClusterCmd::Bots(BotsCmd::Add {
@@ -393,10 +400,12 @@ fn print_bot_added(
     format: Format,
 ) {
     let user = format!("bot-{name}");
+    // As `tctl bots add`: the pins of the cluster's CA, for a bot that joins through Auth.
+    let pins = idmux_devcluster::ca_pins(data_dir).unwrap_or_default();
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::json!({"user_name": user, "role_name": user, "token_id": token, "token_ttl": ttl.as_nanos() as i64})
+            serde_json::json!({"user_name": user, "role_name": user, "token_id": token, "token_ttl": ttl.as_nanos() as i64, "ca_pins": pins})
         ),
         Format::Text => {
             let proxy = if st.proxy_addr.is_empty() {
@@ -421,6 +430,22 @@ fn print_bot_added(
             println!();
             println!("  - This is a single-use token: it is consumed when the bot joins.");
             println!("  - {proxy} must be reachable from the bot's machine.");
+            let auth = if st.auth_addr.is_empty() {
+                "127.0.0.1:3025"
+            } else {
+                &st.auth_addr
+            };
+            println!();
+            println!("Or, with Auth reachable (`cluster start --auth-listen`), join through it:");
+            println!();
+            println!("> idmux start \\");
+            println!("   --data-dir=/var/lib/idmux \\");
+            println!("   --destination-dir=/opt/machine-id \\");
+            println!("   --token={token} \\");
+            for p in &pins {
+                println!("   --ca-pin={p} \\");
+            }
+            println!("   --auth-server={auth}");
         }
     }
 }

@@ -216,14 +216,18 @@ pub(crate) fn pair(on: bool, off: bool) -> Option<bool> {
 /// The bot configuration the command line describes: the `-c` file, then the flags over it.
 pub(crate) fn to_config(a: StartArgs, g: &Globals) -> Result<BotConfig> {
     let c = describe(a, g)?;
+    if let Some(auth) = c.auth_direct() {
+        // Auth addressed directly (tbot's `registerThroughAuth`): checked before anything is
+        // spent, including how Auth's certificate will be trusted on the join.
+        idmux_wire::hostport::split_host_port(auth, "--auth-server")?;
+        c.first_trust()?;
+        return Ok(c);
+    }
     if c.proxy_server.is_empty() {
-        match &c.auth_server {
-            Some(a) => bail!(
-                "--auth-server {a}: reaching Auth directly is not supported by idmux yet; give \
-                 the proxy's address with --proxy-server (TELEPORT_PROXY)"
-            ),
-            None => bail!("--proxy-server is required (host:port of the proxy)"),
-        }
+        bail!(
+            "--proxy-server is required (host:port of the proxy), or --auth-server with --ca-pin \
+             to reach Auth directly"
+        );
     }
     idmux_wire::hostport::split_host_port(&c.proxy_server, "--proxy-server")?;
     Ok(c)
@@ -360,10 +364,10 @@ fn describe(a: StartArgs, g: &Globals) -> Result<BotConfig> {
         };
         c.token = Some(config::token_value(t, from)?);
     }
-    if !c.ca_pins.is_empty() {
-        for p in &c.ca_pins {
-            check_pin(p)?;
-        }
+    for p in &c.ca_pins {
+        check_pin(p)?;
+    }
+    if !c.ca_pins.is_empty() && !c.proxy_server.is_empty() {
         // As tbot: pins check Auth on a first connection straight to it; through the proxy
         // the proxy's TLS certificate is checked instead.
         c.warnings.push(

@@ -54,10 +54,15 @@ pub(crate) fn wants_auth(offered: &[Vec<u8>]) -> bool {
     offered.iter().any(|p| p.starts_with(ALPN_AUTH_PREFIX))
 }
 
-/// Auth's TLS server configuration: its key and certificate in `dir` (created on first use,
-/// the certificate reissued on every start and CA change, from the serving host CA keys),
-/// client certificates required from a trusted user CA key, ALPN `h2`.
-pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerConfig> {
+/// Auth's TLS server configurations: its key and certificate in `dir` (created on first use,
+/// the certificate reissued on every start and CA change, from the serving host CA keys), ALPN
+/// `h2`. The first requires a client certificate from a trusted user CA key (the end of the
+/// `teleport-auth@` route); the second, Auth's own port (`--auth-listen`), takes one if given
+/// (Teleport's `tls.VerifyClientCertIfGiven`): a caller without is the Nop role.
+pub(crate) fn tls_configs(
+    dir: &Path,
+    cas: &ClusterCas,
+) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
     let key = crate::key_file(&dir.join("auth_tls.key"), KeyType::EcdsaP256)?;
     let dns: Vec<String> = AUTH_DNS_NAMES.iter().map(|s| s.to_string()).collect();
     let cert = cas.issue_tls_server(
@@ -69,12 +74,21 @@ pub(crate) fn tls_config(dir: &Path, cas: &ClusterCas) -> Result<rustls::ServerC
     )?;
     fsutil::write_atomic(&dir.join("auth_tls.crt"), cert.as_bytes(), PUBLIC)?;
     // Every trusted user CA certificate (a rotation has two).
-    let verifier = WebPkiClientVerifier::builder(crate::user_roots(cas)?).build()?;
+    let roots = crate::user_roots(cas)?;
+    let required = WebPkiClientVerifier::builder(roots.clone()).build()?;
+    let optional = WebPkiClientVerifier::builder(roots)
+        .allow_unauthenticated()
+        .build()?;
+    let chain = crate::cert_chain(&cert)?;
     let mut cfg = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(crate::cert_chain(&cert)?, key.to_rustls()?)?;
+        .with_client_cert_verifier(required)
+        .with_single_cert(chain.clone(), key.to_rustls()?)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    let mut direct = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain, key.to_rustls()?)?;
+    direct.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((cfg, direct))
 }
 
 /// The identity in the verified client certificate of a TLS connection.
@@ -95,7 +109,17 @@ pub async fn serve<S: crate::Io>(
     tls: TlsStream<S>,
     caller: TlsIdentity,
 ) -> Result<()> {
-    let caller = Arc::new(caller);
+    serve_as(ctx, tls, Some(caller)).await
+}
+
+/// [`serve`] for a caller that may have presented no certificate (`None`: the Nop role, on
+/// Auth's own port).
+pub async fn serve_as<S: crate::Io>(
+    ctx: Arc<Ctx>,
+    tls: TlsStream<S>,
+    caller: Option<TlsIdentity>,
+) -> Result<()> {
+    let caller = caller.map(Arc::new);
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (ctx, caller) = (ctx.clone(), caller.clone());
         async move { Ok::<_, Infallible>(route(ctx, caller, req).await) }
@@ -106,14 +130,59 @@ pub async fn serve<S: crate::Io>(
         .map_err(|e| anyhow!("auth gRPC: {e}"))
 }
 
+/// What a caller with no certificate (Teleport's Nop role) may call: the join service,
+/// `GetClusterCACert` ("Allow all roles to get the CA certs") and `Ping` ("does not require
+/// special permissions"), `lib/auth/auth_with_roles.go`, `lib/auth/grpcserver.go`.
+pub(crate) fn nop_may_call(path: &str) -> bool {
+    use idmux_wire::services::{GET_CLUSTER_CA_CERT, PING};
+    [idmux_wire::join::JOIN, GET_CLUSTER_CA_CERT, PING].contains(&path)
+}
+
+/// Teleport's refusal of a call by the Nop role: `GenerateUserCerts` fails its
+/// `currentUserAction` check (`create` on `user`); every other check here is simpler.
+pub(crate) fn nop_refusal(path: &str) -> Status {
+    if path == GENERATE_USER_CERTS {
+        return denied(r#"access denied to perform action "create" on "user""#.into());
+    }
+    denied("access denied".into())
+}
+
+/// `Ping`: the cluster's name, this server's version and the proxy's public address.
+pub(crate) fn ping(ctx: &Ctx) -> idmux_wire::services::PingResponse {
+    idmux_wire::services::PingResponse {
+        cluster_name: ctx.live().cas.cluster.clone(),
+        server_version: concat!("idmux-dev-", env!("CARGO_PKG_VERSION")).into(),
+        proxy_public_addr: ctx.opts.public_addr.clone(),
+        ..Default::default()
+    }
+}
+
 async fn route(
     ctx: Arc<Ctx>,
-    caller: Arc<TlsIdentity>,
+    caller: Option<Arc<TlsIdentity>>,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<tonic::body::Body> {
     use crate::auth_resources as res;
     use idmux_wire::services::*;
     let path = req.uri().path().to_string();
+    if path == idmux_wire::join::JOIN {
+        return crate::join_service::route(ctx, req).await;
+    }
+    if path == PING {
+        let c = ctx.clone();
+        return unary(req, move |_: PingRequest| Ok(ping(&c))).await;
+    }
+    let Some(caller) = caller else {
+        if !nop_may_call(&path) {
+            return nop_refusal(&path).into_http();
+        }
+        // The join service and Ping are answered above: GetClusterCACert is left.
+        let c = ctx.clone();
+        return unary(req, move |_: Empty| {
+            Ok(res::get_cluster_ca_cert(&c.live().cas))
+        })
+        .await;
+    };
     let (c, who) = (ctx.clone(), caller.clone());
     match path.as_str() {
         GENERATE_USER_CERTS => {
@@ -172,8 +241,9 @@ async fn route(
 /// grpc-go's words for a call it cannot route: an unregistered service, or a method the
 /// registered service lacks.
 pub(crate) fn unknown(path: &str) -> String {
-    const SERVED: [&str; 4] = [
+    const SERVED: [&str; 5] = [
         "proto.AuthService",
+        "teleport.join.v1.JoinService",
         "teleport.trust.v1.TrustService",
         "teleport.presence.v1.PresenceService",
         "teleport.machineid.v1.BotInstanceService",

@@ -49,7 +49,9 @@ pub async fn serve<S: crate::Io>(ctx: Arc<Ctx>, tls: TlsStream<S>) -> Result<()>
         .map_err(|e| anyhow!("join gRPC: {e}"))
 }
 
-async fn route(
+/// Answer one call on a connection that serves the join service (the proxy's
+/// `teleport-proxy-grpc`, Auth's port).
+pub(crate) async fn route(
     ctx: Arc<Ctx>,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<tonic::body::Body> {

@@ -166,6 +166,8 @@ pub struct Live {
     tls_ssh: Option<Arc<rustls::ServerConfig>>,
     tls_grpc: Option<Arc<rustls::ServerConfig>>,
     tls_auth: Arc<rustls::ServerConfig>,
+    /// Auth's own port (`--auth-listen`): Auth's certificate, a client certificate optional.
+    tls_auth_direct: Arc<rustls::ServerConfig>,
     /// The SSH port's TLS (`--no-tls-routing`): the host certificate, a client certificate
     /// from the user CA required, ALPN `h2` or `teleport-proxy-ssh-grpc` (Teleport's
     /// `sshGRPCTLSConfig`); `None` when gRPC is not served (`--transports`).
@@ -185,6 +187,9 @@ pub struct StartOptions {
     pub ssh_listen: SocketAddr,
     /// `--public-addr HOST[:PORT]`.
     pub public_addr: Option<String>,
+    /// `--auth-listen`: Auth served directly on this address, as Teleport's auth service
+    /// listens on 3025.
+    pub auth_listen: Option<SocketAddr>,
     pub name: String,
     pub nodes: usize,
     /// The node transports served.
@@ -358,7 +363,7 @@ impl Live {
         let [ssh, grpc, ssh_port] = transport_tls_configs(&cas, &cert, &tls_key)?;
         let upgrade_face = WebFace::new(&cert, &tls_key)?;
         let serves = |t| opts.transports.contains(&t);
-        let auth = auth_grpc::tls_config(&pdir, &cas)?;
+        let (auth, auth_direct) = auth_grpc::tls_configs(&pdir, &cas)?;
         // SSH: the proxy's host key and host cert.
         let host_key = key_file(&pdir.join("ssh_host_key"), KeyType::Ed25519)?;
         let host_id = proxy_host_id(dir)?;
@@ -391,6 +396,7 @@ impl Live {
             tls_ssh: serves(ProxyTransport::Ssh).then(|| Arc::new(ssh)),
             tls_grpc: serves(ProxyTransport::Grpc).then(|| Arc::new(grpc)),
             tls_auth: Arc::new(auth),
+            tls_auth_direct: Arc::new(auth_direct),
             tls_ssh_port: serves(ProxyTransport::Grpc).then(|| Arc::new(ssh_port)),
             upgrade_face,
             ssh_config: Arc::new(sc),
@@ -501,6 +507,37 @@ async fn serve_auth_tls<S: Io>(
         .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
     let caller = auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?;
     auth_grpc::serve(ctx, tls, caller).await
+}
+
+/// One connection to Auth's own port (`--auth-listen`): TLS with Auth's certificate, a client
+/// certificate optional (checked against the user CA when given), then Auth's gRPC, where a
+/// caller without a certificate is the Nop role ([`auth_grpc::nop_may_call`]).
+pub(crate) async fn serve_auth_direct<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -> Result<()> {
+    let start = tokio::time::timeout(
+        ssh_port::TLS_HANDSHAKE_TIMEOUT,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no TLS ClientHello from {peer} within {:?}",
+            ssh_port::TLS_HANDSHAKE_TIMEOUT
+        )
+    })??;
+    let tls = tokio::time::timeout(
+        ssh_port::TLS_HANDSHAKE_TIMEOUT,
+        handshake(start, ctx.live().tls_auth_direct.clone()),
+    )
+    .await
+    .map_err(|_| anyhow!("TLS from {peer}: no handshake within the deadline"))?
+    .map_err(|e| anyhow!("TLS from {peer}: {e}"))?;
+    let caller = match tls.get_ref().1.peer_certificates() {
+        Some(c) if !c.is_empty() => {
+            Some(auth_grpc::peer_identity(&tls).map_err(|e| anyhow!("auth from {peer}: {e}"))?)
+        }
+        _ => None,
+    };
+    auth_grpc::serve_as(ctx, tls, caller).await
 }
 
 /// [`serve_conn`] for a stream tunnelled through `/webapi/connectionupgrade`, boxed: the
@@ -677,6 +714,16 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
         None
     };
     let ssh_addr = ssh_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // Auth's own port (Teleport's 3025), when asked for.
+    let auth_listener = match opts.auth_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("--auth-listen {a}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    let auth_addr = auth_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let (public_addr, mut extra_names) = match &opts.public_addr {
         Some(p) => {
             let (addr, host) = parse_public_addr(p, listen.port())?;
@@ -777,22 +824,27 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
     let cluster_name = ctx.live().cas.cluster.clone();
     let proxy_addr = ctx.proxy_addr.clone();
     let ssh_proxy_addr = ssh_addr.map(|a| a.to_string()).unwrap_or_default();
+    let auth_addr_s = auth_addr.map(|a| a.to_string()).unwrap_or_default();
     State::modify(dir, move |s| {
         s.cluster_name = cluster_name;
         s.proxy_addr = proxy_addr;
         s.ssh_proxy_addr = ssh_proxy_addr;
+        s.auth_addr = auth_addr_s;
         s.nodes = inventory;
         s.leaves = leaf_inventory;
         Ok(())
     })?;
 
-    // The SSH port, when there is one, goes at the end: readers take the address after
-    // `ready on https://` and, after `ssh proxy on `, the SSH port's.
+    // The SSH port and Auth's port, when there are, go at the end: readers take the address
+    // after `ready on https://`, after `ssh proxy on ` the SSH port's, after `auth on ` Auth's.
     let ssh_note = ssh_addr
         .map(|a| format!(", ssh proxy on {a}"))
         .unwrap_or_default();
+    let auth_note = auth_addr
+        .map(|a| format!(", auth on {a}"))
+        .unwrap_or_default();
     println!(
-        "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s){ssh_note}",
+        "idmux dev cluster {:?} ready on https://{} (CA: {}), {} node(s){ssh_note}{auth_note}",
         ctx.live().cas.cluster,
         ctx.proxy_addr,
         dir.join("ca.pem").display(),
@@ -806,6 +858,7 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
 
     let follower = tokio::spawn(follow_ca(ctx.clone(), nodes.clone()));
     let ssh_server = ssh_listener.map(|l| tokio::spawn(ssh_port::serve(ctx.clone(), l)));
+    let auth_server = auth_listener.map(|l| tokio::spawn(serve_auth_port(ctx.clone(), l)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -831,13 +884,38 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
     if let Some(s) = ssh_server {
         s.abort();
     }
+    if let Some(s) = auth_server {
+        s.abort();
+    }
     nodes.lock().unwrap_or_else(|p| p.into_inner()).clear(); // stops every sshd
     let _ = State::modify(dir, |s| {
         s.proxy_addr.clear();
         s.ssh_proxy_addr.clear();
+        s.auth_addr.clear();
         Ok(())
     });
     Ok(())
+}
+
+/// Accept connections on Auth's own port until the task is aborted.
+async fn serve_auth_port(ctx: Arc<Ctx>, listener: TcpListener) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept on the auth port: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = serve_auth_direct(c, tcp, &peer.to_string()).await {
+                tracing::info!("auth connection from {peer}: {e:#}");
+            }
+        });
+    }
 }
 
 /// `DIR/ca/serial` counts the CA changes (rotation steps); the running cluster applies each
@@ -991,6 +1069,20 @@ pub fn bots_add(
         Ok(s.clone())
     })?;
     Ok((token, st))
+}
+
+/// The CA pins of the cluster in `dir`: `sha256:` of each trusted host CA TLS certificate's
+/// SPKI (two during a rotation), as `tctl bots add` and `tctl status` show them
+/// (`lib/utils` `CalculateSPKI` over `GetClusterCACert`'s certificates).
+pub fn ca_pins(dir: &Path) -> Result<Vec<String>> {
+    let cas = ClusterCas::load(&dir.join("ca"))?;
+    let mut pins = Vec::new();
+    for pem in cas.host.trusted_tls_pems() {
+        for der in cert_chain(&pem)? {
+            pins.push(idmux_transport::auth_direct::spki_pin(&der)?);
+        }
+    }
+    Ok(pins)
 }
 
 /// `bots rm`: remove a bot and its tokens.

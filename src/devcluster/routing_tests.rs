@@ -418,3 +418,93 @@ fn ping_ssh_settings_with_and_without_tls_routing() {
     assert_eq!(v["ssh_public_addr"], "proxy.test:3023");
     assert!(v.get("tunnel_listen_addr").is_none());
 }
+
+/// Auth's own port (`--auth-listen`) over a real socket: the pin check of a bot's first
+/// connection, and what a caller with no certificate (Teleport's Nop role) gets.
+#[tokio::test]
+async fn auth_port_serves_the_nop_role_and_passes_the_pin_check() {
+    use idmux_transport::auth_client::AuthClient;
+    use idmux_transport::auth_direct::{AuthDirect, FirstTrust, PIN_MISMATCH};
+    use idmux_wire::services::*;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = ClusterCas::create(&dir.path().join("ca"), "dev.test").unwrap();
+    crate::state::State::modify(dir.path(), |s| {
+        s.cluster_name = "dev.test".into();
+        Ok(())
+    })
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = ProxyOptions {
+        listen: "127.0.0.1:3080".parse().unwrap(),
+        transports: vec![ProxyTransport::Grpc],
+        legacy_join_only: false,
+        tls_routing: true,
+        ssh_addr: None,
+        public_addr: "proxy.example.com:443".into(),
+        extra_names: vec![],
+        upgrade_ping_interval: Duration::from_secs(30),
+    };
+    let ctx = Arc::new(Ctx::new(dir.path(), cas, &[], opts).unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let c = ctx.clone();
+            tokio::spawn(async move {
+                let _ = crate::serve_auth_direct(c, tcp, &peer.to_string()).await;
+            });
+        }
+    });
+    let auth = addr.to_string();
+    let pins = crate::ca_pins(dir.path()).unwrap();
+    assert_eq!(pins.len(), 1);
+    // A pin of another key: Teleport's words.
+    let wrong = FirstTrust::Pins(vec![format!("sha256:{}", "0".repeat(64))]);
+    let e = AuthDirect::establish(&auth, &wrong)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.ends_with(PIN_MISMATCH), "{e}");
+    // The right pin: the connection after it is checked against the pinned CA.
+    let direct = AuthDirect::establish(&auth, &FirstTrust::Pins(pins))
+        .await
+        .unwrap();
+    let nop = |tls| AuthClient::over(tls, format!("auth server {auth}"));
+    let mut c = nop(direct.dial_join().await.unwrap()).await.unwrap();
+    let ca: GetClusterCaCertResponse = c
+        .unary(GET_CLUSTER_CA_CERT, "the CA request", Empty {})
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ca.tls_ca).contains("BEGIN CERTIFICATE"));
+    let ping: PingResponse = c.unary(PING, "the ping", PingRequest {}).await.unwrap();
+    assert_eq!(ping.cluster_name, "dev.test");
+    assert_eq!(ping.proxy_public_addr, "proxy.example.com:443");
+    // Everything else is refused to the Nop role, GenerateUserCerts in Teleport's words.
+    let e = c
+        .unary::<_, idmux_wire::proto::Certs>(
+            idmux_wire::proto::GENERATE_USER_CERTS,
+            "the renewal",
+            idmux_wire::proto::UserCertsRequest::default(),
+        )
+        .await
+        .err()
+        .unwrap();
+    let r = e
+        .downcast_ref::<idmux_transport::refusal::Refused>()
+        .unwrap();
+    assert_eq!(
+        r.line,
+        r#"auth refused the renewal: access denied to perform action "create" on "user""#
+    );
+    let e = c
+        .unary::<_, Empty>(
+            GET_ROLE,
+            "the role request",
+            GetRoleRequest { name: "x".into() },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().ends_with("access denied"), "{e}");
+}

@@ -121,6 +121,9 @@ pub struct State {
     /// The SSH port's address while a cluster without TLS routing runs (`--no-tls-routing`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ssh_proxy_addr: String,
+    /// Auth's own port while a cluster started with `--auth-listen` runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth_addr: String,
     #[serde(default)]
     pub roles: BTreeMap<String, Role>,
     #[serde(default)]

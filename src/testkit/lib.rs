@@ -162,6 +162,9 @@ pub struct DevCluster {
     pub transports: String,
     /// How the cluster process is run (environment, log file); kept across restarts.
     pub opts: ClusterOptions,
+    /// Auth's own port, with [`ClusterOptions::auth_listen`] (`auth on ADDR` on the ready
+    /// line).
+    pub auth_addr: Option<String>,
 }
 
 /// Extra settings for a cluster process.
@@ -175,6 +178,8 @@ pub struct ClusterOptions {
     pub args: Vec<String>,
     /// `--listen` (default `127.0.0.1:0`: a free loopback port).
     pub listen: Option<String>,
+    /// `--auth-listen`: Auth served directly (e.g. `127.0.0.1:0`).
+    pub auth_listen: Option<String>,
 }
 
 impl DevCluster {
@@ -215,7 +220,8 @@ impl DevCluster {
     ) -> DevCluster {
         // Port 0: the cluster binds a free port and reports it on its ready line.
         let listen = opts.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let (child, addr) = Self::spawn(dir.path(), &listen, name, nodes, transports, &opts);
+        let (child, addr, auth_addr) =
+            Self::spawn(dir.path(), &listen, name, nodes, transports, &opts);
         DevCluster {
             dir,
             addr,
@@ -223,13 +229,14 @@ impl DevCluster {
             child,
             transports: transports.to_string(),
             opts,
+            auth_addr,
         }
     }
 
     /// Stop and start again on the same address and data dir.
     pub fn restart(&mut self, nodes: usize) {
         self.stop();
-        (self.child, _) = Self::spawn(
+        (self.child, _, _) = Self::spawn(
             self.dir.path(),
             &self.addr,
             &self.name,
@@ -246,7 +253,7 @@ impl DevCluster {
         nodes: usize,
         transports: &str,
         opts: &ClusterOptions,
-    ) -> (std::process::Child, String) {
+    ) -> (std::process::Child, String, Option<String>) {
         use std::io::{BufRead, BufReader, Write};
         let log = opts.log.as_ref().map(|p| {
             std::fs::OpenOptions::new()
@@ -274,6 +281,11 @@ impl DevCluster {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(
+                opts.auth_listen
+                    .iter()
+                    .flat_map(|a| ["--auth-listen".to_string(), a.clone()]),
+            )
             .args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
@@ -289,6 +301,10 @@ impl DevCluster {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("cluster did not start: {first}"))
             .to_string();
+        let auth_addr = first
+            .split_once(", auth on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(|a| a.trim_end_matches(',').to_string());
         // Keep draining stdout (into the log, if any) so the cluster never blocks on a pipe.
         std::thread::spawn(move || {
             let mut log = log;
@@ -298,7 +314,7 @@ impl DevCluster {
                 }
             }
         });
-        (child, addr)
+        (child, addr, auth_addr)
     }
 
     /// A fresh join token for a (new or updated) bot.
@@ -307,6 +323,27 @@ impl DevCluster {
         assert!(o.status.success(), "bots add: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["token_id"].as_str().unwrap().to_string()
+    }
+
+    /// The CA pins `bots add --format json` prints (`ca_pins`).
+    pub fn ca_pins(&self) -> Vec<String> {
+        let o = self.admin(&[
+            "bots",
+            "add",
+            "pin-reader",
+            "--logins",
+            "nobody",
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "bots add: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["ca_pins"]
+            .as_array()
+            .expect("bots add prints ca_pins")
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// `idmux start` flags for this cluster.

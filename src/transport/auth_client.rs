@@ -62,30 +62,64 @@ pub(crate) async fn grpc_channel_over<S: crate::dial::Io>(
     ep.connect_with_connector(connector).await
 }
 
-/// One authenticated gRPC connection to Auth through the proxy, for the calls of one renewal
-/// (the bot's own certificates, the CA resources, the bot role, each output's certificates).
+/// How Auth is reached: through the proxy ([`Route`]), or addressed directly (`--auth-server`
+/// with no proxy, see [`crate::auth_direct`]).
+#[derive(Clone)]
+pub enum AuthVia {
+    Proxy(Route),
+    Direct(String),
+}
+
+impl AuthVia {
+    /// How errors name the way: `auth via proxy H:P` or `auth server H:P`.
+    pub fn describe(&self) -> String {
+        match self {
+            AuthVia::Proxy(r) => format!("auth via proxy {}", r.proxy()),
+            AuthVia::Direct(a) => format!("auth server {a}"),
+        }
+    }
+}
+
+/// One gRPC connection to Auth, for the calls of one renewal (the bot's own certificates, the
+/// CA resources, the bot role, each output's certificates).
 pub struct AuthClient {
-    proxy: String,
+    /// How errors name the way (`auth via proxy H:P`, `auth server H:P`).
+    who: String,
     grpc: tonic::client::Grpc<tonic::transport::Channel>,
 }
 
 impl AuthClient {
     /// Dial Auth by `route` as `id`: one connection, HTTP/2.
     pub async fn connect(route: &Route, id: &Identity) -> Result<AuthClient> {
-        let proxy = route.proxy();
         let tls = dial_auth(route, id).await?;
+        Self::over(tls, format!("auth via proxy {}", route.proxy())).await
+    }
+
+    /// Dial Auth by `via` as `id`.
+    pub async fn connect_via(via: &AuthVia, id: &Identity) -> Result<AuthClient> {
+        match via {
+            AuthVia::Proxy(r) => Self::connect(r, id).await,
+            AuthVia::Direct(a) => {
+                let tls = crate::auth_direct::dial_as(a, id).await?;
+                Self::over(tls, via.describe()).await
+            }
+        }
+    }
+
+    /// gRPC over a TLS connection to Auth that is up; `who` names the way in errors.
+    pub async fn over(tls: ProxyTls, who: String) -> Result<AuthClient> {
         let channel = grpc_channel_over(tls, Some(CALL_TIMEOUT))
             .await
-            .map_err(|e| anyhow!("auth via proxy {proxy}: HTTP/2 setup failed: {e}"))?;
+            .map_err(|e| anyhow!("{who}: HTTP/2 setup failed: {e}"))?;
         Ok(AuthClient {
-            proxy: proxy.to_string(),
+            who,
             grpc: tonic::client::Grpc::new(channel),
         })
     }
 
     /// One unary call of `path`. `what` names the request in errors ("the renewal"). A refusal
     /// by Auth is a typed [`Refused`] carrying Auth's message on one line; what broke on the
-    /// way names the proxy.
+    /// way names the proxy or Auth's address.
     pub async fn unary<Req, Resp>(
         &mut self,
         path: &'static str,
@@ -96,11 +130,11 @@ impl AuthClient {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let proxy = self.proxy.clone();
+        let who = self.who.clone();
         self.grpc
             .ready()
             .await
-            .map_err(|e| anyhow!("auth via proxy {proxy}: connection not ready: {e}"))?;
+            .map_err(|e| anyhow!("{who}: connection not ready: {e}"))?;
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         let resp = self
             .grpc
@@ -115,7 +149,7 @@ impl AuthClient {
             // Auth's own refusal is typed (the bot stops on some codes); what broke on the way
             // (tonic made the status from a transport error) is a plain error.
             Err(status) => {
-                let line = status_line(&proxy, path, what, &status);
+                let line = status_line(&who, path, what, &status);
                 if std::error::Error::source(&status).is_some() {
                     return Err(anyhow!("{line}"));
                 }
@@ -155,18 +189,18 @@ pub async fn generate_user_certs(
 }
 
 /// One line for a failed call: Auth's own refusal, or what broke on the way.
-fn status_line(proxy: &str, path: &str, what: &str, status: &tonic::Status) -> String {
+fn status_line(who: &str, path: &str, what: &str, status: &tonic::Status) -> String {
     let msg = one_line(status.message());
     if std::error::Error::source(status).is_some() {
         // tonic made this status from a transport error: nothing came from Auth.
-        return format!("auth via proxy {proxy}: {msg}");
+        return format!("{who}: {msg}");
     }
     match status.code() {
         tonic::Code::Unimplemented => {
-            format!("auth via proxy {proxy} does not serve {path}: {msg}")
+            format!("{who} does not serve {path}: {msg}")
         }
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-            format!("auth via proxy {proxy} did not answer {what}: {msg}")
+            format!("{who} did not answer {what}: {msg}")
         }
         _ => format!("auth refused {what}: {msg}"),
     }
@@ -192,12 +226,13 @@ mod tests {
     fn refusals_are_one_line_with_the_message() {
         let s = tonic::Status::permission_denied("user bot-x is locked:\n generation mismatch");
         assert_eq!(
-            status_line("p:1", GENERATE_USER_CERTS, "the renewal", &s),
+            status_line("auth via proxy p:1", GENERATE_USER_CERTS, "the renewal", &s),
             "auth refused the renewal: user bot-x is locked: generation mismatch"
         );
         let s = tonic::Status::unimplemented("nope");
         assert!(
-            status_line("p:1", GENERATE_USER_CERTS, "the renewal", &s).contains("does not serve")
+            status_line("auth via proxy p:1", GENERATE_USER_CERTS, "the renewal", &s)
+                .contains("does not serve")
         );
     }
 }

@@ -48,7 +48,7 @@ pub(crate) fn falls_back(code: tonic::Code) -> bool {
     )
 }
 
-fn refused(status: &tonic::Status, proxy: &str) -> anyhow::Error {
+fn refused(status: &tonic::Status, who: &str) -> anyhow::Error {
     let msg = status
         .message()
         .split_whitespace()
@@ -56,7 +56,7 @@ fn refused(status: &tonic::Status, proxy: &str) -> anyhow::Error {
         .join(" ");
     Refused {
         with: RefusedWith::Grpc(status.code()),
-        line: format!("join refused by proxy {proxy}: {msg}"),
+        line: format!("join refused by {who}: {msg}"),
     }
     .into()
 }
@@ -68,38 +68,65 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<KeyPair>>,
 {
-    match tokio::time::timeout(JOIN_TIMEOUT, run(web, token, ttl, keygen)).await {
+    let who = format!("proxy {}", web.proxy());
+    within(
+        &who,
+        run(web.dial_join(&JOIN_ALPN), &who, token, ttl, keygen),
+    )
+    .await
+}
+
+/// Join with `token` through the join service of Auth addressed directly (Teleport's auth
+/// port serves it to callers with no certificate), its certificate checked as `auth` says.
+pub async fn join_auth<F, Fut>(
+    auth: &crate::auth_direct::AuthDirect,
+    token: &str,
+    ttl: Duration,
+    keygen: F,
+) -> Result<Outcome>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<KeyPair>>,
+{
+    let who = format!("auth server {}", auth.addr());
+    within(&who, run(auth.dial_join(), &who, token, ttl, keygen)).await
+}
+
+/// The whole join within [`JOIN_TIMEOUT`].
+async fn within(who: &str, join: impl Future<Output = Result<Outcome>>) -> Result<Outcome> {
+    match tokio::time::timeout(JOIN_TIMEOUT, join).await {
         Ok(r) => r,
         Err(_) => Err(anyhow!(
-            "join service of proxy {}: no answer within {}s",
-            web.proxy(),
+            "join service of {who}: no answer within {}s",
             JOIN_TIMEOUT.as_secs()
         )),
     }
 }
 
-async fn run<F, Fut>(web: &Route, token: &str, ttl: Duration, keygen: F) -> Result<Outcome>
+async fn run<D, F, Fut>(
+    dial: D,
+    who: &str,
+    token: &str,
+    ttl: Duration,
+    keygen: F,
+) -> Result<Outcome>
 where
+    D: Future<Output = Result<crate::route::ProxyTls>>,
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<KeyPair>>,
 {
-    let proxy = web.proxy().to_string();
     let fallback = |why: String| Ok(Outcome::Fallback(why));
-    let tls = match web.dial_join(&JOIN_ALPN).await {
+    let tls = match dial.await {
         Ok(t) => t,
         Err(e) => return fallback(format!("{e:#}")),
     };
     let channel = match crate::auth_client::grpc_channel_over(tls, None).await {
         Ok(c) => c,
-        Err(e) => {
-            return fallback(format!(
-                "join service of proxy {proxy}: HTTP/2 setup failed: {e}"
-            ))
-        }
+        Err(e) => return fallback(format!("join service of {who}: HTTP/2 setup failed: {e}")),
     };
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(e) = grpc.ready().await {
-        return fallback(format!("join service of proxy {proxy}: not ready: {e}"));
+        return fallback(format!("join service of {who}: not ready: {e}"));
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<JoinRequest>(2);
     tx.send(JoinRequest {
@@ -123,9 +150,9 @@ where
     let mut inbound = match stream {
         Ok(r) => r.into_inner(),
         Err(s) if falls_back(s.code()) => {
-            return fallback(format!("join service of proxy {proxy}: {}", s.message()))
+            return fallback(format!("join service of {who}: {}", s.message()))
         }
-        Err(s) => return Err(refused(&s, &proxy)),
+        Err(s) => return Err(refused(&s, who)),
     };
     let suite = match inbound.message().await {
         Ok(Some(JoinResponse {
@@ -133,14 +160,14 @@ where
         })) => init.signature_algorithm_suite,
         Ok(Some(other)) => {
             return Err(anyhow!(
-                "join service of proxy {proxy}: expected ServerInit, got {other:?}"
+                "join service of {who}: expected ServerInit, got {other:?}"
             ))
         }
-        Ok(None) => return fallback(format!("join service of proxy {proxy}: no ServerInit")),
+        Ok(None) => return fallback(format!("join service of {who}: no ServerInit")),
         Err(s) if falls_back(s.code()) => {
-            return fallback(format!("join service of proxy {proxy}: {}", s.message()))
+            return fallback(format!("join service of {who}: {}", s.message()))
         }
-        Err(s) => return Err(refused(&s, &proxy)),
+        Err(s) => return Err(refused(&s, who)),
     };
     // From here on nothing falls back: the server has taken part in this join.
     let key = keygen(suite).await?;
@@ -159,20 +186,20 @@ where
         })),
     })
     .await
-    .map_err(|_| anyhow!("join service of proxy {proxy}: the stream closed before TokenInit"))?;
+    .map_err(|_| anyhow!("join service of {who}: the stream closed before TokenInit"))?;
     match inbound.message().await {
         Ok(Some(JoinResponse {
             payload: Some(JoinResponsePayload::Result(r)),
         })) => {
             let certs = r.bot_result.and_then(|b| b.certificates).ok_or_else(|| {
-                anyhow!("join service of proxy {proxy}: a result with no bot certificates")
+                anyhow!("join service of {who}: a result with no bot certificates")
             })?;
             Ok(Outcome::Joined(Box::new((key, certs))))
         }
         Ok(other) => Err(anyhow!(
-            "join service of proxy {proxy}: expected the result, got {other:?}"
+            "join service of {who}: expected the result, got {other:?}"
         )),
-        Err(s) => Err(refused(&s, &proxy)),
+        Err(s) => Err(refused(&s, who)),
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod auth_client;
+pub mod auth_direct;
 mod auth_tunnel;
 pub mod dial;
 pub mod grpc;

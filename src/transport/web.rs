@@ -26,6 +26,9 @@ pub enum Trust {
     CaFile(std::path::PathBuf),
     /// The system's root store.
     System,
+    /// The system's root store and these PEM CA certificates: the proxy Auth named, when Auth
+    /// was addressed directly (its web certificate is publicly trusted, or the cluster's).
+    SystemAnd(Vec<String>),
     /// No verification (`--insecure`).
     Insecure,
 }
@@ -156,11 +159,20 @@ impl WebClient {
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            Trust::System => {
+            Trust::System | Trust::SystemAnd(_) => {
+                use rustls_pki_types::pem::PemObject;
                 let mut roots = rustls::RootCertStore::empty();
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
                     let _ = roots.add(c);
+                }
+                if let Trust::SystemAnd(pems) = trust {
+                    for pem in pems {
+                        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                            let c = c.map_err(|e| anyhow!("the cluster's CA: bad PEM: {e}"))?;
+                            roots.add(c).map_err(|e| anyhow!("the cluster's CA: {e}"))?;
+                        }
+                    }
                 }
                 if roots.is_empty() {
                     bail!("no system root certificates found; pass --ca-path with the proxy's CA");

@@ -1,7 +1,7 @@
 //! The requests and answers of the Teleport gRPC methods a bot calls besides
 //! `GenerateUserCerts` ([`crate::proto`]), with their method paths and Teleport's field numbers:
 //! - `proto.AuthService` (`api/proto/teleport/legacy/client/proto/authservice.proto`):
-//!   `GetRole`, `GetClusterCACert`, `GetAuthPreference`;
+//!   `GetRole`, `GetClusterCACert`, `GetAuthPreference`, `Ping`;
 //! - `teleport.trust.v1.TrustService` (`api/proto/teleport/trust/v1/trust_service.proto`):
 //!   `GetCertAuthority`, `GetCertAuthorities`;
 //! - `teleport.presence.v1.PresenceService` (`api/proto/teleport/presence/v1/service.proto`):
@@ -18,6 +18,7 @@ use crate::resources::{CertAuthorityV2, RemoteClusterV3};
 pub const GET_ROLE: &str = "/proto.AuthService/GetRole";
 pub const GET_CLUSTER_CA_CERT: &str = "/proto.AuthService/GetClusterCACert";
 pub const GET_AUTH_PREFERENCE: &str = "/proto.AuthService/GetAuthPreference";
+pub const PING: &str = "/proto.AuthService/Ping";
 pub const GET_CERT_AUTHORITY: &str = "/teleport.trust.v1.TrustService/GetCertAuthority";
 pub const GET_CERT_AUTHORITIES: &str = "/teleport.trust.v1.TrustService/GetCertAuthorities";
 pub const LIST_REMOTE_CLUSTERS: &str = "/teleport.presence.v1.PresenceService/ListRemoteClusters";
@@ -42,6 +43,31 @@ pub struct GetRoleRequest {
 pub struct GetClusterCaCertResponse {
     #[prost(bytes = "vec", tag = "1")]
     pub tls_ca: Vec<u8>,
+}
+
+/// `proto.PingRequest {}`: Auth's `Ping` takes no parameters.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct PingRequest {}
+
+/// `proto.PingResponse { string ClusterName = 1; string ServerVersion = 2; Features
+/// ServerFeatures = 3; string ProxyPublicAddr = 4; bool IsBoring = 5; string RemoteAddr = 7;
+/// bool LoadAllCAs = 8; }` (6 reserved): what a client of Auth addressed directly learns the
+/// proxy's public address from (tbot's proxy ping with an auth address). `ServerFeatures` is
+/// not read or sent here.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PingResponse {
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+    #[prost(string, tag = "2")]
+    pub server_version: String,
+    #[prost(string, tag = "4")]
+    pub proxy_public_addr: String,
+    #[prost(bool, tag = "5")]
+    pub is_boring: bool,
+    #[prost(string, tag = "7")]
+    pub remote_addr: String,
+    #[prost(bool, tag = "8")]
+    pub load_all_cas: bool,
 }
 
 /// `teleport.trust.v1.GetCertAuthorityRequest { type = 1; domain = 2; include_key = 3; }`.
@@ -145,6 +171,40 @@ mod tests {
         assert!(Empty {}.encode_to_vec().is_empty());
         // Field 1 (varint, 0x08): not declared, skipped.
         assert_eq!(Empty::decode(&[0x08, 1][..]).unwrap(), Empty {});
+    }
+
+    #[test]
+    fn ping_response() {
+        // PingResponse.ClusterName=1 (0x0a), ServerVersion=2 (0x12), ServerFeatures=3 (0x1a,
+        // a message, skipped), ProxyPublicAddr=4 (0x22), IsBoring=5 (0x28), RemoteAddr=7
+        // (0x3a), LoadAllCAs=8 (0x40).
+        let b = [
+            &[0x0a, 3][..],
+            b"dev",
+            &[0x12, 2],
+            b"18",
+            &[0x1a, 2, 0x08, 1],
+            &[0x22, 14],
+            b"127.0.0.1:3080",
+            &[0x28, 1],
+            &[0x3a, 3],
+            b"1.2",
+            &[0x40, 1],
+        ]
+        .concat();
+        let want = PingResponse {
+            cluster_name: "dev".into(),
+            server_version: "18".into(),
+            proxy_public_addr: "127.0.0.1:3080".into(),
+            is_boring: true,
+            remote_addr: "1.2".into(),
+            load_all_cas: true,
+        };
+        assert_eq!(PingResponse::decode(&b[..]).unwrap(), want);
+        // Encoding leaves out ServerFeatures (not modelled) and nothing else.
+        let without_features = [&b[..9], &b[13..]].concat();
+        assert_eq!(want.encode_to_vec(), without_features);
+        assert!(PingRequest {}.encode_to_vec().is_empty());
     }
 
     #[test]

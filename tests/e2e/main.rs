@@ -8,6 +8,7 @@
 //! (`scripts/test.sh --long`).
 
 mod ansible;
+mod auth_direct;
 mod auth_grpc;
 mod bot;
 mod cluster_ssh;

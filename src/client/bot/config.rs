@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use idmux_identity::openssh::Mode;
+use idmux_transport::auth_direct::FirstTrust;
 use idmux_transport::link::TransportKind;
 use idmux_transport::route::RouteFlags;
 use idmux_transport::web::Trust;
@@ -92,6 +93,33 @@ impl BotConfig {
             route_flags: RouteFlags::default(),
             debug: false,
             warnings: vec![],
+        }
+    }
+
+    /// Auth's address when Auth is addressed directly: `--auth-server` and no proxy (with
+    /// both, the proxy is used, as tbot's `ConnectionConfig`).
+    pub fn auth_direct(&self) -> Option<&str> {
+        self.auth_server
+            .as_deref()
+            .filter(|_| self.proxy_server.is_empty())
+    }
+
+    /// How the join through Auth addressed directly trusts Auth, as tbot's
+    /// `registerThroughAuth`: pins first, then `--ca-path`. tbot joins without checking when
+    /// given neither; idmux refuses unless `--insecure` was given.
+    pub fn first_trust(&self) -> Result<FirstTrust> {
+        if !self.ca_pins.is_empty() {
+            return Ok(FirstTrust::Pins(self.ca_pins.clone()));
+        }
+        match &self.trust {
+            Trust::CaFile(p) => Ok(FirstTrust::CaFile(p.clone())),
+            Trust::Insecure => Ok(FirstTrust::Insecure),
+            _ => bail!(
+                "--auth-server {}: nothing to check Auth's certificate with: give --ca-pin (the \
+                 pin `idmux cluster bots add` prints, or `tctl status` shows) or --ca-path; \
+                 --insecure joins without checking",
+                self.auth_server.as_deref().unwrap_or_default()
+            ),
         }
     }
 
@@ -724,6 +752,30 @@ outputs:
 credential_ttl: 30m
 renewal_interval: 10m
 ";
+
+    #[test]
+    fn auth_addressed_directly_and_how_it_is_trusted() {
+        let yaml = "version: v2\nauth_server: auth.example.com:3025\nonboarding:\n  token: t\n  ca_pins: [\"sha256:ab\"]\n";
+        let mut c = parse_yaml(yaml, "bot.yaml").unwrap();
+        assert_eq!(c.auth_direct(), Some("auth.example.com:3025"));
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::Pins(p) if p == ["sha256:ab"]));
+        // Pins first, then --ca-path, then --insecure; with none, one line asking for a pin.
+        c.ca_pins.clear();
+        c.trust = Trust::CaFile("/ca.pem".into());
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::CaFile(_)));
+        c.trust = Trust::Insecure;
+        assert!(matches!(c.first_trust().unwrap(), FirstTrust::Insecure));
+        c.trust = Trust::System;
+        let e = c.first_trust().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--auth-server auth.example.com:3025: nothing to check Auth's certificate with: give --ca-pin")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        // With a proxy too, the proxy is used (tbot's ConnectionConfig).
+        c.proxy_server = "proxy.example.com:443".into();
+        assert_eq!(c.auth_direct(), None);
+    }
 
     #[test]
     fn parses_tbot_v2() {

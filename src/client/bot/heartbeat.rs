@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 
 use idmux_identity::Identity;
-use idmux_transport::auth_client::AuthClient;
+use idmux_transport::auth_client::{AuthClient, AuthVia};
 use idmux_transport::refusal::{Refused, RefusedWith};
-use idmux_transport::route::Route;
 use idmux_wire::proto::Timestamp;
 use idmux_wire::services::{
     BotInstanceStatusHeartbeat, Empty, ProtoDuration, SubmitHeartbeatRequest, SUBMIT_HEARTBEAT,
@@ -62,11 +61,11 @@ fn go_arch() -> &'static str {
 
 /// Send one heartbeat; `Ok(false)` when the server does not have the service.
 pub(crate) async fn submit(
-    route: &Route,
+    via: &AuthVia,
     bot: &Identity,
     req: SubmitHeartbeatRequest,
 ) -> Result<bool> {
-    let mut auth = AuthClient::connect(route, bot).await?;
+    let mut auth = AuthClient::connect_via(via, bot).await?;
     let sent: Result<Empty> = auth.unary(SUBMIT_HEARTBEAT, "the heartbeat", req).await;
     match sent {
         Ok(_) => Ok(true),

@@ -8,7 +8,8 @@
 //!
 //! Lifecycle: take `DATA/lock` (flock; a second bot on the same data dir stops), then load the
 //! stored identity: a valid one is renewed, an expired one (or a new token) joins again. Every
-//! renewal asks Auth (gRPC over the `teleport-auth@` ALPN) for the cluster's signature
+//! renewal asks Auth (gRPC over the `teleport-auth@` ALPN, or on Auth's own port when Auth is
+//! addressed directly: `join_through_auth`, `Bot::auth_via`) for the cluster's signature
 //! algorithm suite and a fresh bot identity with a new key of that suite's type (the
 //! generation counter goes up by one), then for each output an impersonated identity, again
 //! with a new key. When the proxy is down the bot keeps its files, logs one line per failure
@@ -44,7 +45,8 @@ use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
 use idmux_identity::openssh::ProxyWay;
 use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
-use idmux_transport::auth_client::AuthClient;
+use idmux_transport::auth_client::{AuthClient, AuthVia};
+use idmux_transport::auth_direct::{AuthDirect, FirstTrust};
 use idmux_transport::refusal::Refused;
 use idmux_transport::route::{Route, Way};
 use idmux_transport::web::WebClient;
@@ -192,6 +194,45 @@ async fn legacy_join(web: &WebClient, token: &str, ttl: Duration) -> Result<Iden
     identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)
 }
 
+/// Auth addressed directly (`--auth-server`, no proxy), as tbot's `registerThroughAuth`: trust
+/// in Auth from the pins (or `--ca-path`, or `--insecure`), then the join service on Auth's
+/// port. There is no fallback: the legacy `RegisterUsingToken` is not spoken.
+pub(crate) async fn join_through_auth(
+    addr: &str,
+    trust: &FirstTrust,
+    token: &str,
+    ttl: Duration,
+) -> Result<Identity> {
+    use idmux_transport::join_client::{self, Outcome};
+    let auth = AuthDirect::establish(addr, trust).await?;
+    let keygen = |suite: String| outputs::fresh_key(KeyType::for_suite(&suite));
+    match join_client::join_auth(&auth, token, ttl, keygen).await? {
+        Outcome::Joined(joined) => {
+            let (key, certs) = *joined;
+            tracing::info!("joined through the join service of auth server {addr}");
+            identity_from_join(key, &certs)
+        }
+        Outcome::Fallback(why) => bail!("join through auth server {addr} failed: {why}"),
+    }
+}
+
+/// The proxy's address from Auth's `Ping` (`proxy_public_addr`), as tbot finds the proxy when
+/// given Auth's address; refused in one line when Auth names none.
+pub(crate) fn proxy_from_ping(
+    addr: &str,
+    ping: &idmux_wire::services::PingResponse,
+) -> Result<String> {
+    let p = ping.proxy_public_addr.trim();
+    if p.is_empty() {
+        bail!(
+            "auth server {addr} names no proxy (its Ping has no proxy_public_addr); give the \
+             proxy's address with --proxy-server"
+        );
+    }
+    idmux_wire::hostport::split_host_port(p, "the proxy_public_addr of Auth's Ping")?;
+    Ok(p.to_string())
+}
+
 /// The proxy address and way an ssh_config's ProxyCommand is given, as tbot writes them: the
 /// configured address with TLS routing, the SSH proxy address without (`ProxySSHAddr`).
 fn ssh_config_proxy(route: &Route) -> (String, ProxyWay) {
@@ -259,7 +300,9 @@ impl RenewError {
 /// The running bot.
 pub struct Bot {
     cfg: BotConfig,
-    web: WebClient,
+    /// The proxy's web API: the configured proxy, or with Auth addressed directly the one
+    /// Auth's `Ping` names (learned once the bot has an identity).
+    web: Option<WebClient>,
     /// The way to the proxy, from the last ping (see [`Bot::route`]).
     route: Option<Route>,
     identity: Option<Identity>,
@@ -302,7 +345,13 @@ impl Drop for Committing {
 
 impl Bot {
     pub fn new(cfg: BotConfig) -> Result<Bot> {
-        let web = WebClient::new(&cfg.proxy_server, &cfg.trust)?;
+        let web = match cfg.auth_direct() {
+            Some(_) => {
+                cfg.first_trust()?;
+                None
+            }
+            None => Some(WebClient::new(&cfg.proxy_server, &cfg.trust)?),
+        };
         Ok(Bot {
             cfg,
             web,
@@ -323,13 +372,65 @@ impl Bot {
     /// renews): TLS routing or not, and the upgrade through a load balancer (cached per
     /// address). Logged when it changes.
     async fn route(&mut self) -> Result<Route> {
-        let ping = self.web.ping().await?;
-        let route = Route::discover(self.web.clone(), &ping.json, self.cfg.route_flags).await?;
+        let web = match &self.web {
+            Some(w) => w.clone(),
+            None => {
+                let w = self.proxy_named_by_auth().await?;
+                self.web = Some(w.clone());
+                w
+            }
+        };
+        let ping = web.ping().await?;
+        let route = Route::discover(web, &ping.json, self.cfg.route_flags).await?;
         if self.route.as_ref().map(|r| r.describe()) != Some(route.describe()) {
             tracing::info!("proxy path: {}", route.describe());
         }
         self.route = Some(route.clone());
         Ok(route)
+    }
+
+    /// Auth addressed directly: the proxy its `Ping` names (tbot then finds it with the web
+    /// API), its web certificate checked with `--ca-path`, or the system roots and the
+    /// cluster's host CA (`GetClusterCACert`), or not with `--insecure`.
+    async fn proxy_named_by_auth(&self) -> Result<WebClient> {
+        use idmux_wire::services::{
+            Empty, GetClusterCaCertResponse, PingRequest, PingResponse, GET_CLUSTER_CA_CERT, PING,
+        };
+        let addr = self
+            .cfg
+            .auth_direct()
+            .ok_or_else(|| anyhow!("no proxy address"))?;
+        let id = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| anyhow!("no identity to ask auth server {addr} for the proxy"))?;
+        let mut auth = AuthClient::connect_via(&AuthVia::Direct(addr.to_string()), id).await?;
+        let ping: PingResponse = auth.unary(PING, "the ping", PingRequest {}).await?;
+        let proxy = proxy_from_ping(addr, &ping)?;
+        let trust = match &self.cfg.trust {
+            idmux_transport::web::Trust::System => {
+                let cas: GetClusterCaCertResponse = auth
+                    .unary(GET_CLUSTER_CA_CERT, "the CA request", Empty {})
+                    .await?;
+                idmux_transport::web::Trust::SystemAnd(vec![
+                    String::from_utf8_lossy(&cas.tls_ca).into_owned()
+                ])
+            }
+            t => t.clone(),
+        };
+        tracing::info!("auth server {addr} names the proxy {proxy}");
+        WebClient::new(&proxy, &trust)
+    }
+
+    /// How Auth is reached now: directly, or by the route to the proxy.
+    fn auth_via(&self) -> Result<AuthVia> {
+        if let Some(a) = self.cfg.auth_direct() {
+            return Ok(AuthVia::Direct(a.to_string()));
+        }
+        self.route
+            .clone()
+            .map(AuthVia::Proxy)
+            .ok_or_else(|| anyhow!("no route to the proxy"))
     }
 
     /// The way to the proxy found at start (for the multiplexer). Call after [`Bot::start`].
@@ -339,7 +440,10 @@ impl Bot {
 
     /// Obtain the bot identity: renew a valid stored one, else join with the token.
     async fn start_identity(&mut self) -> Result<()> {
-        self.route().await?;
+        // Auth addressed directly needs no proxy to join or renew.
+        if self.cfg.auth_direct().is_none() {
+            self.route().await?;
+        }
         let where_ = match self.cfg.data_dir() {
             Some(d) => d.display().to_string(),
             None => "memory".to_string(),
@@ -370,12 +474,22 @@ impl Bot {
         let Some(token) = self.cfg.token.clone() else {
             bail!("no valid identity in {where_} and no --token to join with");
         };
-        let route = self
-            .route
-            .clone()
-            .ok_or_else(|| anyhow!("no route to the proxy"))?;
-        let _committing = Committing::new(&self.committing);
-        let id = join(&route, &token, self.cfg.lifetime.ttl).await?;
+        let ttl = self.cfg.lifetime.ttl;
+        let id = match self.cfg.auth_direct() {
+            Some(addr) => {
+                let trust = self.cfg.first_trust()?;
+                let _committing = Committing::new(&self.committing);
+                join_through_auth(addr, &trust, &token, ttl).await?
+            }
+            None => {
+                let route = self
+                    .route
+                    .clone()
+                    .ok_or_else(|| anyhow!("no route to the proxy"))?;
+                let _committing = Committing::new(&self.committing);
+                join(&route, &token, ttl).await?
+            }
+        };
         if let Some(d) = self.cfg.data_dir() {
             id.write_data_dir(d, Some(&token))?;
         }
@@ -391,11 +505,7 @@ impl Bot {
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity to renew"))?;
-        let route = self
-            .route
-            .clone()
-            .ok_or_else(|| anyhow!("no route to the proxy"))?;
-        let mut auth = AuthClient::connect(&route, cur).await?;
+        let mut auth = AuthClient::connect_via(&self.auth_via()?, cur).await?;
         let suite = outputs::suite(&mut auth).await?;
         self.suite = Some(suite);
         let key = outputs::fresh_key(outputs::key_type_for(suite)).await?;
@@ -437,7 +547,8 @@ impl Bot {
             .clone()
             .ok_or_else(|| anyhow!("no route to the proxy"))?;
         let (proxy, way) = ssh_config_proxy(&route);
-        let mut auth = AuthClient::connect(&route, bot).await?;
+        let via = self.auth_via()?;
+        let mut auth = AuthClient::connect_via(&via, bot).await?;
         let suite = match self.suite {
             Some(s) => s,
             None => outputs::suite(&mut auth).await?,
@@ -460,7 +571,7 @@ impl Bot {
             // As tbot: the output trusts the host CAs of the CA resources, not the answer's
             // CA lists (which hold the user CA only).
             let mut id = identity_from_certs(key, &ssh, &tls, pems.host.clone(), &[])?;
-            let mut as_output = AuthClient::connect(&route, &id).await?;
+            let mut as_output = AuthClient::connect_via(&via, &id).await?;
             let clusters = outputs::cluster_names(&mut as_output, &own).await?;
             id.host_cas = outputs::host_cas(&mut as_output, &clusters).await?;
             let plan = output::Plan {
@@ -500,11 +611,7 @@ impl Bot {
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity"))?;
-        let route = self
-            .route
-            .clone()
-            .ok_or_else(|| anyhow!("no route to the proxy"))?;
-        let mut auth = AuthClient::connect(&route, bot).await?;
+        let mut auth = AuthClient::connect_via(&self.auth_via()?, bot).await?;
         let now = outputs::ca_state(&mut auth, &bot.cluster_name()?).await?;
         let changed = self.ca_state.as_ref().is_some_and(|was| *was != now);
         self.ca_state = Some(now);
@@ -517,11 +624,11 @@ impl Bot {
             return;
         };
         let req = heartbeat::heartbeat(self.started, SystemTime::now(), startup, self.cfg.oneshot);
-        let Some(route) = self.route.clone() else {
+        let Ok(via) = self.auth_via() else {
             return;
         };
         tokio::spawn(async move {
-            match heartbeat::submit(&route, &id, req).await {
+            match heartbeat::submit(&via, &id, req).await {
                 Ok(true) => tracing::debug!(startup, "heartbeat sent"),
                 Ok(false) => tracing::debug!("the cluster does not take bot heartbeats"),
                 Err(e) => tracing::warn!("heartbeat not sent: {e:#}"),
@@ -535,10 +642,10 @@ impl Bot {
             return;
         };
         let req = heartbeat::heartbeat(self.started, SystemTime::now(), true, true);
-        let Some(route) = self.route.clone() else {
+        let Ok(via) = self.auth_via() else {
             return;
         };
-        match tokio::time::timeout(limit, heartbeat::submit(&route, &id, req)).await {
+        match tokio::time::timeout(limit, heartbeat::submit(&via, &id, req)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("heartbeat not sent: {e:#}"),
             Err(_) => tracing::warn!("heartbeat not sent: no answer in {}s", limit.as_secs()),
@@ -595,6 +702,10 @@ impl Bot {
         }
         self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
         self.start_identity().await?;
+        if self.route.is_none() {
+            // Auth addressed directly: the proxy it names, for ssh_config and multiplexers.
+            self.route().await?;
+        }
         self.write_outputs(None).await?;
         self.log_renewed("identity ready");
         Ok(())
@@ -753,5 +864,29 @@ impl Bot {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idmux_wire::services::PingResponse;
+
+    #[test]
+    fn the_proxy_is_the_one_auths_ping_names() {
+        let mut ping = PingResponse {
+            proxy_public_addr: "proxy.example.com:443".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            proxy_from_ping("a:3025", &ping).unwrap(),
+            "proxy.example.com:443"
+        );
+        ping.proxy_public_addr = String::new();
+        assert_eq!(
+            proxy_from_ping("a:3025", &ping).unwrap_err().to_string(),
+            "auth server a:3025 names no proxy (its Ping has no proxy_public_addr); give the \
+             proxy's address with --proxy-server"
+        );
     }
 }
