@@ -53,25 +53,31 @@ pub fn ssh_config_params(
     })
 }
 
+/// The files of an identity output (tbot's artifacts and `Describe`), besides [`SSH_FILES`].
+pub const IDENTITY_FILES: [&str; 8] = [
+    "identity",
+    "key",
+    "key.pub",
+    "key-cert.pub",
+    "tlscert",
+    "teleport-host-ca.crt",
+    "teleport-user-ca.crt",
+    "teleport-database-ca.crt",
+];
+/// What ssh reads: written by an identity output with `ssh_config: on`, and by a multiplexer.
+pub const SSH_FILES: [&str; 2] = ["known_hosts", "ssh_config"];
+/// A multiplexer's sockets.
+pub const MUX_SOCKETS: [&str; 2] = ["v1.sock", "agent.sock"];
+
 /// Is `name` a file idmux writes into a destination dir (the identity files, the CA files,
 /// ssh_config and known_hosts, per cluster too, and the multiplexer's sockets)?
 /// `idmux init --clean` removes everything else.
 pub fn is_output_name(name: &str) -> bool {
-    const FIXED: [&str; 12] = [
-        "identity",
-        "key",
-        "key.pub",
-        "key-cert.pub",
-        "tlscert",
-        "teleport-host-ca.crt",
-        "teleport-user-ca.crt",
-        "teleport-database-ca.crt",
-        "known_hosts",
-        "ssh_config",
-        "v1.sock",
-        "agent.sock",
-    ];
-    FIXED.contains(&name)
+    IDENTITY_FILES
+        .iter()
+        .chain(&SSH_FILES)
+        .chain(&MUX_SOCKETS)
+        .any(|f| *f == name)
         || name
             .strip_suffix(".known_hosts")
             .or_else(|| name.strip_suffix(".ssh_config"))

@@ -274,13 +274,24 @@ pub(crate) fn render_cluster_known_hosts(cluster: &str, cas: &[HostCa]) -> Resul
 
 /// Write `ssh_config`, `known_hosts` and the per-cluster files into the destination dir.
 pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
+    write_ssh_files(p, cas, true)
+}
+
+/// A multiplexer's dir as tbot writes it: `known_hosts` and `ssh_config` only.
+pub fn write_mux_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
+    write_ssh_files(p, cas, false)
+}
+
+/// `known_hosts`, the per-cluster files when asked, then `ssh_config` (last: it names the
+/// others).
+fn write_ssh_files(p: &SshConfigParams, cas: &[HostCa], per_cluster: bool) -> Result<()> {
     let d = &p.dir;
     fsutil::write_atomic(
         &d.join("known_hosts"),
         render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?.as_bytes(),
         PUBLIC,
     )?;
-    for c in &p.clusters {
+    for c in p.clusters.iter().filter(|_| per_cluster) {
         fsutil::write_atomic(
             &d.join(format!("{c}.known_hosts")),
             render_cluster_known_hosts(c, cas)?.as_bytes(),
@@ -292,22 +303,6 @@ pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
             PUBLIC,
         )?;
     }
-    fsutil::write_atomic(
-        &d.join("ssh_config"),
-        p.render_ssh_config().as_bytes(),
-        PUBLIC,
-    )?;
-    Ok(())
-}
-
-/// A multiplexer's dir as tbot writes it: `known_hosts` and `ssh_config` only.
-pub fn write_mux_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
-    let d = &p.dir;
-    fsutil::write_atomic(
-        &d.join("known_hosts"),
-        render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?.as_bytes(),
-        PUBLIC,
-    )?;
     fsutil::write_atomic(
         &d.join("ssh_config"),
         p.render_ssh_config().as_bytes(),

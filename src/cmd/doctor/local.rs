@@ -106,25 +106,17 @@ pub(super) fn is_multiplexer_dir(dir: &Path, fdpass: bool) -> bool {
 /// The files an identity output holds (tbot's artifacts and `Describe`), the ssh_config's
 /// own when it has one, and a multiplexer dir's.
 fn needed_files(mux_dir: bool, has_ssh_config: bool, fdpass: bool) -> Vec<&'static str> {
-    let mut need = if mux_dir {
+    use idmux_identity::destination::{IDENTITY_FILES, MUX_SOCKETS, SSH_FILES};
+    let mut need: Vec<&str> = if mux_dir {
         vec![]
     } else {
-        vec![
-            "identity",
-            "key",
-            "key.pub",
-            "key-cert.pub",
-            "tlscert",
-            "teleport-host-ca.crt",
-            "teleport-user-ca.crt",
-            "teleport-database-ca.crt",
-        ]
+        IDENTITY_FILES.to_vec()
     };
     if has_ssh_config || mux_dir {
-        need.extend(["ssh_config", "known_hosts"]);
+        need.extend(SSH_FILES);
     }
     if fdpass {
-        need.extend(["v1.sock", "agent.sock"]);
+        need.extend(MUX_SOCKETS);
     }
     need
 }
