@@ -180,6 +180,8 @@ pub struct ClusterOptions {
     pub listen: Option<String>,
     /// `--auth-listen`: Auth served directly (e.g. `127.0.0.1:0`).
     pub auth_listen: Option<String>,
+    /// Pass `--data-dir` relative to the process's working dir (its parent).
+    pub relative_data_dir: bool,
 }
 
 impl DevCluster {
@@ -280,7 +282,16 @@ impl DevCluster {
                 transports,
                 "--data-dir",
             ])
-            .arg(dir)
+            .arg(if opts.relative_data_dir {
+                dir.file_name().map(Path::new).unwrap_or(dir)
+            } else {
+                dir
+            })
+            .current_dir(if opts.relative_data_dir {
+                dir.parent().unwrap_or(dir).to_path_buf()
+            } else {
+                std::env::current_dir().unwrap()
+            })
             .args(
                 opts.auth_listen
                     .iter()

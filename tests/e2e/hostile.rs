@@ -254,3 +254,25 @@ fn agent_socket_slowloris_is_bounded() {
     assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
     drop(held);
 }
+
+/// A dev cluster started with a relative `--data-dir` runs working nodes (on main at 1ba7f1d
+/// sshd got a relative config path and the nodes never came up).
+#[test]
+fn a_dev_cluster_with_a_relative_data_dir() {
+    let cl = DevCluster::start_full(
+        tempfile::tempdir().unwrap(),
+        C,
+        1,
+        cluster_transports(),
+        ClusterOptions {
+            relative_data_dir: true,
+            ..Default::default()
+        },
+    );
+    let bot = BotProc::start(&cl, BotOptions::default());
+    let o = ssh(
+        &bot.ssh_config(),
+        &[&format!("{}@node-1.{C}", me()), "true"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
