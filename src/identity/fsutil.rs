@@ -104,7 +104,62 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Is `name` a temp file [`write_set_atomic`] (`.NAME.tmp-PID-RAND`) or `dirs::probe_writable`
+/// (`.idmux-probe-PID-RAND`) makes?
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && (name.contains(".tmp-") || name.starts_with(".idmux-probe-"))
+}
+
+/// Remove the temp files a writer killed mid-write left in `dir` (see [`is_temp_name`]).
+/// Call only while holding the dir's lock: then no other writer's temp file is in flight.
+/// Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_file && is_temp_name(&name.to_string_lossy()) {
+            fs::remove_file(e.path()).with_context(|| {
+                format!("{}: cannot remove a stale temp file", e.path().display())
+            })?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Read a file to a string, naming the file in the error.
 pub fn read_string(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stale_temps_are_ours_only() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            ".key.tmp-12-34",
+            ".identity.tmp-1-2",
+            ".idmux-probe-3-4",
+            "key",
+            ".hidden",
+            "a.tmp-1",
+        ] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        super::write_atomic(&d.path().join("ok"), b"y", super::PUBLIC).unwrap();
+        assert_eq!(super::remove_stale_temps(d.path()).unwrap(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![".hidden", "a.tmp-1", "key", "ok"]);
+    }
 }

@@ -701,6 +701,21 @@ impl Bot {
             ),
         }
         self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
+        // With every lock held, no writer of ours is mid-write: a temp file is a killed one's.
+        let dirs = self
+            .cfg
+            .data_dir()
+            .into_iter()
+            .chain(self.cfg.outputs.iter().map(|o| o.dir.as_path()));
+        for d in dirs {
+            let n = idmux_identity::fsutil::remove_stale_temps(d)?;
+            if n > 0 {
+                tracing::info!(
+                    "{}: removed {n} temp file(s) an interrupted write left",
+                    d.display()
+                );
+            }
+        }
         self.start_identity().await?;
         if self.route.is_none() {
             // Auth addressed directly: the proxy it names, for ssh_config and multiplexers.
