@@ -509,11 +509,9 @@ async fn serve_auth_tls<S: Io>(
     auth_grpc::serve(ctx, tls, caller).await
 }
 
-/// One connection to Auth's own port (`--auth-listen`): TLS with Auth's certificate, a client
-/// certificate optional (checked against the user CA when given), then Auth's gRPC, where a
-/// caller without a certificate is the Nop role ([`auth_grpc::nop_may_call`]).
-pub(crate) async fn serve_auth_direct<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -> Result<()> {
-    let start = tokio::time::timeout(
+/// Read a TLS connection's ClientHello within the handshake deadline.
+async fn client_hello<S: Io>(io: S, peer: &str) -> Result<tokio_rustls::StartHandshake<S>> {
+    tokio::time::timeout(
         ssh_port::TLS_HANDSHAKE_TIMEOUT,
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io),
     )
@@ -523,7 +521,15 @@ pub(crate) async fn serve_auth_direct<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -
             "no TLS ClientHello from {peer} within {:?}",
             ssh_port::TLS_HANDSHAKE_TIMEOUT
         )
-    })??;
+    })?
+    .map_err(Into::into)
+}
+
+/// One connection to Auth's own port (`--auth-listen`): TLS with Auth's certificate, a client
+/// certificate optional (checked against the user CA when given), then Auth's gRPC, where a
+/// caller without a certificate is the Nop role ([`auth_grpc::nop_may_call`]).
+pub(crate) async fn serve_auth_direct<S: Io>(ctx: Arc<Ctx>, io: S, peer: &str) -> Result<()> {
+    let start = client_hello(io, peer).await?;
     let tls = tokio::time::timeout(
         ssh_port::TLS_HANDSHAKE_TIMEOUT,
         handshake(start, ctx.live().tls_auth_direct.clone()),
@@ -557,17 +563,7 @@ pub(crate) async fn serve_conn<S: Io>(
     peer: &str,
     entry: Entry,
 ) -> Result<()> {
-    let start = tokio::time::timeout(
-        ssh_port::TLS_HANDSHAKE_TIMEOUT,
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "no TLS ClientHello from {peer} within {:?}",
-            ssh_port::TLS_HANDSHAKE_TIMEOUT
-        )
-    })??;
+    let start = client_hello(io, peer).await?;
     let offered: Vec<Vec<u8>> = start
         .client_hello()
         .alpn()

@@ -102,28 +102,20 @@ pub fn share_dir(dir: &Path, readers: &[Reader]) -> Result<()> {
 
 /// The named users and groups of `dir`'s access ACL (empty without an ACL or ACL support).
 pub fn readers(dir: &Path) -> Result<Vec<Reader>> {
-    let acl = match exacl::getfacl(dir, AclOption::ACCESS_ACL) {
-        Ok(a) => a,
-        Err(e) if unsupported(&e) => return Ok(Vec::new()),
-        Err(e) => bail!("{}: cannot read the ACL ({e})", dir.display()),
-    };
-    Ok(acl
-        .iter()
-        .filter(|e| !e.name.is_empty())
-        .filter_map(|e| match e.kind {
-            AclEntryKind::User => Some(Reader::User(e.name.clone())),
-            AclEntryKind::Group => Some(Reader::Group(e.name.clone())),
-            _ => None,
-        })
-        .collect())
+    named_entries(dir, AclOption::ACCESS_ACL, "the ACL")
 }
 
 /// The readers a new file in `dir` inherits: the named entries of its default ACL.
 pub fn inherited(dir: &Path) -> Result<Vec<Reader>> {
-    let acl = match exacl::getfacl(dir, AclOption::DEFAULT_ACL) {
+    named_entries(dir, AclOption::DEFAULT_ACL, "the default ACL")
+}
+
+/// The named user and group entries of one of `dir`'s ACLs (`what` names it in errors).
+fn named_entries(dir: &Path, which: AclOption, what: &str) -> Result<Vec<Reader>> {
+    let acl = match exacl::getfacl(dir, which) {
         Ok(a) => a,
         Err(e) if unsupported(&e) => return Ok(Vec::new()),
-        Err(e) => bail!("{}: cannot read the default ACL ({e})", dir.display()),
+        Err(e) => bail!("{}: cannot read {what} ({e})", dir.display()),
     };
     Ok(acl
         .iter()
