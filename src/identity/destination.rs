@@ -4,18 +4,20 @@
 //!   files, then (with `ssh_config: on`) `known_hosts`, `ssh_config` and the per-cluster files;
 //! - a multiplexer keeping its identity in memory: `known_hosts` and `ssh_config` only.
 //!
-//! Every file is written atomically. The clusters (own first, then leaf clusters) are those of
+//! A dir's files are written as one set ([`FileSet`]). The clusters (own first, then leaf clusters) are those of
 //! the identity's host CAs.
 
 use std::path::Path;
 
 use anyhow::Result;
 
-use crate::files::write_ca_files;
+use crate::files::add_ca_files;
+use crate::fsutil::FileSet;
 use crate::openssh::{self, Mode, ProxyWay, SshConfigParams};
 use crate::Identity;
 
 /// The TLS CA certs (PEM) a destination dir gets, per CA.
+#[derive(Clone, Debug)]
 pub struct CaPems {
     pub host: Vec<String>,
     pub user: Vec<String>,
@@ -128,20 +130,21 @@ pub fn write_destination(dir: &Path, id: &Identity, cas: &CaPems, plan: &Plan) -
     if !plan.fdpass_command.is_empty() {
         params.fdpass_command = plan.fdpass_command.to_vec();
     }
+    // The whole dir is one set: ssh never finds a key beside another renewal's certificate
+    // after a crash, nor a known_hosts from before a CA rotation beside the new certificates.
+    crate::fsutil::ensure_private_dir(&params.dir)?;
+    let mut set = FileSet::new(&params.dir);
     match plan.files {
         Files::Identity { ssh_config } => {
-            id.write_destination_files(&params.dir)?;
-            write_ca_files(&params.dir, &cas.host, &cas.user, &cas.db)?;
+            id.add_destination_files(&mut set)?;
+            add_ca_files(&mut set, &cas.host, &cas.user, &cas.db);
             if ssh_config {
-                openssh::write_files(&params, &id.host_cas)?;
+                openssh::add_ssh_files(&mut set, &params, &id.host_cas, true)?;
             }
-            Ok(())
         }
-        Files::Multiplexer => {
-            crate::fsutil::ensure_private_dir(&params.dir)?;
-            openssh::write_mux_files(&params, &id.host_cas)
-        }
+        Files::Multiplexer => openssh::add_ssh_files(&mut set, &params, &id.host_cas, false)?,
     }
+    set.commit().map(|_| ())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //!   (entries joined with `$`), `tokenhash` (hex sha256 of the join token).
 //!
 //! Parsing is pure (text in, value or error out); the error names the part at fault and the
-//! caller adds the file name. Writes go through [`crate::fsutil::write_atomic`].
+//! caller adds the file name. Each dir's files are written as one set ([`crate::fsutil::FileSet`]).
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::{Certificate, PublicKey};
 use sha2::Digest;
 
-use crate::fsutil::{self, PRIVATE, PUBLIC};
+use crate::fsutil::{self, FileSet, PRIVATE, PUBLIC};
 use crate::keys::{ssh_key_data_from_spki, KeyPair};
 use crate::tlsid::TlsIdentity;
 use crate::x509 as ca;
@@ -277,67 +277,64 @@ impl Identity {
         Identity::read_identity_file(&dir.join("identity"))
     }
 
-    /// Write the identity artifacts of a destination dir: `identity`, then `key`, `key.pub`,
-    /// `key-cert.pub` and `tlscert` as one set (see [`fsutil::write_set_atomic`]: a reader of
-    /// `key` then `key-cert.pub` can see a pair from two renewals only if both its reads fall
-    /// within the microseconds between two renames; the agent socket has no window at all).
+    /// Write the identity artifacts of a destination dir as one set: `identity`, `key`,
+    /// `key.pub`, `key-cert.pub` and `tlscert`.
     pub fn write_destination_files(&self, dir: &Path) -> Result<()> {
-        self.check_consistent()?;
         fsutil::ensure_private_dir(dir)?;
-        fsutil::write_atomic(
-            &dir.join("identity"),
-            self.to_identity_file()?.as_bytes(),
-            PRIVATE,
-        )?;
-        self.write_key_and_certs(dir)?;
+        let mut set = FileSet::new(dir);
+        self.add_destination_files(&mut set)?;
+        set.commit().map(|_| ())
+    }
+
+    /// Add the identity artifacts of a destination dir to `set` (see
+    /// [`Identity::write_destination_files`]).
+    pub fn add_destination_files(&self, set: &mut FileSet) -> Result<()> {
+        self.check_consistent()?;
+        self.add_key_and_certs(set)?;
+        set.add("identity", self.to_identity_file()?, PRIVATE);
         Ok(())
     }
 
-    /// `key`, `key.pub`, `key-cert.pub` and `tlscert` as one set (shared by both dir kinds):
-    /// all written first, then renamed into place back to back, the key first.
-    fn write_key_and_certs(&self, dir: &Path) -> Result<()> {
-        let key = self.key.to_pem()?;
-        let key_pub = self.key.ssh_authorized_key()?;
-        let cert = format!("{}\n", self.ssh_cert.to_openssh()?);
-        let (p_key, p_pub, p_cert, p_tls) = (
-            dir.join("key"),
-            dir.join("key.pub"),
-            dir.join("key-cert.pub"),
-            dir.join("tlscert"),
-        );
-        fsutil::write_set_atomic(&[
-            (&p_key, key.as_bytes(), PRIVATE),
-            (&p_pub, key_pub.as_bytes(), PUBLIC),
-            (&p_cert, cert.as_bytes(), PUBLIC),
-            (&p_tls, self.tls_cert_pem.as_bytes(), PUBLIC),
-        ])
+    /// `key`, `key-cert.pub`, `key.pub` and `tlscert` (shared by both dir kinds), the key and
+    /// its certificate first: they are renamed into place back to back, so a reader that opens
+    /// `key` and then `key-cert.pub` sees a pair from two writes only if its two opens straddle
+    /// those two renames (microseconds; the identity file and the agent socket have no window).
+    fn add_key_and_certs(&self, set: &mut FileSet) -> Result<()> {
+        set.add("key", self.key.to_pem()?, PRIVATE)
+            .add(
+                "key-cert.pub",
+                format!("{}\n", self.ssh_cert.to_openssh()?),
+                PUBLIC,
+            )
+            .add("key.pub", self.key.ssh_authorized_key()?, PUBLIC)
+            .add("tlscert", self.tls_cert_pem.as_bytes(), PUBLIC);
+        Ok(())
     }
 
-    /// Write the identity as a bot's data dir holds it.
-    pub fn write_data_dir(&self, dir: &Path, token: Option<&str>) -> Result<()> {
+    /// Write the identity as a bot's data dir holds it, as one set (tbot's file names; see
+    /// [`fsutil::FileSet`]): a crash at any point leaves the old identity or the new one,
+    /// whole, once the next start has run [`fsutil::recover`]. Returns when the new identity
+    /// became durable.
+    pub fn write_data_dir(&self, dir: &Path, token: Option<&str>) -> Result<std::time::Instant> {
         self.check_consistent()?;
         fsutil::ensure_private_dir(dir)?;
+        let mut set = FileSet::new(dir);
+        self.add_key_and_certs(&mut set)?;
         // As tbot: the bare keys Auth sent, each with its newline, joined with `$`.
         let ssh_cas: Vec<String> = self
             .host_cas
             .iter()
             .map(|c| Ok(format!("{}\n", c.bare_line()?)))
             .collect::<Result<_>>()?;
-        fsutil::write_atomic(
-            &dir.join("sshcacerts"),
-            ssh_cas.join("$").as_bytes(),
+        set.add("sshcacerts", ssh_cas.join("$"), PUBLIC).add(
+            "tlscacerts",
+            self.tls_cas.join("$"),
             PUBLIC,
-        )?;
-        fsutil::write_atomic(
-            &dir.join("tlscacerts"),
-            self.tls_cas.join("$").as_bytes(),
-            PUBLIC,
-        )?;
-        self.write_key_and_certs(dir)?;
+        );
         if let Some(t) = token {
-            fsutil::write_atomic(&dir.join("tokenhash"), token_hash(t).as_bytes(), PRIVATE)?;
+            set.add("tokenhash", token_hash(t), PRIVATE);
         }
-        Ok(())
+        set.commit()
     }
 
     /// Read a bot's data dir.
@@ -384,6 +381,13 @@ pub fn token_hash(token: &str) -> String {
 
 /// Write the three TLS CA files of a destination dir.
 pub fn write_ca_files(dir: &Path, host: &[String], user: &[String], db: &[String]) -> Result<()> {
+    let mut set = FileSet::new(dir);
+    add_ca_files(&mut set, host, user, db);
+    set.commit().map(|_| ())
+}
+
+/// Add the three TLS CA files of a destination dir to `set`.
+pub fn add_ca_files(set: &mut FileSet, host: &[String], user: &[String], db: &[String]) {
     for (name, certs) in [
         ("teleport-host-ca.crt", host),
         ("teleport-user-ca.crt", user),
@@ -394,9 +398,8 @@ pub fn write_ca_files(dir: &Path, host: &[String], user: &[String], db: &[String
             s.push_str(c.trim_end());
             s.push('\n');
         }
-        fsutil::write_atomic(&dir.join(name), s.as_bytes(), PUBLIC)?;
+        set.add(name, s, PUBLIC);
     }
-    Ok(())
 }
 
 /// Split concatenated PEM certificates into blocks.

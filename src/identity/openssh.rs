@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::files::{key_text, HostCa};
-use crate::fsutil::{self, PUBLIC};
+use crate::fsutil::{FileSet, PUBLIC};
 
 const MAIN_TMPL: &str = include_str!("../../ssh/ssh_config.tmpl");
 const STDIO_TMPL: &str = include_str!("../../ssh/ssh_config_stdio.tmpl");
@@ -274,40 +274,45 @@ pub(crate) fn render_cluster_known_hosts(cluster: &str, cas: &[HostCa]) -> Resul
 
 /// Write `ssh_config`, `known_hosts` and the per-cluster files into the destination dir.
 pub fn write_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
-    write_ssh_files(p, cas, true)
+    let mut set = FileSet::new(&p.dir);
+    add_ssh_files(&mut set, p, cas, true)?;
+    set.commit().map(|_| ())
 }
 
 /// A multiplexer's dir as tbot writes it: `known_hosts` and `ssh_config` only.
 pub fn write_mux_files(p: &SshConfigParams, cas: &[HostCa]) -> Result<()> {
-    write_ssh_files(p, cas, false)
+    let mut set = FileSet::new(&p.dir);
+    add_ssh_files(&mut set, p, cas, false)?;
+    set.commit().map(|_| ())
 }
 
-/// `known_hosts`, the per-cluster files when asked, then `ssh_config` (last: it names the
-/// others).
-fn write_ssh_files(p: &SshConfigParams, cas: &[HostCa], per_cluster: bool) -> Result<()> {
-    let d = &p.dir;
-    fsutil::write_atomic(
-        &d.join("known_hosts"),
-        render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?.as_bytes(),
+/// Add `known_hosts`, the per-cluster files when asked, then `ssh_config` (last: it names the
+/// others) to `set`.
+pub fn add_ssh_files(
+    set: &mut FileSet,
+    p: &SshConfigParams,
+    cas: &[HostCa],
+    per_cluster: bool,
+) -> Result<()> {
+    set.add(
+        "known_hosts",
+        render_known_hosts(&p.proxy_host, &p.cluster, cas, p.bare_names)?,
         PUBLIC,
-    )?;
+    );
     for c in p.clusters.iter().filter(|_| per_cluster) {
-        fsutil::write_atomic(
-            &d.join(format!("{c}.known_hosts")),
-            render_cluster_known_hosts(c, cas)?.as_bytes(),
+        set.add(
+            &format!("{c}.known_hosts"),
+            render_cluster_known_hosts(c, cas)?,
             PUBLIC,
-        )?;
-        fsutil::write_atomic(
-            &d.join(format!("{c}.ssh_config")),
-            p.render_cluster_ssh_config(c).as_bytes(),
+        )
+        .add(
+            &format!("{c}.ssh_config"),
+            p.render_cluster_ssh_config(c),
             PUBLIC,
-        )?;
+        );
     }
-    fsutil::write_atomic(
-        &d.join("ssh_config"),
-        p.render_ssh_config().as_bytes(),
-        PUBLIC,
-    )
+    set.add("ssh_config", p.render_ssh_config(), PUBLIC);
+    Ok(())
 }
 
 /// The clusters of a set of host CAs, `own` first, without repeats.

@@ -12,6 +12,7 @@ mod auth_direct;
 mod auth_grpc;
 mod bot;
 mod cluster_ssh;
+mod crash;
 mod deployments;
 mod dirs;
 mod dropin;

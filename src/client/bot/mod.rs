@@ -20,10 +20,19 @@
 //! SIGTERM and SIGINT stop. No line carries a key, a certificate or the join token.
 //!
 //! Keys: as tbot, a fresh key for every renewal and every output ("constantly rotate private
-//! keys"). The files of an output are written first and renamed into place back to back (the
-//! key, then the certificates), so a reader that opens `key` and `key-cert.pub` within the microseconds between two
-//! renames can see a pair from two renewals, as with tbot; the multiplexer's agent socket
-//! swaps key and certificate together, which is why the fdpass ssh_config uses it.
+//! keys"). Each dir (the data dir, every output) is written as one set
+//! (`idmux_identity::fsutil::FileSet`): a journal holding the whole set is made durable first,
+//! then the files are renamed into place back to back, and a start finishes or rolls back what
+//! a crash left, so no kill leaves a key beside another renewal's certificate. A reader that
+//! opens `key` and `key-cert.pub` while the renames run can still pair two renewals, as with
+//! tbot; the multiplexer's agent socket swaps key and certificate together, which is why the
+//! fdpass ssh_config uses it.
+//!
+//! Auth moves a bot's generation before it answers a renewal, so the new identity is stored
+//! before anything else is done with it (`answer_to_disk_ms` in the `renewed` line is that
+//! window: a kill inside it locks the bot, as with Teleport), and a renewal that cannot be
+//! stored (a full disk) keeps the identity in memory and stores it at the next attempt.
+//! File writes and key generation run on tokio's blocking pool, off the thread that relays.
 
 pub mod config;
 mod dirguard;
@@ -68,6 +77,14 @@ pub fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .with_context(|| format!("{}: cannot open", p.display()))?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| anyhow!("{}: another bot holds this data dir's lock (is idmux or tbot already running with --data-dir {}?)", p.display(), dir.display()))
+}
+
+/// Run blocking work (file writes and their fsyncs) on tokio's blocking pool, never on the
+/// runtime's one thread that relays ssh bytes.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("a file write stopped: {e}"))?
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -325,6 +342,18 @@ pub struct Bot {
     /// (the token spent, generation N+1 issued) until its answer is stored: SIGTERM then waits
     /// for the answer rather than lose it (a lost renewal locks the bot at the next one).
     committing: Arc<std::sync::atomic::AtomicBool>,
+    /// The bot identity Auth issued last is in memory only: storing it in the data dir failed
+    /// (a full disk). Auth has moved to its generation, so it is stored at the next chance and
+    /// renewed from memory meanwhile; the join token's hash goes with it after a join.
+    unsaved: Option<Unsaved>,
+    /// From Auth's answer to the new bot identity being durable in the data dir, at the last
+    /// renewal or join (a crash inside this window loses a generation Auth has issued).
+    store_window: Option<Duration>,
+}
+
+/// What [`Bot::unsaved`] still has to store.
+struct Unsaved {
+    token: Option<String>,
 }
 
 /// Sets a flag for as long as it lives.
@@ -365,6 +394,8 @@ impl Bot {
             lock: None,
             dir_locks: Vec::new(),
             committing: Default::default(),
+            unsaved: None,
+            store_window: None,
         })
     }
 
@@ -490,9 +521,8 @@ impl Bot {
                 join(&route, &token, ttl).await?
             }
         };
-        if let Some(d) = self.cfg.data_dir() {
-            id.write_data_dir(d, Some(&token))?;
-        }
+        let answered = std::time::Instant::now();
+        self.store_bot_identity(&id, answered, Some(token)).await?;
         check_issued("the bot identity", &id, self.cfg.lifetime.ttl)?;
         tracing::info!(cluster = %id.cluster_name()?, "joined with the token; identity stored in {where_}");
         self.identity = Some(id);
@@ -513,11 +543,11 @@ impl Bot {
         let req = outputs::renewal_request(&user, &key, self.cfg.lifetime.ttl)?;
         let _committing = Committing::new(&self.committing);
         let certs = auth.generate_user_certs(req).await?;
+        let answered = std::time::Instant::now();
+        // Auth has issued the next generation: nothing comes before storing it.
         let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
         let new = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)?;
-        if let Some(d) = self.cfg.data_dir() {
-            new.write_data_dir(d, None)?;
-        }
+        self.store_bot_identity(&new, answered, None).await?;
         check_issued("the bot identity", &new, self.cfg.lifetime.ttl)?;
         tracing::debug!(
             generation = new.tls_identity()?.generation,
@@ -525,6 +555,65 @@ impl Bot {
         );
         self.identity = Some(new);
         Ok(())
+    }
+
+    /// Store a bot identity Auth has just issued (`answered`: when its answer came) in the
+    /// data dir as one set, off the runtime's thread. On failure the identity stays the bot's
+    /// in memory ([`Bot::unsaved`]): Auth has moved to its generation, so the next attempt
+    /// renews from it and stores again; the error says so.
+    async fn store_bot_identity(
+        &mut self,
+        id: &Identity,
+        answered: std::time::Instant,
+        token: Option<String>,
+    ) -> Result<()> {
+        let Some(d) = self.cfg.data_dir().map(Path::to_path_buf) else {
+            return Ok(());
+        };
+        // A join whose identity was never stored still owes the token's hash.
+        let token = token.or_else(|| self.unsaved.take().and_then(|u| u.token));
+        let (owned, t) = (id.clone(), token.clone());
+        let dir = d.clone();
+        let stored = blocking(move || owned.write_data_dir(&dir, t.as_deref())).await;
+        match stored {
+            Ok(durable) => {
+                self.unsaved = None;
+                self.store_window = Some(durable.saturating_duration_since(answered));
+                Ok(())
+            }
+            Err(e) => {
+                let generation = id.tls_identity().map(|t| t.generation).unwrap_or(0);
+                self.identity = Some(id.clone());
+                self.unsaved = Some(Unsaved { token });
+                Err(e.context(format!(
+                    "{}: cannot store the bot identity Auth issued (generation {generation}); \
+                     it is kept in memory and stored at the next attempt (a restart before \
+                     then needs a new token)",
+                    d.display()
+                )))
+            }
+        }
+    }
+
+    /// At stop: one more try to store an identity that is in memory only (see
+    /// [`Bot::unsaved`]); if that fails too, say what the next start will meet.
+    async fn store_before_stop(&mut self) {
+        if self.unsaved.is_none() {
+            return;
+        }
+        let Some(id) = self.identity.clone() else {
+            return;
+        };
+        match self
+            .store_bot_identity(&id, std::time::Instant::now(), None)
+            .await
+        {
+            Ok(()) => tracing::info!("stored the bot identity that was in memory only"),
+            Err(e) => tracing::error!(
+                "{e:#}; stopping now loses it: the next start will be refused (generation \
+                 mismatch) and needs a new token"
+            ),
+        }
     }
 
     /// The settings the bot runs with.
@@ -574,18 +663,24 @@ impl Bot {
             let mut as_output = AuthClient::connect_via(&via, &id).await?;
             let clusters = outputs::cluster_names(&mut as_output, &own).await?;
             id.host_cas = outputs::host_cas(&mut as_output, &clusters).await?;
-            let plan = output::Plan {
-                proxy: &proxy,
-                way,
-                mode: o.mode,
-                bare_names: o.bare_names,
-                files: match o.kind {
-                    OutputKind::Identity { ssh_config } => output::Files::Identity { ssh_config },
-                    OutputKind::Multiplexer => output::Files::Multiplexer,
-                },
-                fdpass_command: &o.fdpass_command,
+            let files = match o.kind {
+                OutputKind::Identity { ssh_config } => output::Files::Identity { ssh_config },
+                OutputKind::Multiplexer => output::Files::Multiplexer,
             };
-            output::write_destination(&o.dir, &id, &pems, &plan)?;
+            let (dir, owned, cas, proxy) = (o.dir.clone(), id.clone(), pems.clone(), proxy.clone());
+            let (mode, bare_names, fdpass) = (o.mode, o.bare_names, o.fdpass_command.clone());
+            blocking(move || {
+                let plan = output::Plan {
+                    proxy: &proxy,
+                    way,
+                    mode,
+                    bare_names,
+                    files,
+                    fdpass_command: &fdpass,
+                };
+                output::write_destination(&dir, &owned, &cas, &plan)
+            })
+            .await?;
             check_issued(&format!("output {}", o.dir.display()), &id, ttl)?;
             tracing::debug!(dest = %o.dir.display(), expires = %rfc3339(id.expires()?), "wrote output");
             let id = Arc::new(id);
@@ -676,10 +771,15 @@ impl Bot {
             .iter()
             .map(|o| o.dir.display().to_string())
             .collect();
+        let stored_ms = self
+            .store_window
+            .map(|w| format!("{:.2}", w.as_secs_f64() * 1e3))
+            .unwrap_or_default();
         tracing::info!(
             generation,
             expires = %expires,
             outputs = %outputs.join(","),
+            answer_to_disk_ms = %stored_ms,
             "{what}: bot identity and {} output(s) written",
             outputs.len()
         );
@@ -701,18 +801,27 @@ impl Bot {
             ),
         }
         self.dir_locks = dirguard::guard_dirs(&self.cfg)?;
-        // With every lock held, no writer of ours is mid-write: a temp file is a killed one's.
+        // With every lock held, no writer of ours is mid-write: a journal or a temp file is a
+        // killed one's. A committed set is finished, an uncommitted one rolled back.
         let dirs = self
             .cfg
             .data_dir()
             .into_iter()
             .chain(self.cfg.outputs.iter().map(|o| o.dir.as_path()));
         for d in dirs {
-            let n = idmux_identity::fsutil::remove_stale_temps(d)?;
-            if n > 0 {
+            let r = idmux_identity::fsutil::recover(d)?;
+            if r.finished > 0 {
                 tracing::info!(
-                    "{}: removed {n} temp file(s) an interrupted write left",
-                    d.display()
+                    "{}: finished the set of files an interrupted write had committed ({} file(s))",
+                    d.display(),
+                    r.finished
+                );
+            }
+            if r.removed > 0 {
+                tracing::info!(
+                    "{}: removed {} temp file(s) an interrupted write left",
+                    d.display(),
+                    r.removed
                 );
             }
         }
@@ -729,6 +838,12 @@ impl Bot {
     /// Renew on schedule until SIGTERM or SIGINT; a final error (a locked or removed bot)
     /// stops it. Call after [`Bot::start`].
     pub async fn renew_until_stopped(mut self) -> Result<()> {
+        let r = self.renew_loop().await;
+        self.store_before_stop().await;
+        r
+    }
+
+    async fn renew_loop(&mut self) -> Result<()> {
         let mut failures = 0u32;
         let mut next = tokio::time::Instant::now() + self.cfg.lifetime.renewal;
         // Outputs with a lifetime of their own are also written on their own schedule.
