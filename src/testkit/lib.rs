@@ -736,3 +736,118 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `short` in the default suite, `long` with `IDMUX_LONG` (`scripts/test.sh --long`,
+/// `scripts/torture.sh`).
+pub fn scale(short: usize, long: usize) -> usize {
+    if std::env::var_os("IDMUX_LONG").is_some() {
+        long
+    } else {
+        short
+    }
+}
+
+/// One row of `scripts/torture.sh`'s table, printed by a hostile-world test:
+/// `torture| attack | result | figures`.
+pub fn torture_row(attack: &str, result: &str, figures: &str) {
+    eprintln!("torture| {attack} | {result} | {figures}");
+}
+
+/// What must keep working while a test attacks a bot: an ssh session streaming through it the
+/// whole time, and its renewals (counted from its log's `renewed:` lines).
+pub struct Witness {
+    child: std::process::Child,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    renewals0: usize,
+    log: PathBuf,
+    started: std::time::Instant,
+}
+
+fn renewals_in(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("renewed: bot identity")
+        .count()
+}
+
+impl Witness {
+    /// Start streaming through `bot` to `target` (64 KiB every 50 ms).
+    pub fn start(bot: &BotProc, target: &str) -> Witness {
+        use std::io::Read;
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(bot.ssh_config())
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", target])
+            .arg("while :; do head -c 65536 /dev/zero; sleep 0.05; done")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut out = child.stdout.take().unwrap();
+        let counter = bytes.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let w = Witness {
+            child,
+            bytes,
+            renewals0: renewals_in(&bot.log),
+            log: bot.log.clone(),
+            started: std::time::Instant::now(),
+        };
+        assert!(
+            wait_for(Duration::from_secs(20), || w.streamed() > 0),
+            "the witness session did not start streaming"
+        );
+        w
+    }
+
+    /// Bytes streamed so far.
+    pub fn streamed(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Renewals the bot logged since the witness started.
+    pub fn renewals(&self) -> usize {
+        renewals_in(&self.log).saturating_sub(self.renewals0)
+    }
+
+    /// Assert the session is still streaming (bytes within `limit`) and the bot renewed at
+    /// least `renewals` times; returns a figure for the torture table.
+    pub fn check(&mut self, renewals: usize, limit: Duration) -> String {
+        let before = self.streamed();
+        assert!(
+            wait_for(limit, || self.streamed() > before),
+            "the streaming ssh session stalled at {before} bytes"
+        );
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the streaming ssh session ended"
+        );
+        assert!(
+            wait_for(Duration::from_secs(30), || self.renewals() >= renewals),
+            "the bot renewed {} times during the attack, expected {renewals}",
+            self.renewals()
+        );
+        format!(
+            "ssh streamed {:.1} MiB over {:.0} s, {} renewals",
+            self.streamed() as f64 / 1048576.0,
+            self.started.elapsed().as_secs_f64(),
+            self.renewals()
+        )
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -213,7 +213,7 @@ fn kill9_at_random_points_of_renewals() {
         .unwrap_or_default();
     // A kill lands in a window with probability (time inside windows) / (time alive).
     let expected = n as f64 * (windows.iter().sum::<f64>() / 1e3) / alive.as_secs_f64();
-    eprintln!(
+    let summary = format!(
         "crash: {n} kills; {locks} locks (expected {expected:.2} from {} stores, answer-to-disk \
          window mean {mean:.2} ms, p99 {p99:.2} ms, {:.0} s alive); kills that left temp files: \
          {left_by_kill}, a committed journal: {journals_by_kill}, key and certificate of two writes (finished by the next start): {split_by_kill}; after restart: 0; reads: {}, \
@@ -223,6 +223,12 @@ fn kill9_at_random_points_of_renewals() {
         seen.reads.load(Ordering::Relaxed),
         seen.torn.load(Ordering::Relaxed),
         seen.mismatched.load(Ordering::Relaxed),
+    );
+    eprintln!("{summary}");
+    torture_row(
+        "kill -9 at random points of renewals (every 1 s)",
+        &format!("{locks} lock(s), expected {expected:.2}; no pair left split after a start; no temp file left"),
+        summary.trim_start_matches("crash: "),
     );
     assert!(
         windows.len() >= n / 2,
@@ -347,5 +353,10 @@ fn a_full_data_dir_keeps_the_bot_and_it_recovers_when_space_is_back() {
         !stderr(&o).contains("joined with the token"),
         "{}",
         stderr(&o)
+    );
+    torture_row(
+        "data dir on a tmpfs that fills",
+        "last good identity kept; renewed without a new token once space was back",
+        &format!("{attempts} failed attempts logged, one line each, while full; no lock"),
     );
 }

@@ -5,6 +5,7 @@
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
 //! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
+//! - [`trim`]: free heap memory returned after a burst.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
 //!
 //! The request format is `idmux_wire::v1`; the agent is `idmux_transport::agent`.
@@ -13,4 +14,5 @@ pub mod local;
 pub mod metrics;
 pub mod server;
 pub mod templates;
+pub mod trim;
 pub mod upstream;

@@ -444,6 +444,7 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
         agent.clone(),
     )?;
     tokio::spawn(up.clone().keep_warm());
+    tokio::spawn(crate::mux::trim::keep_heap_trimmed());
     if let Some(addr) = opts.diag_addr {
         let m2 = m.clone();
         tokio::spawn(async move {
