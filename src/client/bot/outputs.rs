@@ -259,6 +259,54 @@ pub(crate) fn ca_fingerprint(ca: &CertAuthorityV2) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Key generation never stalls the daemon's one runtime thread (which also relays ssh
+    /// bytes): while RSA keys are made, a timer task on the same current_thread runtime keeps
+    /// ticking. Keys are made until one took at least 150 ms (RSA-2048's prime search varies);
+    /// the longest gap between ticks must stay under a third of that and under 60 ms. Made on
+    /// the runtime thread itself, the gap is the whole key's time.
+    #[tokio::test(flavor = "current_thread")]
+    async fn key_generation_does_not_stall_the_runtime() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let most = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let (stop, most) = (stop.clone(), most.clone());
+            tokio::spawn(async move {
+                let mut last = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let gap = last.elapsed().as_micros() as u64;
+                    most.fetch_max(gap, Ordering::Relaxed);
+                    last = std::time::Instant::now();
+                }
+            })
+        };
+        // Let the ticker start.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        most.store(0, Ordering::Relaxed);
+        let mut longest = Duration::ZERO;
+        let mut made = 0;
+        while longest < Duration::from_millis(150) && made < 30 {
+            let t0 = std::time::Instant::now();
+            fresh_key(KeyType::Rsa2048).await.unwrap();
+            longest = longest.max(t0.elapsed());
+            made += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        ticker.await.unwrap();
+        let gap = Duration::from_micros(most.load(Ordering::Relaxed));
+        eprintln!("{made} RSA-2048 keys, the longest {longest:?}; the timer's longest gap {gap:?}");
+        assert!(
+            longest >= Duration::from_millis(150),
+            "no key took 150 ms ({longest:?}): the test cannot tell"
+        );
+        assert!(
+            gap < Duration::from_millis(60) && gap < longest / 3,
+            "the runtime stalled {gap:?} while a key took {longest:?}"
+        );
+    }
     use idmux_wire::resources::{
         CaKeySet, CertAuthoritySpecV2, ImpersonateConditions, RoleConditions, RoleSpecV6,
         SshKeyPair, TlsKeyPair,
