@@ -13,6 +13,12 @@
 //! holds one connection open and reconnects with backoff (100 ms doubling to 15 s) when it
 //! drops, so the first request after a proxy restart finds a warm connection; the proxy
 //! going away and coming back are logged once each.
+//!
+//! The pool's lock is never held across a network wait: a request that finds a free slot
+//! takes it at once, whatever dial is in progress; one that needs a new connection joins the
+//! dial in progress (one at a time, run as a task of its own, shared by every request and the
+//! keeper that wait for it) or starts one. A slow dial never holds up a request that can use
+//! an existing connection.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
 use crate::mux::metrics::Metrics;
 use idmux_identity::Identity;
@@ -54,7 +60,8 @@ pub(crate) struct Upstream {
     route: Finder,
     source: IdentitySource,
     cap: usize,
-    conns: Mutex<Vec<Arc<Conn>>>,
+    /// The connections and the dial in progress; never locked across an await.
+    pool: std::sync::Mutex<Pool>,
     identity: std::sync::RwLock<Current>,
     epoch: AtomicU64,
     metrics: Arc<Metrics>,
@@ -69,6 +76,18 @@ pub(crate) struct Upstream {
     /// requests queued behind it get its answer for [`SLOW_FAILURE_HOLD`] instead of each
     /// waiting out a deadline of its own in turn.
     slow_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// The outcome of a dial, once it is known: the new connection (already in the pool), or why
+/// it failed (in words, shared by every waiter).
+type DialOutcome = Option<std::result::Result<Arc<Conn>, String>>;
+
+/// The connections to the proxy and the dial in progress, if any.
+#[derive(Default)]
+struct Pool {
+    conns: Vec<Arc<Conn>>,
+    /// Requests (and the keeper) that need a new connection wait on this.
+    dialing: Option<watch::Receiver<DialOutcome>>,
 }
 
 /// The keeper's first retry delay after a failed connect, doubled up to [`KEEP_WARM_MAX`].
@@ -151,7 +170,7 @@ impl Upstream {
             route,
             source,
             cap: cap.max(1),
-            conns: Mutex::new(Vec::new()),
+            pool: Default::default(),
             identity: std::sync::RwLock::new(current),
             epoch: AtomicU64::new(0),
             metrics,
@@ -217,57 +236,122 @@ impl Upstream {
         }))
     }
 
-    /// A connection with a free slot (claimed), opening one if needed.
-    async fn lease(&self) -> Result<Lease> {
-        let _ = self.current_identity();
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        let mut conns = self.conns.lock().await;
-        // Drop closed connections, and old-identity ones that are idle.
-        conns.retain(|c| {
-            !c.link.is_closed() && (c.epoch == epoch || c.open.load(Ordering::Relaxed) > 0)
-        });
-        let found = conns
-            .iter()
-            .find(|c| c.epoch == epoch && c.open.load(Ordering::Relaxed) < self.cap)
-            .cloned();
-        let conn = match found {
-            Some(c) => c,
-            None => {
-                if let Some((at, why)) =
-                    &*self.slow_failure.lock().unwrap_or_else(|e| e.into_inner())
-                {
-                    if at.elapsed() < SLOW_FAILURE_HOLD {
-                        bail!("{why}");
+    /// The pool, locked (a poisoned lock is still the pool: its state is a list and a slot).
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The dial in progress, or a new one started as a task of its own (so it finishes, and
+    /// its connection joins the pool, whoever stops waiting for it). `hold`: refuse to start
+    /// one within [`SLOW_FAILURE_HOLD`] of a slow failure, with that failure (requests; the
+    /// keeper has its own backoff).
+    fn join_dial(
+        self: &Arc<Self>,
+        pool: &mut Pool,
+        hold: bool,
+    ) -> Result<watch::Receiver<DialOutcome>> {
+        if let Some(rx) = &pool.dialing {
+            return Ok(rx.clone());
+        }
+        if hold {
+            if let Some((at, why)) = &*self.slow_failure.lock().unwrap_or_else(|e| e.into_inner())
+            {
+                if at.elapsed() < SLOW_FAILURE_HOLD {
+                    bail!("{why}");
+                }
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        pool.dialing = Some(rx.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let r = me.connect().await;
+            let outcome = {
+                let mut pool = me.pool();
+                pool.dialing = None;
+                match r {
+                    Ok(c) => {
+                        pool.conns.push(c.clone());
+                        me.metrics
+                            .upstream_conns
+                            .store(pool.conns.len(), Ordering::Relaxed);
+                        Ok(c)
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        if t0.elapsed() >= SLOW {
+                            *me.slow_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((std::time::Instant::now(), why.clone()));
+                        }
+                        Err(why)
                     }
                 }
-                let t0 = std::time::Instant::now();
-                let c = match self.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if t0.elapsed() >= SLOW {
-                            *self.slow_failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some((std::time::Instant::now(), format!("{e:#}")));
-                        }
-                        return Err(e);
-                    }
-                };
-                conns.push(c.clone());
-                c
-            }
-        };
-        self.metrics
-            .upstream_conns
-            .store(conns.len(), Ordering::Relaxed);
-        conn.open.fetch_add(1, Ordering::Relaxed);
-        self.metrics.open_channels.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease {
-            conn,
-            metrics: self.metrics.clone(),
-        })
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        Ok(rx)
+    }
+
+    /// Wait for a dial's outcome.
+    async fn dial_outcome(
+        mut rx: watch::Receiver<DialOutcome>,
+    ) -> std::result::Result<Arc<Conn>, String> {
+        match rx.wait_for(|o| o.is_some()).await {
+            Ok(o) => o.clone().unwrap_or_else(|| Err("no outcome".into())),
+            Err(_) => Err("the connection attempt stopped".into()),
+        }
+    }
+
+    /// A connection with a free slot (claimed), opening one if needed. The pool is locked
+    /// only to look and to claim, never while a dial runs.
+    async fn lease(self: &Arc<Self>) -> Result<Lease> {
+        // The connection of the dial this request waited for: its slots are offered first.
+        let mut dialed: Option<Arc<Conn>> = None;
+        loop {
+            let _ = self.current_identity();
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            let rx = {
+                let mut pool = self.pool();
+                // Drop closed connections, and old-identity ones that are idle.
+                pool.conns.retain(|c| {
+                    !c.link.is_closed() && (c.epoch == epoch || c.open.load(Ordering::Relaxed) > 0)
+                });
+                let found = dialed
+                    .take()
+                    .filter(|c| c.open.load(Ordering::Relaxed) < self.cap)
+                    .or_else(|| {
+                        pool.conns
+                            .iter()
+                            .find(|c| c.epoch == epoch && c.open.load(Ordering::Relaxed) < self.cap)
+                            .cloned()
+                    });
+                if let Some(conn) = found {
+                    self.metrics
+                        .upstream_conns
+                        .store(pool.conns.len(), Ordering::Relaxed);
+                    conn.open.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.open_channels.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Lease {
+                        conn,
+                        metrics: self.metrics.clone(),
+                    });
+                }
+                self.join_dial(&mut pool, true)?
+            };
+            // Every slot of the new connection may be taken by the time we look (more
+            // requests waited than it has slots): then look again, and dial again.
+            dialed = Some(Self::dial_outcome(rx).await.map_err(|e| anyhow!("{e}"))?);
+        }
     }
 
     /// Open a node connection through the proxy.
-    pub async fn dial(&self, host: &str, port: u16, cluster: &str) -> Result<(Node, Lease)> {
+    pub async fn dial(
+        self: &Arc<Self>,
+        host: &str,
+        port: u16,
+        cluster: &str,
+    ) -> Result<(Node, Lease)> {
         let lease = self
             .lease()
             .await
@@ -295,10 +379,7 @@ impl Upstream {
         loop {
             // Picks up a renewed identity (and swaps the agent's keys) within 250 ms.
             let _ = self.current_identity();
-            let live = {
-                let conns = self.conns.lock().await;
-                conns.iter().any(|c| !c.link.is_closed())
-            };
+            let live = self.pool().conns.iter().any(|c| !c.link.is_closed());
             if !live {
                 // Ask again which transport the proxy offers: it may have been upgraded.
                 *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = TransportKind::Auto;
@@ -318,24 +399,17 @@ impl Upstream {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-            match self.connect().await {
+            // The dial a request started, if one is in progress: one connection, not two.
+            let rx = {
+                let mut pool = self.pool();
+                self.join_dial(&mut pool, false)
+            };
+            let outcome = match rx {
+                Ok(rx) => Self::dial_outcome(rx).await,
+                Err(e) => Err(format!("{e:#}")),
+            };
+            match outcome {
                 Ok(c) => {
-                    let mut conns = self.conns.lock().await;
-                    if conns.iter().any(|c| !c.link.is_closed()) {
-                        // A request opened one while we dialed (right after a proxy restart):
-                        // keep one warm connection, not two for the life of the daemon. That
-                        // one is up, so the daemon is ready.
-                        drop(conns);
-                        self.metrics.ready.store(1, Ordering::Relaxed);
-                        if let Ok(c) = Arc::try_unwrap(c) {
-                            c.link.close().await;
-                        }
-                        continue;
-                    }
-                    conns.push(c.clone());
-                    self.metrics
-                        .upstream_conns
-                        .store(conns.len(), Ordering::Relaxed);
                     match down.take() {
                         Some((since, attempts)) => tracing::info!(
                             "multiplexer: the proxy {} is reachable again after {}s \
@@ -357,7 +431,7 @@ impl Upstream {
                     match &mut down {
                         None => {
                             tracing::warn!(
-                                "multiplexer: cannot reach the proxy {}: {e:#}; retrying with \
+                                "multiplexer: cannot reach the proxy {}: {e}; retrying with \
                                  backoff up to {}s (logged again when it is back)",
                                 self.proxy,
                                 KEEP_WARM_MAX.as_secs()
@@ -367,7 +441,7 @@ impl Upstream {
                         Some((_, attempts)) => {
                             *attempts += 1;
                             tracing::debug!(
-                                "multiplexer: upstream to {} still failing (attempt {attempts}): {e:#}",
+                                "multiplexer: upstream to {} still failing (attempt {attempts}): {e}",
                                 self.proxy
                             );
                         }
