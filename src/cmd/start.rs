@@ -21,6 +21,7 @@ use idmux_client::bot::config::{
 use idmux_identity::openssh::Mode;
 
 use idmux_client::bot::Bot;
+use idmux_client::mux::limits::Limits;
 use idmux_client::mux::server::{self as mux, MuxOptions};
 use idmux_client::mux::upstream::IdentitySource;
 
@@ -103,6 +104,96 @@ pub(crate) struct SharedArgs {
     pub no_tls_routing: bool,
     #[arg(long, hide = true)]
     pub tls_routing: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The caps and timeouts of the sockets a multiplexer serves (idmux's own flags; defaults in
+/// `idmux_client::mux::limits::Limits`). Durations as `10s`, `500ms`, `1m`.
+#[derive(Args, Clone, Default, PartialEq)]
+pub(crate) struct LimitArgs {
+    /// v1.sock connections open at once, sessions included; more are closed at once
+    /// [default: 4096].
+    #[arg(long, env = "IDMUX_V1_MAX_CONNECTIONS", value_name = "N")]
+    pub v1_max_connections: Option<usize>,
+    /// How long a v1.sock client may take to send its request [default: 10s].
+    #[arg(long, env = "IDMUX_V1_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub v1_request_timeout: Option<String>,
+    /// Error lines written to v1.sock clients' stderr at once; more are dropped [default: 32].
+    #[arg(long, env = "IDMUX_V1_MAX_ERROR_REPORTS", value_name = "N")]
+    pub v1_max_error_reports: Option<usize>,
+    /// How long an error line waits for a v1.sock client's stderr to take it [default: 2s].
+    #[arg(long, env = "IDMUX_V1_ERROR_REPORT_TIMEOUT", value_name = "DURATION")]
+    pub v1_error_report_timeout: Option<String>,
+    /// agent.sock connections open at once; more are closed at once [default: 512].
+    #[arg(long, env = "IDMUX_AGENT_MAX_CONNECTIONS", value_name = "N")]
+    pub agent_max_connections: Option<usize>,
+    /// The largest agent.sock request, in bytes (at most 262144) [default: 65536].
+    #[arg(long, env = "IDMUX_AGENT_MAX_REQUEST_SIZE", value_name = "BYTES")]
+    pub agent_max_request_size: Option<usize>,
+    /// How long an agent.sock request may take once its first byte is in [default: 10s].
+    #[arg(long, env = "IDMUX_AGENT_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub agent_request_timeout: Option<String>,
+    /// --diag-addr connections open at once; more are closed at once [default: 64].
+    #[arg(long, env = "IDMUX_DIAG_MAX_CONNECTIONS", value_name = "N")]
+    pub diag_max_connections: Option<usize>,
+    /// How long a --diag-addr client has to send its request headers [default: 5s].
+    #[arg(long, env = "IDMUX_DIAG_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub diag_header_timeout: Option<String>,
+    /// How long one --diag-addr connection may last [default: 30s].
+    #[arg(long, env = "IDMUX_DIAG_CONNECTION_TIMEOUT", value_name = "DURATION")]
+    pub diag_connection_timeout: Option<String>,
+}
+
+impl LimitArgs {
+    /// The limits these flags give (the defaults for those not given), checked: zero, or a
+    /// duration that does not parse, is refused in one line naming the flag.
+    pub(crate) fn limits(&self) -> Result<Limits> {
+        let mut l = Limits::default();
+        let time = |v: &Option<String>, flag: &str, t: &mut std::time::Duration| -> Result<()> {
+            if let Some(v) = v {
+                *t = idmux_identity::time::parse_ttl(v, flag)?;
+            }
+            Ok(())
+        };
+        let count = |v: Option<usize>, n: &mut usize| {
+            if let Some(v) = v {
+                *n = v;
+            }
+        };
+        count(self.v1_max_connections, &mut l.v1_max_connections);
+        count(self.v1_max_error_reports, &mut l.v1_max_error_reports);
+        count(self.agent_max_connections, &mut l.agent_max_connections);
+        count(self.agent_max_request_size, &mut l.agent_max_request);
+        count(self.diag_max_connections, &mut l.diag_max_connections);
+        time(
+            &self.v1_request_timeout,
+            "--v1-request-timeout",
+            &mut l.v1_request_timeout,
+        )?;
+        time(
+            &self.v1_error_report_timeout,
+            "--v1-error-report-timeout",
+            &mut l.v1_error_report_timeout,
+        )?;
+        time(
+            &self.agent_request_timeout,
+            "--agent-request-timeout",
+            &mut l.agent_request_timeout,
+        )?;
+        time(
+            &self.diag_header_timeout,
+            "--diag-header-timeout",
+            &mut l.diag_header_timeout,
+        )?;
+        time(
+            &self.diag_connection_timeout,
+            "--diag-connection-timeout",
+            &mut l.diag_connection_timeout,
+        )?;
+        l.check()?;
+        Ok(l)
+    }
 }
 
 /// `start legacy` (and plain `start`): tbot's legacy flags.
@@ -517,12 +608,13 @@ fn unset_legacy() -> LegacyArgs {
 
 /// The YAML for a configuration built from flags alone.
 pub(crate) fn configure_yaml(a: StartArgs, g: &Globals) -> Result<String> {
-    let shared = match &a.service {
-        None => &a.legacy.shared,
-        Some(Service::Legacy(l)) => &l.shared,
-        Some(Service::Identity(i)) => &i.shared,
-        Some(Service::SshMultiplexer(m)) => &m.shared,
-    };
+    let shared = shared_of(&a);
+    if shared.limits != LimitArgs::default() {
+        bail!(
+            "configure: --v1-max-connections and the other socket limits have no key in \
+             tbot's YAML; pass them to `idmux start` beside -c FILE"
+        );
+    }
     // The token as given (a file's path stays a path), as tbot prints it.
     let token = shared.token.clone();
     if shared.join_method.is_none() {
@@ -615,15 +707,33 @@ pub(crate) fn configure(a: ConfigureArgs, g: &Globals) -> Result<()> {
     }
 }
 
+/// How long, once the daemon has stopped, work on tokio's blocking pool (a key being made, a
+/// file being written) may hold the exit: SIGTERM is honoured within this, whatever that
+/// work waits for (dropping the runtime would wait for it without limit).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub fn run(a: StartArgs, g: &Globals) -> Result<()> {
     if let Some(Service::SshMultiplexer(m)) = &a.service {
         if let Some(destination_dir) = &m.destination_dir {
             return follow(m, destination_dir);
         }
     }
+    let limits = shared_of(&a).limits.limits()?;
     let cfg = to_config(a, g)?;
     let rt = super::runtime::build(super::runtime::Kind::Daemon)?;
-    rt.block_on(run_bot(cfg))
+    let r = rt.block_on(run_bot(cfg, limits));
+    rt.shutdown_timeout(EXIT_GRACE);
+    r
+}
+
+/// The shared flags of whichever service `a` names.
+fn shared_of(a: &StartArgs) -> &SharedArgs {
+    match &a.service {
+        None => &a.legacy.shared,
+        Some(Service::Legacy(l)) => &l.shared,
+        Some(Service::Identity(i)) => &i.shared,
+        Some(Service::SshMultiplexer(m)) => &m.shared,
+    }
 }
 
 /// `start ssh-multiplexer --destination-dir D`: the multiplexer alone, following the identity
@@ -645,8 +755,9 @@ fn follow(m: &MuxArgs, destination_dir: &std::path::Path) -> Result<()> {
         upgrade: pair(a.connection_upgrade, a.no_connection_upgrade),
     };
     let dest = idmux_identity::paths::absolute(destination_dir)?;
+    let limits = a.limits.limits()?;
     let rt = super::runtime::build(super::runtime::Kind::Daemon)?;
-    rt.block_on(mux::run(MuxOptions {
+    let r = rt.block_on(mux::run(MuxOptions {
         identity: IdentitySource::Poll(dest.clone()),
         dest,
         route: Finder::new(web, flags),
@@ -654,7 +765,10 @@ fn follow(m: &MuxArgs, destination_dir: &std::path::Path) -> Result<()> {
         transport: a.transport.unwrap_or_default().into(),
         diag_addr: a.diag_addr,
         templates: templates(m.proxy_templates_path.as_deref())?,
-    }))
+        limits,
+    }));
+    rt.shutdown_timeout(EXIT_GRACE);
+    r
 }
 
 /// tsh's proxy templates, read once at start (as tbot); none without a path.
@@ -672,7 +786,7 @@ fn templates(
 
 /// The bot, and a multiplexer on each of its multiplexer dirs: the bot renews, each
 /// multiplexer follows its identity through a `watch` (no file polling in one process).
-async fn run_bot(cfg: BotConfig) -> Result<()> {
+async fn run_bot(cfg: BotConfig, limits: Limits) -> Result<()> {
     // Read before the token is spent: a bad file stops the start, not a running bot.
     let loaded = cfg
         .multiplexers
@@ -706,6 +820,7 @@ async fn run_bot(cfg: BotConfig) -> Result<()> {
             transport: cfg.transport,
             // One diagnostics endpoint: the first multiplexer's.
             diag_addr: if n == 0 { cfg.diag_addr } else { None },
+            limits,
         };
         muxes_running.spawn(async move {
             let r = mux::run(opts).await;

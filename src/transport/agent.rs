@@ -132,17 +132,29 @@ impl Agent {
     /// sends nothing holds no memory).
     pub async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         &self,
+        s: S,
+    ) -> Result<()> {
+        self.serve_limited(s, MAX_REQUEST, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Agent::serve`] with another request size limit (bytes, at most the protocol's
+    /// frame limit) and request timeout (the daemon's `--agent-max-request-size` and
+    /// `--agent-request-timeout`).
+    pub async fn serve_limited<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
         mut s: S,
+        max_request: usize,
+        request_timeout: std::time::Duration,
     ) -> Result<()> {
         loop {
             let mut len = [0u8; 4];
             if s.read_exact(&mut len[..1]).await.is_err() {
                 return Ok(());
             }
-            let msg = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let msg = tokio::time::timeout(request_timeout, async {
                 s.read_exact(&mut len[1..]).await?;
                 let n = u32::from_be_bytes(len) as usize;
-                if n == 0 || n > MAX_REQUEST.min(MAX_FRAME) {
+                if n == 0 || n > max_request.min(MAX_FRAME) {
                     anyhow::bail!("agent request of {n} bytes");
                 }
                 let mut msg = Vec::new();
@@ -154,7 +166,7 @@ impl Agent {
             })
             .await
             .map_err(|_| {
-                anyhow::anyhow!("agent request not complete within {REQUEST_TIMEOUT:?}")
+                anyhow::anyhow!("agent request not complete within {request_timeout:?}")
             })??;
             let reply = self.respond(&msg);
             s.write_all(&(reply.len() as u32).to_be_bytes()).await?;

@@ -258,7 +258,7 @@ fn diag_connections_are_capped_and_timed_out() {
         most = most.max(fd_count(pid));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let cap = idmux_client::mux::metrics::DIAG_MAX_CONNECTIONS;
+    let cap = idmux_client::mux::limits::Limits::default().diag_max_connections;
     assert!(most <= fds0 + cap + 4, "fds {fds0} -> {most}");
     assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
     // The daemon drops them after the header timeout, though the client keeps them open.

@@ -11,6 +11,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use crate::mux::limits::{CapWarning, Limits};
+
 #[derive(Default)]
 pub(crate) struct Metrics {
     pub requests_started: AtomicU64,
@@ -99,24 +101,22 @@ impl Metrics {
     }
 }
 
-/// Diagnostics connections served at once; past that a connection is closed at once.
-pub const DIAG_MAX_CONNECTIONS: usize = 64;
-/// How long a diagnostics client has to send its request headers.
-pub const DIAG_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long one diagnostics connection may last in all.
-pub const DIAG_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Serve `/metrics`, `/readyz` and `/livez` on `addr` until the process ends. Any local user
-/// can reach this port, so it is capped: at most [`DIAG_MAX_CONNECTIONS`] connections at once
-/// (more are closed on accept), [`DIAG_HEADER_TIMEOUT`] for the request headers,
-/// [`DIAG_CONNECTION_TIMEOUT`] for a whole connection, and a failing accept (out of fds)
-/// backs off instead of spinning.
-pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> anyhow::Result<()> {
+/// can reach this port, so it is capped ([`Limits`]): at most `diag_max_connections`
+/// connections at once (more are closed on accept), `diag_header_timeout` for the request
+/// headers, `diag_connection_timeout` for a whole connection, and a failing accept (out of
+/// fds) backs off instead of spinning.
+pub(crate) async fn serve_diag(
+    addr: std::net::SocketAddr,
+    m: Arc<Metrics>,
+    limits: Limits,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--diag-addr {addr}: {e}"))?;
     tracing::info!("diagnostics on http://{addr}/metrics");
-    let slots = Arc::new(tokio::sync::Semaphore::new(DIAG_MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.diag_max_connections));
+    static AT_CAP: CapWarning = CapWarning::new();
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
@@ -128,6 +128,11 @@ pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> a
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(tcp);
+            AT_CAP.refused(
+                &format!("--diag-addr {addr}"),
+                limits.diag_max_connections,
+                "--diag-max-connections",
+            );
             continue;
         };
         let m = m.clone();
@@ -159,9 +164,9 @@ pub(crate) async fn serve_diag(addr: std::net::SocketAddr, m: Arc<Metrics>) -> a
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(DIAG_HEADER_TIMEOUT)
+                .header_read_timeout(limits.diag_header_timeout)
                 .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(DIAG_CONNECTION_TIMEOUT, conn).await;
+            let _ = tokio::time::timeout(limits.diag_connection_timeout, conn).await;
         });
     }
 }

@@ -4,12 +4,14 @@
 //!   comes from ([`upstream::IdentitySource`]).
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
+//! - [`limits`]: the caps and timeouts of every socket served ([`limits::Limits`]).
 //! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
 //! - [`trim`]: free heap memory returned after a burst.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
 //!
 //! The request format is `idmux_wire::v1`; the agent is `idmux_transport::agent`.
 
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod server;

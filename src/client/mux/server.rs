@@ -29,11 +29,7 @@ use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
 /// The most fds one message can carry (Linux's `SCM_MAX_FD`).
 const SCM_MAX_FD: usize = 253;
 
-/// agent.sock connections served at once (ssh holds one only while it authenticates).
-pub const AGENT_MAX_CONNECTIONS: usize = 512;
-
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::mux::limits::{CapWarning, Limits};
 
 /// Bind a unix socket owner-only (and for the dir's ACL readers), replacing a stale one.
 pub(crate) fn bind_owner_only(path: &Path) -> Result<UnixListener> {
@@ -150,34 +146,35 @@ async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::T
     }
 }
 
-/// Error reports being written at once; past that a report is dropped (its fd closed).
-const MAX_REPORTS: usize = 32;
-static REPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REPORTS);
-/// How long a report waits for the client's stderr to take it.
-const REPORT_WAIT: Duration = Duration::from_secs(2);
 /// One write of at most this many bytes to a pipe whose poll says writable never blocks
 /// (POSIX `PIPE_BUF`).
 const PIPE_BUF: usize = 4096;
 
 /// Write one error line to the client's stderr fd, off the runtime, without ever blocking on
-/// it: the fd is polled for room (at most [`REPORT_WAIT`]), then written once with at most
-/// [`PIPE_BUF`] bytes. A client whose stderr is full (a pipe nobody reads) gets no line rather
-/// than a thread of the daemon; at most [`MAX_REPORTS`] are written at once.
-async fn report(stderr: Option<OwnedFd>, msg: String) {
+/// it: the fd is polled for room (at most `wait`, [`Limits::v1_error_report_timeout`]), then
+/// written once with at most [`PIPE_BUF`] bytes. A client whose stderr is full (a pipe nobody
+/// reads) gets no line rather than a thread of the daemon; at most `reports`' permits
+/// ([`Limits::v1_max_error_reports`]) are written at once.
+async fn report(
+    stderr: Option<OwnedFd>,
+    msg: String,
+    reports: &Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+) {
     let Some(fd) = stderr else { return };
-    let Ok(permit) = REPORTS.try_acquire() else {
+    let Ok(permit) = reports.clone().try_acquire_owned() else {
         tracing::debug!("v1.sock: too many error reports in flight; this one is dropped");
         return;
     };
     let _ = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        write_report(fd, &msg);
+        write_report(fd, &msg, wait);
     })
     .await;
 }
 
 /// The blocking half of [`report`].
-fn write_report(fd: OwnedFd, msg: &str) {
+fn write_report(fd: OwnedFd, msg: &str, wait: Duration) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let mut line = format!("idmux: {msg}");
@@ -191,7 +188,7 @@ fn write_report(fd: OwnedFd, msg: &str) {
     line.push('\n');
     let ready = {
         let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-        let wait = PollTimeout::try_from(REPORT_WAIT).unwrap_or(PollTimeout::ZERO);
+        let wait = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         matches!(poll(&mut pfd, wait), Ok(n) if n > 0)
             && pfd[0]
                 .revents()
@@ -282,18 +279,19 @@ struct Shared {
     proxy_host: String,
     m: Arc<Metrics>,
     templates: Arc<crate::mux::templates::ProxyTemplates>,
+    limits: Limits,
+    /// Error reports being written ([`Limits::v1_max_error_reports`]).
+    reports: Arc<tokio::sync::Semaphore>,
 }
 
 async fn handle(conn: UnixStream, s: Arc<Shared>) {
     let (up, proxy_host, m, templates) = (&s.up, &s.proxy_host, s.m.clone(), &s.templates);
     m.requests_started.fetch_add(1, Ordering::Relaxed);
     m.in_flight.fetch_add(1, Ordering::Relaxed);
-    let (stderr, req) = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&conn)).await {
+    let limit = s.limits.v1_request_timeout;
+    let (stderr, req) = match tokio::time::timeout(limit, read_request(&conn)).await {
         Ok(x) => x,
-        Err(_) => (
-            None,
-            Err(anyhow!("no complete request within {REQUEST_TIMEOUT:?}")),
-        ),
+        Err(_) => (None, Err(anyhow!("no complete request within {limit:?}"))),
     };
     let dialed = match req {
         Ok((t, extra)) => {
@@ -324,7 +322,8 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
         Err(e) => {
             m.handled_error.fetch_add(1, Ordering::Relaxed);
             tracing::info!("v1.sock: {e:#}");
-            report(stderr, format!("{e:#}")).await;
+            let wait = s.limits.v1_error_report_timeout;
+            report(stderr, format!("{e:#}"), &s.reports, wait).await;
         }
         Ok(((node, lease), extra)) => {
             drop(stderr); // relaying starts: stop writing to the client's stderr
@@ -355,12 +354,14 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
     m.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serve `v1.sock` in `dir` until the task is dropped.
+/// Serve `v1.sock` in `dir` until the task is dropped: at most
+/// [`Limits::v1_max_connections`] connections at once (more are closed on accept).
 pub(crate) async fn serve_v1(
     dir: PathBuf,
     up: Arc<Upstream>,
     m: Arc<Metrics>,
     templates: Arc<crate::mux::templates::ProxyTemplates>,
+    limits: Limits,
 ) -> Result<()> {
     let listener = bind_owner_only(&dir.join("v1.sock"))?;
     let _file = SocketFile::new(dir.join("v1.sock"));
@@ -370,12 +371,28 @@ pub(crate) async fn serve_v1(
         proxy_host,
         m,
         templates,
+        limits,
+        reports: Arc::new(tokio::sync::Semaphore::new(limits.v1_max_error_reports)),
     });
     tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.v1_max_connections));
+    static AT_CAP: CapWarning = CapWarning::new();
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                tokio::spawn(handle(conn, shared.clone()));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    AT_CAP.refused(
+                        "v1.sock",
+                        limits.v1_max_connections,
+                        "--v1-max-connections",
+                    );
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    handle(conn, shared).await
+                });
             }
             Err(e) => {
                 // Out of fds, most likely: back off rather than spin.
@@ -386,26 +403,36 @@ pub(crate) async fn serve_v1(
     }
 }
 
-/// Serve `agent.sock` in `dir`.
-pub(crate) async fn serve_agent(dir: PathBuf, agent: Agent, m: Arc<Metrics>) -> Result<()> {
+/// Serve `agent.sock` in `dir`: at most [`Limits::agent_max_connections`] connections at
+/// once (more are closed on accept), each request within the agent's size and time limits.
+pub(crate) async fn serve_agent(
+    dir: PathBuf,
+    agent: Agent,
+    m: Arc<Metrics>,
+    limits: Limits,
+) -> Result<()> {
     let listener = bind_owner_only(&dir.join("agent.sock"))?;
     let _file = SocketFile::new(dir.join("agent.sock"));
-    let slots = Arc::new(tokio::sync::Semaphore::new(AGENT_MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.agent_max_connections));
+    static AT_CAP: CapWarning = CapWarning::new();
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
                 // ssh holds its agent connection only while it authenticates.
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(
-                        "agent.sock: {AGENT_MAX_CONNECTIONS} connections open; refusing one"
+                    AT_CAP.refused(
+                        "agent.sock",
+                        limits.agent_max_connections,
+                        "--agent-max-connections",
                     );
                     continue;
                 };
                 m.agent_connections.fetch_add(1, Ordering::Relaxed);
                 let a = agent.clone();
+                let (size, time) = (limits.agent_max_request, limits.agent_request_timeout);
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let _ = a.serve(conn).await;
+                    let _ = a.serve_limited(conn, size, time).await;
                 });
             }
             Err(e) => {
@@ -429,6 +456,8 @@ pub struct MuxOptions {
     pub diag_addr: Option<std::net::SocketAddr>,
     /// tsh's `proxy_templates` (a multiplexer's `proxy_templates_path`).
     pub templates: Arc<crate::mux::templates::ProxyTemplates>,
+    /// Caps and timeouts of the sockets served.
+    pub limits: Limits,
 }
 
 /// Run the multiplexer for a destination dir whose identity someone keeps renewed.
@@ -448,16 +477,21 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
     if let Some(addr) = opts.diag_addr {
         let m2 = m.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::mux::metrics::serve_diag(addr, m2).await {
+            if let Err(e) = crate::mux::metrics::serve_diag(addr, m2, opts.limits).await {
                 tracing::error!("{e:#}");
             }
         });
     }
-    let agent_task = tokio::spawn(serve_agent(opts.dest.clone(), agent, m.clone()));
+    let agent_task = tokio::spawn(serve_agent(
+        opts.dest.clone(),
+        agent,
+        m.clone(),
+        opts.limits,
+    ));
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let r = tokio::select! {
-        r = serve_v1(opts.dest.clone(), up, m, opts.templates) => r,
+        r = serve_v1(opts.dest.clone(), up, m, opts.templates, opts.limits) => r,
         r = agent_task => r.map_err(|e| anyhow!("agent task: {e}"))?,
         // Stop: the sockets go with their tasks (the runtime drops them).
         _ = term.recv() => Ok(()),
