@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idmux_testkit::*;
@@ -402,4 +403,469 @@ fn temp_files_of_a_killed_write_are_removed_at_start() {
         "{}",
         stderr(&o)
     );
+}
+
+/// What [`StallRelay`] does with a new connection (connections already relayed go on).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stall {
+    /// Relay both ways to the proxy.
+    Pass,
+    /// Read the client's bytes (its ClientHello), answer nothing.
+    Hello,
+    /// Forward the client's first bytes (its ClientHello) to the proxy and the first 100
+    /// bytes of the proxy's answer (part of its ServerHello) back, then nothing either way:
+    /// the client is left in the middle of the TLS handshake.
+    MidTls,
+}
+
+/// A TCP relay (tokio, a thread of its own) between clients and the dev cluster's proxy
+/// address that can be switched to stall new connections.
+struct StallRelay {
+    addr: String,
+    mode: Arc<Mutex<Stall>>,
+    /// When each stalled connection was accepted.
+    stalled: Arc<Mutex<Vec<Instant>>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl StallRelay {
+    fn start(upstream: &str) -> StallRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mode = Arc::new(Mutex::new(Stall::Pass));
+        let stalled = Arc::new(Mutex::new(Vec::new()));
+        let (m, st, up) = (mode.clone(), stalled.clone(), upstream.to_string());
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    continue;
+                };
+                let now = *m.lock().unwrap();
+                if now != Stall::Pass {
+                    st.lock().unwrap().push(Instant::now());
+                }
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    match now {
+                        Stall::Pass => {
+                            if let Ok(mut u) = tokio::net::TcpStream::connect(&up).await {
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                            }
+                        }
+                        Stall::Hello => while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {},
+                        Stall::MidTls => {
+                            let Ok(mut u) = tokio::net::TcpStream::connect(&up).await else {
+                                return;
+                            };
+                            let n = c.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 || u.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            let n = u.read(&mut buf).await.unwrap_or(0);
+                            let _ = c.write_all(&buf[..n.min(100)]).await;
+                            while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+                            drop(u);
+                        }
+                    }
+                });
+            }
+        });
+        StallRelay {
+            addr,
+            mode,
+            stalled,
+            rt: Some(rt),
+        }
+    }
+
+    fn set(&self, s: Stall) {
+        *self.mode.lock().unwrap() = s;
+    }
+
+    fn stalled(&self) -> Vec<Instant> {
+        self.stalled.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StallRelay {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn generation(data: &Path) -> u64 {
+    let tls = std::fs::read_to_string(data.join("tlscert")).unwrap();
+    idmux_identity::x509::tls_identity_of(&tls)
+        .unwrap()
+        .0
+        .generation
+}
+
+/// The log's lines that contain `what`.
+fn lines_with(bot: &BotProc, what: &str) -> Vec<String> {
+    bot.log_text()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Options for a bot that reaches the cluster through `relay`, renews every 4 s and checks
+/// CAs only hourly (so that every stalled connection is a renewal's).
+fn via_relay(relay: &StallRelay, token: &str, args: &[&str]) -> BotOptions {
+    BotOptions {
+        proxy: Some(relay.addr.clone()),
+        token: Some(token.to_string()),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![("IDMUX_CA_CHECK_INTERVAL".into(), "1h".into())],
+        ..Default::default()
+    }
+}
+
+/// Issue 17: a proxy that stops answering in the middle of the TLS handshake at renewal time.
+/// The bot warns within 15 s of the attempt, naming the address and the stage, retries with
+/// growing backoff, stops within 2 s of SIGTERM while an attempt is stalled, and once the
+/// proxy answers again renews from its stored identity (no new token).
+#[test]
+fn a_proxy_stalling_mid_tls_at_renewal_time() {
+    let _x = exclusive();
+    let cl = DevCluster::start(C, 0);
+    let relay = StallRelay::start(&cl.addr);
+    let token = cl.token("ci", &me());
+    let mut bot = BotProc::start(
+        &cl,
+        via_relay(&relay, &token, &["--renewal-interval=4s"]),
+    );
+    // After a first renewal (the loop's first CA check and heartbeat are done) the proxy stalls.
+    assert!(
+        wait_for(Duration::from_secs(20), || !lines_with(&bot, "renewed:").is_empty()),
+        "{}",
+        bot.log_text()
+    );
+    relay.set(Stall::MidTls);
+    let stalled_from = Instant::now();
+    let mut warned: Vec<Instant> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while relay.stalled().len() < 3 && Instant::now() < deadline {
+        let n = lines_with(&bot, "renewal failed (attempt").len();
+        while warned.len() < n {
+            warned.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = bot.log_text();
+    let at = relay.stalled();
+    assert!(at.len() >= 3, "{} stalled attempts: {log}", at.len());
+    assert!(warned.len() >= 2, "{} warnings: {log}", warned.len());
+    let warns = lines_with(&bot, "renewal failed (attempt");
+    let first = &warns[0];
+    assert!(
+        first.contains(&format!("proxy {}", relay.addr))
+            && first.contains("did not complete the TLS handshake"),
+        "the warning names neither the address nor the stage: {first}"
+    );
+    let to_warning = warned[0] - at[0];
+    let gaps = [at[1] - at[0], at[2] - at[1]];
+    eprintln!(
+        "stalled mid-TLS: first attempt {:?} after the stall, warning {to_warning:?} after it; \
+         attempts {:?} then {:?} apart; warnings: {warns:#?}",
+        at[0] - stalled_from,
+        gaps[0],
+        gaps[1]
+    );
+    assert!(to_warning < Duration::from_secs(15), "{to_warning:?}");
+    assert!(
+        warns[0].contains("retrying in 2s") && warns[1].contains("retrying in 4s"),
+        "{warns:#?}"
+    );
+    assert!(
+        gaps[1] >= gaps[0] + Duration::from_millis(1500),
+        "the backoff did not grow: {gaps:?}"
+    );
+    // SIGTERM while the third attempt is stalled.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(bot.pid() as i32);
+    let t0 = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    while status.is_none() && t0.elapsed() < Duration::from_secs(10) {
+        status = bot.child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    eprintln!("SIGTERM to exit while stalled mid-TLS: {took:?} ({status:?})");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {}", bot.log_text());
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    // The proxy answers again: a restart renews the stored identity; the spent token is not
+    // used again.
+    relay.set(Stall::Pass);
+    let gen0 = generation(&bot.data);
+    let again = BotProc::start(
+        &cl,
+        BotOptions {
+            data: Some(bot.data.clone()),
+            dest: Some(bot.dest.clone()),
+            no_wait: true,
+            ..via_relay(&relay, &token, &["--renewal-interval=4s"])
+        },
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || !lines_with(&again, "identity ready").is_empty()),
+        "{}",
+        again.log_text()
+    );
+    assert!(lines_with(&again, "joined with the token").is_empty());
+    assert!(generation(&again.data) > gen0);
+}
+
+/// The same bot carries on once a proxy that took ClientHellos and answered nothing answers
+/// again: the next retry renews it.
+#[test]
+fn a_stalled_proxy_answering_again_renews_the_same_bot() {
+    let _x = exclusive();
+    let cl = DevCluster::start(C, 0);
+    let relay = StallRelay::start(&cl.addr);
+    let token = cl.token("ci", &me());
+    let bot = BotProc::start(
+        &cl,
+        via_relay(&relay, &token, &["--renewal-interval=4s"]),
+    );
+    assert!(wait_for(Duration::from_secs(20), || !lines_with(
+        &bot, "renewed:"
+    )
+    .is_empty()));
+    relay.set(Stall::Hello);
+    let renewed = lines_with(&bot, "renewed:").len();
+    let joined = lines_with(&bot, "joined with the token").len();
+    let gen0 = generation(&bot.data);
+    assert!(
+        wait_for(Duration::from_secs(25), || !lines_with(
+            &bot,
+            "renewal failed (attempt 1)"
+        )
+        .is_empty()),
+        "{}",
+        bot.log_text()
+    );
+    let at = relay.stalled();
+    let warned = Instant::now();
+    eprintln!("ClientHello unanswered: warning {:?} after the attempt", warned - at[0]);
+    assert!(warned - at[0] < Duration::from_secs(15));
+    let warn = &lines_with(&bot, "renewal failed (attempt 1)")[0];
+    assert!(
+        warn.contains(&relay.addr) && warn.contains("TLS handshake"),
+        "{warn}"
+    );
+    relay.set(Stall::Pass);
+    let t0 = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(20), || lines_with(&bot, "renewed:").len() > renewed),
+        "{}",
+        bot.log_text()
+    );
+    eprintln!("renewed {:?} after the proxy answered again", t0.elapsed());
+    assert!(generation(&bot.data) > gen0);
+    assert_eq!(lines_with(&bot, "joined with the token").len(), joined);
+}
+
+/// A proxy that takes the ClientHello and answers nothing when the bot starts: `idmux start`
+/// fails within 15 s with one line naming the address and the stage, and the token is not
+/// spent (the same token joins once the proxy answers).
+#[test]
+fn a_stall_at_start_is_bounded_and_named() {
+    let _x = exclusive();
+    let cl = DevCluster::start(C, 0);
+    let relay = StallRelay::start(&cl.addr);
+    relay.set(Stall::Hello);
+    let work = tempfile::tempdir().unwrap();
+    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
+    let token = cl.token("ci", &me());
+    let args = cl.start_args_via(&data, &dest, &token, Some(&relay.addr), None);
+    let t0 = Instant::now();
+    let o = run(Command::new(idmux_bin()).args(&args).arg("--oneshot"));
+    let took = t0.elapsed();
+    let err = stderr(&o);
+    eprintln!("start against a silent proxy: failed after {took:?}: {err}");
+    assert!(!o.status.success());
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("idmux:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&relay.addr) && lines[0].contains("TLS handshake"),
+        "{err}"
+    );
+    relay.set(Stall::Pass);
+    let o = run(Command::new(idmux_bin()).args(&args).arg("--oneshot"));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue 17: no request waits behind another request's dial. With one channel per upstream
+/// connection, one session holds the warm connection; a second request needs a new one, whose
+/// dial stalls (the proxy takes the ClientHello and answers nothing); once the first session
+/// ends, a third request uses the warm connection at once (on main at a460dc8 it waited for
+/// the pool's lock, held across the second request's dial, until that dial's TLS deadline).
+#[test]
+fn a_cold_dial_does_not_hold_up_requests_with_a_free_slot() {
+    let _x = exclusive();
+    let cl = DevCluster::start(C, 1);
+    let relay = StallRelay::start(&cl.addr);
+    let token = cl.token("ci", &me());
+    let diag = format!("127.0.0.1:{}", idmux_devcluster::node::free_port().unwrap());
+    let bot = BotProc::start(
+        &cl,
+        via_relay(
+            &relay,
+            &token,
+            &[
+                "--max-channels-per-connection=1",
+                &format!("--diag-addr={diag}"),
+            ],
+        ),
+    );
+    let metric = |name: &str| -> Option<u64> {
+        let text = stdout(&run(Command::new("curl").args([
+            "-s",
+            "-m",
+            "5",
+            &format!("http://{diag}/metrics"),
+        ])));
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert!(wait_for(Duration::from_secs(15), || metric(
+        "idmux_upstream_connections"
+    ) == Some(1)));
+    let sock = bot.dest.join("v1.sock");
+    let request = format!("node-1.{C}:3022|{C}\0");
+    let (target, _) = idmux_wire::v1::parse(request.as_bytes()).unwrap();
+    // Session 1 takes the warm connection's only slot and holds it.
+    let mut s1 = UnixStream::connect(&sock).unwrap();
+    s1.write_all(request.as_bytes()).unwrap();
+    s1.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut banner = [0u8; 8];
+    s1.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    assert_eq!(metric("idmux_open_channels"), Some(1));
+    // Request 2 needs a new connection: its dial stalls.
+    relay.set(Stall::Hello);
+    let t2 = Instant::now();
+    let second = {
+        let (sock, target) = (sock.clone(), target.clone());
+        std::thread::spawn(move || {
+            let r = idmux_client::mux::local::dial_v1(&sock, &target, Duration::from_secs(30));
+            (r.map_err(|e| format!("{e:#}")), t2.elapsed())
+        })
+    };
+    assert!(wait_for(Duration::from_secs(5), || !relay
+        .stalled()
+        .is_empty()));
+    // Session 1 ends: the warm connection has a free slot again.
+    drop(s1);
+    assert!(wait_for(Duration::from_secs(5), || metric(
+        "idmux_open_channels"
+    ) == Some(0)));
+    let t3 = Instant::now();
+    let third = idmux_client::mux::local::dial_v1(&sock, &target, Duration::from_secs(30));
+    let took = t3.elapsed();
+    let since_dial = t3 - t2;
+    let (r2, took2) = second.join().unwrap();
+    eprintln!(
+        "a request with a free slot, {since_dial:?} into another's stalled dial: {took:?} \
+         ({third:?}); the stalled request: {took2:?} ({r2:?})"
+    );
+    assert!(third.is_ok_and(|b| b.starts_with("SSH-2.0-")));
+    assert!(took < Duration::from_secs(3), "the request waited {took:?}");
+    // The stalled dial itself fails within its TLS deadline, naming the stage.
+    let e = r2.expect_err("the stalled dial cannot succeed");
+    assert!(e.contains("TLS handshake"), "{e}");
+    assert!(took2 < Duration::from_secs(15), "{took2:?}");
+}
+
+/// The diagnostics cap is a flag: with `--diag-max-connections=2`, two held connections are
+/// served (kept open within `--diag-header-timeout=30s`) and a third is closed at once, with
+/// one warning, while v1.sock keeps serving; a zero cap is refused in one line naming the
+/// flag before anything starts.
+#[test]
+fn socket_caps_are_configurable() {
+    let o = run(Command::new(idmux_bin()).args([
+        "start",
+        "--data-dir=/nonexistent/d",
+        "--destination-dir=/nonexistent/o",
+        "--proxy-server=127.0.0.1:1",
+        "--token=x",
+        "--join-method=token",
+        "--diag-max-connections=0",
+    ]));
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o).trim(),
+        "idmux: --diag-max-connections 0: must be at least 1"
+    );
+    let cl = DevCluster::start(C, 1);
+    let diag = format!("127.0.0.1:{}", idmux_devcluster::node::free_port().unwrap());
+    let bot = BotProc::start(
+        &cl,
+        BotOptions {
+            args: vec![
+                format!("--diag-addr={diag}"),
+                "--diag-max-connections=2".into(),
+                "--diag-header-timeout=30s".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let metrics = || {
+        stdout(&run(Command::new("curl").args([
+            "-s",
+            "-m",
+            "5",
+            &format!("http://{diag}/metrics"),
+        ])))
+    };
+    assert!(wait_for(Duration::from_secs(10), || metrics()
+        .contains("idmux_upstream_connections")));
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&diag).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The third: accepted by the kernel, closed by the daemon at once.
+    let mut third = std::net::TcpStream::connect(&diag).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 1];
+    let got = third.read(&mut b);
+    eprintln!("the third diag connection: {got:?} after {:?}", t0.elapsed());
+    assert!(matches!(got, Ok(0)) || got.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // The held ones are still open (a fourth, fifth... also refused): /metrics is refused too.
+    assert!(metrics().is_empty());
+    assert!(
+        wait_for(Duration::from_secs(5), || !lines_with(
+            &bot,
+            "connections open (--diag-max-connections)"
+        )
+        .is_empty()),
+        "{}",
+        bot.log_text()
+    );
+    // v1.sock is served meanwhile.
+    let target = format!("{}@node-1.{C}", me());
+    assert!(ssh(&bot.ssh_config(), &[&target, "true"]).status.success());
+    drop(held);
+    assert!(wait_for(Duration::from_secs(5), || metrics()
+        .contains("tbot_ssh_multiplexer_requests_started_total")));
 }
