@@ -1,5 +1,8 @@
-//! A hostile local world (issue 17, first part): what a local process can throw at the daemon's sockets
-//! must never cost it fds or threads for good.
+//! A hostile world (issue 17): what a local process can throw at the daemon's sockets must
+//! never cost it fds or threads for good, their caps are flags; a proxy that stalls (after the
+//! ClientHello, or in the middle of the TLS handshake, through [`StallRelay`]) costs a renewal
+//! a warning and a retry, never the bot's SIGTERM, and never holds up a request that can use a
+//! warm connection.
 
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -543,13 +546,11 @@ fn a_proxy_stalling_mid_tls_at_renewal_time() {
     let cl = DevCluster::start(C, 0);
     let relay = StallRelay::start(&cl.addr);
     let token = cl.token("ci", &me());
-    let mut bot = BotProc::start(
-        &cl,
-        via_relay(&relay, &token, &["--renewal-interval=4s"]),
-    );
+    let mut bot = BotProc::start(&cl, via_relay(&relay, &token, &["--renewal-interval=4s"]));
     // After a first renewal (the loop's first CA check and heartbeat are done) the proxy stalls.
     assert!(
-        wait_for(Duration::from_secs(20), || !lines_with(&bot, "renewed:").is_empty()),
+        wait_for(Duration::from_secs(20), || !lines_with(&bot, "renewed:")
+            .is_empty()),
         "{}",
         bot.log_text()
     );
@@ -605,7 +606,11 @@ fn a_proxy_stalling_mid_tls_at_renewal_time() {
     }
     let took = t0.elapsed();
     eprintln!("SIGTERM to exit while stalled mid-TLS: {took:?} ({status:?})");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}: {}", bot.log_text());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        bot.log_text()
+    );
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
     // The proxy answers again: a restart renews the stored identity; the spent token is not
     // used again.
@@ -621,7 +626,11 @@ fn a_proxy_stalling_mid_tls_at_renewal_time() {
         },
     );
     assert!(
-        wait_for(Duration::from_secs(20), || !lines_with(&again, "identity ready").is_empty()),
+        wait_for(Duration::from_secs(20), || !lines_with(
+            &again,
+            "identity ready"
+        )
+        .is_empty()),
         "{}",
         again.log_text()
     );
@@ -637,10 +646,7 @@ fn a_stalled_proxy_answering_again_renews_the_same_bot() {
     let cl = DevCluster::start(C, 0);
     let relay = StallRelay::start(&cl.addr);
     let token = cl.token("ci", &me());
-    let bot = BotProc::start(
-        &cl,
-        via_relay(&relay, &token, &["--renewal-interval=4s"]),
-    );
+    let bot = BotProc::start(&cl, via_relay(&relay, &token, &["--renewal-interval=4s"]));
     assert!(wait_for(Duration::from_secs(20), || !lines_with(
         &bot, "renewed:"
     )
@@ -660,7 +666,10 @@ fn a_stalled_proxy_answering_again_renews_the_same_bot() {
     );
     let at = relay.stalled();
     let warned = Instant::now();
-    eprintln!("ClientHello unanswered: warning {:?} after the attempt", warned - at[0]);
+    eprintln!(
+        "ClientHello unanswered: warning {:?} after the attempt",
+        warned - at[0]
+    );
     assert!(warned - at[0] < Duration::from_secs(15));
     let warn = &lines_with(&bot, "renewal failed (attempt 1)")[0];
     assert!(
@@ -670,7 +679,9 @@ fn a_stalled_proxy_answering_again_renews_the_same_bot() {
     relay.set(Stall::Pass);
     let t0 = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(20), || lines_with(&bot, "renewed:").len() > renewed),
+        wait_for(Duration::from_secs(20), || lines_with(&bot, "renewed:")
+            .len()
+            > renewed),
         "{}",
         bot.log_text()
     );
@@ -692,6 +703,34 @@ fn a_stall_at_start_is_bounded_and_named() {
     let (data, dest) = (work.path().join("data"), work.path().join("dest"));
     let token = cl.token("ci", &me());
     let args = cl.start_args_via(&data, &dest, &token, Some(&relay.addr), None);
+    // SIGTERM while the start is stalled ends it at once.
+    let mut child = Command::new(idmux_bin())
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || !relay
+        .stalled()
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    while status.is_none() && t0.elapsed() < Duration::from_secs(10) {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    eprintln!("SIGTERM to exit during a stalled start: {took:?} ({status:?})");
+    assert!(
+        status.is_some() && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     let t0 = Instant::now();
     let o = run(Command::new(idmux_bin()).args(&args).arg("--oneshot"));
     let took = t0.elapsed();
@@ -848,8 +887,13 @@ fn socket_caps_are_configurable() {
     let t0 = Instant::now();
     let mut b = [0u8; 1];
     let got = third.read(&mut b);
-    eprintln!("the third diag connection: {got:?} after {:?}", t0.elapsed());
-    assert!(matches!(got, Ok(0)) || got.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset));
+    eprintln!(
+        "the third diag connection: {got:?} after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        matches!(got, Ok(0)) || got.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+    );
     assert!(t0.elapsed() < Duration::from_secs(2));
     // The held ones are still open (a fourth, fifth... also refused): /metrics is refused too.
     assert!(metrics().is_empty());

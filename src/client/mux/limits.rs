@@ -129,7 +129,10 @@ impl CapWarning {
     /// One more refusal on `socket` (capped at `cap` by `flag`).
     pub(crate) fn refused(&self, socket: &str, cap: usize, flag: &str) {
         static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == u64::MAX || now.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
         if due

@@ -381,11 +381,7 @@ pub(crate) async fn serve_v1(
         match listener.accept().await {
             Ok((conn, _)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    AT_CAP.refused(
-                        "v1.sock",
-                        limits.v1_max_connections,
-                        "--v1-max-connections",
-                    );
+                    AT_CAP.refused("v1.sock", limits.v1_max_connections, "--v1-max-connections");
                     continue;
                 };
                 let shared = shared.clone();

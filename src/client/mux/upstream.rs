@@ -254,8 +254,7 @@ impl Upstream {
             return Ok(rx.clone());
         }
         if hold {
-            if let Some((at, why)) = &*self.slow_failure.lock().unwrap_or_else(|e| e.into_inner())
-            {
+            if let Some((at, why)) = &*self.slow_failure.lock().unwrap_or_else(|e| e.into_inner()) {
                 if at.elapsed() < SLOW_FAILURE_HOLD {
                     bail!("{why}");
                 }
