@@ -306,6 +306,8 @@ pub(crate) fn pair(on: bool, off: bool) -> Option<bool> {
 
 /// The bot configuration the command line describes: the `-c` file, then the flags over it.
 pub(crate) fn to_config(a: StartArgs, g: &Globals) -> Result<BotConfig> {
+    // The socket limits are checked here too, so `install systemd` refuses a bad one now.
+    shared_of(&a).limits.limits()?;
     let c = describe(a, g)?;
     if let Some(auth) = c.auth_direct() {
         // Auth addressed directly (tbot's `registerThroughAuth`): checked before anything is
