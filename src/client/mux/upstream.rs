@@ -250,7 +250,8 @@ impl Upstream {
         pool: &mut Pool,
         hold: bool,
     ) -> Result<watch::Receiver<DialOutcome>> {
-        if let Some(rx) = &pool.dialing {
+        // A dial whose task is gone (it panicked) is no dial: start another.
+        if let Some(rx) = pool.dialing.as_ref().filter(|rx| rx.has_changed().is_ok()) {
             return Ok(rx.clone());
         }
         if hold {
