@@ -190,14 +190,22 @@ fn hold_as_nobody(addr: &str, n: usize, secs: u64) -> std::process::Child {
          resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))\n\
          held = []\n\
          for _ in range({n}):\n\
-         \x20   s = socket.socket(); s.setblocking(False)\n\
-         \x20   try: s.connect(('{host}', {port}))\n\
+         \x20   try:\n\
+         \x20       s = socket.socket(); s.setblocking(False)\n\
+         \x20       held.append(s)\n\
+         \x20       s.connect(('{host}', {port}))\n\
          \x20   except BlockingIOError: pass\n\
          \x20   except OSError: break\n\
-         \x20   held.append(s)\n\
          print(len(held), flush=True)\n\
          time.sleep({secs})\n"
     );
+    // Room for `n` fds in the holder (it inherits this limit; as nobody it could not raise it).
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = n as u64 + 1024;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want.max(soft), want.max(hard)).unwrap();
+    }
     Command::new("python3")
         .args(["-c", &script])
         .uid(65534)
@@ -612,6 +620,17 @@ fn a_proxy_stalling_mid_tls_at_renewal_time() {
         bot.log_text()
     );
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    torture_row(
+        "proxy stalls mid-TLS at renewal time",
+        "a warning naming the address and stage per attempt, backoff growing, SIGTERM honoured; renewed after",
+        &format!(
+            "warning {:.1} s after the attempt; attempts {:.1} s then {:.1} s apart; SIGTERM to \
+             exit {took:.1?}",
+            to_warning.as_secs_f64(),
+            gaps[0].as_secs_f64(),
+            gaps[1].as_secs_f64()
+        ),
+    );
     // The proxy answers again: a restart renews the stored identity; the spent token is not
     // used again.
     relay.set(Stall::Pass);
