@@ -295,8 +295,8 @@ impl Identity {
         Ok(())
     }
 
-    /// `key`, `key-cert.pub`, `key.pub` and `tlscert` (shared by both dir kinds), the key and
-    /// its certificate first: they are renamed into place back to back, so a reader that opens
+    /// `key`, `key-cert.pub`, `tlscert` and `key.pub` (shared by both dir kinds), the key and
+    /// its certificates first: they are renamed into place back to back, so a reader that opens
     /// `key` and then `key-cert.pub` sees a pair from two writes only if its two opens straddle
     /// those two renames (microseconds; the identity file and the agent socket have no window).
     fn add_key_and_certs(&self, set: &mut FileSet) -> Result<()> {
@@ -306,8 +306,8 @@ impl Identity {
                 format!("{}\n", self.ssh_cert.to_openssh()?),
                 PUBLIC,
             )
-            .add("key.pub", self.key.ssh_authorized_key()?, PUBLIC)
-            .add("tlscert", self.tls_cert_pem.as_bytes(), PUBLIC);
+            .add("tlscert", self.tls_cert_pem.as_bytes(), PUBLIC)
+            .add("key.pub", self.key.ssh_authorized_key()?, PUBLIC);
         Ok(())
     }
 

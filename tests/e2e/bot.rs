@@ -151,8 +151,9 @@ fn renewals_keep_ssh_working_and_key_cert_pairs_consistent() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A reader that pairs key, key-cert.pub and tlscert in a tight loop. The set is renamed
-    // into place back to back, so a pair from two renewals can only be seen inside that
-    // window (tens of microseconds): read again 10 ms later, it must pair.
+    // into place back to back while its journal (`.idmux-set`) exists, so a pair from two
+    // renewals can only be seen inside that window (tens of microseconds, more if the writer
+    // is preempted): read again once the journal is gone, it must pair.
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, torn, persistent) = (
         Arc::new(AtomicUsize::new(0)),
@@ -186,6 +187,7 @@ fn renewals_keep_ssh_working_and_key_cert_pairs_consistent() {
                 if !pairs(&dest) {
                     torn.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(10));
+                    wait_for(Duration::from_secs(2), || !dest.join(".idmux-set").exists());
                     if !pairs(&dest) {
                         persistent.fetch_add(1, Ordering::Relaxed);
                     }
