@@ -179,6 +179,16 @@ fn error_reports_never_block_on_a_full_stderr() {
     );
 }
 
+/// `GET /metrics` from the daemon's diag address (empty when refused).
+fn diag_metrics(diag: &str) -> String {
+    stdout(&run(Command::new("curl").args([
+        "-s",
+        "-m",
+        "5",
+        &format!("http://{diag}/metrics"),
+    ])))
+}
+
 /// Hold `n` TCP connections to `addr` that never send a byte, as another local user
 /// (`nobody`), for `secs`; returns the process (its stdout says how many connected).
 fn hold_as_nobody(addr: &str, n: usize, secs: u64) -> std::process::Child {
@@ -228,14 +238,7 @@ fn diag_connections_are_capped_and_timed_out() {
     let bot = renewing_bot(&cl, vec![format!("--diag-addr={diag}")]);
     let pid = bot.pid();
     let target = format!("{}@node-1.{C}", me());
-    let metrics = || {
-        stdout(&run(Command::new("curl").args([
-            "-s",
-            "-m",
-            "5",
-            &format!("http://{diag}/metrics"),
-        ])))
-    };
+    let metrics = || diag_metrics(&diag);
     assert!(wait_for(Duration::from_secs(10), || metrics()
         .contains("idmux_relayed_bytes_total")));
     assert!(
@@ -884,14 +887,7 @@ fn socket_caps_are_configurable() {
             ..Default::default()
         },
     );
-    let metrics = || {
-        stdout(&run(Command::new("curl").args([
-            "-s",
-            "-m",
-            "5",
-            &format!("http://{diag}/metrics"),
-        ])))
-    };
+    let metrics = || diag_metrics(&diag);
     assert!(wait_for(Duration::from_secs(10), || metrics()
         .contains("idmux_upstream_connections")));
     let held: Vec<std::net::TcpStream> = (0..2)
