@@ -190,39 +190,54 @@ fn diag_metrics(diag: &str) -> String {
 }
 
 /// Hold `n` TCP connections to `addr` that never send a byte, as another local user
-/// (`nobody`), for `secs`; returns the process (its stdout says how many connected).
-fn hold_as_nobody(addr: &str, n: usize, secs: u64) -> std::process::Child {
+/// (`nobody`), for `secs`: as many processes as the fd limit needs. Returns the processes and
+/// how many connections they opened.
+fn hold_as_nobody(addr: &str, n: usize, secs: u64) -> (Vec<std::process::Child>, usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
     use std::os::unix::process::CommandExt;
     let (host, port) = addr.rsplit_once(':').unwrap();
-    let script = format!(
-        "import resource, socket, sys, time\n\
-         h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
-         resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))\n\
-         held = []\n\
-         for _ in range({n}):\n\
-         \x20   try:\n\
-         \x20       s = socket.socket(); s.setblocking(False)\n\
-         \x20       held.append(s)\n\
-         \x20       s.connect(('{host}', {port}))\n\
-         \x20   except BlockingIOError: pass\n\
-         \x20   except OSError: break\n\
-         print(len(held), flush=True)\n\
-         time.sleep({secs})\n"
-    );
-    // Room for `n` fds in the holder (it inherits this limit; as nobody it could not raise it).
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = n as u64 + 1024;
+    // The holders inherit this limit (as nobody they could not raise it).
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < want {
-        setrlimit(Resource::RLIMIT_NOFILE, want.max(soft), want.max(hard)).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
-    Command::new("python3")
-        .args(["-c", &script])
-        .uid(65534)
-        .gid(65534)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    let per = (hard as usize).saturating_sub(256).clamp(256, 10_000);
+    let mut holders = Vec::new();
+    let mut opened = 0;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per);
+        left -= k;
+        let script = format!(
+            "import resource, socket, sys, time\n\
+             held = []\n\
+             for _ in range({k}):\n\
+             \x20   try:\n\
+             \x20       s = socket.socket(); s.setblocking(False)\n\
+             \x20       held.append(s)\n\
+             \x20       s.connect(('{host}', {port}))\n\
+             \x20   except BlockingIOError: pass\n\
+             \x20   except OSError: break\n\
+             print(len(held), flush=True)\n\
+             time.sleep({secs})\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        opened += line.trim().parse::<usize>().unwrap_or(0);
+        holders.push(child);
+    }
+    (holders, opened)
 }
 
 /// `--diag-addr` is reachable by any local user: connections another user holds without
@@ -255,14 +270,7 @@ fn diag_connections_are_capped_and_timed_out() {
     let mut witness = Witness::start(&bot, &target);
     let (fds0, rss0) = (settled_fds(pid, Duration::from_secs(5)), rss_kib(pid));
     let n = scale(500, 20_000);
-    let mut holder = hold_as_nobody(&diag, n, 30);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let connected: usize = line.trim().parse().unwrap_or(0);
+    let (mut holders, connected) = hold_as_nobody(&diag, n, 40);
     assert!(
         connected >= n / 2,
         "only {connected} of {n} connections were made"
@@ -283,8 +291,10 @@ fn diag_connections_are_capped_and_timed_out() {
         fd_count(pid)
     );
     let seen = witness.check(2, Duration::from_secs(10));
-    let _ = holder.kill();
-    let _ = holder.wait();
+    for h in holders.iter_mut() {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
     assert!(wait_for(Duration::from_secs(10), || metrics()
         .contains("tbot_ssh_multiplexer_requests_started_total")));
     let rss1 = rss_kib(pid);
