@@ -88,6 +88,7 @@ impl FileSet {
             .with_context(|| format!("{}: cannot commit", dir.display()))?;
         sync_dir(dir);
         let durable = Instant::now();
+        failpoint("set-committed", 1);
         self.put_in_place().with_context(|| {
             format!(
                 "{}: the set is committed ({JOURNAL}) but not in place; the next start writes it",
@@ -110,8 +111,9 @@ impl FileSet {
                 write_temp(&tmp, data, *mode, true)?;
                 staged.push((tmp, dir.join(name)));
             }
-            for (tmp, path) in &staged {
+            for (i, (tmp, path)) in staged.iter().enumerate() {
                 replace(tmp, path)?;
+                failpoint("set-rename", i + 1);
             }
             staged.clear();
             sync_dir(dir);
@@ -201,6 +203,19 @@ pub fn parse_journal(text: &[u8]) -> Result<Vec<(String, Vec<u8>, u32)>> {
         at = end + 1;
     }
     Ok(out)
+}
+
+/// Crash tests' fault injection: with `IDMUX_FAILPOINT=NAME:N` in the environment, the
+/// process aborts (as a kill -9 would stop it) the `N`th time it passes `NAME`: `set-committed`
+/// (a set's journal is durable, nothing renamed) or `set-rename` (after the `N`th rename of a
+/// set). Unset, this is one environment lookup per set.
+fn failpoint(name: &str, n: usize) {
+    if let Ok(v) = std::env::var("IDMUX_FAILPOINT") {
+        if v.split_once(':') == Some((name, &n.to_string())) {
+            eprintln!("idmux: failpoint {v}: aborting");
+            std::process::abort();
+        }
+    }
 }
 
 fn temp_name(name: &str) -> String {
