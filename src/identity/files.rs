@@ -340,21 +340,34 @@ impl Identity {
         Ok(())
     }
 
-    /// Read a bot's data dir.
+    /// Read a bot's data dir: its five files, then [`Identity::parse_data_dir`].
     pub fn read_data_dir(dir: &Path) -> Result<Identity> {
         let read = |name: &str| fsutil::read_string(&dir.join(name));
+        let files = DataDirFiles {
+            key: read("key")?,
+            key_cert: read("key-cert.pub")?,
+            tlscert: read("tlscert")?,
+            sshcacerts: read("sshcacerts")?,
+            tlscacerts: read("tlscacerts")?,
+        };
+        Identity::parse_data_dir(dir, &files)
+    }
+
+    /// The identity in a bot data dir's files, pure (no I/O: `dir` only names the files in
+    /// errors). Each error names the file at fault.
+    pub fn parse_data_dir(dir: &Path, files: &DataDirFiles) -> Result<Identity> {
         let at = |name: &str, e: anyhow::Error| anyhow!("{}: {e:#}", dir.join(name).display());
-        let key = KeyPair::from_pem(&read("key")?).map_err(|e| at("key", e))?;
-        let ssh_cert = Certificate::from_openssh(read("key-cert.pub")?.trim())
+        let key = KeyPair::from_pem(&files.key).map_err(|e| at("key", e))?;
+        let ssh_cert = Certificate::from_openssh(files.key_cert.trim())
             .map_err(|e| at("key-cert.pub", e.into()))?;
-        let tls_cert_pem = read("tlscert")?;
+        let tls_cert_pem = files.tlscert.clone();
         let cert = ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
         let cluster = ca::issuer_cluster(&cert).unwrap_or_default();
-        let host_cas = split_dollar(&read("sshcacerts")?)
+        let host_cas = split_dollar(&files.sshcacerts)
             .map(|e| HostCa::parse_entry(e, &cluster))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| at("sshcacerts", e))?;
-        let tls_cas: Vec<String> = split_dollar(&read("tlscacerts")?)
+        let tls_cas: Vec<String> = split_dollar(&files.tlscacerts)
             .map(|s| format!("{}\n", s.trim_end()))
             .collect();
         for c in &tls_cas {
@@ -371,6 +384,21 @@ impl Identity {
             .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?;
         Ok(id)
     }
+}
+
+/// The texts of a bot data dir's files, as [`Identity::parse_data_dir`] reads them.
+#[derive(Clone, Debug, Default)]
+pub struct DataDirFiles {
+    /// `key`: the private key, PEM.
+    pub key: String,
+    /// `key-cert.pub`: the SSH certificate.
+    pub key_cert: String,
+    /// `tlscert`: the TLS certificate, PEM.
+    pub tlscert: String,
+    /// `sshcacerts`: host CA entries, `$`-separated.
+    pub sshcacerts: String,
+    /// `tlscacerts`: CA certificates, PEM, `$`-separated.
+    pub tlscacerts: String,
 }
 
 fn split_dollar(s: &str) -> impl Iterator<Item = &str> {

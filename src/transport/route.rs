@@ -95,27 +95,14 @@ impl Route {
         ping: &serde_json::Value,
         flags: RouteFlags,
     ) -> Result<Route> {
-        let said = ping
-            .pointer("/proxy/tls_routing_enabled")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let (routing, mut why) = match flags.tls_routing {
-            Some(r) => (
-                r,
-                format!("--{}tls-routing given", if r { "" } else { "no-" }),
-            ),
-            None => (said, format!("ping says tls_routing_enabled: {said}")),
-        };
-        if !routing {
-            let ssh = ssh_proxy_host_port(ping, web.proxy())?;
-            why.push_str(&format!("; SSH proxy address {ssh} from ping"));
-            return Ok(Route {
+        match way_from_ping(ping, web.proxy(), flags)? {
+            (Some(ssh), why) => Ok(Route {
                 web,
                 way: Way::SshPort(ssh),
                 why,
-            });
+            }),
+            (None, why) => Self::with_routing(web, flags.upgrade, why).await,
         }
-        Self::with_routing(web, flags.upgrade, why).await
     }
 
     /// TLS routing, with the upgrade decided by `flag`, else the environment, else the test.
@@ -343,6 +330,33 @@ impl Finder {
             }
         }
     }
+}
+
+/// What a `/webapi/ping` (or `/webapi/find`) answer and the flags say before any dial (pure):
+/// the SSH proxy address when there is no TLS routing, `None` for TLS routing (whether through
+/// an upgrade is decided by a dial), and why.
+pub fn way_from_ping(
+    ping: &serde_json::Value,
+    web: &str,
+    flags: RouteFlags,
+) -> Result<(Option<String>, String)> {
+    let said = ping
+        .pointer("/proxy/tls_routing_enabled")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let (routing, mut why) = match flags.tls_routing {
+        Some(r) => (
+            r,
+            format!("--{}tls-routing given", if r { "" } else { "no-" }),
+        ),
+        None => (said, format!("ping says tls_routing_enabled: {said}")),
+    };
+    if routing {
+        return Ok((None, why));
+    }
+    let ssh = ssh_proxy_host_port(ping, web)?;
+    why.push_str(&format!("; SSH proxy address {ssh} from ping"));
+    Ok((Some(ssh), why))
 }
 
 /// `SSHProxyHostPort()` without TLS routing (api/client/webclient/webclient.go): the

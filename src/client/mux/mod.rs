@@ -4,6 +4,8 @@
 //!   comes from ([`upstream::IdentitySource`]).
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
+//! - [`v1recv`]: what one `recvmsg` on `v1.sock` amounts to (fds kept and closed, the
+//!   request so far), pure.
 //! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
 //!
@@ -14,3 +16,4 @@ pub mod metrics;
 pub mod server;
 pub mod templates;
 pub mod upstream;
+pub mod v1recv;
