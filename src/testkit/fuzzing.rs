@@ -181,7 +181,7 @@ pub fn v1_fds(data: &[u8]) {
     let mut buf: Vec<u8> = Vec::new();
     let mut stderr: Option<FakeFd> = None;
     let (mut received, mut kept) = (0usize, 0usize);
-    let ended = loop {
+    loop {
         // One recvmsg; no header left: the client closed its end (a read of 0 bytes, no fds).
         let (sent, flags, bytes) = match rest.split_first_chunk::<3>() {
             Some((h, r)) => {
@@ -239,15 +239,15 @@ pub fn v1_fds(data: &[u8]) {
             Next::Request { target, used } => {
                 let (t, u) = request::parse(&buf).expect("the request the step found parses");
                 assert_eq!((t, u), (target, used));
-                break true;
+                break;
             }
             Next::Fail(line) => {
                 assert!(!line.is_empty() && !line.contains('\n'));
-                break true;
+                break;
             }
         }
-    };
-    assert!(ended && kept <= 1);
+    }
+    assert!(kept <= 1);
     drop(stderr);
     let mut closed = closed.borrow().clone();
     closed.sort_unstable();
