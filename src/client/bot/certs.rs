@@ -25,6 +25,13 @@ pub fn identity_from_certs(
 ) -> Result<Identity> {
     let ssh_cert = Certificate::from_openssh(ssh.trim())
         .map_err(|e| anyhow!("the SSH certificate from auth: {e}"))?;
+    // What is kept must read back: the identity file and the data dir hold each certificate
+    // as one PEM block, so an answer whose text is anything else is refused here rather than
+    // written out to fail every later read (found by the fuzz targets grpc_certs and web_json).
+    one_cert_block(tls).map_err(|e| anyhow!("the TLS certificate from auth: {e}"))?;
+    for (i, c) in tls_cas.iter().enumerate() {
+        one_cert_block(c).map_err(|e| anyhow!("TLS CA certificate {} from auth: {e}", i + 1))?;
+    }
     let mut id = Identity {
         key,
         ssh_cert,
@@ -56,4 +63,52 @@ pub fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>,
         c.tls_ca_certs.iter().map(|c| s(c)).collect(),
         c.ssh_ca_certs.iter().map(|c| s(c)).collect(),
     )
+}
+
+/// `text` is exactly one PEM `CERTIFICATE` block (surrounding whitespace aside) holding an
+/// X.509 certificate.
+fn one_cert_block(text: &str) -> Result<()> {
+    let t = text.trim();
+    let (begin, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----");
+    if !t.starts_with(begin) || !t.ends_with(end) || t.matches("-----BEGIN ").count() != 1 {
+        anyhow::bail!("not one PEM CERTIFICATE block");
+    }
+    idmux_identity::x509::parse_cert_pem(t)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer whose CA text is not one certificate block is refused, not kept to fail
+    /// every later read of the identity (the fuzz targets' inputs are in
+    /// fuzz/regressions/{grpc_certs,web_json}/).
+    /// The fixed key of the fuzz seeds (`idmux_testkit::fuzzing::FUZZ_KEY_PEM`).
+    const FUZZ_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEICPatuyhooEw1NTJh/oeQOkznOiar2vbMiN3/Mn92U8T
+-----END PRIVATE KEY-----
+";
+
+    /// An answer whose certificate text is not one certificate block is refused, not kept to
+    /// fail every later read of the identity file and data dir. The input is the one the
+    /// fuzz target `grpc_certs` found: a `Certs` answer with a TLS CA entry that is no PEM.
+    #[test]
+    fn certificates_that_would_not_read_back_are_refused() {
+        use prost::Message;
+        assert!(one_cert_block("-----BEGIN CERTIFICATE-----\nMIIB\n").is_err());
+        assert!(one_cert_block("garbage").is_err());
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/regressions/grpc_certs/tls-ca-not-pem"
+        );
+        let data = std::fs::read(path).unwrap();
+        let certs = idmux_wire::proto::Certs::decode(&data[1..]).unwrap();
+        let (ssh, tls, tls_cas, ssh_cas) = certs_text(&certs);
+        let key = KeyPair::from_pem(FUZZ_KEY_PEM).unwrap();
+        let e = identity_from_certs(key, &ssh, &tls, tls_cas, &ssh_cas)
+            .expect_err("an answer whose TLS CA does not read back")
+            .to_string();
+        assert!(e.starts_with("TLS CA certificate"), "{e}");
+    }
 }
