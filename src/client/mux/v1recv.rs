@@ -145,7 +145,7 @@ pub fn scm_rights_buffer(fds: &[RawFd], room: usize) -> Vec<u8> {
     let header = cmsg_align(usize_len + 2 * int_len);
     let mut out = Vec::with_capacity(room);
     if !fds.is_empty() {
-        out.extend_from_slice(&(header + fds.len() * int_len).to_ne_bytes());
+        out.extend_from_slice(&(header + std::mem::size_of_val(fds)).to_ne_bytes());
         out.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         out.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
         for fd in fds {
