@@ -1,9 +1,12 @@
 //! The fuzz smoke pass on stable Rust: every file of `fuzz/corpus/<target>/` (seeds and what
 //! libFuzzer kept) and `fuzz/regressions/<target>/` (inputs that once crashed) goes through the
 //! same target body the cargo-fuzz crate runs (`idmux_testkit::fuzzing`). `scripts/fuzz.sh` runs the
-//! real fuzzers (nightly).
+//! real fuzzers (libFuzzer, on stable with `RUSTC_BOOTSTRAP=1`), every `[[bin]]` of
+//! `fuzz/Cargo.toml` by default.
 //!
-//! `cargo test --test fuzz_replay -- --ignored write_seed_corpus` rewrites the seed files.
+//! `cargo test --test e2e -- --ignored write_seed_corpus` rewrites the seed files of the parser
+//! targets, `... write_hostile_world_seeds` those of `v1_fds`, `agent_msg`, `web_json`,
+//! `grpc_certs`, `data_dir`, `doctor` and `diag_http`.
 
 use std::path::{Path, PathBuf};
 
