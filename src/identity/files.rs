@@ -49,6 +49,7 @@ impl HostCa {
         if t.starts_with("@cert-authority") {
             return HostCa::parse_line(t);
         }
+        check_cluster_name(cluster)?;
         let key = PublicKey::from_openssh(t)
             .map_err(|e| anyhow!("not an SSH public key or @cert-authority line: {e}"))?;
         Ok(HostCa {
@@ -89,6 +90,24 @@ impl HostCa {
             .to_string();
         Ok(HostCa { cluster, key })
     }
+}
+
+/// A cluster name that can stand in a known_hosts host pattern (`@cert-authority c,*.c`):
+/// not empty, no whitespace or control character, none of `*?,!|[]`. A name from a
+/// certificate that is anything else (found by the fuzz targets `grpc_certs` and `web_json`:
+/// `seed*test`, a name holding a backspace) would widen the hosts the CA is trusted for, or
+/// write a line that does not read back.
+pub fn check_cluster_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!("the cluster name is empty");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "*?,!|[]".contains(*c))
+    {
+        bail!("cluster name {name:?} has {c:?}, which a known_hosts host pattern cannot hold");
+    }
+    Ok(())
 }
 
 /// `alg b64` of a public key, without comment.

@@ -111,4 +111,54 @@ MC4CAQAwBQYDK2VwBCIEICPatuyhooEw1NTJh/oeQOkznOiar2vbMiN3/Mn92U8T
             .to_string();
         assert!(e.starts_with("TLS CA certificate"), "{e}");
     }
+
+    /// Replay one kept fuzz input of `target` through [`identity_from_certs`] with the seeds'
+    /// key: `Certs` (grpc_certs) or the credentials JSON (web_json).
+    fn replay(target: &str, name: &str) -> anyhow::Result<Identity> {
+        use prost::Message;
+        let path = format!(
+            "{}/../../fuzz/regressions/{target}/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let data = std::fs::read(path).unwrap();
+        let (ssh, tls, tls_cas, ssh_cas) = if target == "grpc_certs" {
+            certs_text(&idmux_wire::proto::Certs::decode(&data[1..]).unwrap())
+        } else {
+            serde_json::from_slice::<idmux_wire::web::CertsJson>(&data[1..])
+                .unwrap()
+                .decode()
+                .unwrap()
+        };
+        identity_from_certs(
+            KeyPair::from_pem(FUZZ_KEY_PEM).unwrap(),
+            &ssh,
+            &tls,
+            tls_cas,
+            &ssh_cas,
+        )
+    }
+
+    /// A TLS certificate naming a cluster that cannot stand in a known_hosts pattern is
+    /// refused: a control character wrote an `@cert-authority` line that did not read back,
+    /// `seed*test` one trusting the CA for more hosts than the cluster's (inputs the fuzz
+    /// targets found).
+    #[test]
+    fn cluster_names_that_break_host_patterns_are_refused() {
+        for (target, name, bad) in [
+            ("grpc_certs", "host-ca-line-not-read-back", '\u{8}'),
+            ("web_json", "credentials-empty-cluster", '*'),
+        ] {
+            let e = format!("{:#}", replay(target, name).expect_err(name));
+            assert!(
+                e.starts_with("the SSH CA keys from auth: cluster name")
+                    && e.contains(&format!("has {bad:?}")),
+                "{name}: {e}"
+            );
+        }
+        use idmux_identity::files::check_cluster_name;
+        assert!(check_cluster_name("example.teleport.sh").is_ok());
+        for bad in ["", "*", "a,b", "!a", "a b", "a?", "a\nb"] {
+            assert!(check_cluster_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }
