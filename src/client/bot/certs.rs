@@ -66,11 +66,18 @@ pub fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>,
 }
 
 /// `text` is exactly one PEM `CERTIFICATE` block (surrounding whitespace aside) holding an
-/// X.509 certificate.
+/// X.509 certificate, in lines as the identity file's reader splits them: the BEGIN line, the
+/// body, the END line (a bare CR after BEGIN, which the PEM decoder takes as a line break but
+/// the reader does not, was found by the fuzz target `grpc_certs`).
 fn one_cert_block(text: &str) -> Result<()> {
     let t = text.trim();
     let (begin, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----");
-    if !t.starts_with(begin) || !t.ends_with(end) || t.matches("-----BEGIN ").count() != 1 {
+    let lines: Vec<&str> = t.lines().map(str::trim).collect();
+    let body_ok = lines.len() > 2
+        && lines[1..lines.len() - 1]
+            .iter()
+            .all(|l| !l.starts_with("-----"));
+    if lines.first() != Some(&begin) || lines.last() != Some(&end) || !body_ok {
         anyhow::bail!("not one PEM CERTIFICATE block");
     }
     idmux_identity::x509::parse_cert_pem(t)?;
@@ -110,6 +117,14 @@ MC4CAQAwBQYDK2VwBCIEICPatuyhooEw1NTJh/oeQOkznOiar2vbMiN3/Mn92U8T
             .expect_err("an answer whose TLS CA does not read back")
             .to_string();
         assert!(e.starts_with("TLS CA certificate"), "{e}");
+        let e = format!(
+            "{:#}",
+            replay("grpc_certs", "tls-ca-text-after-end").expect_err("a CR after BEGIN")
+        );
+        assert!(
+            e.starts_with("TLS CA certificate 2 from auth: not one PEM"),
+            "{e}"
+        );
     }
 
     /// Replay one kept fuzz input of `target` through [`identity_from_certs`] with the seeds'
