@@ -1,9 +1,9 @@
 //! Fuzz target bodies: one function per untrusted-input parser, bytes in, no panic out.
 //!
-//! The cargo-fuzz crate in `fuzz/` calls these (under libFuzzer; `scripts/fuzz.sh` builds them on stable), and
-//! `tests/e2e/fuzz_replay.rs` replays every file of `fuzz/corpus/<target>/` and
-//! `fuzz/regressions/<target>/` through the same functions on stable, so CI runs the corpus and
-//! every input that once crashed on each test run. Each body asserts what must hold for any
+//! The cargo-fuzz crate in `fuzz/` calls these (under libFuzzer; `scripts/fuzz.sh` builds
+//! them on stable), and `tests/e2e/fuzz_replay.rs` replays every file of
+//! `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` through the same functions on
+//! stable, so CI runs the corpus and every input that once crashed on each test run. Each body asserts what must hold for any
 //! input: parsing never panics, and what parses can be written out and parsed back to the same
 //! value. Not part of the public API.
 //!
