@@ -381,10 +381,15 @@ impl Identity {
     pub fn parse_data_dir(dir: &Path, files: &DataDirFiles) -> Result<Identity> {
         let at = |name: &str, e: anyhow::Error| anyhow!("{}: {e:#}", dir.join(name).display());
         let key = KeyPair::from_pem(&files.key).map_err(|e| at("key", e))?;
+        // One line: what follows a line break would be taken into the certificate's comment
+        // and written back as lines no reader takes (found by the fuzz target `data_dir`).
+        if files.key_cert.trim().contains(['\n', '\r']) {
+            return Err(at("key-cert.pub", anyhow!("more than one line")));
+        }
         let ssh_cert = Certificate::from_openssh(files.key_cert.trim())
             .map_err(|e| at("key-cert.pub", e.into()))?;
         let tls_cert_pem = files.tlscert.clone();
-        let cert = ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
+        let cert = ca::parse_one_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
         let cluster = ca::issuer_cluster(&cert).unwrap_or_default();
         let host_cas = split_dollar(&files.sshcacerts)
             .map(|e| HostCa::parse_entry(e, &cluster))
@@ -394,7 +399,7 @@ impl Identity {
             .map(|s| format!("{}\n", s.trim_end()))
             .collect();
         for c in &tls_cas {
-            ca::parse_cert_pem(c).map_err(|e| at("tlscacerts", e))?;
+            ca::parse_one_cert_pem(c).map_err(|e| at("tlscacerts", e))?;
         }
         let id = Identity {
             key,
@@ -482,5 +487,31 @@ mod read_tests {
         assert_eq!(a, HostCa::parse_entry(bare, "seed.test").unwrap());
         let back = HostCa::parse_line(&a.authorized_hosts_line().unwrap()).unwrap();
         assert_eq!(back, a);
+    }
+
+    /// A data dir whose `key-cert.pub` runs over more than one line (the input the fuzz
+    /// target `data_dir` found: the rest became the certificate's comment, written back as
+    /// lines no reader takes) is refused, naming the file.
+    #[test]
+    fn a_certificate_that_would_not_read_back_is_refused() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/regressions/data_dir/tlscert-not-read-back"
+        );
+        let text = String::from_utf8(std::fs::read(path).unwrap()).unwrap();
+        let p: Vec<String> = text.split('\0').map(str::to_string).collect();
+        let get = |i: usize| p.get(i).cloned().unwrap_or_default();
+        let files = DataDirFiles {
+            key: get(0),
+            key_cert: get(1),
+            tlscert: get(2),
+            sshcacerts: get(3),
+            tlscacerts: get(4),
+        };
+        let e = format!(
+            "{:#}",
+            Identity::parse_data_dir(Path::new("/data"), &files).expect_err("refused")
+        );
+        assert_eq!(e, "/data/key-cert.pub: more than one line");
     }
 }

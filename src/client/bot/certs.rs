@@ -23,6 +23,9 @@ pub fn identity_from_certs(
     tls_cas: Vec<String>,
     ssh_cas: &[String],
 ) -> Result<Identity> {
+    if ssh.trim().contains(['\n', '\r']) {
+        anyhow::bail!("the SSH certificate from auth: more than one line");
+    }
     let ssh_cert = Certificate::from_openssh(ssh.trim())
         .map_err(|e| anyhow!("the SSH certificate from auth: {e}"))?;
     // What is kept must read back: the identity file and the data dir hold each certificate
@@ -65,23 +68,10 @@ pub fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>,
     )
 }
 
-/// `text` is exactly one PEM `CERTIFICATE` block (surrounding whitespace aside) holding an
-/// X.509 certificate, in lines as the identity file's reader splits them: the BEGIN line, the
-/// body, the END line (a bare CR after BEGIN, which the PEM decoder takes as a line break but
-/// the reader does not, was found by the fuzz target `grpc_certs`).
+/// `text` is exactly one PEM `CERTIFICATE` block, as the identity file reads it back
+/// ([`idmux_identity::x509::parse_one_cert_pem`]).
 fn one_cert_block(text: &str) -> Result<()> {
-    let t = text.trim();
-    let (begin, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----");
-    let lines: Vec<&str> = t.lines().map(str::trim).collect();
-    let body_ok = lines.len() > 2
-        && lines[1..lines.len() - 1]
-            .iter()
-            .all(|l| !l.starts_with("-----"));
-    if lines.first() != Some(&begin) || lines.last() != Some(&end) || !body_ok {
-        anyhow::bail!("not one PEM CERTIFICATE block");
-    }
-    idmux_identity::x509::parse_cert_pem(t)?;
-    Ok(())
+    idmux_identity::x509::parse_one_cert_pem(text).map(|_| ())
 }
 
 #[cfg(test)]
