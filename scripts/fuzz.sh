@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run idmux's fuzz targets (fuzz/, cargo-fuzz + libFuzzer) for a given time each.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target: each
+#                                                         [[bin]] of fuzz/Cargo.toml)
 #
 # Installs cargo-fuzz from crates.io when it is missing. Builds with the stable toolchain
 # (RUSTC_BOOTSTRAP=1, no sanitizer: `-s none`) so no nightly is needed; set
@@ -9,7 +10,7 @@
 # New interesting inputs go to fuzz/target/corpus/<target>/ (not committed); the seeds in
 # fuzz/corpus/<target>/ are read too. A finding (a panic, or one input slower than 10 s) stops
 # the run with its input in fuzz/artifacts/<target>/: fix it, then copy the input to
-# fuzz/regressions/<target>/, where `cargo test --test fuzz_replay` (part of scripts/test.sh)
+# fuzz/regressions/<target>/, where `cargo test --test e2e fuzz_replay` (part of scripts/test.sh)
 # replays it on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,13 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(mux_request identity_file key_pem cert_pem known_hosts config_yaml)
+  # Every [[bin]] of fuzz/Cargo.toml, in its order: a new target is run without editing this.
+  mapfile -t targets < <(awk '/^\[\[bin\]\]/ { b = 1; next } /^\[/ { b = 0 }
+    b && $1 == "name" { gsub(/"/, "", $3); print $3 }' fuzz/Cargo.toml)
+  if [ ${#targets[@]} -eq 0 ]; then
+    echo "fuzz.sh: no [[bin]] target found in fuzz/Cargo.toml" >&2
+    exit 1
+  fi
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

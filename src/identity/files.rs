@@ -49,8 +49,13 @@ impl HostCa {
         if t.starts_with("@cert-authority") {
             return HostCa::parse_line(t);
         }
-        let key = PublicKey::from_openssh(t)
+        check_cluster_name(cluster)?;
+        let mut key = PublicKey::from_openssh(t)
             .map_err(|e| anyhow!("not an SSH public key or @cert-authority line: {e}"))?;
+        // The trusted key is its algorithm and data; a comment is no part of it and is not
+        // written back (found by the fuzz target `data_dir`: the same CA read twice compared
+        // unequal).
+        key.set_comment("");
         Ok(HostCa {
             cluster: cluster.to_string(),
             key,
@@ -89,6 +94,24 @@ impl HostCa {
             .to_string();
         Ok(HostCa { cluster, key })
     }
+}
+
+/// A cluster name that can stand in a known_hosts host pattern (`@cert-authority c,*.c`):
+/// not empty, no whitespace or control character, none of `*?,!|[]`. A name from a
+/// certificate that is anything else (found by the fuzz targets `grpc_certs` and `web_json`:
+/// `seed*test`, a name holding a backspace) would widen the hosts the CA is trusted for, or
+/// write a line that does not read back.
+pub fn check_cluster_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!("the cluster name is empty");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "*?,!|[]".contains(*c))
+    {
+        bail!("cluster name {name:?} has {c:?}, which a known_hosts host pattern cannot hold");
+    }
+    Ok(())
 }
 
 /// `alg b64` of a public key, without comment.
@@ -337,25 +360,43 @@ impl Identity {
         set.commit()
     }
 
-    /// Read a bot's data dir.
+    /// Read a bot's data dir: its five files, then [`Identity::parse_data_dir`].
     pub fn read_data_dir(dir: &Path) -> Result<Identity> {
         let read = |name: &str| fsutil::read_string(&dir.join(name));
+        let files = DataDirFiles {
+            key: read("key")?,
+            key_cert: read("key-cert.pub")?,
+            tlscert: read("tlscert")?,
+            sshcacerts: read("sshcacerts")?,
+            tlscacerts: read("tlscacerts")?,
+        };
+        Identity::parse_data_dir(dir, &files)
+    }
+
+    /// The identity in a bot data dir's files, pure (no I/O: `dir` only names the files in
+    /// errors). Each error names the file at fault.
+    pub fn parse_data_dir(dir: &Path, files: &DataDirFiles) -> Result<Identity> {
         let at = |name: &str, e: anyhow::Error| anyhow!("{}: {e:#}", dir.join(name).display());
-        let key = KeyPair::from_pem(&read("key")?).map_err(|e| at("key", e))?;
-        let ssh_cert = Certificate::from_openssh(read("key-cert.pub")?.trim())
+        let key = KeyPair::from_pem(&files.key).map_err(|e| at("key", e))?;
+        // One line: what follows a line break would be taken into the certificate's comment
+        // and written back as lines no reader takes (found by the fuzz target `data_dir`).
+        if files.key_cert.trim().contains(['\n', '\r']) {
+            return Err(at("key-cert.pub", anyhow!("more than one line")));
+        }
+        let ssh_cert = Certificate::from_openssh(files.key_cert.trim())
             .map_err(|e| at("key-cert.pub", e.into()))?;
-        let tls_cert_pem = read("tlscert")?;
-        let cert = ca::parse_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
+        let tls_cert_pem = files.tlscert.clone();
+        let cert = ca::parse_one_cert_pem(&tls_cert_pem).map_err(|e| at("tlscert", e))?;
         let cluster = ca::issuer_cluster(&cert).unwrap_or_default();
-        let host_cas = split_dollar(&read("sshcacerts")?)
+        let host_cas = split_dollar(&files.sshcacerts)
             .map(|e| HostCa::parse_entry(e, &cluster))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| at("sshcacerts", e))?;
-        let tls_cas: Vec<String> = split_dollar(&read("tlscacerts")?)
+        let tls_cas: Vec<String> = split_dollar(&files.tlscacerts)
             .map(|s| format!("{}\n", s.trim_end()))
             .collect();
         for c in &tls_cas {
-            ca::parse_cert_pem(c).map_err(|e| at("tlscacerts", e))?;
+            ca::parse_one_cert_pem(c).map_err(|e| at("tlscacerts", e))?;
         }
         let id = Identity {
             key,
@@ -368,6 +409,21 @@ impl Identity {
             .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?;
         Ok(id)
     }
+}
+
+/// The texts of a bot data dir's files, as [`Identity::parse_data_dir`] reads them.
+#[derive(Clone, Debug, Default)]
+pub struct DataDirFiles {
+    /// `key`: the private key, PEM.
+    pub key: String,
+    /// `key-cert.pub`: the SSH certificate.
+    pub key_cert: String,
+    /// `tlscert`: the TLS certificate, PEM.
+    pub tlscert: String,
+    /// `sshcacerts`: host CA entries, `$`-separated.
+    pub sshcacerts: String,
+    /// `tlscacerts`: CA certificates, PEM, `$`-separated.
+    pub tlscacerts: String,
 }
 
 fn split_dollar(s: &str) -> impl Iterator<Item = &str> {
@@ -417,4 +473,48 @@ pub fn split_pem_certs(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    /// A host CA entry's comment is dropped, as `parse_line` drops it, so an entry reads the
+    /// same whether it came with a comment or not, and reads back as it was written.
+    #[test]
+    fn a_host_ca_entry_comment_is_no_part_of_the_key() {
+        let bare =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILMa0ahsJldgGX0ZhZHCjXLXIi9cFQn6YakzhAAHBXoG";
+        let with = format!("{bare} KEYQwpjc7a");
+        let a = HostCa::parse_entry(&with, "seed.test").unwrap();
+        assert_eq!(a, HostCa::parse_entry(bare, "seed.test").unwrap());
+        let back = HostCa::parse_line(&a.authorized_hosts_line().unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    /// A data dir whose `key-cert.pub` runs over more than one line (the input the fuzz
+    /// target `data_dir` found: the rest became the certificate's comment, written back as
+    /// lines no reader takes) is refused, naming the file.
+    #[test]
+    fn a_certificate_that_would_not_read_back_is_refused() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/regressions/data_dir/tlscert-not-read-back"
+        );
+        let text = String::from_utf8(std::fs::read(path).unwrap()).unwrap();
+        let p: Vec<String> = text.split('\0').map(str::to_string).collect();
+        let get = |i: usize| p.get(i).cloned().unwrap_or_default();
+        let files = DataDirFiles {
+            key: get(0),
+            key_cert: get(1),
+            tlscert: get(2),
+            sshcacerts: get(3),
+            tlscacerts: get(4),
+        };
+        let e = format!(
+            "{:#}",
+            Identity::parse_data_dir(Path::new("/data"), &files).expect_err("refused")
+        );
+        assert_eq!(e, "/data/key-cert.pub: more than one line");
+    }
 }

@@ -20,6 +20,25 @@ pub fn parse_cert_pem(pem: &str) -> Result<x509_cert::Certificate> {
     Ok(x509_cert::Certificate::from_der(&der)?)
 }
 
+/// [`parse_cert_pem`] of a text that is exactly one `CERTIFICATE` block in the lines the
+/// identity file's reader splits (BEGIN line, body, END line; surrounding whitespace aside).
+/// The PEM decoder also takes a bare CR as a line break, which the reader does not (found by
+/// the fuzz targets `grpc_certs` and `data_dir`): a certificate kept in an identity must read
+/// back.
+pub fn parse_one_cert_pem(text: &str) -> Result<x509_cert::Certificate> {
+    let t = text.trim();
+    let (begin, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----");
+    let lines: Vec<&str> = t.lines().map(str::trim).collect();
+    let body_ok = lines.len() > 2
+        && lines[1..lines.len() - 1]
+            .iter()
+            .all(|l| !l.starts_with("-----"));
+    if lines.first() != Some(&begin) || lines.last() != Some(&end) || !body_ok {
+        bail!("not one PEM CERTIFICATE block");
+    }
+    parse_cert_pem(t)
+}
+
 /// The Teleport identity and validity of a PEM client certificate.
 pub fn tls_identity_of(pem: &str) -> Result<(TlsIdentity, SystemTime)> {
     let cert = parse_cert_pem(pem)?;

@@ -84,8 +84,9 @@ impl Agent {
             .then_some(prev)
     }
 
-    /// Answer one request message (type byte + payload); returns the reply message.
-    pub(crate) fn respond(&self, msg: &[u8]) -> Vec<u8> {
+    /// Answer one request message (type byte + payload); returns the reply message. Pure
+    /// but for reading the held keys: the server and the fuzz target `agent_msg` call it.
+    pub fn respond(&self, msg: &[u8]) -> Vec<u8> {
         self.try_respond(msg).unwrap_or_else(|| vec![FAILURE])
     }
 
@@ -153,10 +154,7 @@ impl Agent {
             }
             let msg = tokio::time::timeout(request_timeout, async {
                 s.read_exact(&mut len[1..]).await?;
-                let n = u32::from_be_bytes(len) as usize;
-                if n == 0 || n > max_request.min(MAX_FRAME) {
-                    anyhow::bail!("agent request of {n} bytes");
-                }
+                let n = wire::request_len(len, max_request.min(MAX_FRAME))?;
                 let mut msg = Vec::new();
                 (&mut s).take(n as u64).read_to_end(&mut msg).await?;
                 if msg.len() != n {

@@ -172,18 +172,24 @@ pub async fn dial_as(addr: &str, id: &Identity) -> Result<ProxyTls> {
 /// Connect without verification, ask `GetClusterCACert`, and keep the certificates only if
 /// every one matches a pin and none has expired.
 async fn pinned_cas(addr: &str, pins: &[String]) -> Result<Vec<CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject;
     let tls = dial(addr, anonymous_config(None)?).await?;
     let mut auth = AuthClient::over(tls, format!("auth server {addr}")).await?;
     let resp: GetClusterCaCertResponse = auth
         .unary(GET_CLUSTER_CA_CERT, "the CA request", Empty {})
         .await?;
-    let certs = CertificateDer::pem_slice_iter(&resp.tls_ca)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("auth server {addr}: GetClusterCACert: bad PEM: {e}"))?;
+    let certs = cluster_ca_certs(addr, &resp.tls_ca)?;
     check_pins(pins, &certs).map_err(|e| anyhow!("--ca-pin: auth server {addr}: {e}"))?;
     check_unexpired(&certs, SystemTime::now()).map_err(|e| anyhow!("auth server {addr}: {e}"))?;
     Ok(certs)
+}
+
+/// The certificates of a `GetClusterCACert` answer (`tls_ca`, PEM) from Auth at `addr`
+/// (pure: the pin check and the fuzz target `grpc_certs` take them from here).
+pub fn cluster_ca_certs(addr: &str, tls_ca: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(tls_ca)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("auth server {addr}: GetClusterCACert: bad PEM: {e}"))
 }
 
 fn roots_of(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<Arc<RootCertStore>> {

@@ -95,27 +95,14 @@ impl Route {
         ping: &serde_json::Value,
         flags: RouteFlags,
     ) -> Result<Route> {
-        let said = ping
-            .pointer("/proxy/tls_routing_enabled")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let (routing, mut why) = match flags.tls_routing {
-            Some(r) => (
-                r,
-                format!("--{}tls-routing given", if r { "" } else { "no-" }),
-            ),
-            None => (said, format!("ping says tls_routing_enabled: {said}")),
-        };
-        if !routing {
-            let ssh = ssh_proxy_host_port(ping, web.proxy())?;
-            why.push_str(&format!("; SSH proxy address {ssh} from ping"));
-            return Ok(Route {
+        match way_from_ping(ping, web.proxy(), flags)? {
+            (Some(ssh), why) => Ok(Route {
                 web,
                 way: Way::SshPort(ssh),
                 why,
-            });
+            }),
+            (None, why) => Self::with_routing(web, flags.upgrade, why).await,
         }
-        Self::with_routing(web, flags.upgrade, why).await
     }
 
     /// TLS routing, with the upgrade decided by `flag`, else the environment, else the test.
@@ -345,35 +332,77 @@ impl Finder {
     }
 }
 
+/// What a `/webapi/ping` (or `/webapi/find`) answer and the flags say before any dial (pure):
+/// the SSH proxy address when there is no TLS routing, `None` for TLS routing (whether through
+/// an upgrade is decided by a dial), and why.
+pub fn way_from_ping(
+    ping: &serde_json::Value,
+    web: &str,
+    flags: RouteFlags,
+) -> Result<(Option<String>, String)> {
+    let said = ping
+        .pointer("/proxy/tls_routing_enabled")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let (routing, mut why) = match flags.tls_routing {
+        Some(r) => (
+            r,
+            format!("--{}tls-routing given", if r { "" } else { "no-" }),
+        ),
+        None => (said, format!("ping says tls_routing_enabled: {said}")),
+    };
+    if routing {
+        return Ok((None, why));
+    }
+    let ssh = ssh_proxy_host_port(ping, web)?;
+    why.push_str(&format!("; SSH proxy address {ssh} from ping"));
+    Ok((Some(ssh), why))
+}
+
 /// `SSHProxyHostPort()` without TLS routing (api/client/webclient/webclient.go): the
 /// `ssh_public_addr` (port from `listen_addr`, else 3023), else the `public_addr` host with the
-/// SSH port, else `listen_addr`, else the web address's host with the SSH port.
+/// SSH port, else `listen_addr`, else the web address's host with the SSH port. An address
+/// that does not come out as `host:port` (a ping field that is no address) is an error naming
+/// the field, as Go's address parsing refuses it, rather than a route that fails at each dial.
 pub fn ssh_proxy_host_port(ping: &serde_json::Value, web: &str) -> Result<String> {
+    let (addr, from) = ssh_proxy_candidate(ping, web);
+    match split_host_port(&addr, "") {
+        Ok(_) => Ok(addr),
+        Err(e) => bail!(
+            "the SSH proxy address from {from} is not host:port ({})",
+            format!("{e:#}").trim_start()
+        ),
+    }
+}
+
+/// The address [`ssh_proxy_host_port`] picks, and which field it came from.
+fn ssh_proxy_candidate(ping: &serde_json::Value, web: &str) -> (String, String) {
     let field = |k: &str| {
         ping.pointer(&format!("/proxy/ssh/{k}"))
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     };
+    let from = |k: &str| format!("ping's proxy.ssh.{k}");
     let port_of = |a: &str| split_host_port(a, "ping address").ok().map(|(_, p)| p);
     let ssh_port = field("listen_addr")
         .and_then(|a| port_of(&a))
         .unwrap_or(3023);
-    let with_port = |a: &str, port: u16| -> Result<String> {
+    let with_port = |a: &str, port: u16| -> String {
         let host = match split_host_port(a, "ping address") {
             Ok((h, _)) => h,
             Err(_) => a.to_string(),
         };
-        Ok(idmux_wire::hostport::join(&host, port))
+        idmux_wire::hostport::join(&host, port)
     };
     if let Some(a) = field("ssh_public_addr") {
         return match split_host_port(&a, "ping ssh_public_addr") {
-            Ok(_) => Ok(a),
-            Err(_) => with_port(&a, ssh_port),
+            Ok(_) => (a, from("ssh_public_addr")),
+            Err(_) => (with_port(&a, ssh_port), from("ssh_public_addr")),
         };
     }
     if let Some(a) = field("public_addr") {
-        return with_port(&a, ssh_port);
+        return (with_port(&a, ssh_port), from("public_addr"));
     }
     if let Some(a) = field("listen_addr") {
         // An unspecified host (0.0.0.0, ::) means the web address's host with that port.
@@ -382,12 +411,12 @@ pub fn ssh_proxy_host_port(ping: &serde_json::Value, web: &str) -> Result<String
                 if h.parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_unspecified()) =>
             {
-                with_port(web, p)
+                (with_port(web, p), from("listen_addr"))
             }
-            _ => Ok(a),
+            _ => (a, from("listen_addr")),
         };
     }
-    with_port(web, ssh_port)
+    (with_port(web, ssh_port), format!("the web address {web}"))
 }
 
 /// Is the proxy at `web` behind an L7 load balancer? `TELEPORT_TLS_ROUTING_CONN_UPGRADE`
@@ -568,5 +597,29 @@ mod tests {
             "w.example.com:3023",
             "an unspecified listen host means the web host"
         );
+    }
+
+    /// A ping field that is no address is refused naming the field (found by the fuzz
+    /// target `web_json`: such an answer made a route whose every dial failed).
+    #[test]
+    fn a_ping_address_that_is_no_address_is_refused() {
+        let p =
+            |ssh: serde_json::Value| json!({"proxy": {"tls_routing_enabled": false, "ssh": ssh}});
+        for (ssh, field) in [
+            (json!({"listen_addr": "garbage"}), "listen_addr"),
+            (json!({"listen_addr": "10.0.0.1:0"}), "listen_addr"),
+            (json!({"public_addr": "["}), "public_addr"),
+            (json!({"ssh_public_addr": "a]b"}), "ssh_public_addr"),
+        ] {
+            let e = ssh_proxy_host_port(&p(ssh.clone()), "w:443")
+                .expect_err(&ssh.to_string())
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "the SSH proxy address from ping's proxy.ssh.{field} is not host:port"
+                )),
+                "{e}"
+            );
+        }
     }
 }

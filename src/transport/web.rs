@@ -260,28 +260,12 @@ impl WebClient {
     }
 
     fn check(&self, path: &str, status: u16, body: &Bytes) -> Result<()> {
-        if status == 200 {
-            return Ok(());
-        }
-        let msg = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-        Err(crate::refusal::Refused {
-            with: crate::refusal::RefusedWith::Http(status),
-            line: format!("proxy {} refused {path} (HTTP {status}): {msg}", self.proxy),
-        }
-        .into())
+        check_answer(&self.proxy, path, status, body)
     }
 
     /// The JSON body of an answer from `path`.
     fn parse<R: serde::de::DeserializeOwned>(&self, path: &str, body: &Bytes) -> Result<R> {
-        serde_json::from_slice(body)
-            .map_err(|e| anyhow!("proxy {}: {path}: bad JSON: {e}", self.proxy))
+        parse_answer(&self.proxy, path, body)
     }
 
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
@@ -299,8 +283,7 @@ impl WebClient {
         self.check("/webapi/ping", status, &body)?;
         let date = headers
             .get(http::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
+            .and_then(|v| answer_date(v.as_bytes()));
         let json = self.parse("/webapi/ping", &body)?;
         Ok(Ping {
             json,
@@ -326,5 +309,93 @@ impl WebClient {
             .await?;
         self.check(path, status, &bytes)?;
         self.parse(path, &bytes)
+    }
+}
+
+/// Whether an answer from `proxy` to `path` is a success (HTTP 200); otherwise the proxy's
+/// refusal in one line: Teleport's `{"error": {"message": ...}}`, else the body as text (any
+/// line breaks a hostile or broken proxy puts in it are folded, so a log line stays one line).
+/// Pure: the client and the fuzz target `web_json` call it.
+pub fn check_answer(proxy: &str, path: &str, status: u16, body: &[u8]) -> Result<()> {
+    if status == 200 {
+        return Ok(());
+    }
+    let msg = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    Err(crate::refusal::Refused {
+        with: crate::refusal::RefusedWith::Http(status),
+        line: format!("proxy {proxy} refused {path} (HTTP {status}): {msg}"),
+    }
+    .into())
+}
+
+/// The JSON body of an answer from `proxy` to `path` (pure).
+pub fn parse_answer<R: serde::de::DeserializeOwned>(
+    proxy: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<R> {
+    serde_json::from_slice(body).map_err(|e| anyhow!("proxy {proxy}: {path}: bad JSON: {e}"))
+}
+
+/// The time in an answer's HTTP `Date` header, if it is one (pure).
+pub fn answer_date(value: &[u8]) -> Option<std::time::SystemTime> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal whose body spans lines (an HTML error page, or a hostile proxy forging log
+    /// lines) is reported on one line.
+    #[test]
+    fn a_refusal_is_one_line() {
+        let e = check_answer(
+            "p:443",
+            "/webapi/find",
+            502,
+            b"<html>\n<b>Bad</b>\r\ngateway\n\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "proxy p:443 refused /webapi/find (HTTP 502): <html> <b>Bad</b> gateway"
+        );
+        let e = check_answer(
+            "p:443",
+            "/webapi/host/credentials",
+            400,
+            br#"{"error":{"message":"token expired\nINFO forged"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "proxy p:443 refused /webapi/host/credentials (HTTP 400): token expired INFO forged"
+        );
+        assert!(check_answer("p:443", "/x", 200, b"anything").is_ok());
+    }
+
+    #[test]
+    fn answers_parse_or_say_why() {
+        let v: serde_json::Value = parse_answer("p:443", "/webapi/ping", b"{}").unwrap();
+        assert!(v.is_object());
+        let e = parse_answer::<serde_json::Value>("p:443", "/webapi/ping", b"{")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("proxy p:443: /webapi/ping: bad JSON"), "{e}");
+        assert!(answer_date(b"Wed, 02 Dec 2026 13:00:00 GMT").is_some());
+        assert!(answer_date(b"\xff").is_none());
     }
 }

@@ -50,6 +50,36 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What is wrong with a request frame's length prefix.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("an agent request of 0 bytes")]
+    Empty,
+    #[error("an agent request of {0} bytes (at most {1} are served)")]
+    TooLong(usize, usize),
+}
+
+/// The length of the request message a frame's 4-byte prefix announces, if it is served
+/// (1 to `max` bytes).
+pub fn request_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let n = u32::from_be_bytes(prefix) as usize;
+    match n {
+        0 => Err(FrameError::Empty),
+        n if n > max => Err(FrameError::TooLong(n, max)),
+        n => Ok(n),
+    }
+}
+
+/// The first whole request frame of `buf`: its message and the bytes it used; `Ok(None)`
+/// when more bytes are needed.
+pub fn take_request(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some((prefix, rest)) = buf.split_first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let n = request_len(*prefix, max)?;
+    Ok(rest.get(..n).map(|m| (m, 4 + n)))
+}
+
 /// One key in an identities answer: its public key (or certificate) blob and comment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentIdentity {
@@ -159,5 +189,24 @@ mod tests {
         assert_eq!(SignRequest::parse(&raw[1..raw.len() - 1]), None);
         assert_eq!(frame(&[11]), [0, 0, 0, 1, 11]);
         assert_eq!(sign_response(b"s"), [14, 0, 0, 0, 1, b's']);
+    }
+
+    #[test]
+    fn request_frames() {
+        assert_eq!(request_len([0, 0, 0, 1], 8), Ok(1));
+        assert_eq!(request_len([0, 0, 0, 0], 8), Err(FrameError::Empty));
+        assert_eq!(request_len([0, 0, 0, 9], 8), Err(FrameError::TooLong(9, 8)));
+        assert_eq!(take_request(&[0, 0, 0], 8), Ok(None));
+        assert_eq!(take_request(&[0, 0, 0, 2, 11], 8), Ok(None));
+        assert_eq!(
+            take_request(&[0, 0, 0, 1, 11, 0], 8),
+            Ok(Some((&[11][..], 5)))
+        );
+        assert_eq!(
+            take_request(&[255, 255, 255, 255], 8)
+                .unwrap_err()
+                .to_string(),
+            "an agent request of 4294967295 bytes (at most 8 are served)"
+        );
     }
 }

@@ -34,6 +34,7 @@
 //! stored (a full disk) keeps the identity in memory and stores it at the next attempt.
 //! File writes and key generation run on tokio's blocking pool, off the thread that relays.
 
+pub mod certs;
 pub mod config;
 mod dirguard;
 pub(crate) mod heartbeat;
@@ -49,11 +50,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::Certificate;
 use tokio::sync::watch;
 
+use certs::{certs_text, identity_from_certs};
 use config::{BotConfig, OutputKind};
 use idmux_identity::destination as output;
 use idmux_identity::files::token_hash;
 use idmux_identity::openssh::ProxyWay;
-use idmux_identity::{HostCa, Identity, KeyPair, KeyType};
+use idmux_identity::{Identity, KeyPair, KeyType};
 use idmux_transport::auth_client::{AuthClient, AuthVia};
 use idmux_transport::auth_direct::{AuthDirect, FirstTrust};
 use idmux_transport::refusal::Refused;
@@ -92,49 +94,6 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 use idmux_wire::web::b64e as b64;
-
-/// Assemble an identity from a key and the certificates Auth returned. `ssh_cas` are the
-/// entries of `ssh_cas_certs`: bare CA public keys from Teleport (user CA first, then host
-/// CA), taken as the identity's own cluster's.
-pub(crate) fn identity_from_certs(
-    key: KeyPair,
-    ssh: &str,
-    tls: &str,
-    tls_cas: Vec<String>,
-    ssh_cas: &[String],
-) -> Result<Identity> {
-    let ssh_cert = Certificate::from_openssh(ssh.trim())
-        .map_err(|e| anyhow!("the SSH certificate from auth: {e}"))?;
-    let mut id = Identity {
-        key,
-        ssh_cert,
-        tls_cert_pem: tls.to_string(),
-        host_cas: vec![],
-        tls_cas,
-    };
-    let cluster = id
-        .cluster_name()
-        .map_err(|e| anyhow!("the TLS certificate from auth: {e}"))?;
-    id.host_cas = ssh_cas
-        .iter()
-        .flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| HostCa::parse_entry(&l, &cluster))
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| anyhow!("the SSH CA keys from auth: {e}"))?;
-    id.check_consistent()?;
-    Ok(id)
-}
-
-fn certs_text(c: &idmux_wire::proto::Certs) -> (String, String, Vec<String>, Vec<String>) {
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        s(&c.ssh),
-        s(&c.tls),
-        c.tls_ca_certs.iter().map(|c| s(c)).collect(),
-        c.ssh_ca_certs.iter().map(|c| s(c)).collect(),
-    )
-}
 
 /// Join the cluster with a token, as newest tbot: through the join service
 /// (`teleport.join.v1.JoinService`, whose `ServerInit` picks the key type), falling back to

@@ -65,7 +65,7 @@ pub(crate) fn default_roles(role: &RoleV6, role_name: &str) -> Result<Vec<String
 }
 
 /// Every trusted TLS certificate (PEM) of the CAs, in order (tbot's `concatCACerts`).
-pub(crate) fn tls_pems(cas: &[CertAuthorityV2]) -> Result<Vec<String>> {
+pub fn tls_pems(cas: &[CertAuthorityV2]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for ca in cas {
         for pem in ca.trusted_tls_certs() {
@@ -82,7 +82,7 @@ pub(crate) fn tls_pems(cas: &[CertAuthorityV2]) -> Result<Vec<String>> {
 }
 
 /// The host CA keys of a cluster's host CA resource, one [`HostCa`] per trusted key.
-pub(crate) fn cluster_host_cas(ca: &CertAuthorityV2, cluster: &str) -> Result<Vec<HostCa>> {
+pub fn cluster_host_cas(ca: &CertAuthorityV2, cluster: &str) -> Result<Vec<HostCa>> {
     let keys = ca.trusted_ssh_keys();
     if keys.is_empty() {
         bail!("the host CA of cluster {cluster} has no SSH keys");

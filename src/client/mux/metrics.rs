@@ -13,8 +13,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::mux::limits::{CapWarning, Limits};
 
+/// The multiplexer's counters (public for the fuzz target `diag_http`, which serves them).
 #[derive(Default)]
-pub(crate) struct Metrics {
+pub struct Metrics {
     pub requests_started: AtomicU64,
     pub handled_ok: AtomicU64,
     pub handled_error: AtomicU64,
@@ -138,35 +139,54 @@ pub(crate) async fn serve_diag(
         let m = m.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let m = m.clone();
-                async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, m.render()),
-                        "/livez" => (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string()),
-                        "/readyz" if m.ready.load(Ordering::Relaxed) == 1 => {
-                            (StatusCode::OK, "{\"status\":\"healthy\"}\n".to_string())
-                        }
-                        "/readyz" => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "{\"status\":\"unhealthy\",\"reason\":\"no upstream connection\"}\n"
-                                .to_string(),
-                        ),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-                    };
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("static parts"),
-                    )
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.diag_header_timeout)
-                .serve_connection(TokioIo::new(tcp), svc);
+            let conn = serve_diag_conn(TokioIo::new(tcp), m, limits.diag_header_timeout);
             let _ = tokio::time::timeout(limits.diag_connection_timeout, conn).await;
         });
     }
+}
+
+/// The answer to a diagnostics request for `path` (pure).
+pub fn diag_answer(path: &str, m: &Metrics) -> (StatusCode, String) {
+    match path {
+        "/metrics" => (StatusCode::OK, m.render()),
+        "/livez" => (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string()),
+        "/readyz" if m.ready.load(Ordering::Relaxed) == 1 => {
+            (StatusCode::OK, "{\"status\":\"healthy\"}\n".to_string())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"unhealthy\",\"reason\":\"no upstream connection\"}\n".to_string(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    }
+}
+
+/// Serve one diagnostics connection: HTTP/1 request heads parsed by hyper (at most
+/// `header_timeout` to arrive), each answered by [`diag_answer`]. The fuzz target
+/// `diag_http` runs this on an in-memory stream, so it parses what a TCP client sends exactly
+/// as the daemon does.
+pub async fn serve_diag_conn<I>(
+    io: I,
+    m: Arc<Metrics>,
+    header_timeout: std::time::Duration,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (status, body) = diag_answer(req.uri().path(), &m);
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static parts"),
+            )
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, svc)
+        .await
 }

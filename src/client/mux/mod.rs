@@ -5,6 +5,8 @@
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
 //! - [`limits`]: the caps and timeouts of every socket served ([`limits::Limits`]).
+//! - [`v1recv`]: what one `recvmsg` on `v1.sock` amounts to (fds kept and closed, the
+//!   request so far), pure.
 //! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
 //! - [`trim`]: free heap memory returned after a burst.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
@@ -18,3 +20,4 @@ pub mod server;
 pub mod templates;
 pub mod trim;
 pub mod upstream;
+pub mod v1recv;

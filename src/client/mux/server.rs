@@ -15,19 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, MsgFlags};
 use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::mux::metrics::Metrics;
 use crate::mux::upstream::{IdentitySource, Upstream};
+use crate::mux::v1recv;
 use idmux_transport::agent::Agent;
 use idmux_transport::relay;
 use idmux_wire::hostport::clean_target_host;
-use idmux_wire::v1::{self as request, RequestError, MAX_REQUEST};
-
-/// The most fds one message can carry (Linux's `SCM_MAX_FD`).
-const SCM_MAX_FD: usize = 253;
+use idmux_wire::v1 as request;
 
 use crate::mux::limits::{CapWarning, Limits};
 
@@ -81,24 +79,22 @@ impl Drop for SocketFile {
 }
 
 /// Read the request: the first recvmsg may carry the stderr fd. Returns the stderr fd, the
-/// target and the bytes that followed the NUL.
+/// target and the bytes that followed the NUL. What each read amounts to (which fd is kept,
+/// which are closed, whether the request is whole) is [`v1recv::step`].
 async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::Target, Vec<u8>)>) {
-    let mut buf = vec![0u8; MAX_REQUEST + 4096];
+    let mut buf = vec![0u8; v1recv::BUFFER];
     let mut len = 0;
     let mut stderr: Option<OwnedFd> = None;
     loop {
-        if len >= buf.len() {
-            return (stderr, Err(RequestError::TooLong.into()));
-        }
         if conn.readable().await.is_err() {
             return (stderr, Err(anyhow!("connection failed")));
         }
         let got = conn.try_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut buf[len..])];
-            // Room for every fd one message can carry (the kernel's SCM_MAX_FD): a message with
-            // more fds than the buffer holds is truncated, and nix then hides the fds the
-            // kernel did install (it refuses to iterate a truncated buffer), so they would leak.
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; SCM_MAX_FD]);
+            // Room for every fd one message can carry (the kernel's SCM_MAX_FD); a message
+            // that still does not fit is truncated, and the fds the kernel did install are read
+            // from the buffer by `v1recv::scm_rights` (nix hides a truncated buffer) and closed.
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; v1recv::SCM_MAX_FD]);
             let msg = recvmsg::<()>(
                 conn.as_raw_fd(),
                 &mut iov,
@@ -106,42 +102,39 @@ async fn read_request(conn: &UnixStream) -> (Option<OwnedFd>, Result<(request::T
                 MsgFlags::MSG_CMSG_CLOEXEC,
             )
             .map_err(std::io::Error::from)?;
-            let mut fds = Vec::new();
-            let cmsgs = msg.cmsgs().map_err(|_| {
-                std::io::Error::other("a control message too large to read (truncated)")
-            })?;
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(v) = c {
-                    // SAFETY: the kernel just installed these fds in our table for us; each
-                    // is wrapped exactly once, so each is closed exactly once.
-                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-            Ok((msg.bytes, fds))
+            let (n, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC));
+            let fds: Vec<OwnedFd> = v1recv::scm_rights(&space)
+                .into_iter()
+                // SAFETY: the kernel just installed these fds in our table for us; each is
+                // wrapped exactly once, so each is closed exactly once.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
+            Ok((n, fds, truncated))
         });
-        match got {
+        let (n, fds, truncated) = match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return (stderr, Err(anyhow!("reading the request: {e}"))),
-            Ok((n, fds)) => {
-                // Keep the first fd as stderr; any others are closed by dropping them.
-                for fd in fds {
-                    if stderr.is_none() {
-                        stderr = Some(fd);
-                    }
-                }
-                if n == 0 {
-                    return (
-                        stderr,
-                        Err(anyhow!("client disconnected before the request's NUL")),
-                    );
-                }
-                len += n;
-                match request::parse(&buf[..len]) {
-                    Ok((t, used)) => return (stderr, Ok((t, buf[used..len].to_vec()))),
-                    Err(RequestError::Incomplete) => continue,
-                    Err(e) => return (stderr, Err(anyhow!("bad request: {e}"))),
-                }
+            Ok(x) => x,
+        };
+        len += n;
+        let read = v1recv::Read {
+            bytes: n,
+            fds: fds.len(),
+            truncated,
+        };
+        let step = v1recv::step(&buf[..len], buf.len(), read, stderr.is_some());
+        // The kept fd (the first one) is the client's stderr; the rest are closed here.
+        let (kept, close) = v1recv::sort_fds(fds, step.keep);
+        drop(close);
+        if kept.is_some() {
+            stderr = kept;
+        }
+        match step.next {
+            v1recv::Next::Request { target, used } => {
+                return (stderr, Ok((target, buf[used..len].to_vec())))
             }
+            v1recv::Next::More => continue,
+            v1recv::Next::Fail(e) => return (stderr, Err(anyhow!("{e}"))),
         }
     }
 }

@@ -38,11 +38,12 @@ use clap::Args;
 use super::choices::TransportArg;
 
 mod local;
-mod parse;
 mod remote;
 
 use idmux_transport::route::RouteFlags;
 use local::*;
+// The parsers live in the client library, where the fuzz target `doctor` reaches them.
+use idmux_client::doctor_parse as parse;
 use parse::*;
 use remote::*;
 

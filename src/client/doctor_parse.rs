@@ -1,12 +1,17 @@
-//! What doctor reads, pure: `ssh -V`, an ssh_config's proxy and ProxyCommand style, the
-//! agent's answer, `--node`, and durations as the report prints them.
+//! What `idmux doctor` reads, pure: `ssh -V`, an ssh_config's proxy, ProxyCommand programs and
+//! route flags, the agent's identities answer, `--node`, and durations as the report prints
+//! them.
+//!
+//! Here rather than in the binary so the fuzz target `doctor` reaches the same code the doctor
+//! runs (`src/cmd/doctor/` calls these). Must not know: clap, the checks themselves or how
+//! their results are printed.
 
 use anyhow::{bail, Result};
 use russh::keys::ssh_key::Certificate;
 
 /// `(major, minor)` from `ssh -V` output such as `OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL ...`
 /// or `OpenSSH_for_Windows_8.1p1, LibreSSL 3.0.2`.
-pub(crate) fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
+pub fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
     let at = text.find("OpenSSH_")? + "OpenSSH_".len();
     let rest = &text[at..];
     let start = rest.find(|c: char| c.is_ascii_digit())?;
@@ -23,7 +28,7 @@ pub(crate) fn parse_ssh_version(text: &str) -> Option<(u32, u32)> {
 
 /// The proxy address an ssh_config written by idmux or tbot names: the stdio ProxyCommand's
 /// `--proxy-server=`, or idmux's `via proxy '...'` header in `<cluster>.ssh_config`.
-pub(crate) fn proxy_from_ssh_config(text: &str) -> Option<String> {
+pub fn proxy_from_ssh_config(text: &str) -> Option<String> {
     for marker in ["--proxy-server=", "--proxy-server ", "via proxy "] {
         if let Some(at) = text.find(marker) {
             let rest = text[at + marker.len()..].trim_start();
@@ -44,7 +49,7 @@ pub(crate) fn proxy_from_ssh_config(text: &str) -> Option<String> {
 
 /// The program every ProxyCommand of an ssh_config runs (the first word, unquoted as ssh
 /// would: single or double quotes), each once, in order.
-pub(crate) fn proxy_command_programs(text: &str) -> Vec<String> {
+pub fn proxy_command_programs(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for line in text.lines() {
         let t = line.trim_start();
@@ -68,7 +73,7 @@ pub(crate) fn proxy_command_programs(text: &str) -> Vec<String> {
 
 /// The way tbot's (and idmux's) stdio ProxyCommand line says: `--[no-]tls-routing`,
 /// `--[no-]connection-upgrade`.
-pub(crate) fn route_flags_from_ssh_config(text: &str) -> idmux_transport::route::RouteFlags {
+pub fn route_flags_from_ssh_config(text: &str) -> idmux_transport::route::RouteFlags {
     let line = text
         .lines()
         .find(|l| l.contains("ssh-proxy-command"))
@@ -90,7 +95,7 @@ pub(crate) fn route_flags_from_ssh_config(text: &str) -> idmux_transport::route:
 }
 
 /// Does this ssh_config pass connections by fd (`ProxyUseFdpass yes`)?
-pub(crate) fn uses_fdpass(ssh_config: &str) -> bool {
+pub fn uses_fdpass(ssh_config: &str) -> bool {
     ssh_config.lines().any(|l| {
         let mut w = l.split_whitespace();
         matches!((w.next(), w.next()), (Some(k), Some(v)) if k.eq_ignore_ascii_case("ProxyUseFdpass") && v.eq_ignore_ascii_case("yes"))
@@ -99,7 +104,7 @@ pub(crate) fn uses_fdpass(ssh_config: &str) -> bool {
 
 /// The certificates in an ssh-agent `SSH_AGENT_IDENTITIES_ANSWER` (type 12) message body
 /// (after the length): plain keys are skipped.
-pub(crate) fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
+pub fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
     Ok(idmux_wire::agent::parse_identities(msg)?
         .iter()
         .filter_map(|k| Certificate::from_bytes(&k.blob).ok())
@@ -107,7 +112,7 @@ pub(crate) fn parse_agent_identities(msg: &[u8]) -> Result<Vec<Certificate>> {
 }
 
 /// Whole seconds as `1h2m` / `5m3s` / `40s`.
-pub(crate) fn short_duration(secs: u64) -> String {
+pub fn short_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     match (h, m) {
         (0, 0) => format!("{s}s"),
@@ -117,7 +122,7 @@ pub(crate) fn short_duration(secs: u64) -> String {
 }
 
 /// Split `host[:port]` (port 3022 by default).
-pub(crate) fn node_target(s: &str) -> Result<(String, u16)> {
+pub fn node_target(s: &str) -> Result<(String, u16)> {
     use idmux_wire::hostport::{split, HostPortError};
     match split(s) {
         Ok((h, port)) => Ok((h.to_string(), port)),
