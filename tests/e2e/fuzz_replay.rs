@@ -82,9 +82,8 @@ fn fuzz_crate_lists_every_target() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    use idmux_devcluster::ca::{ClusterCas, UserCertFields};
+    use idmux_devcluster::ca::ClusterCas;
     use idmux_identity::{KeyPair, KeyType};
-    use std::time::Duration;
 
     let tmp = tempfile::tempdir().unwrap();
     let cas = ClusterCas::create(tmp.path(), "seed.test").unwrap();
@@ -116,23 +115,7 @@ fn write_seed_corpus() {
     {
         let key = KeyPair::generate(kind).unwrap();
         let id = cas
-            .issue_identity(
-                &key,
-                &UserCertFields {
-                    username: "bot-seed",
-                    logins: &logins,
-                    roles: &roles,
-                    traits: &traits,
-                    route_to_cluster: "seed.test",
-                    renewable: true,
-                    generation: 1,
-                    bot_name: "seed",
-                    bot_instance_id: "",
-                    impersonator: "",
-                    disallow_reissue: false,
-                    ttl: Duration::from_secs(3600),
-                },
-            )
+            .issue_identity(&key, &seed_fields(&logins, &roles, &traits))
             .unwrap();
         put(
             "identity_file",
@@ -215,11 +198,10 @@ ca_path: /etc/idmux/proxy-ca.pem
 #[test]
 #[ignore]
 fn write_hostile_world_seeds() {
-    use idmux_devcluster::ca::{ClusterCas, UserCertFields};
+    use idmux_devcluster::ca::ClusterCas;
     use idmux_testkit::fuzzing::{fuzz_agent, fuzz_key};
     use idmux_wire::agent as wire;
     use prost::Message;
-    use std::time::Duration;
 
     let put = |target: &str, name: &str, data: &[u8]| {
         let d = fuzz_dir().join("corpus").join(target);
@@ -305,20 +287,11 @@ fn write_hostile_world_seeds() {
     let id = cas
         .issue_identity(
             &key,
-            &UserCertFields {
-                username: "bot-seed",
-                logins: &["root".to_string()],
-                roles: &["bot-seed".to_string()],
-                traits: &Default::default(),
-                route_to_cluster: "seed.test",
-                renewable: true,
-                generation: 1,
-                bot_name: "seed",
-                bot_instance_id: "",
-                impersonator: "",
-                disallow_reissue: false,
-                ttl: Duration::from_secs(3600),
-            },
+            &seed_fields(
+                &["root".to_string()],
+                &["bot-seed".to_string()],
+                &Default::default(),
+            ),
         )
         .unwrap();
     let ssh_line = format!("{}\n", id.ssh_cert.to_openssh().unwrap());
@@ -496,4 +469,26 @@ fn write_hostile_world_seeds() {
         "prometheus",
         b"GET /metrics HTTP/1.1\r\nHost: localhost:9090\r\nUser-Agent: Prometheus/2.45.0\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nAccept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
     );
+}
+
+/// The certificate fields of the seed bot (`bot-seed`, cluster `seed.test`, generation 1).
+fn seed_fields<'a>(
+    logins: &'a [String],
+    roles: &'a [String],
+    traits: &'a std::collections::BTreeMap<String, Vec<String>>,
+) -> idmux_devcluster::ca::UserCertFields<'a> {
+    idmux_devcluster::ca::UserCertFields {
+        username: "bot-seed",
+        logins,
+        roles,
+        traits,
+        route_to_cluster: "seed.test",
+        renewable: true,
+        generation: 1,
+        bot_name: "seed",
+        bot_instance_id: "",
+        impersonator: "",
+        disallow_reissue: false,
+        ttl: std::time::Duration::from_secs(3600),
+    }
 }
