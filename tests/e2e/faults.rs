@@ -329,21 +329,31 @@ fn assert_destination_usable(dest: &Path, cfg: &Path) {
     assert!(ssh_ok(cfg, "node-1"), "ssh through the multiplexer");
     let key_path = dest.join("key");
     let cert_opt = format!("CertificateFile={}", dest.join("key-cert.pub").display());
-    let o = ssh(
-        cfg,
-        &[
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-i",
-            key_path.to_str().unwrap(),
-            "-o",
-            &cert_opt,
-            &target("node-1"),
-            "true",
-        ],
-    );
+    let with_key_files = || {
+        ssh(
+            cfg,
+            &[
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-i",
+                key_path.to_str().unwrap(),
+                "-o",
+                &cert_opt,
+                &target("node-1"),
+                "true",
+            ],
+        )
+    };
+    let mut o = with_key_files();
+    // ssh reads the public half at start and the key when it signs: a renewal (every 2 s
+    // here) between the two is the documented reader race (README, Known limits), not a
+    // damaged dir; the files themselves were checked to pair above. Once more, then it must
+    // work.
+    if !o.status.success() && stderr(&o).contains("contents do not match public") {
+        o = with_key_files();
+    }
     assert!(o.status.success(), "ssh with key files: {}", stderr(&o));
 }
 
