@@ -3,7 +3,8 @@
 # server, rsync, openssl, curl, systemd-analyze, libfaketime, passwd and mount (for the
 # reliability tests), libacl1-dev and acl (the POSIX ACLs of `idmux init`), nginx and
 # tinyproxy (the third-party load balancer and HTTP proxy of the "real deployments" tests,
-# which start their own on loopback), and Ansible (for the multiplexer's end-to-end tests).
+# which start their own on loopback), stunnel4 and a C compiler (the TLS relay baseline and
+# the small C helpers of scripts/bench.sh), and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -33,6 +34,11 @@ command -v getfacl >/dev/null || need+=(acl)
 # `tinyproxy-bin` holds /usr/bin/tinyproxy without the system service.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy-bin)
+# scripts/bench.sh: stunnel4 is the plain C TLS relay idmux's daemon is compared with (its own
+# stunnel server and client on loopback; the package's system service is never started), and cc
+# builds the benchmark's LD_PRELOAD shim (benches/nodelay.c) and hop timer (benches/hop.c).
+[ -x /usr/bin/stunnel4 ] || need+=(stunnel4)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
 fi
@@ -63,7 +69,7 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
   fi
 fi
-for tool in /usr/sbin/nginx /usr/bin/tinyproxy; do
+for tool in /usr/sbin/nginx /usr/bin/tinyproxy /usr/bin/stunnel4; do
   [ -x "$tool" ] || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
 # sshd refuses to start without its privilege separation directory.
