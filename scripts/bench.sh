@@ -52,6 +52,7 @@ unset SSH_AUTH_SOCK  # only the keys we name, for every path
 work=$(mktemp -d /tmp/idmux-bench.XXXXXX)
 mkdir -p "$ROOT/target/bench"
 cluster_pid="" bot_pids="" bastion_pid="" py_pid="" node_pid="" nginx_pid=""
+stunnel_srv_pid="" stunnel_cli_pid=""
 
 # Kill one process and the processes whose parent it is (sshd's per-connection children), by id.
 kill_tree() {
@@ -75,10 +76,12 @@ cleanup() {
   kill_tree "$bastion_pid"
   kill_tree "$node_pid"
   kill_tree "$nginx_pid"
+  for p in $stunnel_cli_pid $stunnel_srv_pid; do kill "$p" 2>/dev/null || true; done
   [ -n "$cluster_pid" ] && kill "$cluster_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   if [ "$rc" != 0 ]; then
-    for f in cluster.log bot-grpc.log bot-ssh.log bot-nginx.log nginx/error.log bastion.log; do
+    for f in cluster.log bot-grpc.log bot-ssh.log bot-nginx.log nginx/error.log bastion.log \
+      stunnel/server.log stunnel/client.log; do
       [ -s "$work/$f" ] && { echo "--- $f (last lines)" >&2; tail -n 15 "$work/$f" >&2; }
     done
   fi
@@ -92,6 +95,11 @@ trap 'exit 143' TERM
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# The C helpers: the TCP_NODELAY shim for the "direct NODELAY" path and the socket-hop timer
+# of the relay-cost table (benches/nodelay.c, benches/hop.c), built into the work dir.
+cc -shared -fPIC -O2 -Wall -o "$work/nodelay.so" benches/nodelay.c -ldl
+cc -O2 -Wall -o "$work/hop" benches/hop.c
 
 user=$(id -un)
 cluster="bench.idmux"
@@ -181,6 +189,52 @@ for _ in $(seq 100); do
 done
 kill -0 "$nginx_pid" 2>/dev/null || { echo "bench: nginx did not start" >&2; exit 1; }
 
+# stunnel4, the plain C TLS relay the daemon is compared with: a stunnel server in front of the
+# node's sshd and a stunnel client daemon on loopback that ssh connects to, so each ssh session
+# is one TLS 1.3 connection relayed by the client, as the daemon relays each session over its
+# TLS connection to the proxy. TLS_AES_256_GCM_SHA384 is what idmux (rustls' default order,
+# client and dev proxy alike) negotiates with the dev proxy. The certificate is nginx's above.
+echo "bench: stunnel4 server (in front of the node's sshd) and client (on loopback)" >&2
+st="$work/stunnel"
+mkdir -p "$st"
+st_sport=$(free_port)
+st_cport=$(free_port)
+st_common="foreground = yes
+pid =
+debug = 4
+sslVersionMin = TLSv1.3
+ciphersuites = TLS_AES_256_GCM_SHA384"
+cat > "$st/server.conf" <<EOF
+$st_common
+[ssh]
+accept = 127.0.0.1:$st_sport
+connect = $node_addr
+cert = $lb/cert.pem
+key = $lb/key.pem
+EOF
+cat > "$st/client.conf" <<EOF
+$st_common
+[ssh]
+client = yes
+accept = 127.0.0.1:$st_cport
+connect = 127.0.0.1:$st_sport
+CAfile = $lb/ca.pem
+verifyChain = yes
+checkIP = 127.0.0.1
+EOF
+/usr/bin/stunnel4 "$st/server.conf" > "$st/server.log" 2>&1 &
+stunnel_srv_pid=$!
+/usr/bin/stunnel4 "$st/client.conf" > "$st/client.log" 2>&1 &
+stunnel_cli_pid=$!
+for p in $st_sport $st_cport; do
+  for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$p),0.2)" 2>/dev/null && break
+    sleep 0.1
+  done
+done
+kill -0 "$stunnel_srv_pid" 2>/dev/null && kill -0 "$stunnel_cli_pid" 2>/dev/null \
+  || { echo "bench: stunnel did not start" >&2; exit 1; }
+
 # One bot daemon per transport, each with its own data and destination dirs, and one behind
 # nginx (gRPC).
 declare -A bot_pid
@@ -245,6 +299,9 @@ Host bench-node
 Host bench-bastion
     HostName 127.0.0.1
     Port $bport
+Host bench-stunnel
+    HostName 127.0.0.1
+    Port $st_cport
 Host bench-*
     User $user
     HostKeyAlias node-1.$cluster
@@ -260,6 +317,8 @@ json.dump({
     "work": "$work", "quick": bool($quick), "user": "$user", "cluster": "$cluster",
     "proxy": "$proxy", "node_addr": "$node_addr", "bastion_port": $bport,
     "bench_ssh_config": "$work/bench_ssh_config",
+    "nodelay_so": "$work/nodelay.so", "hop": "$work/hop",
+    "stunnel_client_pid": $stunnel_cli_pid, "stunnel_server_pid": $stunnel_srv_pid,
     # Per idmux path (keys as in measure.py's PATHS): its ssh_config and daemon.
     "paths": {
         "stdio-grpc": {"ssh_config": "$work/stdio-grpc.ssh_config"},
