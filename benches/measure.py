@@ -193,8 +193,17 @@ def proc_pss_kib(pid):
 PATHS = [
     {"key": "direct", "short": "direct", "kind": "direct", "transport": None,
      "label": "direct"},
+    # Latency baseline: ssh sets TCP_NODELAY only with a tty, so plain direct runs Nagle's
+    # algorithm; this is the same ssh with benches/nodelay.c preloaded. Latency only.
+    {"key": "direct-nodelay", "short": "direct NODELAY", "kind": "direct", "transport": None,
+     "label": "direct, ssh with TCP_NODELAY (LD_PRELOAD benches/nodelay.c)", "preload": True,
+     "figures": {"latency"}},
     {"key": "jump", "short": "ProxyJump", "kind": "jump", "transport": None,
      "label": "ProxyJump (-J bastion sshd)"},
+    # The peer of the daemon: a plain C TLS relay, one TLS 1.3 connection per ssh session.
+    {"key": "stunnel", "short": "stunnel", "kind": "stunnel", "transport": None,
+     "label": "stunnel4 (client daemon on loopback, server in front of the node's sshd; TLS 1.3 "
+              "TLS_AES_256_GCM_SHA384)"},
     {"key": "stdio-grpc", "short": "stdio gRPC", "kind": "stdio", "transport": "grpc",
      "label": "stdio ProxyCommand (idmux ssh-proxy-command --transport grpc)"},
     {"key": "stdio-ssh", "short": "stdio SSH", "kind": "stdio", "transport": "ssh",
@@ -211,7 +220,21 @@ ORDER = [d["key"] for d in PATHS]
 SHORT = {d["key"]: d["short"] for d in PATHS}
 KIND = {d["key"]: d["kind"] for d in PATHS}
 # What relays a session's bytes on the client side, per kind.
-RELAY = {"jump": "ssh -W", "stdio": "idmux ssh-proxy-command", "fdpass": "idmux-fdpass"}
+RELAY = {"jump": "ssh -W", "stdio": "idmux ssh-proxy-command", "fdpass": "idmux-fdpass",
+         "stunnel": "stunnel client"}
+# Which figures a path takes part in (all, unless its PATHS entry says).
+FIGURES = {d["key"]: d.get("figures") for d in PATHS}
+# The latency baseline (ratios of the latency rows): direct NODELAY when it ran.
+LAT_BASE = "direct-nodelay"
+
+
+def has(k, fig):
+    f = FIGURES.get(k)
+    return f is None or fig in f
+
+
+def only(paths, fig):
+    return [p for p in paths if has(p.key, fig)]
 
 
 def keys_of(kind, order=ORDER):
@@ -223,6 +246,8 @@ class Path:
         self.key, self.label, self.kind = spec["key"], spec["label"], spec["kind"]
         self.short, self.transport = spec["short"], spec["transport"]
         self.ssh, self.scp, self.host = ssh, scp, host
+        # Environment of this path's ssh (None: inherited); direct NODELAY's has LD_PRELOAD.
+        self.env = None
         self.relay = RELAY.get(self.kind)
         # The daemon (`idmux start`) relaying this path's bytes (fdpass), or None.
         self.daemon = daemon
@@ -253,16 +278,22 @@ def make_paths(c, work):
     node = f"{c['user']}@node-1.{c['cluster']}"
     paths = []
     for spec in PATHS:
-        if spec["kind"] in ("direct", "jump"):
+        if spec["kind"] in ("direct", "jump", "stunnel"):
             jump = ["-J", "bench-bastion"] if spec["kind"] == "jump" else []
             cfg, host, daemon = c["bench_ssh_config"], "bench-node", None
+            if spec["kind"] == "stunnel":
+                # The stunnel client daemon relays the session: its CPU is this path's "daemon".
+                host, daemon = "bench-stunnel", c["stunnel_client_pid"]
         else:
             entry = c["paths"][spec["key"]]
             jump, cfg, host, daemon = [], entry["ssh_config"], node, entry.get("daemon_pid")
-        paths.append(Path(spec, ["ssh", "-F", cfg, "-T"] + jump + common,
-                          ["scp", "-F", cfg, "-q"] + jump + common, host, daemon))
+        p = Path(spec, ["ssh", "-F", cfg, "-T"] + jump + common,
+                 ["scp", "-F", cfg, "-q"] + jump + common, host, daemon)
+        if spec.get("preload"):
+            p.env = dict(os.environ, LD_PRELOAD=c["nodelay_so"])
+        paths.append(p)
     for p in paths:
-        if p.kind == "direct":
+        if p.kind in ("direct", "stunnel"):
             continue
         if p.kind == "jump":
             # What -J expands to (ssh -W through the bastion), written out so it can be wrapped.
@@ -284,15 +315,31 @@ def make_paths(c, work):
 # measurements
 
 
-def run_quiet(argv, timeout=120, stdin=subprocess.DEVNULL):
-    return subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+def run_quiet(argv, timeout=120, stdin=subprocess.DEVNULL, env=None):
+    return subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+                          env=env)
 
 
-def sanity(paths):
+def sanity(paths, work):
     for p in paths:
-        o = subprocess.run(p.cmd("echo bench-ok"), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        env = p.env
+        nodelay_log = None
+        if env and "LD_PRELOAD" in env:
+            nodelay_log = os.path.join(work, "nodelay.log")
+            env = dict(env, IDMUX_NODELAY_LOG=nodelay_log)
+        o = subprocess.run(p.cmd("echo bench-ok"), stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                           env=env)
         if o.returncode != 0 or b"bench-ok" not in o.stdout:
             raise SystemExit(f"bench: path {p.key} does not work: {o.stderr.decode(errors='replace').strip()}")
+        if nodelay_log:
+            # The shim must have set TCP_NODELAY on ssh's connection (one line per socket).
+            try:
+                with open(nodelay_log) as f:
+                    lines = f.read().split("\n")
+            except FileNotFoundError:
+                lines = []
+            if not any(l.endswith(" rc 0") for l in lines):
+                raise SystemExit(f"bench: path {p.key}: the TCP_NODELAY shim did not run ({nodelay_log})")
         log(f"path {p.key}: ok")
 
 
@@ -303,7 +350,7 @@ def latency(paths, runs, warmup=2):
     for i in range(warmup + runs):
         for p in paths:  # interleaved, so drift hits every path alike
             t0 = time.perf_counter_ns()
-            o = run_quiet(p.cmd("true"))
+            o = run_quiet(p.cmd("true"), env=p.env)
             dt = (time.perf_counter_ns() - t0) / 1e6
             if i < warmup:
                 continue
@@ -439,9 +486,11 @@ def scp_bench(paths, work, src, nbytes, runs):
             for p in paths}
 
 
-def storm(paths, n):
+def storm(paths, n_of):
+    """`n_of(path)` simultaneous `ssh host true` per path, one path after the other."""
     out = {}
     for p in paths:
+        n = n_of(p)
         time.sleep(2)
         t0 = time.perf_counter()
         procs = [subprocess.Popen(p.cmd("true"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -535,6 +584,215 @@ def open_sessions(p, n, hold_timeout=180):
         f"(PSS {r['daemon_pss_kib']}); {len(relays)} relay processes: RSS {r['relay_rss_kib']} KiB, "
         f"PSS {r['relay_pss_kib']} KiB in all; per session {r.get('per_session_pss_kib') or 0:.0f} KiB PSS")
     return r
+
+
+def v1_sessions(p, fd_argv, n, hold_timeout=90, settle_deadline=30):
+    """n sessions through the path's daemon as raw v1 requests: idmux-fdpass is spawned as ssh
+    would (stdout one end of a socketpair), the passed socket is kept and the node's SSH banner
+    read from it; all are held open, the daemon's memory sampled, then all closed. No ssh: the
+    node's sshd holds each as an unauthenticated connection (MaxStartups 1000, LoginGraceTime
+    120 s), so the sessions are held for under `hold_timeout` s. After closing, the daemon's RSS
+    is polled until it is back within 2 MiB of its RSS before the test (it trims its heap every
+    5 s when more than 2 MiB are free), or `settle_deadline` s pass."""
+    pid = p.daemon
+    rss0, pss0 = proc_status_kib(pid), proc_pss_kib(pid)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    sel = selectors.DefaultSelector()
+    held, spawn_fail = [], 0
+    t0 = time.monotonic()
+    batch = 32  # idmux-fdpass processes in flight at once
+    i = 0
+    while i < n:
+        kids = []
+        for _ in range(min(batch, n - i)):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            cpid = os.posix_spawn(fd_argv[0], fd_argv, os.environ, file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, b.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2)])
+            b.close()
+            kids.append((cpid, a))
+            i += 1
+        for cpid, a in kids:
+            _, status, _ = os.wait4(cpid, 0)
+            fds = []
+            if os.waitstatus_to_exitcode(status) == 0:
+                a.settimeout(10)
+                try:
+                    _, fds, _, _ = socket.recv_fds(a, 16, 1)
+                except OSError:
+                    fds = []
+            a.close()
+            if not fds:
+                spawn_fail += 1
+                continue
+            s_ = socket.socket(fileno=fds[0])
+            s_.setblocking(False)
+            held.append(s_)
+            sel.register(s_, selectors.EVENT_READ)
+    up, dead = 0, 0
+    deadline = t0 + hold_timeout
+    while up + dead < len(held) and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=1):
+            try:
+                data = key.fileobj.recv(256)
+            except OSError:
+                data = b""
+            sel.unregister(key.fileobj)
+            if data.startswith(b"SSH-"):
+                up += 1
+            else:
+                dead += 1
+    t_up = time.monotonic() - t0
+    time.sleep(1)
+    r = {
+        "n": n, "up": up, "failed": n - up, "all_up_s": t_up, "how": "v1",
+        "daemon_rss_kib": proc_status_kib(pid),
+        "daemon_hwm_kib": proc_status_kib(pid, "VmHWM"),
+        "daemon_pss_kib": proc_pss_kib(pid),
+        "daemon_rss_before_kib": rss0,
+        "daemon_pss_before_kib": pss0,
+        "daemon_threads": len(os.listdir(f"/proc/{pid}/task")),
+        "relay_procs": 0,
+    }
+    r["per_session_pss_kib"] = ((r["daemon_pss_kib"] or 0) - (pss0 or 0)) / max(up, 1)
+    r["per_session_rss_kib"] = ((r["daemon_rss_kib"] or 0) - (rss0 or 0)) / max(up, 1)
+    r["first_error"] = (f"{spawn_fail} idmux-fdpass runs passed no socket; " if spawn_fail else "") + \
+        (f"{dead} sockets closed before the node's banner" if dead else "") or None
+    for s_ in held:
+        s_.close()
+    os.close(devnull)
+    t_close = time.monotonic()
+    after = proc_status_kib(pid)
+    while time.monotonic() - t_close < settle_deadline:
+        after = proc_status_kib(pid)
+        if after is not None and rss0 is not None and after <= rss0 + 2048:
+            break
+        time.sleep(0.25)
+    r["daemon_rss_after_kib"] = after
+    r["settle_s"] = time.monotonic() - t_close
+    r["settled"] = after is not None and rss0 is not None and after <= rss0 + 2048
+    log(f"v1 sessions {p.key}: {up}/{n} up in {t_up:.1f} s; daemon RSS {rss0} -> {r['daemon_rss_kib']} KiB "
+        f"(HWM {r['daemon_hwm_kib']}), {r['daemon_threads']} threads; after closing {after} KiB "
+        f"{'within 2 MiB of before' if r['settled'] else 'NOT back within 2 MiB'} after {r['settle_s']:.1f} s")
+    return r
+
+
+def thread_cpu(pid):
+    """{tid: utime+stime seconds} of a process's live threads."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            out[int(t)] = (int(rest[11]) + int(rest[12])) / CLK_TCK
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return out
+
+
+def aggregate(paths, nbytes, streams):
+    """`streams` transfers of `nbytes` each into `ssh host 'cat > /dev/null'` at once, per path;
+    aggregate MiB/s (all bytes / wall time until the last ssh exits), and for a path with a
+    relay daemon its CPU per thread over the transfer (/proc/PID/task/*/stat, sampled every
+    0.2 s so threads that end before the transfer does are counted too)."""
+    out = {}
+    for p in paths:
+        time.sleep(1)
+        d0 = proc_cpu_s(p.daemon) if p.daemon else None
+        th0 = thread_cpu(p.daemon) if p.daemon else {}
+        last = dict(th0)
+        t0 = time.monotonic()
+        feeders, procs = [], []
+        for _ in range(streams):
+            f = subprocess.Popen(["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
+            pr = subprocess.Popen(p.cmd("cat > /dev/null"), stdin=f.stdout, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=p.env)
+            f.stdout.close()
+            feeders.append(f)
+            procs.append(pr)
+        while any(pr.poll() is None for pr in procs):
+            if p.daemon:
+                last.update(thread_cpu(p.daemon))
+            if time.monotonic() - t0 > 900:
+                for pr in procs:
+                    pr.kill()
+            time.sleep(0.2)
+        wall = time.monotonic() - t0
+        for f in feeders:
+            f.wait()
+        ok = sum(1 for pr in procs if pr.returncode == 0)
+        err = next((pr.stderr.read().decode(errors="replace").strip()[:300] for pr in procs if pr.returncode), None)
+        for pr in procs:
+            pr.stderr.close()
+        r = {"streams": streams, "ok": ok, "bytes_each": nbytes, "wall_s": wall,
+             "mibps": ok * nbytes / MIB / wall, "error": err}
+        if p.daemon:
+            last.update(thread_cpu(p.daemon))
+            total = proc_cpu_s(p.daemon) - d0
+            per = sorted(((last[t] - th0.get(t, 0.0)) for t in last), reverse=True)
+            per = [x for x in per if x > 0]
+            r.update({
+                "daemon_cpu_s": total,
+                "daemon_cpu_s_per_gib": total / (ok * nbytes / GIB) if ok else None,
+                "thread_cpu_s": [round(x, 3) for x in per],
+                "threads_seen": len(last),
+                "threads_20pct": sum(1 for x in per if total > 0 and x >= 0.2 * total),
+                "busiest_share": per[0] / total if per and total > 0 else None,
+            })
+        out[p.key] = r
+        log(f"aggregate {p.key}: {ok}/{streams} ok, {r['mibps']:.0f} MiB/s"
+            + (f"; relay CPU {r['daemon_cpu_s']:.2f} s over {r['threads_seen']} threads, "
+               f"{r['threads_20pct']} with >= 20%, busiest {100 * (r['busiest_share'] or 0):.0f}%"
+               if p.daemon else "") + (f" (first error: {err})" if err else ""))
+    return out
+
+
+def relay_limit(hop, nbytes=GIB, runs=3):
+    """The least CPU a relay can spend per GiB in this run: one AES-GCM pass (`openssl speed`,
+    user CPU per byte at 16 KiB, TLS's record size) plus its end of two socket hops (benches/hop.c:
+    a unix socket, which the daemon reads the session from, and loopback TCP, which it writes the
+    TLS records to), medians of `runs`. A hop's CPU is split evenly between its two ends: where
+    the kernel charges loopback TCP's receive path (the sender's softirq, or the reader when it
+    holds the socket) changes from run to run, while the sum does not."""
+    out = {}
+    for alg in ("aes-256-gcm", "aes-128-gcm"):
+        o = subprocess.run(["openssl", "speed", "-evp", alg, "-seconds", "2", "-bytes", "16384", "-mr"],
+                           capture_output=True, text=True, timeout=120)
+        bps = None
+        for line in (o.stdout + o.stderr).splitlines():
+            if line.startswith("+F:"):
+                bps = float(line.split(":")[-1])  # bytes per second of user CPU, 16 KiB blocks
+        out[alg] = {"bytes_per_s": bps, "s_per_gib": GIB / bps if bps else None}
+    hops = {}
+    for kind in ("unix", "tcp"):
+        rs = []
+        for _ in range(runs):
+            o = subprocess.run([hop, kind, str(nbytes), "65536"], capture_output=True, text=True, timeout=300)
+            if o.returncode == 0:
+                rs.append(json.loads(o.stdout))
+        g = nbytes / GIB
+        hops[kind] = {
+            "runs": len(rs),
+            "writer_s_per_gib": statistics.median(x["writer_cpu_s"] for x in rs) / g if rs else None,
+            "reader_s_per_gib": statistics.median(x["reader_cpu_s"] for x in rs) / g if rs else None,
+            "both_s_per_gib": statistics.median(x["writer_cpu_s"] + x["reader_cpu_s"] for x in rs) / g if rs else None,
+        }
+    out["hops"] = hops
+    half = lambda v: v / 2 if v is not None else None
+    parts = [out["aes-256-gcm"]["s_per_gib"], half(hops["unix"]["both_s_per_gib"]),
+             half(hops["tcp"]["both_s_per_gib"])]
+    out["parts"] = {"aes": parts[0], "unix": parts[1], "tcp": parts[2]}
+    out["s_per_gib"] = sum(parts) if all(x is not None for x in parts) else None
+    log(f"relay limit: AES-256-GCM {fmt(parts[0], 3)} s/GiB + half a unix hop {fmt(parts[1], 3)} + half a TCP "
+        f"hop {fmt(parts[2], 3)} = {fmt(out['s_per_gib'], 3)} s/GiB (AES-128-GCM "
+        f"{fmt(out['aes-128-gcm']['s_per_gib'], 3)}; unix hop writer/reader {fmt(hops['unix']['writer_s_per_gib'], 3)}/"
+        f"{fmt(hops['unix']['reader_s_per_gib'], 3)}, TCP {fmt(hops['tcp']['writer_s_per_gib'], 3)}/"
+        f"{fmt(hops['tcp']['reader_s_per_gib'], 3)})")
+    return out
 
 
 def proxy_rss(p, work, transfer_bytes):
@@ -723,18 +981,24 @@ def ratio(v, d):
 
 
 def build_rows(R, order):
-    """Rows of (figure, {path: (value string, ratio against direct or None)})."""
+    """Rows of (figure, {path: (value string, ratio or None)}). Ratios are against direct, the
+    latency rows' against direct NODELAY (when it ran)."""
     rows = []
     P = R["params"]
     lat, tp, scp, st, mem, prss, fp = (R["latency"], R["throughput"], R["scp"], R["storm"], R["sessions"],
                                        R["proxy_rss"], R["fdpass_alone"])
+    lat_base = LAT_BASE if (lat.get(LAT_BASE) or {}).get("median_ms") else "direct"
 
-    def add(name, get, nd=1, with_ratio=True):
+    def add(name, table, get, nd=1, with_ratio=True, base="direct"):
         cells = {}
-        d = get("direct")
+        have = lambda k: k in table and get(k) is not None
+        d = get(base) if have(base) else None
         for k in order:
+            if not have(k):
+                cells[k] = ("-", None)
+                continue
             v = get(k)
-            cells[k] = (fmt(v, nd), ratio(v, d) if with_ratio and k != "direct" else None)
+            cells[k] = (fmt(v, nd), ratio(v, d) if with_ratio and k not in ("direct", base) else None)
         rows.append((name, cells))
 
     def cells_only(name, get):
@@ -742,26 +1006,45 @@ def build_rows(R, order):
 
     size = (f"{P['throughput_bytes'] / GIB:g} GiB" if P["throughput_bytes"] >= GIB
             else f"{P['throughput_bytes'] // MIB} MiB")
-    add(f"latency `ssh host true`, median (ms)", lambda k: lat[k]["median_ms"])
-    add(f"latency `ssh host true`, p95 (ms)", lambda k: lat[k]["p95_ms"])
-    add(f"throughput, {size} into `ssh host 'cat > /dev/null'`, end to end (MiB/s)",
+    lb = SHORT.get(lat_base, lat_base)
+    add(f"latency `ssh host true`, median (ms; ratio to {lb})", lat, lambda k: lat[k]["median_ms"], base=lat_base)
+    add(f"latency `ssh host true`, p95 (ms; ratio to {lb})", lat, lambda k: lat[k]["p95_ms"], base=lat_base)
+    add(f"throughput, {size} into `ssh host 'cat > /dev/null'`, end to end (MiB/s)", tp,
         lambda k: tp[k].get("mibps"), 0)
-    add("throughput, same transfer, streaming phase only (MiB/s)", lambda k: tp[k].get("stream_mibps"), 0)
-    add(f"scp upload of a {P['scp_bytes'] // MIB} MiB file (MiB/s)", lambda k: scp[k]["mibps"], 0)
-    add("client CPU, ssh process tree (s per GiB)", lambda k: tp[k].get("cpu_s_per_gib"), 2)
-    add("client CPU incl. the daemon (s per GiB)", lambda k: tp[k].get("total_cpu_s_per_gib"), 2)
-    cells_only(f"storm: {P['storm']} simultaneous `ssh host true`, successes",
-               lambda k: f"{st[k]['ok']}/{st[k]['n']}")
-    add(f"storm: wall time (s)", lambda k: st[k]["wall_s"], 2)
+    add("throughput, same transfer, streaming phase only (MiB/s)", tp, lambda k: tp[k].get("stream_mibps"), 0)
+    add(f"scp upload of a {P['scp_bytes'] // MIB} MiB file (MiB/s)", scp, lambda k: scp[k]["mibps"], 0)
+    add("client CPU, ssh process tree (s per GiB)", tp, lambda k: tp[k].get("cpu_s_per_gib"), 2)
+    add("client-side CPU: ssh tree + the daemon / stunnel client (s per GiB; ratio to direct's ssh)", tp,
+        lambda k: tp[k].get("total_cpu_s_per_gib"), 2)
+    add("relay CPU per GiB relayed: the daemon / stunnel client (s)", tp,
+        lambda k: tp[k].get("daemon_cpu_s_per_gib") if KIND.get(k) in ("fdpass", "stunnel") else None, 2)
+    if st:
+        ns = sorted({v["n"] for v in st.values()}, reverse=True)
+        cells_only(f"storm: {' / '.join(map(str, ns))} simultaneous `ssh host true`, successes",
+                   lambda k: f"{st[k]['ok']}/{st[k]['n']}" if k in st else "-")
+        # Paths ran different storm sizes: no ratios for the wall time.
+        add("storm: wall time (s)", st, lambda k: st[k]["wall_s"], 2, with_ratio=len(ns) == 1)
 
     def daemon_cell(v):
         return fmt(v / 1024, 1) if v is not None else "-"
 
-    cells_only("daemon RSS, idle (MiB)", lambda k: daemon_cell((R["daemon_idle_kib"] or {}).get(k)))
-    n_sessions = P["sessions"]
-    cells_only(f"daemon RSS with {n_sessions} open sessions (MiB)",
+    cells_only("daemon RSS, idle at the start (MiB)", lambda k: daemon_cell((R["daemon_idle_kib"] or {}).get(k))
+               if KIND.get(k) == "fdpass" else "-")
+    fd_n = next((m["n"] for k, m in mem.items() if KIND.get(k) == "fdpass"), None)
+    cells_only("daemon RSS before the sessions test (MiB)",
+               lambda k: daemon_cell((mem.get(k) or {}).get("daemon_rss_before_kib")) if KIND.get(k) == "fdpass" else "-")
+    cells_only(f"daemon RSS with {fd_n} open sessions (MiB)",
                lambda k: daemon_cell((mem.get(k) or {}).get("daemon_rss_kib")) +
                (f" ({mem[k]['up']}/{mem[k]['n']} up)" if KIND.get(k) == "fdpass" and k in mem else ""))
+
+    def after(k):
+        m = mem.get(k) or {}
+        if KIND.get(k) != "fdpass" or m.get("daemon_rss_after_kib") is None:
+            return "-"
+        d = (m["daemon_rss_after_kib"] - (m.get("daemon_rss_before_kib") or 0)) / 1024
+        return f"{m['daemon_rss_after_kib'] / 1024:.1f} ({d:+.1f} in {m.get('settle_s', 0):.1f} s)"
+
+    cells_only("daemon RSS after they closed (MiB; change from before, time to settle)", after)
 
     def per_session(k):
         m = mem.get(k)
@@ -792,8 +1075,8 @@ def best(keys, value, higher=True):
 
 
 def goals(R, order=ORDER):
-    """Issue 7's goals, each judged on the best multiplexer transport for it (the figure names
-    which, and gives the other transports' figures too)."""
+    """Issue 7's goals (those issue 18 did not replace), each judged on the best multiplexer
+    transport for it (the figure names which, and gives the other transports' figures too)."""
     lat, tp, scp, st, mem, fp = (R["latency"], R["throughput"], R["scp"], R["storm"], R["sessions"],
                                  R["fdpass_alone"])
     mux = [k for k in keys_of("fdpass", order) if k in lat]
@@ -839,23 +1122,188 @@ def goals(R, order=ORDER):
     m = max((h for h in hw if h), default=None)
     g("idmux-fdpass peak RSS under 2 MiB", m is not None and m < 2048,
       f"{fmt(m / 1024 if m else None, 2)} MiB (VmHWM)")
-    dm = lambda x: (mem.get(x) or {}).get("daemon_rss_kib")
-    k = best(mux, dm, higher=False)
-    s = mem.get(k, {}) if k else {}
-    ok = k is not None and dm(k) < 20 * 1024 and s["up"] == s["n"]
-    g(f"daemon RSS under 20 MiB with {s.get('n')} open sessions", ok,
-      each(lambda x: f"{fmt((dm(x) or 0) / 1024, 2)} MiB with {mem[x]['up']}/{mem[x]['n']} up", k))
-    k = best(mux, lambda x: (st[x]["ok"], -st[x]["wall_s"]))  # most successes, then fastest
-    g(f"storm: {st[k]['n']} of {st[k]['n']} through the multiplexer", st[k]["ok"] == st[k]["n"],
-      each(lambda x: f"{st[x]['ok']}/{st[x]['n']} in {fmt(st[x]['wall_s'], 2)} s", k))
+    # The daemon RSS and storm goals of issue 7 are issue 18's now (goals18), at its sizes.
     return G
+
+
+def relay_rows(R, order=ORDER):
+    """The relay-cost table: (relay, s per GiB, ratio to the limit, ratio to stunnel, how)."""
+    tp, lim = R["throughput"], R.get("limit") or {}
+    L = lim.get("s_per_gib")
+    st = (tp.get("stunnel") or {}).get("daemon_cpu_s_per_gib")
+    rows = []
+    for k in [x for x in order if KIND.get(x) == "fdpass"] + [x for x in order if KIND.get(x) == "stunnel"]:
+        if k not in tp:
+            continue
+        v = tp[k].get("daemon_cpu_s_per_gib")
+        who = f"daemon, {SHORT[k]}" if KIND[k] == "fdpass" else "stunnel client"
+        rows.append({"key": k, "relay": who, "s_per_gib": v, "vs_limit": ratio(v, L),
+                     "vs_stunnel": ratio(v, st) if k != "stunnel" else None,
+                     "how": "its CPU time (/proc/PID/stat) over the throughput transfers, per GiB"})
+    if L is not None:
+        q = lim["parts"]
+        rows.append({"key": "limit", "relay": "the limit", "s_per_gib": L, "vs_limit": None,
+                     "vs_stunnel": ratio(L, st),
+                     "how": f"AES-256-GCM, one pass (`openssl speed`, 16 KiB blocks): {fmt(q['aes'], 3)} s + "
+                            f"half of a unix socket hop: {fmt(q['unix'], 3)} s + half of a loopback TCP hop: "
+                            f"{fmt(q['tcp'], 3)} s (benches/hop.c)"})
+    return rows
+
+
+def goals18(R, order=ORDER):
+    """Issue 18's goals, each a ratio from this run; the throughput and latency ones judged on
+    the best multiplexer path (named, the others in parentheses)."""
+    lat, tp, st, mem, fp = R["latency"], R["throughput"], R["storm"], R["sessions"], R["fdpass_alone"]
+    agg = R.get("aggregate") or {}
+    mux = [k for k in keys_of("fdpass", order) if k in tp]
+    G = []
+
+    def g(goal, target, ok, figure):
+        G.append({"goal": goal, "target": target, "met": bool(ok), "figure": figure})
+
+    def each(fig, first, keys=None):
+        keys = mux if keys is None else keys
+        if first is None:
+            return "n/a"
+        rest = [f"{SHORT[k]} {fig(k)}" for k in keys if k != first]
+        return f"{SHORT[first]}: {fig(first)}" + (f" ({'; '.join(rest)})" if rest else "")
+
+    dc = lambda k: (tp.get(k) or {}).get("daemon_cpu_s_per_gib")
+    stc = dc("stunnel")
+    v, r = dc("fdpass-grpc"), ratio(dc("fdpass-grpc"), stc)
+    g("daemon CPU per GiB relayed, gRPC", "at most 0.9 s, and at most 0.65x stunnel",
+      v is not None and v <= 0.9 and r is not None and r <= 0.65,
+      f"{fmt(v, 2)} s = {fmt(r, 2)}x stunnel's {fmt(stc, 2)} s"
+      + (f" ({fmt(ratio(v, (R.get('limit') or {}).get('s_per_gib')), 2)}x the limit)" if R.get("limit") else ""))
+    v = dc("fdpass-ssh")
+    g("daemon CPU per GiB relayed, SSH transport", "at most 1.2 s", v is not None and v <= 1.2,
+      f"{fmt(v, 2)} s ({fmt(ratio(v, stc), 2)}x stunnel)")
+    dcpu = (tp.get("direct") or {}).get("cpu_s_per_gib")
+    tc = lambda k: (tp.get(k) or {}).get("total_cpu_s_per_gib")
+    k = best(mux, tc, higher=False)
+    r = ratio(tc(k), dcpu) if k else None
+    g("client-side CPU (ssh + daemon) vs direct ssh", "at most 1.35x", r is not None and r <= 1.35,
+      each(lambda x: f"{fmt(tc(x), 2)} s/GiB = {fmt(ratio(tc(x), dcpu), 2)}x", k) + f" vs direct {fmt(dcpu, 2)} s/GiB")
+    tm = lambda x: (tp.get(x) or {}).get("mibps")
+    k = best(mux, tm)
+    r = ratio(tm(k), tm("direct")) if k else None
+    g("throughput, all on two cores, vs direct", "at least 0.70x", r is not None and r >= 0.70,
+      each(lambda x: f"{fmt(tm(x), 0)} MiB/s = {fmt(ratio(tm(x), tm('direct')), 2)}x", k)
+      + f" vs direct {fmt(tm('direct'), 0)} MiB/s (stunnel {fmt(tm('stunnel'), 0)} MiB/s = "
+        f"{fmt(ratio(tm('stunnel'), tm('direct')), 2)}x)")
+    base = LAT_BASE if (lat.get(LAT_BASE) or {}).get("median_ms") else "direct"
+    d = (lat.get(base) or {}).get("median_ms")
+    lm = lambda x: (lat.get(x) or {}).get("median_ms")
+    k = best([x for x in mux if x in lat], lm, higher=False)
+    r = ratio(lm(k), d) if k else None
+    g("latency `ssh host true`, vs direct with TCP_NODELAY", "at most 1.03x", r is not None and r <= 1.03,
+      each(lambda x: f"{fmt(lm(x))} ms = {fmt(ratio(lm(x), d), 3)}x", k)
+      + f" vs {SHORT[base]} {fmt(d)} ms (plain direct {fmt(lm('direct'))} ms; stunnel {fmt(lm('stunnel'))} ms)")
+    runs = [v for x in mux for v in (fp.get(x) or {}).get("exit_ms", [])]
+    e = statistics.median(runs) if runs else None
+    tt = [(fp.get(x) or {}).get("true_exit_median_ms") for x in mux if fp.get(x)]
+    t = statistics.median(tt) if tt else None
+    r = ratio(e, t)
+    g("idmux-fdpass spawn to exit, vs /bin/true", "at most 1.03x", r is not None and r <= 1.03,
+      f"{fmt(e, 3)} ms = {fmt(r, 2)}x /bin/true's {fmt(t, 3)} ms (median over {len(runs)} runs, "
+      "both spawned the same way)")
+    fdk = [x for x in ("fdpass-grpc", "fdpass-ssh") if x in mem]
+    rss = lambda x: (mem[x].get("daemon_rss_kib") or 0) / 1024
+    grow = lambda x: ((mem[x].get("daemon_rss_after_kib") or 0) - (mem[x].get("daemon_rss_before_kib") or 0)) / 1024
+    ok = bool(fdk) and all(rss(x) <= 24 and mem[x]["up"] == mem[x]["n"] and mem[x].get("settled") for x in fdk)
+    n = mem[fdk[0]]["n"] if fdk else None
+    g(f"daemon RSS, {n} sessions", "at most 24 MiB each transport, and back within 2 MiB of idle after they close",
+      ok, "; ".join(f"{SHORT[x]}: {rss(x):.1f} MiB with {mem[x]['up']}/{mem[x]['n']} up, "
+                    f"{grow(x):+.1f} MiB {mem[x].get('settle_s', 0):.0f} s after closing" for x in fdk) or "n/a")
+    sk = [x for x in mux if x in st]
+    k = best(sk, lambda x: (st[x]["ok"], -st[x]["wall_s"]))
+    g(f"storm, {st[k]['n'] if k else '?'} simultaneous", f"{st[k]['n'] if k else '?'} / {st[k]['n'] if k else '?'}",
+      k is not None and st[k]["ok"] == st[k]["n"],
+      each(lambda x: f"{st[x]['ok']}/{st[x]['n']} in {fmt(st[x]['wall_s'], 1)} s", k, sk))
+    ak = [x for x in mux if x in agg and agg[x].get("threads_20pct") is not None]
+    k = best(ak, lambda x: (agg[x]["threads_20pct"], -(agg[x].get("busiest_share") or 1)))
+    nstreams = agg[k]["streams"] if k else 4
+    g(f"aggregate throughput, {nstreams} parallel transfers", "daemon relay CPU spread over more than one thread",
+      k is not None and agg[k]["threads_20pct"] > 1,
+      each(lambda x: f"{agg[x]['threads_20pct']} thread(s) with >= 20% of its relay CPU, busiest "
+                     f"{100 * (agg[x].get('busiest_share') or 0):.0f}%, {fmt(agg[x]['mibps'], 0)} MiB/s", k, ak)
+      + (f" vs direct {fmt(agg['direct']['mibps'], 0)} MiB/s" if "direct" in agg else ""))
+    return G
+
+
+# ---------------------------------------------------------------------------------------------
+# chart: CPU per GiB per relay (hand-written SVG, like the latency chart)
+
+
+def cpu_svg(R, order=ORDER):
+    rows = [r for r in relay_rows(R, order) if r["s_per_gib"] is not None]
+    if not rows:
+        return None
+    lim = R.get("limit") or {}
+    W, left, right, top, row = 820, 170, 170, 62, 44
+    H = top + row * len(rows) + 84
+    plot_w = W - left - right
+    hi = max(r["s_per_gib"] for r in rows)
+    step = nice_step(hi * 1.1)
+    x_max = step * math.ceil(hi * 1.05 / step)
+    X = lambda v: left + plot_w * v / x_max
+    color = {"fdpass-grpc": COLORS["fdpass-grpc"], "fdpass-ssh": COLORS["fdpass-ssh"],
+             "fdpass-nginx": COLORS["fdpass-nginx"], "stunnel": COLORS["stunnel"], "limit": "#6b7280"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'role="img" aria-label="CPU per GiB relayed per relay" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
+           "<title>CPU seconds per GiB relayed, per relay</title>",
+           f'<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>',
+           '<text x="20" y="26" font-size="16" font-weight="bold" fill="#111827">'
+           'CPU per GiB relayed (s, lower is better)</text>',
+           f'<text x="20" y="46" font-size="12" fill="#4b5563">the relay process\'s user+system CPU over the '
+           f'throughput transfers; {esc(R.get("date", ""))}{" (quick run)" if R.get("params", {}).get("quick") else ""}</text>']
+    axis_y = top + row * len(rows) + 6
+    t = 0.0
+    while t <= x_max + 1e-9:
+        x = X(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e7eb" stroke-width="1"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" font-size="12" fill="#374151" text-anchor="middle">{t:g}</text>')
+        t += step
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#9ca3af" stroke-width="1"/>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 36}" font-size="12" fill="#374151" '
+               f'text-anchor="middle">CPU seconds per GiB</text>')
+    for i, r in enumerate(rows):
+        cy = top + row * i + row / 2
+        c = color.get(r["key"], "#7c3aed")
+        out.append(f'<text x="{left - 12}" y="{cy + 4:.1f}" font-size="13" fill="#111827" text-anchor="end">{esc(r["relay"])}</text>')
+        if r["key"] == "limit":
+            q = lim["parts"]
+            parts = [(q["aes"], "#9ca3af", "AES-256-GCM"), (q["unix"], "#cbd5e1", "half a unix socket hop"),
+                     (q["tcp"], "#e2e8f0", "half a loopback TCP hop")]
+            x0 = left
+            for v, pc, name in parts:
+                w = X(v) - left
+                out.append(f'<rect x="{x0:.1f}" y="{cy - 12:.1f}" width="{max(w, 0.5):.1f}" height="24" fill="{pc}" '
+                           f'stroke="#6b7280" stroke-width="1"><title>{esc(name)}: {v:.3f} s</title></rect>')
+                x0 += w
+        else:
+            out.append(f'<rect x="{left}" y="{cy - 12:.1f}" width="{max(X(r["s_per_gib"]) - left, 0.5):.1f}" '
+                       f'height="24" fill="{c}" fill-opacity="0.8"/>')
+        extra = []
+        if r["vs_limit"] is not None:
+            extra.append(f"{r['vs_limit']:.1f}x limit")
+        if r["vs_stunnel"] is not None:
+            extra.append(f"{r['vs_stunnel']:.2f}x stunnel")
+        out.append(f'<text x="{X(r["s_per_gib"]) + 6:.1f}" y="{cy + 4:.1f}" font-size="12" fill="#111827">'
+                   f'{r["s_per_gib"]:.2f} s{esc(" (" + ", ".join(extra) + ")" if extra else "")}</text>')
+    legend = ["the limit: one AES-256-GCM pass (openssl speed) + half of a unix socket hop + half of a loopback",
+              "TCP hop (benches/hop.c), shaded in that order; every figure from the same run"]
+    for i, l in enumerate(legend):
+        out.append(f'<text x="20" y="{H - 26 + 15 * i}" font-size="11" fill="#4b5563">{esc(l)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # chart: the latency distribution of each path as an SVG (hand-written: no plotting library)
 
 # Per path key (PATHS); the SSH transport's paths a lighter shade of their gRPC sibling.
-COLORS = {"direct": "#6b7280", "jump": "#d97706", "stdio-grpc": "#2563eb", "stdio-ssh": "#60a5fa",
+COLORS = {"direct": "#6b7280", "direct-nodelay": "#374151", "stunnel": "#dc2626", "jump": "#d97706", "stdio-grpc": "#2563eb", "stdio-ssh": "#60a5fa",
           "fdpass-grpc": "#059669", "fdpass-ssh": "#34d399", "fdpass-nginx": "#7c3aed"}
 
 
@@ -960,8 +1408,8 @@ def latency_svg(R, order):
     return "\n".join(out) + "\n"
 
 
-def write_svg(R, order, path):
-    svg = latency_svg(R, order)
+def write_svg(R, order, path, draw=None):
+    svg = (draw or latency_svg)(R, order)
     if svg is None:
         return False
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -1014,16 +1462,50 @@ def runs_text(n):
     return {1: "one run", 2: "mean of 2 runs"}.get(n, f"median of {n} runs")
 
 
-def write_md(R, path, order, svg=None):
-    """BENCHMARKS.md; `svg` is the latency chart's path, linked relative to the md file."""
+def relay_table(R, order):
+    lines = ["| relay | CPU per GiB relayed (s) | vs the limit | vs stunnel | how |", "|---|---:|---:|---:|---|"]
+    for r in relay_rows(R, order):
+        vl = f"{r['vs_limit']:.2f}x" if r["vs_limit"] is not None else "-"
+        vs = f"{r['vs_stunnel']:.2f}x" if r["vs_stunnel"] is not None else "-"
+        lines.append(f"| {r['relay']} | {fmt(r['s_per_gib'], 2)} | {vl} | {vs} | {r['how']} |")
+    return "\n".join(lines)
+
+
+def aggregate_table(R, order):
+    A = R.get("aggregate") or {}
+    lines = ["| path | aggregate MiB/s | vs direct | relay CPU (s per GiB) | threads with >= 20% of the relay CPU | "
+             "busiest thread's share | CPU per thread (s) |", "|---|---:|---:|---:|---:|---:|---|"]
+    d = (A.get("direct") or {}).get("mibps")
+    for k in order:
+        a = A.get(k)
+        if not a:
+            continue
+        rr = ratio(a["mibps"], d) if k != "direct" else None
+        th = a.get("thread_cpu_s")
+        lines.append(f"| {SHORT[k]} ({a['ok']}/{a['streams']} ok) | {fmt(a['mibps'], 0)} | "
+                     f"{f'{rr:.2f}x' if rr is not None else '-'} | {fmt(a.get('daemon_cpu_s_per_gib'), 2)} | "
+                     f"{a.get('threads_20pct', '-') if 'threads_20pct' in a else '-'} | "
+                     f"{fmt(100 * a['busiest_share'], 0) + '%' if a.get('busiest_share') is not None else '-'} | "
+                     f"{', '.join(f'{x:.2f}' for x in th[:8]) + (' ...' if len(th) > 8 else '') if th else '-'} |")
+    return "\n".join(lines)
+
+
+def write_md(R, path, order, svg=None, cpu=None):
+    """BENCHMARKS.md; `svg` and `cpu` are the charts' paths, linked relative to the md file."""
     M, P = R["machine"], R["params"]
     G = R["goals"]
     met = sum(1 for x in G if x["met"])
+    G18 = R.get("goals18") or []
+    met18 = sum(1 for x in G18 if x["met"])
+    rel = lambda f: os.path.relpath(os.path.abspath(f), os.path.dirname(os.path.abspath(path)))
     L = []
     L += ["# idmux benchmarks", ""]
     L.append(f"Written by `scripts/bench.sh{' --quick' if P['quick'] else ''}` on {R['date']} "
              f"({'quick' if P['quick'] else 'full'} run; {R['elapsed_s']:.0f} s of measurements). To rerun:")
     L += ["", "```", "scripts/bench.sh            # full run", "scripts/bench.sh --quick    # fast check: fewer runs, smaller transfers, storm of 50", "```", ""]
+    if P.get("wall_s"):
+        L += [f"The whole `scripts/bench.sh{' --quick' if P['quick'] else ''}` (cluster, daemons and helpers "
+              f"started, every measurement) took {P['wall_s'] / 60:.1f} minutes.", ""]
     L.append("One run, one dev cluster (`idmux cluster start`, one sshd node; proxy, node, bastion and "
              "clients all on loopback on this machine), two bot daemons (`idmux start`, "
              "one per transport, each with its own destination dir) and one stdio destination dir "
@@ -1040,6 +1522,15 @@ def write_md(R, path, order, svg=None):
     L += ["", "## Paths", ""]
     L.append("- **direct**: `ssh` straight to the node's sshd with the stdio destination's key and "
              "certificate, its `known_hosts` and `HostKeyAlias=node-1.<cluster>`: the limit.")
+    L.append("- **direct NODELAY**: the same ssh with `benches/nodelay.c` preloaded (`LD_PRELOAD`), "
+             "which sets `TCP_NODELAY` on every TCP socket ssh connects. ssh sets it itself only "
+             "with a tty, so plain direct runs Nagle's algorithm on loopback: the latency rows' "
+             "ratios are against this path. Latency only.")
+    L.append("- **stunnel**: a plain C TLS relay as the peer of the daemon: ssh connects (by "
+             "`HostKeyAlias`, as direct) to a stunnel4 client daemon on loopback, which opens one "
+             "TLS 1.3 connection (`TLS_AES_256_GCM_SHA384`, what idmux negotiates with the dev proxy) "
+             "per session to a stunnel4 server in front of the node's sshd. Its \"daemon\" CPU is the "
+             "stunnel client's.")
     L.append("- **ProxyJump**: `ssh -J` through a second, plain sshd on loopback (a copy of the node's "
              "sshd_config on another port, trusting the same user CA), then to the node's address.")
     L.append("- **stdio gRPC / stdio SSH**: the stdio destination's ssh_config with "
@@ -1052,18 +1543,53 @@ def write_md(R, path, order, svg=None):
              "per transport (`idmux start --transport grpc` and `--transport ssh`): a `ProxySSH` "
              "stream on an HTTP/2 connection, or an SSH channel on the proxy's SSH server.")
     L += ["", "## Figures", ""]
-    L.append(f"Ratios against **direct** from the same run in parentheses. Latency: {P['latency_runs']} "
+    L.append(f"Ratios against **direct** from the same run in parentheses; the latency rows' against "
+             f"**direct NODELAY**. Latency: {P['latency_runs']} "
              "sequential runs per path, interleaved across paths, after 2 warm-up runs each. "
              f"Throughput: {runs_text(P['throughput_runs'])} per path; scp: {runs_text(P['scp_runs'])} "
-             "per path.")
+             f"per path. Storm: {P['storm']} through each multiplexer (fdpass) path, "
+             f"{P.get('storm_other', P['storm'])} through the others (500 full OpenSSH pairs on every "
+             "path would make the run too long). Open sessions: "
+             f"{P['sessions']} raw v1 requests held through each daemon, {P['relay_sessions']} ssh sessions "
+             "through each ProxyCommand relay.")
     L += ["", render(R, order), ""]
     if svg:
-        rel = os.path.relpath(os.path.abspath(svg), os.path.dirname(os.path.abspath(path)))
         every = all(R["latency"][k].get("samples_ms") for k in order if k in R["latency"])
         what = ("every run of the latency figures above" if every else
                 "median, p95, fastest and slowest run of the latency figures above")
         L += [f"**Latency distribution** ({what}, per path):", "",
-              f"![Latency of ssh host true per path: median, p95 and the spread of the runs]({rel})", ""]
+              f"![Latency of ssh host true per path: median, p95 and the spread of the runs]({rel(svg)})", ""]
+    if R.get("limit") or any(KIND.get(k) == "stunnel" for k in R["throughput"]):
+        L += ["## Relay cost", "",
+              "CPU time of the process that relays the session's bytes on the client side, per GiB "
+              "moved through it, over the throughput transfers above; against the limit (the least a "
+              "relay can spend: one AES-GCM pass plus reading one socket and writing another, measured "
+              "in this run on this machine) and against stunnel, a plain C TLS relay doing the same job "
+              "(reading the session from loopback TCP rather than a unix socket).", "",
+              relay_table(R, order), ""]
+        lim = R.get("limit") or {}
+        if lim:
+            h = lim["hops"]
+            L += [f"The limit's parts: `openssl speed -evp aes-256-gcm -seconds 2 -bytes 16384`: "
+                  f"{fmt((lim['aes-256-gcm']['bytes_per_s'] or 0) / 1e9, 2)} GB/s of user CPU, "
+                  f"{fmt(lim['aes-256-gcm']['s_per_gib'], 3)} s per GiB (AES-128-GCM: "
+                  f"{fmt(lim['aes-128-gcm']['s_per_gib'], 3)} s). `benches/hop.c`, 1 GiB in 64 KiB writes, "
+                  f"median of {h['unix']['runs']}: unix socket writer {fmt(h['unix']['writer_s_per_gib'], 3)} s, "
+                  f"reader {fmt(h['unix']['reader_s_per_gib'], 3)} s; loopback TCP writer "
+                  f"{fmt(h['tcp']['writer_s_per_gib'], 3)} s, reader {fmt(h['tcp']['reader_s_per_gib'], 3)} s. "
+                  "A relay's upload reads the session from one and writes it to the other; each hop's CPU "
+                  "(writer + reader) is split evenly between its two ends in the limit, because where the "
+                  "kernel charges loopback TCP's receive path changes from run to run while the sum does "
+                  "not.", ""]
+        if cpu:
+            L += [f"![CPU per GiB relayed: daemon gRPC, daemon SSH, stunnel client, the limit]({rel(cpu)})", ""]
+    if R.get("aggregate"):
+        a0 = next(iter(R["aggregate"].values()))
+        L += ["## Aggregate throughput", "",
+              f"{a0['streams']} transfers of {a0['bytes_each'] // MIB} MiB each into `ssh host 'cat > /dev/null'` "
+              "at once, per path; aggregate MiB/s = all bytes / wall time until the last ssh exits. The "
+              "relay's CPU per thread from `/proc/PID/task/*/stat` over the transfers (sampled every 0.2 s, "
+              "so threads that end early count too).", "", aggregate_table(R, order), ""]
     for k in keys_of("fdpass", order):
         fp = R["fdpass_alone"].get(k)
         if not fp:
@@ -1083,14 +1609,28 @@ def write_md(R, path, order, svg=None):
         if not f:
             continue
         mib = lambda v: fmt((v or 0) / 1024)
+        how = (" (raw v1 requests: idmux-fdpass's request, the node's SSH banner read from the passed "
+               "socket, held)" if f.get("how") == "v1" else "")
+        settle = (f" ({'within 2 MiB of before' if f.get('settled') else 'not back within 2 MiB of before'}"
+                  f" {fmt(f.get('settle_s'))} s after closing)" if "settle_s" in f else "")
         L.append(f"**Daemon memory, {SHORT[k]}** (VmRSS of its `idmux start`): "
                  f"{mib(R['daemon_idle_kib'].get(k))} MiB idle at the start; "
-                 f"{mib(f.get('daemon_rss_before_kib'))} MiB after the latency, throughput, scp and storm "
-                 f"tests; {mib(f.get('daemon_rss_kib'))} MiB with {f.get('n')} sessions open ({f.get('up')} "
-                 f"up; high-water mark {mib(f.get('daemon_hwm_kib'))} MiB); "
-                 f"{mib((R.get('daemon_after_kib') or {}).get(k))} MiB after they closed.")
+                 f"{mib(f.get('daemon_rss_before_kib'))} MiB after the latency, throughput, scp, aggregate and "
+                 f"storm tests; {mib(f.get('daemon_rss_kib'))} MiB with {f.get('n')} sessions open{how} "
+                 f"({f.get('up')} up in {fmt(f.get('all_up_s'))} s; high-water mark {mib(f.get('daemon_hwm_kib'))} "
+                 f"MiB{'; ' + str(f['daemon_threads']) + ' threads' if f.get('daemon_threads') else ''}); "
+                 f"{mib((R.get('daemon_after_kib') or {}).get(k))} MiB after they closed{settle}.")
         L.append("")
-    L += ["", "## Goals (issue 7)", ""]
+    if G18:
+        L += ["", "## Goals (issue 18)", ""]
+        L.append(f"{met18} of {len(G18)} met in this run. Each is a ratio or count from this run; the "
+                 "throughput and latency ones are judged on the best multiplexer path, named, with the "
+                 "others in parentheses.")
+        L += ["", "| goal | target | figure | status |", "|---|---|---|---|"]
+        for x in G18:
+            L.append(f"| {x['goal']} | {x['target']} | {x['figure']} | {'met' if x['met'] else '**not met**'} |")
+        L.append("")
+    L += ["", "## Goals (issue 7, the ones issue 18 did not replace)", ""]
     L.append(f"{met} of {len(G)} met in this run.")
     L += ["", "| goal | figure | status |", "|---|---|---|"]
     for x in G:
@@ -1136,10 +1676,16 @@ def cmd_run(args):
         "throughput_runs": 1 if quick else 3,
         "scp_bytes": 64 * MIB if quick else 256 * MIB,
         "scp_runs": 1 if quick else 3,
-        "storm": 50 if quick else 200,
-        "sessions": 50 if quick else 200,
+        # Storm: the multiplexer (fdpass) paths at `storm`, the others at `storm_other`.
+        "storm": 50 if quick else 500,
+        "storm_other": 50 if quick else 200,
+        # Open sessions through each daemon (raw v1 requests), and through the ProxyCommand
+        # relays of ProxyJump and stdio (ssh sessions, one relay process each).
+        "sessions": 100 if quick else 1000,
         "relay_sessions": 10 if quick else 20,
         "fdpass_runs": 100,
+        "aggregate_bytes": 128 * MIB if quick else 512 * MIB,
+        "aggregate_streams": 4,
     }
     for k in list(P):  # BENCH_LATENCY_RUNS=50 etc. override
         env = os.environ.get("BENCH_" + k.upper())
@@ -1152,22 +1698,25 @@ def cmd_run(args):
     R = {"params": P, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "machine": machine_info(), "load_start": loadavg(), "notes": []}
 
-    sanity(paths)
+    sanity(paths, work)
     time.sleep(1)
     daemons = {p.key: p.daemon for p in paths if p.daemon}
     R["daemon_idle_kib"] = {k: proc_status_kib(pid) for k, pid in daemons.items()}
     log(f"daemon RSS idle (KiB): {R['daemon_idle_kib']}")
 
+    R["limit"] = relay_limit(c["hop"])
+
     R["fdpass_alone"] = {}
+    fd_argvs = {}
     for k in keys_of("fdpass", order):
         g = ssh_g(byk[k].ssh, byk[k].host)
-        fd_argv = [a.replace("%h", g["hostname"]).replace("%p", g["port"]).replace("%r", g["user"])
-                   .replace("%%", "%") for a in shlex.split(g["proxycommand"])]
-        R["fdpass_alone"][k] = fdpass_harness(fd_argv, P["fdpass_runs"])
+        fd_argvs[k] = [a.replace("%h", g["hostname"]).replace("%p", g["port"]).replace("%r", g["user"])
+                       .replace("%%", "%") for a in shlex.split(g["proxycommand"])]
+        R["fdpass_alone"][k] = fdpass_harness(fd_argvs[k], P["fdpass_runs"])
 
-    R["latency"] = latency(paths, P["latency_runs"])
+    R["latency"] = latency(only(paths, "latency"), P["latency_runs"])
     R["proxy_rss"] = {k: proxy_rss(byk[k], work, 64 * MIB) for k in order if byk[k].kind in ("jump", "stdio")}
-    R["throughput"] = throughput(paths, work, P["throughput_bytes"], P["throughput_runs"])
+    R["throughput"] = throughput(only(paths, "throughput"), work, P["throughput_bytes"], P["throughput_runs"])
 
     src = os.path.join(work, "scp-source")
     with open(src, "wb") as f:
@@ -1176,18 +1725,23 @@ def cmd_run(args):
             n = min(left, 16 * MIB)
             f.write(os.urandom(n))
             left -= n
-    R["scp"] = scp_bench(paths, work, src, P["scp_bytes"], P["scp_runs"])
+    R["scp"] = scp_bench(only(paths, "scp"), work, src, P["scp_bytes"], P["scp_runs"])
     os.unlink(src)
 
-    R["storm"] = storm(paths, P["storm"])
+    R["aggregate"] = aggregate([byk[k] for k in ("direct", "stunnel", "fdpass-grpc", "fdpass-ssh") if k in byk],
+                               P["aggregate_bytes"], P["aggregate_streams"])
+
+    R["storm"] = storm(only(paths, "storm"), lambda p: P["storm"] if p.kind == "fdpass" else P["storm_other"])
     R["sessions"] = {}
     for p in paths:
-        if p.kind == "direct":
+        if p.kind not in ("jump", "stdio", "fdpass"):
             continue
         time.sleep(2)
-        R["sessions"][p.key] = open_sessions(p, P["sessions"] if p.kind == "fdpass" else P["relay_sessions"])
-    time.sleep(3)
-    R["daemon_after_kib"] = {k: proc_status_kib(pid) for k, pid in daemons.items()}
+        if p.kind == "fdpass":
+            R["sessions"][p.key] = v1_sessions(p, fd_argvs[p.key], P["sessions"])
+        else:
+            R["sessions"][p.key] = open_sessions(p, P["relay_sessions"])
+    R["daemon_after_kib"] = {k: (R["sessions"].get(k) or {}).get("daemon_rss_after_kib") for k in daemons}
     R["load_end"] = loadavg()
 
     for k, s in R["storm"].items():
@@ -1203,25 +1757,63 @@ def cmd_run(args):
     for k, t in R["throughput"].items():
         if t.get("fails"):
             R["notes"].append(f"throughput, {labels[k]}: {t['fails']} failed runs")
+    for k, a in R["aggregate"].items():
+        if a.get("error"):
+            R["notes"].append(f"aggregate throughput, {labels[k]}: {a['streams'] - a['ok']} of {a['streams']} "
+                              f"transfers failed; first error: `{a['error']}`")
     if P["throughput_runs"] > 1:
         R["notes"].append("Spread between runs (MiB/s, every run): throughput " + "; ".join(
-            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['throughput'][k].get('mibps_runs', []))}" for k in order)
+            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['throughput'][k].get('mibps_runs', []))}"
+            for k in order if k in R["throughput"])
             + "; scp " + "; ".join(
-            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['scp'][k].get('mibps_runs', []))}" for k in order) + ".")
+            f"{SHORT[k]} {', '.join(f'{v:.0f}' for v in R['scp'][k].get('mibps_runs', []))}"
+            for k in order if k in R["scp"]) + ".")
     R["elapsed_s"] = time.monotonic() - t_start
+    if os.environ.get("BENCH_T0"):  # bench.sh's start: the whole run, set-up included
+        P["wall_s"] = time.time() - float(os.environ["BENCH_T0"])
     R["goals"] = goals(R, order)
+    R["goals18"] = goals18(R, order)
     R["paths"] = [d for d in PATHS if d["key"] in order]
     with open(args.json, "w") as f:
         json.dump(R, f, indent=2)
-    svg = svg_path(args)
-    write_md(R, args.md, order, svg if write_svg(R, order, svg) else None)
+    write_all(R, args, order)
+    print(f"wrote {args.md} ({R['elapsed_s']:.0f} s of measurements)")
+
+
+def print_all(R, order):
     print()
     print(render_plain(R, order))
     print()
+    print(render_plain_relay(R, order))
+    print()
+    if R.get("aggregate"):
+        print(aggregate_table(R, order).replace("`", ""))
+        print()
+    print("goals (issue 18):")
+    for x in R.get("goals18") or []:
+        print(f"  [{'met' if x['met'] else 'NOT met'}] {x['goal']} ({x['target']}): {x['figure']}")
+    print("goals (issue 7):")
     for x in R["goals"]:
         print(f"  [{'met' if x['met'] else 'NOT met'}] {x['goal']}: {x['figure']}")
     print()
-    print(f"wrote {args.md} ({R['elapsed_s']:.0f} s of measurements)")
+
+
+def render_plain_relay(R, order):
+    rows = relay_rows(R, order)
+    out = ["relay cost (CPU s per GiB relayed):"]
+    for r in rows:
+        out.append(f"  {r['relay']:<24} {fmt(r['s_per_gib'], 2):>6} s"
+                   + (f"  {r['vs_limit']:.2f}x the limit" if r["vs_limit"] is not None else "")
+                   + (f"  {r['vs_stunnel']:.2f}x stunnel" if r["vs_stunnel"] is not None else ""))
+    return "\n".join(out)
+
+
+def write_all(R, args, order):
+    svg = svg_path(args)
+    cpu = os.path.join(os.path.dirname(svg), "cpu.svg")
+    write_md(R, args.md, order, svg if write_svg(R, order, svg) else None,
+             cpu if write_svg(R, order, cpu, cpu_svg) else None)
+    print_all(R, order)
 
 
 def svg_path(args):
@@ -1267,10 +1859,10 @@ def main():
     if a.sub == "report":
         with open(a.json) as f:
             R = json.load(f)
-        R["goals"] = goals(R)
-        svg = svg_path(a)
-        write_md(R, a.md, ORDER, svg if write_svg(R, ORDER, svg) else None)
-        print(render_plain(R, ORDER))
+        order = [k for k in ORDER if k in R["latency"] or k in R["throughput"]]
+        R["goals"] = goals(R, order)
+        R["goals18"] = goals18(R, order)
+        write_all(R, a, order)
         return
     cmd_run(a)
 

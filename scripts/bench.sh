@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7): idmux against direct ssh, OpenSSH ProxyJump and the per-connection stdio
-# ProxyCommand, side by side in one run. Writes BENCHMARKS.md at the repo root, with the latency
-# distribution of each path drawn in benches/latency.svg, and prints the table.
+# Benchmarks (issues 7 and 18): idmux against direct ssh (plain, and with TCP_NODELAY as the
+# latency baseline), OpenSSH ProxyJump, stunnel4 (a plain C TLS relay, the daemon's peer) and the
+# per-connection stdio ProxyCommand, side by side in one run. Writes BENCHMARKS.md at the repo
+# root, with the latency distribution of each path in benches/latency.svg and each relay's CPU per
+# GiB in benches/cpu.svg, and prints the tables and the goals of both issues.
 #
-#   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x3, storm of 200,
-#                              200 open sessions (about 5-10 minutes on 2 cores)
-#   scripts/bench.sh --quick   10 latency runs, 256 MiB throughput x1, storm of 50, 50 sessions
+#   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x3, 4 x 512 MiB at once
+#                              per relay, storm of 500 through the multiplexer paths (200 through
+#                              the others), 1,000 open sessions per daemon (about 20 minutes on 2
+#                              cores)
+#   scripts/bench.sh --quick   10 latency runs, 256 MiB throughput x1, 4 x 128 MiB at once, storm
+#                              of 50, 100 sessions per daemon (about 5 minutes)
 #   scripts/bench.sh --keep    keep the work dir (cluster, destinations, logs) for inspection
 #   scripts/bench.sh --no-build  measure target/release as it is (no install-deps, no build)
 #   scripts/bench.sh --identities  only renewals per signature algorithm suite (legacy RSA vs
@@ -13,11 +18,17 @@
 #                              back (benches/identities.py; about a minute)
 #
 # Starts, all on loopback: a dev cluster with one sshd node, two bot daemons (`idmux start`, fdpass
-# multiplexer; one with --transport grpc, one with --transport ssh), a stdio destination dir
-# (`idmux cluster auth sign --mode stdio`, used with either transport) and a bastion sshd for
-# ProxyJump. Then benches/measure.py measures every path (see benches/README.md).
+# multiplexer; one with --transport grpc, one with --transport ssh) and a third behind nginx (an
+# L7 load balancer), a stdio destination dir (`idmux cluster auth sign --mode stdio`, used with
+# either transport), a bastion sshd for ProxyJump, and a stunnel4 server (in front of the node's
+# sshd) and client (TLS 1.3, TLS_AES_256_GCM_SHA384, as idmux negotiates with the dev proxy).
+# Builds two C helpers into the work dir with cc: benches/nodelay.c (LD_PRELOAD shim: TCP_NODELAY
+# on ssh's socket) and benches/hop.c (CPU of one socket hop, for the relay cost's limit, with
+# `openssl speed`). Then benches/measure.py measures every path (see benches/README.md).
 # Everything started here is stopped on exit. Raw results: target/bench/results.json.
 set -euo pipefail
+BENCH_T0=$(date +%s.%N)
+export BENCH_T0
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
@@ -28,7 +39,7 @@ for a in "$@"; do
     --identities) identities=1 ;;
     --keep) keep=1 ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,7 +56,7 @@ if [ "$identities" = 1 ]; then
   exec python3 "$ROOT/benches/identities.py" "$IDMUX" --runs "$([ "$quick" = 1 ] && echo 5 || echo 15)"
 fi
 
-# 200 sessions + pipes need more than the usual 1024 descriptors.
+# 1,000 sessions, a storm of 500 and their pipes need more than the usual 1024 descriptors.
 [ "$(ulimit -n)" -ge 8192 ] 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 unset SSH_AUTH_SOCK  # only the keys we name, for every path
 
