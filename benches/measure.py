@@ -1773,9 +1773,10 @@ def cmd_run(args):
         P["wall_s"] = time.time() - float(os.environ["BENCH_T0"])
     R["goals"] = goals(R, order)
     R["goals18"] = goals18(R, order)
-    R["paths"] = [d for d in PATHS if d["key"] in order]
+    R["paths"] = [{**d, "figures": sorted(d["figures"])} if d.get("figures") else d
+                  for d in PATHS if d["key"] in order]
     with open(args.json, "w") as f:
-        json.dump(R, f, indent=2)
+        json.dump(R, f, indent=2, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))
     write_all(R, args, order)
     print(f"wrote {args.md} ({R['elapsed_s']:.0f} s of measurements)")
 
