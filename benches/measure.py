@@ -1502,14 +1502,15 @@ def write_md(R, path, order, svg=None, cpu=None):
     L += ["# idmux benchmarks", ""]
     L.append(f"Written by `scripts/bench.sh{' --quick' if P['quick'] else ''}` on {R['date']} "
              f"({'quick' if P['quick'] else 'full'} run; {R['elapsed_s']:.0f} s of measurements). To rerun:")
-    L += ["", "```", "scripts/bench.sh            # full run", "scripts/bench.sh --quick    # fast check: fewer runs, smaller transfers, storm of 50", "```", ""]
+    L += ["", "```", "scripts/bench.sh            # full run", "scripts/bench.sh --quick    # fast check: fewer runs, smaller transfers, storm of 50, 100 sessions", "```", ""]
     if P.get("wall_s"):
         L += [f"The whole `scripts/bench.sh{' --quick' if P['quick'] else ''}` (cluster, daemons and helpers "
               f"started, every measurement) took {P['wall_s'] / 60:.1f} minutes.", ""]
     L.append("One run, one dev cluster (`idmux cluster start`, one sshd node; proxy, node, bastion and "
-             "clients all on loopback on this machine), two bot daemons (`idmux start`, "
-             "one per transport, each with its own destination dir) and one stdio destination dir "
-             "(`idmux cluster auth sign --mode stdio`), used by both stdio paths. What is measured and how: "
+             "clients all on loopback on this machine), three bot daemons (`idmux start`, "
+             "one per transport and one behind nginx, each with its own destination dir), one stdio "
+             "destination dir (`idmux cluster auth sign --mode stdio`), used by both stdio paths, and a "
+             "stunnel4 server and client. What is measured and how: "
              "[benches/README.md](benches/README.md). Raw numbers: `target/bench/results.json`.")
     L += ["", "## Machine", ""]
     L.append(f"- {M['nproc']} CPUs, {M['cpu']}")
@@ -1521,7 +1522,7 @@ def write_md(R, path, order, svg=None, cpu=None):
              "path (the end figure also counts this benchmark's own storm and session tests)")
     L += ["", "## Paths", ""]
     L.append("- **direct**: `ssh` straight to the node's sshd with the stdio destination's key and "
-             "certificate, its `known_hosts` and `HostKeyAlias=node-1.<cluster>`: the limit.")
+             "certificate, its `known_hosts` and `HostKeyAlias=node-1.<cluster>`: the baseline of the throughput and CPU ratios.")
     L.append("- **direct NODELAY**: the same ssh with `benches/nodelay.c` preloaded (`LD_PRELOAD`), "
              "which sets `TCP_NODELAY` on every TCP socket ssh connects. ssh sets it itself only "
              "with a tty, so plain direct runs Nagle's algorithm on loopback: the latency rows' "
@@ -1548,8 +1549,9 @@ def write_md(R, path, order, svg=None, cpu=None):
              "sequential runs per path, interleaved across paths, after 2 warm-up runs each. "
              f"Throughput: {runs_text(P['throughput_runs'])} per path; scp: {runs_text(P['scp_runs'])} "
              f"per path. Storm: {P['storm']} through each multiplexer (fdpass) path, "
-             f"{P.get('storm_other', P['storm'])} through the others (500 full OpenSSH pairs on every "
-             "path would make the run too long). Open sessions: "
+             f"{P.get('storm_other', P['storm'])} through the others"
+             + (" (the full storm of full OpenSSH pairs on every path would make the run too long)"
+                if P.get("storm_other", P["storm"]) != P["storm"] else "") + ". Open sessions: "
              f"{P['sessions']} raw v1 requests held through each daemon, {P['relay_sessions']} ssh sessions "
              "through each ProxyCommand relay.")
     L += ["", render(R, order), ""]
