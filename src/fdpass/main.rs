@@ -36,6 +36,9 @@ use core::ptr;
 /// because every crate of ours links std).
 const MAX_REQUEST: usize = 1024;
 
+/// `sun_path`'s size on Linux: a path must be shorter, for its NUL.
+const SUN_PATH_LEN: usize = 108;
+
 /// What std's `UnixStream::connect` says of a path too long for `sun_path` (kept word for word).
 const SUN_LEN_MSG: &[u8] = b"path must be shorter than SUN_LEN";
 
@@ -253,9 +256,13 @@ fn connect_path(path: &[u8]) -> Result<c_int, ConnectError> {
     }
 }
 
-/// Connect to `socket`: from its folder by file name when it has both (so a long path still
-/// fits `sun_path`), else by the whole path (std's `Path::parent` and `file_name` rules).
+/// Connect to `socket`: by the whole path when it fits `sun_path`; else from its folder by file
+/// name when it has both (std's `Path::parent` and `file_name` rules), else by the whole path.
 fn connect(socket: &[u8]) -> Result<c_int, ConnectError> {
+    // A path that fits sun_path names the same file either way: no chdir, one syscall fewer.
+    if socket.len() < SUN_PATH_LEN {
+        return connect_path(socket);
+    }
     // Trailing slashes and `/.` name no other file.
     let mut s = socket;
     loop {
