@@ -52,6 +52,15 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     unsafe { libc::abort() }
 }
 
+/// The personality routine that core's precompiled (panic=unwind) code names in its unwind
+/// tables; debug builds link some of that code. Nothing unwinds under panic=abort, so it is
+/// never called.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {
+    // SAFETY: abort takes no arguments and never returns.
+    unsafe { libc::abort() }
+}
+
 /// A fixed buffer that text is appended to (silently cut at `N` bytes).
 struct Buf<const N: usize> {
     bytes: [u8; N],
@@ -340,9 +349,13 @@ fn send_with_fd(sock: c_int, data: &[u8], fd: c_int) -> Result<(), c_int> {
 }
 
 /// The process's entry point, called by the C runtime.
+///
+/// # Safety
+/// `argv` holds `argc` valid NUL-terminated strings that live until the process exits, as the
+/// C runtime passes them.
 #[no_mangle]
-pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
-    // SAFETY: the C runtime passes argc NUL-terminated strings in argv, alive until exit.
+pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+    // SAFETY: as the caller (the C runtime) promises.
     unsafe { run(argc, argv) }
 }
 
