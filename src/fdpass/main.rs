@@ -1,8 +1,8 @@
 //! `idmux-fdpass SOCKET TARGET`: OpenSSH's ProxyCommand for `ProxyUseFdpass yes`.
 //!
 //! Owns: the client half of `v1.sock` (PROTOCOL.md section 2, byte for byte what Teleport's
-//! `fdpass-teleport` does). It connects to SOCKET (from SOCKET's folder, by file name:
-//! `sun_path` holds only 108 bytes), sends `TARGET\0` with its own stderr attached
+//! `fdpass-teleport` does). It connects to SOCKET (a path too long for `sun_path`'s 108
+//! bytes from SOCKET's folder, by file name), sends `TARGET\0` with its own stderr attached
 //! (SCM_RIGHTS) so the daemon can report a failed dial, then hands the connected socket to ssh
 //! over stdout (an AF_UNIX socket under ProxyUseFdpass: one 0x00 byte + SCM_RIGHTS) and exits
 //! 0. Any failure is one line on stderr, `idmux-fdpass: ...`, and exit 1.
@@ -13,13 +13,19 @@
 //!
 //! Why `#![no_std]`: ssh runs it for every connection, so its whole life is on every
 //! connection's path. Built with std it took 1.23-1.7 ms from spawn to exit against 0.90 ms
-//! for `/bin/true`: the dynamic loader mapped and relocated libgcc_s.so.1 (std's unwinder,
-//! which std's panic machinery drags in even when nothing panics) and a 4.8 MB binary, and
-//! std's start-up and argument handling went through malloc (4 allocations for a usage error,
-//! 9 for a run, by valgrind). This one needs only libc.so.6, is 38 kB (most of it debug
-//! info), calls no allocator, and runs nothing before `main` beyond what glibc does for
-//! `/bin/true`; the request is TARGET's own NUL-terminated argv bytes. tests/e2e/fdpass.rs
-//! holds it to that (the ELF's NEEDED list, valgrind's heap count).
+//! for `/bin/true` on a quiet machine: the dynamic loader mapped and relocated libgcc_s.so.1
+//! (std's unwinder, which std's panic machinery drags in even when nothing panics) and a
+//! 4.8 MB binary with std's thread-local storage, and std's start-up and arguments went through
+//! malloc (4 allocations for a usage error, 9 for a run, by valgrind). This one needs only
+//! libc.so.6, is 38 kB (most of it debug info), calls no allocator (the request is TARGET's
+//! own NUL-terminated argv bytes) and runs nothing before `main` but glibc's own start-up.
+//! Interleaved, 1,000 runs each on a loaded 2-core machine (load 15-26): a `#![no_std]` main
+//! that only returns 0 starts like `/bin/true` (0.98-0.99x, median and 10th percentile); this
+//! helper's whole run, against a listening socket answered by a separate process, is 1.06-1.08x
+//! at the 10th percentile and 1.15-1.20x at the median (the std build: 1.27-1.30x and
+//! 1.42-2.0x), and its own CPU time 1.04x (std: 1.26x). The rest is the protocol's
+//! syscalls and the wake-up of the listener. tests/e2e/fdpass.rs holds it to that: the ELF's
+//! NEEDED list, valgrind's heap count.
 //!
 //! A `#![no_std]` executable must not unwind, and stable Cargo has no per-package panic
 //! strategy, so `.cargo/config.toml` runs rustc through `rustc-wrapper.sh` (beside this file),
