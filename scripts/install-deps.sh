@@ -4,7 +4,8 @@
 # reliability tests), libacl1-dev and acl (the POSIX ACLs of `idmux init`), nginx and
 # tinyproxy (the third-party load balancer and HTTP proxy of the "real deployments" tests,
 # which start their own on loopback), stunnel4 and a C compiler (the TLS relay baseline and
-# the small C helpers of scripts/bench.sh), and Ansible (for the multiplexer's end-to-end tests).
+# the small C helpers of scripts/bench.sh), valgrind (idmux-fdpass's heap count) and Ansible
+# (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -28,6 +29,8 @@ command -v mount >/dev/null || need+=(mount)
 # person look at what init set.
 [ -e /usr/include/sys/acl.h ] || need+=(libacl1-dev)
 command -v getfacl >/dev/null || need+=(acl)
+# valgrind counts idmux-fdpass's heap allocations (none: tests/e2e/fdpass.rs).
+command -v valgrind >/dev/null || need+=(valgrind)
 # The "real deployments" tests (idmux_testkit::thirdparty) run their own nginx (an L7 load
 # balancer in front of the dev cluster) and tinyproxy (an HTTP CONNECT proxy) on loopback.
 # Debian bookworm's `nginx` package holds /usr/sbin/nginx itself (nginx-core on older releases);

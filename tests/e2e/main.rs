@@ -17,6 +17,7 @@ mod deployments;
 mod dirs;
 mod dropin;
 mod faults;
+mod fdpass;
 mod foundation;
 mod fuzz_replay;
 mod hostile;

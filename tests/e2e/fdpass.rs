@@ -1,0 +1,272 @@
+//! `idmux-fdpass` on its own (issue 18): what it costs to start (its ELF needs libc.so.6 and
+//! nothing else; it makes no heap allocation, by valgrind's count) and what it does, against a
+//! small v1.sock server in the test, with its stdout one end of a socketpair as ssh sets it up
+//! under `ProxyUseFdpass yes`. No dev cluster: mux.rs and isolation.rs run it against the
+//! real daemon.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+use idmux_testkit::*;
+
+fn fdpass() -> PathBuf {
+    idmux_bin().with_file_name("idmux-fdpass")
+}
+
+/// The DT_NEEDED entries of the ELF64 little-endian file `p`, in order (read from its
+/// SHT_DYNAMIC section and the string table that section links to).
+fn elf_needed(p: &Path) -> Vec<String> {
+    let f = std::fs::read(p).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&f[..4], b"\x7fELF", "{} is not ELF", p.display());
+    assert_eq!(
+        (f[4], f[5]),
+        (2, 1),
+        "{}: not ELF64 little-endian",
+        p.display()
+    );
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    // A section header: sh_type at 4, sh_offset at 24, sh_size at 32, sh_link at 40.
+    let sh = |i: usize| shoff + i * shentsize;
+    let dynamic = (0..shnum)
+        .find(|&i| u32_at(sh(i) + 4) == 6)
+        .unwrap_or_else(|| panic!("{}: no dynamic section", p.display()));
+    let (off, size) = (u64_at(sh(dynamic) + 24), u64_at(sh(dynamic) + 32));
+    let strtab = u64_at(sh(u32_at(sh(dynamic) + 40)) + 24);
+    let mut needed = Vec::new();
+    // Elf64_Dyn: d_tag, d_val (8 bytes each); DT_NEEDED = 1, DT_NULL = 0 ends the table.
+    for e in (off..off + size).step_by(16) {
+        match u64_at(e) {
+            0 => break,
+            1 => {
+                let s = strtab + u64_at(e + 8);
+                let end = s + f[s..].iter().position(|&c| c == 0).unwrap();
+                needed.push(String::from_utf8_lossy(&f[s..end]).into_owned());
+            }
+            _ => {}
+        }
+    }
+    needed
+}
+
+/// What one connection to [`server`] brought: the request bytes and whether an fd came with
+/// them.
+struct Got {
+    request: Vec<u8>,
+    fd: bool,
+}
+
+/// A v1.sock stand-in, `dir`/v1.sock: accepts one connection, reads the request, writes
+/// `say` to the fd attached to it (the client's stderr, as the daemon reports a failed dial)
+/// and closes that fd, answers `reply` on the connection and closes it.
+fn server(dir: &Path, say: &'static [u8], reply: &'static [u8]) -> (PathBuf, JoinHandle<Got>) {
+    // Bound in a short folder and moved into `dir`, whose path may be too long to bind.
+    let short = tempfile::tempdir().unwrap();
+    let l = UnixListener::bind(short.path().join("v1.sock")).unwrap();
+    let path = dir.join("v1.sock");
+    std::fs::rename(short.path().join("v1.sock"), &path).unwrap();
+    let h = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let m = recvmsg::<()>(c.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
+        let mut fds = Vec::new();
+        for cm in m.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(got) = cm {
+                // SAFETY: the kernel installed these fds for us; nothing else owns them.
+                fds.extend(got.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let (n, nfds) = (m.bytes, fds.len());
+        if let Some(f) = fds.pop() {
+            std::fs::File::from(f).write_all(say).unwrap();
+        }
+        c.write_all(reply).unwrap();
+        Got {
+            request: buf[..n].to_vec(),
+            fd: nfds == 1,
+        }
+    });
+    (path, h)
+}
+
+/// Run `cmd` (idmux-fdpass or valgrind running it) with stdout one end of a socketpair, as ssh
+/// does; returns its output and the other end.
+fn run_with_socket_stdout(cmd: &mut Command) -> (Output, UnixStream) {
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    let o = cmd
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (o, mine)
+}
+
+/// The one byte and the fd idmux-fdpass passed to "ssh" over `ssh_end`.
+fn received_fd(ssh_end: &UnixStream) -> (Vec<u8>, Option<OwnedFd>) {
+    let mut buf = [0u8; 16];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let m = recvmsg::<()>(
+        ssh_end.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut fd = None;
+    for cm in m.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cm {
+            for f in fds {
+                // SAFETY: the kernel installed f for us; nothing else owns it.
+                fd.get_or_insert(unsafe { OwnedFd::from_raw_fd(f) });
+            }
+        }
+    }
+    let n = m.bytes;
+    (buf[..n].to_vec(), fd)
+}
+
+#[test]
+fn fdpass_needs_only_libc() {
+    // Built with std it also needed libgcc_s.so.1 (std's unwinder) and the dynamic loader, and
+    // loading those was most of its start-up (src/fdpass/main.rs).
+    let needed = elf_needed(&fdpass());
+    assert_eq!(needed, ["libc.so.6"], "{}", fdpass().display());
+    // The parser agrees with readelf where binutils is installed.
+    if let Ok(o) = Command::new("readelf").arg("-d").arg(fdpass()).output() {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(text.matches("(NEEDED)").count(), 1, "{text}");
+        assert!(text.contains("Shared library: [libc.so.6]"), "{text}");
+    }
+}
+
+#[test]
+fn fdpass_makes_no_heap_allocation() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("SKIP fdpass_makes_no_heap_allocation: needs valgrind (scripts/install-deps.sh)");
+        return;
+    }
+    let heap = |o: &Output| {
+        let e = stderr(o);
+        let line = e
+            .lines()
+            .find(|l| l.contains("total heap usage:"))
+            .unwrap_or_else(|| panic!("no heap summary from valgrind: {e}"))
+            .to_string();
+        (line, e)
+    };
+    // A usage error: no socket at all.
+    let o = run(Command::new("valgrind").arg(fdpass()));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (line, e) = heap(&o);
+    assert!(
+        line.contains(" 0 allocs, 0 frees, 0 bytes allocated"),
+        "{line}\n{e}"
+    );
+    assert!(e.contains("idmux-fdpass: usage: "), "{e}");
+
+    // A whole run: connect, send the request with stderr attached, hand the socket over.
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, srv) = server(dir.path(), b"", b"");
+    let (o, ssh_end) = run_with_socket_stdout(
+        Command::new("valgrind")
+            .arg("--error-exitcode=3")
+            .arg(fdpass())
+            .arg(&sock)
+            .arg("node-1.dev.test:3022|dev.test"),
+    );
+    let (line, e) = heap(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        line.contains(" 0 allocs, 0 frees, 0 bytes allocated"),
+        "{line}\n{e}"
+    );
+    let got = srv.join().unwrap();
+    assert_eq!(got.request, b"node-1.dev.test:3022|dev.test\0");
+    assert!(got.fd, "no stderr fd came with the request");
+    let (byte, fd) = received_fd(&ssh_end);
+    assert_eq!((byte.as_slice(), fd.is_some()), (&[0u8][..], true));
+    eprintln!("idmux-fdpass under valgrind: {}", line.trim());
+}
+
+#[test]
+fn fdpass_hands_over_the_connection_and_its_stderr() {
+    // A socket path longer than sun_path's 108 bytes: reached from its folder by file name.
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sock, srv) = server(&dir, b"from the daemon\n", b"SSH-2.0-stand-in\r\n");
+    assert!(sock.as_os_str().len() > 108, "{}", sock.display());
+    let (o, ssh_end) = run_with_socket_stdout(Command::new(fdpass()).arg(&sock).arg("h.test:22"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = srv.join().unwrap();
+    assert_eq!(got.request, b"h.test:22\0");
+    // The fd that came with the request is the helper's stderr: what the daemon writes there
+    // reaches whoever reads the helper's stderr (ssh's terminal).
+    assert!(got.fd);
+    assert_eq!(stderr(&o), "from the daemon\n");
+    // ssh's end: one 0x00 byte with the connected socket.
+    let (byte, fd) = received_fd(&ssh_end);
+    assert_eq!(byte, [0u8]);
+    let mut conn = UnixStream::from(fd.expect("the connected socket"));
+    let mut hello = [0u8; 18];
+    conn.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"SSH-2.0-stand-in\r\n");
+}
+
+#[test]
+fn fdpass_errors_are_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |o: &Output, want: &str| {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+        assert_eq!(stderr(o), format!("idmux-fdpass: {want}\n"));
+    };
+    let me = fdpass();
+    check(
+        &run(Command::new(&me).arg("only-one")),
+        &format!(
+            "usage: {} <path to v1.sock> <host:port[|cluster]>",
+            me.display()
+        ),
+    );
+    check(
+        &run(Command::new(&me).arg("s").arg("t").stdout(Stdio::null())),
+        "stdout is not a unix socket: run me from ssh with ProxyUseFdpass yes",
+    );
+    let missing = dir.path().join("v1.sock");
+    let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(&missing).arg("h:22"));
+    check(
+        &o,
+        &format!(
+            "cannot connect to {}: No such file or directory (os error 2) (is the idmux \
+             multiplexer running?)",
+            missing.display()
+        ),
+    );
+    let long = "h".repeat(1025);
+    let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(&missing).arg(&long));
+    check(
+        &o,
+        &format!("target too long (1025 bytes; v1.sock takes at most 1024): {long}"),
+    );
+    // ssh went away before the hand-over: the peer of stdout is closed.
+    let (sock, srv) = server(dir.path(), b"", b"");
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    drop(mine);
+    let o = run(Command::new(&me)
+        .arg(&sock)
+        .arg("h:22")
+        .stdout(Stdio::from(OwnedFd::from(theirs))));
+    srv.join().unwrap();
+    check(&o, "cannot pass the connection to ssh: EPIPE: Broken pipe");
+}
