@@ -25,6 +25,7 @@ pub mod auth;
 pub mod auth_grpc;
 pub mod auth_resources;
 pub mod ca;
+mod coalesce;
 pub mod conn_upgrade;
 pub mod join_service;
 pub mod node;
@@ -387,6 +388,10 @@ impl Live {
             // Small windows keep russh's receive-side buffering bounded (see proxy_ssh).
             window_size: 256 * 1024,
             nodelay: true,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(TELEPORT_SSH_CIPHERS),
+                ..Default::default()
+            },
             ..Default::default()
         };
         sc.methods = russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]);
@@ -1114,3 +1119,19 @@ pub fn roles_add(
         Ok(())
     })
 }
+
+/// The ciphers the proxy's SSH server offers: Teleport's default. Teleport's SSH servers take
+/// `ciphers` from `teleport.yaml` and set them only when given (lib/sshutils/server.go
+/// `SetCiphers`: `if ciphers != nil`), so by default golang.org/x/crypto/ssh's own list
+/// applies (`preferredCiphers` in ssh/common.go: AES-128-GCM, AES-256-GCM,
+/// ChaCha20-Poly1305, then AES-CTR); in FIPS mode it is lib/defaults/defaults.go's
+/// `FIPSCiphers` (the same without ChaCha20). The client's order picks among them (RFC 4253
+/// section 7.1).
+pub const TELEPORT_SSH_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_128_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_256_CTR,
+];

@@ -301,3 +301,43 @@ async fn agent_frames() {
         "target=node-1:3022 reply=12 keys=2"
     );
 }
+
+#[test]
+fn the_ssh_transport_negotiates_aes_gcm_with_the_proxy() {
+    // Issue 18: russh's default order puts ChaCha20-Poly1305 first, which costs several times
+    // AES-GCM per byte on a CPU with AES instructions. The client now asks for AES-128-GCM
+    // first and the dev proxy offers Teleport's list, so that is what the SSH transport runs.
+    // The stdio ProxyCommand's russh logs the negotiated algorithms at debug level (to ssh's
+    // stderr, through IDMUX_LOG).
+    let cl = DevCluster::start_serving(tempfile::tempdir().unwrap(), C, 1, "ssh");
+    let dest = cl.bot_destination("ci", &me(), "access", "1h", "stdio");
+    let pc = format!(
+        "env IDMUX_LOG=russh::client::kex=debug {} ssh-proxy-command --destination-dir={} \
+         --proxy-server={} --cluster={C} --host=%h --port=%p --transport=ssh",
+        idmux_bin().display(),
+        dest.display(),
+        cl.addr
+    );
+    let o = ssh(
+        &dest.join("ssh_config"),
+        &[
+            "-o",
+            &format!("ProxyCommand={pc}"),
+            &format!("{}@node-1.{C}", me()),
+            "echo aes",
+        ],
+    );
+    assert!(o.status.success(), "ssh: {}", stderr(&o));
+    assert_eq!(stdout(&o), "aes\n");
+    let err = stderr(&o);
+    let negotiated: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("negotiated algorithms"))
+        .collect();
+    assert_eq!(negotiated.len(), 1, "one key exchange logged: {err}");
+    assert!(
+        negotiated[0].contains("cipher: Name(\"aes128-gcm@openssh.com\")"),
+        "AES-128-GCM negotiated: {}",
+        negotiated[0]
+    );
+}
