@@ -32,6 +32,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
+use crate::coalesce;
 use crate::router::{self, Caller};
 use crate::state::State;
 use crate::Ctx;
@@ -208,27 +209,49 @@ async fn relay(
 ) {
     let (mut node_r, mut node_w) = tcp.into_split();
     // Client -> node. Reading the next message only after the write finishes is what makes
-    // HTTP/2 flow control hold the client back when the node is slow.
+    // HTTP/2 flow control hold the client back when the node is slow. The messages already
+    // decoded when a write starts go in the same write (up to COALESCE bytes), so a bulk
+    // upload costs the node's socket one writev per batch, not one write per frame.
     let to_node = async {
+        let mut batch: Vec<bytes::Bytes> = Vec::new();
+        let mut next = inbound.message().await;
         loop {
-            match inbound.message().await {
+            match next {
                 Ok(Some(ProxySshRequest {
                     frame: Some(SshFrame::Ssh(f)),
                     ..
-                })) => {
-                    if node_w.write_all(&f.payload).await.is_err() {
-                        return false;
-                    }
-                }
+                })) => batch.push(f.payload),
                 // The dev proxy records nothing, so it never asks for the agent.
                 Ok(Some(_)) => {}
                 Ok(None) => {
+                    if coalesce::write_batch(&mut node_w, &mut batch)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
                     // The client is done sending: pass the half-close on.
                     let _ = node_w.shutdown().await;
                     return true;
                 }
                 Err(_) => return false,
             }
+            let queued: usize = batch.iter().map(|b| b.len()).sum();
+            next = match coalesce::ready_now(inbound.message()) {
+                Some(more) if queued < coalesce::COALESCE => more,
+                early => {
+                    if coalesce::write_batch(&mut node_w, &mut batch)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    match early {
+                        Some(more) => more,
+                        None => inbound.message().await,
+                    }
+                }
+            };
         }
     };
     // Node -> client.

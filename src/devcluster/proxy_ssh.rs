@@ -239,12 +239,28 @@ async fn relay(channel: Channel<Msg>, tcp: TcpStream) {
     };
     // Queue -> node.
     let p = pending.clone();
+    // Queued data goes out in batches (crate::coalesce): one writev for what has arrived.
     let to_node = async move {
+        let mut batch = Vec::new();
         while let Some(b) = qrx.recv().await {
-            if tcp_w.write_all(&b).await.is_err() {
+            let mut size = b.len();
+            batch.push(b);
+            while size < crate::coalesce::COALESCE {
+                match qrx.try_recv() {
+                    Ok(b) => {
+                        size += b.len();
+                        batch.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if crate::coalesce::write_batch(&mut tcp_w, &mut batch)
+                .await
+                .is_err()
+            {
                 return;
             }
-            p.fetch_sub(b.len(), Ordering::Relaxed);
+            p.fetch_sub(size, Ordering::Relaxed);
         }
         let _ = tcp_w.shutdown().await;
     };
