@@ -143,6 +143,10 @@ pub(crate) struct LimitArgs {
     /// How long one --diag-addr connection may last [default: 30s].
     #[arg(long, env = "IDMUX_DIAG_CONNECTION_TIMEOUT", value_name = "DURATION")]
     pub diag_connection_timeout: Option<String>,
+    /// Threads relaying v1.sock sessions, each with its own proxy connections; parallel
+    /// sessions spread over them [default: one per core, at most 8].
+    #[arg(long, env = "IDMUX_RELAY_THREADS", value_name = "N")]
+    pub relay_threads: Option<usize>,
 }
 
 impl LimitArgs {
@@ -166,6 +170,7 @@ impl LimitArgs {
         count(self.agent_max_connections, &mut l.agent_max_connections);
         count(self.agent_max_request_size, &mut l.agent_max_request);
         count(self.diag_max_connections, &mut l.diag_max_connections);
+        count(self.relay_threads, &mut l.relay_threads);
         time(
             &self.v1_request_timeout,
             "--v1-request-timeout",

@@ -495,3 +495,101 @@ fn a_stalled_client_does_not_block_other_sessions() {
         let _ = c.wait();
     }
 }
+
+/// CPU time (utime + stime, in clock ticks) of each thread of `pid`, by thread name.
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            std::fs::read_to_string(t.path().join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        *out.entry(comm.trim().to_string()).or_insert(0) += ticks;
+    }
+    out
+}
+
+#[test]
+fn parallel_transfers_spread_over_the_relay_threads() {
+    // Issue 18: one thread relayed every session's bytes, so all of a daemon's sessions
+    // together were held to one core. With two relay threads, four parallel uploads land two
+    // on each (the least busy shard takes a new session) and the second thread does a real
+    // share of the relay work.
+    let _serial = exclusive(); // loads the machine
+    let cl = DevCluster::start(C, 1);
+    let work = tempfile::tempdir().unwrap();
+    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
+    let token = cl.token("ci", &me());
+    let mut child = Command::new(idmux_bin())
+        .args(cl.start_args(&data, &dest, &token))
+        .env("IDMUX_RELAY_THREADS", "2")
+        .stderr(std::fs::File::create(work.path().join("bot.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(dest.join("ssh_config").exists() && dest.join("v1.sock").exists()) {
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id();
+    let names: Vec<String> = thread_cpu(pid).into_keys().collect();
+    assert!(
+        names.iter().any(|n| n == "idmux-relay-1"),
+        "no relay thread: {names:?}"
+    );
+    let before = thread_cpu(pid);
+    const EACH: usize = 64 << 20;
+    let target = format!("{}@node-1.{C}", me());
+    let mut uploads: Vec<Child> = (0..4)
+        .map(|_| {
+            Command::new("ssh")
+                .arg("-F")
+                .arg(dest.join("ssh_config"))
+                .args(["-o", "BatchMode=yes", &target, "wc -c"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let writers: Vec<_> = uploads
+        .iter_mut()
+        .map(|u| {
+            let mut stdin = u.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let block = vec![0u8; 1 << 20];
+                for _ in 0..EACH >> 20 {
+                    stdin.write_all(&block).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for u in uploads {
+        let o = u.wait_with_output().unwrap();
+        assert!(o.status.success(), "upload: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), EACH.to_string());
+    }
+    let after = thread_cpu(pid);
+    let spent = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let total: u64 = after.keys().map(|n| spent(n)).sum();
+    let second = spent("idmux-relay-1");
+    assert!(
+        second * 5 >= total && total > 0,
+        "the second relay thread did {second} of the daemon's {total} ticks: {after:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,6 +1,6 @@
 //! The caps and timeouts of every socket the daemon serves (`v1.sock`, `agent.sock`, the
-//! `--diag-addr` endpoint), in one place: what a local process can hold of the daemon is
-//! bounded by these numbers and nothing else.
+//! `--diag-addr` endpoint), and the number of relay threads, in one place: what a local
+//! process can hold of the daemon is bounded by these numbers and nothing else.
 //!
 //! Owns: [`Limits`] (its `Default` is the shipped numbers, each field documented with what
 //! happens at the limit), their check ([`Limits::check`]: zero is refused, naming the flag),
@@ -47,7 +47,14 @@ pub struct Limits {
     pub diag_header_timeout: Duration,
     /// How long one diagnostics connection may last in all (`--diag-connection-timeout`).
     pub diag_connection_timeout: Duration,
+    /// Threads relaying sessions (`--relay-threads`; at most [`MAX_RELAY_THREADS`]), the
+    /// cores the daemon's relay may use at once: each has its own proxy connections, made on
+    /// its first session ([`crate::mux::shards`]).
+    pub relay_threads: usize,
 }
+
+/// The most `--relay-threads` accepted.
+pub const MAX_RELAY_THREADS: usize = 64;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -62,6 +69,7 @@ impl Default for Limits {
             diag_max_connections: 64,
             diag_header_timeout: Duration::from_secs(5),
             diag_connection_timeout: Duration::from_secs(30),
+            relay_threads: crate::mux::shards::default_threads(),
         }
     }
 }
@@ -76,6 +84,7 @@ impl Limits {
             ("--agent-max-connections", self.agent_max_connections),
             ("--agent-max-request-size", self.agent_max_request),
             ("--diag-max-connections", self.diag_max_connections),
+            ("--relay-threads", self.relay_threads),
         ];
         for (flag, n) in counts {
             if n == 0 {
@@ -93,6 +102,12 @@ impl Limits {
             if t.is_zero() {
                 bail!("{flag} 0s: must be longer than zero");
             }
+        }
+        if self.relay_threads > MAX_RELAY_THREADS {
+            bail!(
+                "--relay-threads {}: at most {MAX_RELAY_THREADS}",
+                self.relay_threads
+            );
         }
         let most = idmux_wire::agent::MAX_FRAME;
         if self.agent_max_request > most {

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::mux::metrics::Metrics;
+use crate::mux::shards::Shards;
 use crate::mux::upstream::{IdentitySource, Upstream};
 use crate::mux::v1recv;
 use idmux_transport::agent::Agent;
@@ -304,7 +305,10 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
                 (host, port, cluster) = (r.host, r.port, r.cluster);
             }
             let host = clean_target_host(&host, proxy_host, &cluster).to_string();
-            up.dial(&host, port, &cluster)
+            // Boxed: the dial's future (TLS, HTTP/2 or SSH set-up, the first response) is
+            // several KiB; inline, every session's task would keep room for it for the whole
+            // session, long after the dial (issue 18: memory per open session).
+            Box::pin(up.dial(&host, port, &cluster))
                 .await
                 .map(|d| (d, extra))
                 .map_err(|e| anyhow!("{t}: {e:#}"))
@@ -348,25 +352,11 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
 }
 
 /// Serve `v1.sock` in `dir` until the task is dropped: at most
-/// [`Limits::v1_max_connections`] connections at once (more are closed on accept).
-pub(crate) async fn serve_v1(
-    dir: PathBuf,
-    up: Arc<Upstream>,
-    m: Arc<Metrics>,
-    templates: Arc<crate::mux::templates::ProxyTemplates>,
-    limits: Limits,
-) -> Result<()> {
+/// [`Limits::v1_max_connections`] connections at once (more are closed on accept), each
+/// session on one of the relay threads ([`Shards`]).
+async fn serve_v1(dir: PathBuf, shards: Shards<Shared>, limits: Limits) -> Result<()> {
     let listener = bind_owner_only(&dir.join("v1.sock"))?;
     let _file = SocketFile::new(dir.join("v1.sock"));
-    let proxy_host = idmux_wire::hostport::host_of(&up.proxy).to_string();
-    let shared = Arc::new(Shared {
-        up,
-        proxy_host,
-        m,
-        templates,
-        limits,
-        reports: Arc::new(tokio::sync::Semaphore::new(limits.v1_max_error_reports)),
-    });
     tracing::info!("multiplexer listening on {}", dir.join("v1.sock").display());
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.v1_max_connections));
     static AT_CAP: CapWarning = CapWarning::new();
@@ -377,11 +367,7 @@ pub(crate) async fn serve_v1(
                     AT_CAP.refused("v1.sock", limits.v1_max_connections, "--v1-max-connections");
                     continue;
                 };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    handle(conn, shared).await
-                });
+                shards.dispatch(conn, slot, handle);
             }
             Err(e) => {
                 // Out of fds, most likely: back off rather than spin.
@@ -451,17 +437,35 @@ pub struct MuxOptions {
 
 /// Run the multiplexer for a destination dir whose identity someone keeps renewed.
 pub async fn run(opts: MuxOptions) -> Result<()> {
+    crate::mux::trim::hold_freed_memory();
     let m = Arc::new(Metrics::default());
     let agent = Agent::default();
-    let up = Upstream::new(
-        opts.route,
-        opts.identity,
-        opts.cap,
-        opts.transport,
-        m.clone(),
-        agent.clone(),
-    )?;
-    tokio::spawn(up.clone().keep_warm());
+    let route = Arc::new(opts.route);
+    let proxy_host = idmux_wire::hostport::host_of(route.proxy()).to_string();
+    let reports = Arc::new(tokio::sync::Semaphore::new(
+        opts.limits.v1_max_error_reports,
+    ));
+    // Each relay thread has its own upstream pool (its connections' tasks run on it); they
+    // share the identity source, the agent, the counters and the route.
+    let shards = Shards::start(opts.limits.relay_threads, |_| {
+        Ok(Shared {
+            up: Upstream::new(
+                route.clone(),
+                opts.identity.clone(),
+                opts.cap,
+                opts.transport,
+                m.clone(),
+                agent.clone(),
+            )?,
+            proxy_host: proxy_host.clone(),
+            m: m.clone(),
+            templates: opts.templates.clone(),
+            limits: opts.limits,
+            reports: reports.clone(),
+        })
+    })?;
+    // Shard 0 (this thread) keeps a connection warm; the others connect on first use.
+    tokio::spawn(shards.first().up.clone().keep_warm());
     tokio::spawn(crate::mux::trim::keep_heap_trimmed());
     if let Some(addr) = opts.diag_addr {
         let m2 = m.clone();
@@ -480,7 +484,7 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let r = tokio::select! {
-        r = serve_v1(opts.dest.clone(), up, m, opts.templates, opts.limits) => r,
+        r = serve_v1(opts.dest.clone(), shards, opts.limits) => r,
         r = agent_task => r.map_err(|e| anyhow!("agent task: {e}"))?,
         // Stop: the sockets go with their tasks (the runtime drops them).
         _ = term.recv() => Ok(()),

@@ -57,7 +57,7 @@ impl Drop for Lease {
 pub(crate) struct Upstream {
     /// The proxy's web address (for messages).
     pub proxy: String,
-    route: Finder,
+    route: Arc<Finder>,
     source: IdentitySource,
     cap: usize,
     /// The connections and the dial in progress; never locked across an await.
@@ -102,6 +102,7 @@ const SLOW_FAILURE_HOLD: Duration = Duration::from_secs(2);
 const SLOW: Duration = Duration::from_secs(1);
 
 /// Where the multiplexer's identity comes from.
+#[derive(Clone)]
 pub enum IdentitySource {
     /// The bot in this process sends each renewed identity (`idmux start`).
     Watch(watch::Receiver<Arc<Identity>>),
@@ -156,7 +157,7 @@ fn identity_mtime(dest: &std::path::Path) -> SystemTime {
 
 impl Upstream {
     pub fn new(
-        route: Finder,
+        route: Arc<Finder>,
         source: IdentitySource,
         cap: usize,
         transport: TransportKind,
