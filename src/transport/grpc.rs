@@ -300,7 +300,7 @@ impl GrpcProxy {
             frame: None,
         };
         tx.send(first).await.expect("the receiver is in hand");
-        let codec = tonic_prost::ProstCodec::<ProxySshRequest, ProxySshResponse>::default();
+        let codec = SmallBuffers::<ProxySshRequest, ProxySshResponse>::default();
         let call = async {
             grpc.ready()
                 .await
@@ -364,7 +364,7 @@ impl GrpcProxy {
         })
         .await
         .expect("the receiver is in hand");
-        let codec = tonic_prost::ProstCodec::<ProxyClusterRequest, ProxyClusterResponse>::default();
+        let codec = SmallBuffers::<ProxyClusterRequest, ProxyClusterResponse>::default();
         let what = format!("ProxyCluster {cluster}");
         let call = async {
             grpc.ready()
@@ -490,6 +490,48 @@ pub(crate) fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> St
     }
 }
 
+/// Where tonic's encode and decode buffers of a stream start: 1 KiB, not tonic's 8 KiB each.
+/// Every open node connection holds both for its whole life, an idle one too (16 KiB a
+/// session before, most of the multiplexer's memory per open session; issue 18). A bulk
+/// transfer grows them to its message size as before; messages are still gathered into
+/// chunks of up to 32 KiB before they go to HTTP/2 (tonic's yield threshold).
+pub const STREAM_BUFFER: usize = 1024;
+
+/// tonic's prost codec with [`STREAM_BUFFER`]-sized starting buffers, for the long-lived
+/// streams (`ProxySSH`, `ProxyCluster`).
+pub(crate) struct SmallBuffers<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for SmallBuffers<T, U> {
+    fn default() -> Self {
+        SmallBuffers(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> SmallBuffers<T, U> {
+    fn settings() -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(STREAM_BUFFER, 32 << 10)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for SmallBuffers<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Encoder;
+    type Decoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(Self::settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(Self::settings())
+    }
+}
+
 /// A request carrying `payload` on the node's SSH stream.
 pub(crate) fn ssh_frame(payload: Bytes) -> ProxySshRequest {
     ProxySshRequest {
@@ -509,6 +551,18 @@ pub(crate) fn agent_frame(payload: Bytes) -> ProxySshRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lived_streams_start_with_small_codec_buffers() {
+        use tonic::codec::{Codec, Decoder, Encoder};
+        let mut c = SmallBuffers::<ProxySshRequest, ProxySshResponse>::default();
+        let want = format!("{:?}", tonic::codec::BufferSettings::new(1024, 32 << 10));
+        assert_eq!(format!("{:?}", c.encoder().buffer_settings()), want);
+        assert_eq!(format!("{:?}", c.decoder().buffer_settings()), want);
+        // tonic's own default, which every stream held twice before.
+        let mut d = tonic_prost::ProstCodec::<ProxySshRequest, ProxySshResponse>::default();
+        assert_ne!(format!("{:?}", d.encoder().buffer_settings()), want);
+    }
 
     /// A stream whose reads and writes fail with the queued errors (then EOF).
     struct Failing(std::collections::VecDeque<std::io::Error>);

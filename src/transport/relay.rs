@@ -36,7 +36,11 @@ pub const BUF_SIZE: usize = 64 * 1024;
 pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 
 /// First read size of a [`Chunks`] reader, and the least it shrinks back to.
-pub(crate) const MIN_CHUNK: usize = 4 * 1024;
+///
+/// 1 KiB: an open session that has sent nothing yet (a v1 request held at the node's banner)
+/// or an interactive one (keystrokes, echo) keeps this much; bulk reads double from it to
+/// their `max` within seven reads. (It was 4 KiB: 3 KiB more per open session, issue 18.)
+pub(crate) const MIN_CHUNK: usize = 1024;
 
 /// Reads a byte stream as `Bytes` chunks of its own, with no copy: bytes are read straight
 /// into a buffer's spare room and split off. The read size adapts: it doubles (up to the
@@ -374,11 +378,12 @@ mod tests {
             size = next_size(size, size, MAX);
             seen.push(size);
         }
-        assert_eq!(seen, [4, 8, 16, 32, 64, 64, 64].map(|k| k * 1024));
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 64].map(|k| k * 1024));
         // A part-full read keeps a bulk transfer's size; a small one falls back.
         assert_eq!(next_size(MAX, 40 * 1024, MAX), MAX);
         assert_eq!(next_size(MAX, 100, MAX), MIN_CHUNK);
         assert_eq!(next_size(MAX, 5000, MAX), 8 * 1024);
+        assert_eq!(next_size(MAX, 1500, MAX), 2 * 1024);
         // A cap below the minimum is still honoured.
         assert_eq!(next_size(1024, 1024, 1024), 1024);
     }
