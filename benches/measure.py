@@ -1235,6 +1235,20 @@ def goals18(R, order=ORDER):
 # chart: CPU per GiB per relay (hand-written SVG, like the latency chart)
 
 
+def svg_x_axis(out, X, x_from, x_max, step, top, axis_y, left, plot_w, label):
+    """A chart's vertical grid lines with their values from x_from to x_max, the x axis and its
+    label (both SVG charts)."""
+    t = x_from
+    while t <= x_max + 1e-9:
+        x = X(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e7eb" stroke-width="1"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" font-size="12" fill="#374151" text-anchor="middle">{t:g}</text>')
+        t += step
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#9ca3af" stroke-width="1"/>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 36}" font-size="12" fill="#374151" '
+               f'text-anchor="middle">{label}</text>')
+
+
 def cpu_svg(R, order=ORDER):
     rows = [r for r in relay_rows(R, order) if r["s_per_gib"] is not None]
     if not rows:
@@ -1258,15 +1272,7 @@ def cpu_svg(R, order=ORDER):
            f'<text x="20" y="46" font-size="12" fill="#4b5563">the relay process\'s user+system CPU over the '
            f'throughput transfers; {esc(R.get("date", ""))}{" (quick run)" if R.get("params", {}).get("quick") else ""}</text>']
     axis_y = top + row * len(rows) + 6
-    t = 0.0
-    while t <= x_max + 1e-9:
-        x = X(t)
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e7eb" stroke-width="1"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" font-size="12" fill="#374151" text-anchor="middle">{t:g}</text>')
-        t += step
-    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#9ca3af" stroke-width="1"/>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 36}" font-size="12" fill="#374151" '
-               f'text-anchor="middle">CPU seconds per GiB</text>')
+    svg_x_axis(out, X, 0.0, x_max, step, top, axis_y, left, plot_w, "CPU seconds per GiB")
     for i, r in enumerate(rows):
         cy = top + row * i + row / 2
         c = color.get(r["key"], "#7c3aed")
@@ -1359,15 +1365,9 @@ def latency_svg(R, order):
            f'{" (quick run)" if R.get("params", {}).get("quick") else ""}</text>']
     # grid and axis
     axis_y = top + row * len(keys) + 6
-    t = x_min
-    while t <= x_max + 1e-9:
-        x = X(t)
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e7eb" stroke-width="1"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" font-size="12" fill="#374151" text-anchor="middle">{t:g}</text>')
-        t += step
-    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#9ca3af" stroke-width="1"/>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 36}" font-size="12" fill="#374151" text-anchor="middle">milliseconds from starting ssh to its exit'
-               f'{f" (axis starts at {x_min:g} ms)" if x_min > 0 else ""}</text>')
+    svg_x_axis(out, X, x_min, x_max, step, top, axis_y, left, plot_w,
+               "milliseconds from starting ssh to its exit"
+               + (f" (axis starts at {x_min:g} ms)" if x_min > 0 else ""))
     for i, k in enumerate(keys):
         d = L[k]
         c = COLORS.get(k, "#7c3aed")
