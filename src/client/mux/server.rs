@@ -351,6 +351,9 @@ async fn handle(conn: UnixStream, s: Arc<Shared>) {
     m.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// How long a relay thread other than the first keeps idle proxy connections.
+const SHARD_IDLE: Duration = Duration::from_secs(5);
+
 /// Serve `v1.sock` in `dir` until the task is dropped: at most
 /// [`Limits::v1_max_connections`] connections at once (more are closed on accept), each
 /// session on one of the relay threads ([`Shards`]).
@@ -464,8 +467,10 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
             reports: reports.clone(),
         })
     })?;
-    // Shard 0 (this thread) keeps a connection warm; the others connect on first use.
+    // Shard 0 (this thread) keeps a connection warm; the others connect on first use and
+    // close their connections when idle.
     tokio::spawn(shards.first().up.clone().keep_warm());
+    shards.on_others(|s| s.up.clone().close_when_idle(SHARD_IDLE));
     tokio::spawn(crate::mux::trim::keep_heap_trimmed());
     if let Some(addr) = opts.diag_addr {
         let m2 = m.clone();

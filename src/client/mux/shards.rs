@@ -13,7 +13,8 @@
 //! A new session goes to the shard with the fewest open sessions, the lowest-numbered on a
 //! tie, so one session at a time (`ssh host true` in a loop) always lands on shard 0 and its
 //! warm connection, as before; parallel sessions spread out, and a shard that has never had
-//! one costs a parked thread and an empty runtime.
+//! one costs a parked thread and an empty runtime. A shard other than the first closes its
+//! proxy connections once they have carried nothing for a few seconds.
 //!
 //! Owns: the threads, their runtimes, and the choice of shard. Must not know: what a session
 //! does (the caller's closure), the transports, the upstream pool.
@@ -86,6 +87,19 @@ impl<T: Send + Sync + 'static> Shards<T> {
     /// Shard 0's state (the daemon's own thread).
     pub(crate) fn first(&self) -> &Arc<T> {
         &self.shards[0].state
+    }
+
+    /// Run `task(state)` on every shard but the first, on its own thread.
+    pub(crate) fn on_others<F, Fut>(&self, task: F)
+    where
+        F: Fn(Arc<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        for s in &self.shards[1..] {
+            if let Some(rt) = &s.runtime {
+                rt.spawn(task(s.state.clone()));
+            }
+        }
     }
 
     /// Sessions open on each shard.

@@ -76,7 +76,12 @@ pub(crate) struct Upstream {
     /// requests queued behind it get its answer for [`SLOW_FAILURE_HOLD`] instead of each
     /// waiting out a deadline of its own in turn.
     slow_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// The connection count this pool last added to `metrics.upstream_conns`.
+    conns_reported: AtomicUsize,
 }
+
+/// How often an idle relay thread's pool is looked at ([`Upstream::close_when_idle`]).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The outcome of a dial, once it is known: the new connection (already in the pool), or why
 /// it failed (in words, shared by every waiter).
@@ -179,6 +184,7 @@ impl Upstream {
             transport,
             resolved: std::sync::Mutex::new(TransportKind::Auto),
             slow_failure: std::sync::Mutex::new(None),
+            conns_reported: AtomicUsize::new(0),
         }))
     }
 
@@ -237,6 +243,44 @@ impl Upstream {
         }))
     }
 
+    /// This pool's connection count into the daemon's gauge, which every relay thread's pool
+    /// adds to.
+    fn report_conns(&self, n: usize) {
+        let before = self.conns_reported.swap(n, Ordering::Relaxed);
+        self.metrics.upstream_conns.fetch_add(n, Ordering::Relaxed);
+        self.metrics
+            .upstream_conns
+            .fetch_sub(before, Ordering::Relaxed);
+    }
+
+    /// Close this pool's connections once none has carried a node connection for `after`
+    /// (the relay threads other than the first: only the first keeps one warm). Runs for the
+    /// life of the pool.
+    pub(crate) async fn close_when_idle(self: Arc<Self>, after: Duration) {
+        let mut idle_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(IDLE_CHECK).await;
+            let mut pool = self.pool();
+            let busy = pool.dialing.is_some()
+                || pool
+                    .conns
+                    .iter()
+                    .any(|c| c.open.load(Ordering::Relaxed) > 0);
+            if busy || pool.conns.is_empty() {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= after {
+                // No lease holds them (every `open` is 0): dropping them closes them.
+                pool.conns.clear();
+                self.report_conns(0);
+                idle_since = None;
+                tracing::debug!("multiplexer: a relay thread's idle upstream connections closed");
+            }
+        }
+    }
+
     /// The pool, locked (a poisoned lock is still the pool: its state is a list and a slot).
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
@@ -274,9 +318,7 @@ impl Upstream {
                 match r {
                     Ok(c) => {
                         pool.conns.push(c.clone());
-                        me.metrics
-                            .upstream_conns
-                            .store(pool.conns.len(), Ordering::Relaxed);
+                        me.report_conns(pool.conns.len());
                         Ok(c)
                     }
                     Err(e) => {
@@ -328,9 +370,7 @@ impl Upstream {
                             .cloned()
                     });
                 if let Some(conn) = found {
-                    self.metrics
-                        .upstream_conns
-                        .store(pool.conns.len(), Ordering::Relaxed);
+                    self.report_conns(pool.conns.len());
                     conn.open.fetch_add(1, Ordering::Relaxed);
                     self.metrics.open_channels.fetch_add(1, Ordering::Relaxed);
                     return Ok(Lease {
