@@ -8,7 +8,9 @@
 //! status instead); then `ssh` frames carry the node's bytes both ways, and `agent` frames
 //! carry the SSH agent protocol when the proxy asks for the agent (answered from the
 //! in-memory agent, as tbot does with its keyring). HTTP/2 flow control paces every stream on
-//! its own, so a client that stops reading holds back only its own node.
+//! its own, so a client that stops reading holds back only its own node. `ProxySSH` requests
+//! and responses are framed by [`crate::proxy_ssh`] (payloads go out without a copy); the other
+//! calls go through tonic's client.
 //!
 //! The HTTP/2 settings here are shared with the dev cluster's server side.
 
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::Agent;
+use crate::proxy_ssh;
 use idmux_wire::proto::{
     Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxyClusterRequest,
     ProxyClusterResponse, ProxySshRequest, ProxySshResponse, SshFrame, TargetHost,
@@ -289,7 +292,6 @@ impl GrpcProxy {
         cluster: &str,
         agent: Option<Agent>,
     ) -> Result<GrpcNode> {
-        let mut grpc = self.client();
         let host_port = idmux_wire::hostport::join(host, port);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let first = ProxySshRequest {
@@ -300,28 +302,22 @@ impl GrpcProxy {
             frame: None,
         };
         tx.send(first).await.expect("the receiver is in hand");
-        let codec = tonic_prost::ProstCodec::<ProxySshRequest, ProxySshResponse>::default();
+        let mut send = self.send.clone();
         let call = async {
-            grpc.ready()
-                .await
-                .map_err(|e| anyhow!("proxy {}: gRPC connection not ready: {e}", self.proxy))?;
-            let resp = grpc
-                .streaming(
-                    tonic::Request::new(ReceiverStream::new(rx)),
-                    PathAndQuery::from_static(PROXY_SSH),
-                    codec,
-                )
-                .await;
-            let resp = match resp {
+            // A closed connection fails here as a failed send would: a transport error.
+            let resp = match send.ready().await {
+                Ok(()) => proxy_ssh::call(&mut send, &self.origin, rx).await,
+                Err(e) => Err(tonic::Status::from_error(Box::new(e))),
+            };
+            let mut inbound = match resp {
                 Ok(r) => r,
-                // Made by tonic from a transport error: the connection's end says more.
+                // Made from a transport error: the connection's end says more.
                 Err(s) if std::error::Error::source(&s).is_some() => {
                     let e = self.refusal(&host_port, &s);
                     return Err(self.why_ended().await.unwrap_or(e));
                 }
                 Err(s) => return Err(self.refusal(&host_port, &s)),
             };
-            let mut inbound = resp.into_inner();
             match inbound.message().await {
                 Ok(Some(r)) if r.details.is_some() => Ok(inbound),
                 Ok(Some(_)) => bail!(
