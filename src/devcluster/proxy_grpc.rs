@@ -59,17 +59,29 @@ pub async fn serve<S: crate::Io>(
         let (ctx, caller) = (ctx.clone(), caller.clone());
         async move { Ok::<_, Infallible>(route(ctx, caller, req).await) }
     });
+    h2_server()
+        .serve_connection(TokioIo::new(tls), svc)
+        .await
+        .map_err(|e| anyhow!("transport gRPC: {e}"))
+}
+
+/// The largest HTTP/2 frame Teleport's gRPC server accepts: grpc-go advertises
+/// `SETTINGS_MAX_FRAME_SIZE` = `http2MaxFrameLen` (16 KiB, `internal/transport/defaults.go`,
+/// sent by `newHTTP2Server` in `http2_server.go`) and offers no option to change it, so a
+/// client's bulk upload reaches a real proxy in 16 KiB DATA frames.
+pub(crate) const TELEPORT_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// The HTTP/2 server side of TransportService's connections.
+fn h2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.initial_stream_window_size(grpc::STREAM_WINDOW)
         .initial_connection_window_size(grpc::CONNECTION_WINDOW)
-        .max_frame_size(grpc::MAX_FRAME_SIZE)
+        .max_frame_size(TELEPORT_MAX_FRAME_SIZE)
         .max_concurrent_streams(grpc::MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(grpc::KEEPALIVE))
         .keep_alive_timeout(grpc::KEEPALIVE_TIMEOUT)
         .timer(hyper_util::rt::TokioTimer::new());
-    b.serve_connection(TokioIo::new(tls), svc)
-        .await
-        .map_err(|e| anyhow!("transport gRPC: {e}"))
+    b
 }
 
 async fn route(
@@ -427,6 +439,33 @@ async fn relay_cluster(
 
 #[cfg(test)]
 mod tests {
+
+    /// The server's first SETTINGS frame, read as bytes (RFC 9113 6.5: a 9-byte frame header,
+    /// type 4, then 6-byte entries: a u16 identifier and a u32 value), carries
+    /// SETTINGS_MAX_FRAME_SIZE (5) = 16384, as grpc-go's server does.
+    #[tokio::test]
+    async fn the_http2_server_accepts_frames_of_16_kib_as_grpc_go() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        });
+        tokio::spawn(h2_server().serve_connection(TokioIo::new(server), svc));
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        client.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+        let mut head = [0u8; 9];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[3], 4, "the server's first frame is SETTINGS: {head:?}");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut body = vec![0u8; len];
+        client.read_exact(&mut body).await.unwrap();
+        let settings: Vec<(u16, u32)> = body
+            .chunks(6)
+            .map(|e| (u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]])))
+            .collect();
+        assert!(settings.contains(&(5, 16384)), "{settings:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -8,9 +8,12 @@
 //! status instead); then `ssh` frames carry the node's bytes both ways, and `agent` frames
 //! carry the SSH agent protocol when the proxy asks for the agent (answered from the
 //! in-memory agent, as tbot does with its keyring). HTTP/2 flow control paces every stream on
-//! its own, so a client that stops reading holds back only its own node.
+//! its own, so a client that stops reading holds back only its own node. `ProxySSH` requests
+//! and responses are framed by `proxy_ssh` (payloads go out without a copy); the other
+//! calls go through tonic's client.
 //!
-//! The HTTP/2 settings here are shared with the dev cluster's server side.
+//! The HTTP/2 window and keep-alive settings here are shared with the dev cluster's server side
+//! (its frame size limit is grpc-go's own).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::Agent;
+use crate::proxy_ssh;
 use idmux_wire::proto::{
     Frame, GetClusterDetailsRequest, GetClusterDetailsResponse, ProxyClusterRequest,
     ProxyClusterResponse, ProxySshRequest, ProxySshResponse, SshFrame, TargetHost,
@@ -46,7 +50,8 @@ pub const STREAM_WINDOW: u32 = 2 << 20;
 /// node connections tbot and idmux put on one connection): a few stalled clients can never
 /// starve their neighbours. Memory is spent only on bytes actually unread.
 pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * 128;
-/// Largest HTTP/2 frame we accept: fewer, larger frames for bulk transfers.
+/// Largest HTTP/2 frame the client accepts: fewer, larger frames for bulk downloads. (What it
+/// sends is capped by the proxy's own setting: 16 KiB from Teleport's grpc-go server.)
 pub const MAX_FRAME_SIZE: u32 = 256 << 10;
 /// Streams a server lets one connection open at once (clients cap themselves lower).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -72,8 +77,9 @@ pub struct GrpcProxy {
 
 /// A node connection: one `ProxySSH` stream whose first response (`details`) has arrived.
 pub struct GrpcNode {
-    /// Requests to the proxy (`ssh` and `agent` frames); dropping it ends the request side.
-    pub tx: mpsc::Sender<ProxySshRequest>,
+    /// Requests to the proxy (`ssh` and `agent` frames), each a whole gRPC message
+    /// (`proxy_ssh::ssh_message`, `proxy_ssh::message`); dropping it ends the request side.
+    pub(crate) tx: mpsc::Sender<Bytes>,
     /// The proxy's responses: `ssh` and `agent` frames, then the status.
     pub rx: tonic::Streaming<ProxySshResponse>,
     /// Answers `agent` frames, if the caller has an agent.
@@ -289,7 +295,6 @@ impl GrpcProxy {
         cluster: &str,
         agent: Option<Agent>,
     ) -> Result<GrpcNode> {
-        let mut grpc = self.client();
         let host_port = idmux_wire::hostport::join(host, port);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let first = ProxySshRequest {
@@ -299,29 +304,25 @@ impl GrpcProxy {
             }),
             frame: None,
         };
-        tx.send(first).await.expect("the receiver is in hand");
-        let codec = SmallBuffers::<ProxySshRequest, ProxySshResponse>::default();
+        tx.send(proxy_ssh::message(&first))
+            .await
+            .expect("the receiver is in hand");
+        let mut send = self.send.clone();
         let call = async {
-            grpc.ready()
-                .await
-                .map_err(|e| anyhow!("proxy {}: gRPC connection not ready: {e}", self.proxy))?;
-            let resp = grpc
-                .streaming(
-                    tonic::Request::new(ReceiverStream::new(rx)),
-                    PathAndQuery::from_static(PROXY_SSH),
-                    codec,
-                )
-                .await;
-            let resp = match resp {
+            // A closed connection fails here as a failed send would: a transport error.
+            let resp = match send.ready().await {
+                Ok(()) => proxy_ssh::call(&mut send, &self.origin, rx).await,
+                Err(e) => Err(tonic::Status::from_error(Box::new(e))),
+            };
+            let mut inbound = match resp {
                 Ok(r) => r,
-                // Made by tonic from a transport error: the connection's end says more.
+                // Made from a transport error: the connection's end says more.
                 Err(s) if std::error::Error::source(&s).is_some() => {
                     let e = self.refusal(&host_port, &s);
                     return Err(self.why_ended().await.unwrap_or(e));
                 }
                 Err(s) => return Err(self.refusal(&host_port, &s)),
             };
-            let mut inbound = resp.into_inner();
             match inbound.message().await {
                 Ok(Some(r)) if r.details.is_some() => Ok(inbound),
                 Ok(Some(_)) => bail!(
@@ -532,7 +533,9 @@ where
     }
 }
 
-/// A request carrying `payload` on the node's SSH stream.
+/// A request carrying `payload` on the node's SSH stream (the relay frames its payloads in
+/// place: `proxy_ssh::ssh_message`).
+#[cfg(test)]
 pub(crate) fn ssh_frame(payload: Bytes) -> ProxySshRequest {
     ProxySshRequest {
         dial_target: None,

@@ -6,7 +6,8 @@
 //! chosen by Go's rules in [`proxy_env`]; TLS verified against the cluster's CAs in [`tls`],
 //! the join's check inside an upgrade in [`join_verify`]), a connection that reaches nodes
 //! over either transport ([`link`]:
-//! gRPC TransportService in [`grpc`], the SSH `proxy:` subsystem in [`sshproxy`]), node bytes
+//! gRPC TransportService in [`grpc`], its `ProxySSH` call framed by hand in `proxy_ssh`, the
+//! SSH `proxy:` subsystem in [`sshproxy`]), node bytes
 //! between a proxy stream and a local byte stream ([`relay`], [`stdio`]), the SSH agent that
 //! answers with the current key ([`agent`]), and the clients of Auth ([`auth_client`], through
 //! `ProxyCluster` without TLS routing) and of
@@ -25,6 +26,7 @@ pub mod join_client;
 pub mod join_verify;
 pub mod link;
 pub mod proxy_env;
+mod proxy_ssh;
 pub mod refusal;
 pub mod relay;
 pub mod route;

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::agent::Agent;
 use crate::grpc::{self, GrpcNode, FRAME_SIZE};
 use crate::link::Node;
+use crate::proxy_ssh;
 use crate::sshproxy::NodeChannel;
 use idmux_wire::proto::SshFrame;
 
@@ -65,16 +66,32 @@ impl Chunks {
         input: &mut R,
         max: usize,
     ) -> std::io::Result<Option<Bytes>> {
+        Ok(self.read_after(input, max, 0).await?.map(BytesMut::freeze))
+    }
+
+    /// As [`Chunks::read`], with `room` bytes (zeros) left in front of the chunk in the same
+    /// buffer: room for a header to be written there, so header and chunk go out as one
+    /// contiguous buffer without the chunk being copied (`proxy_ssh::ssh_message`).
+    pub async fn read_after<R: AsyncRead + Unpin>(
+        &mut self,
+        input: &mut R,
+        max: usize,
+        room: usize,
+    ) -> std::io::Result<Option<BytesMut>> {
         let want = self.size.clamp(MIN_CHUNK.min(max), max);
-        if self.buf.capacity() < want {
-            self.buf.reserve(want);
+        // Empty unless a read was cancelled after the room was put in.
+        self.buf.clear();
+        if self.buf.capacity() < room + want {
+            self.buf.reserve(room + want);
         }
+        self.buf.put_bytes(0, room);
         let n = input.read_buf(&mut (&mut self.buf).limit(want)).await?;
         if n == 0 {
+            self.buf.clear();
             return Ok(None);
         }
         self.size = next_size(want, n, max);
-        Ok(Some(self.buf.split().freeze()))
+        Ok(Some(self.buf.split()))
     }
 }
 
@@ -280,15 +297,14 @@ where
         let mut chunks = Chunks::new();
         loop {
             let chunk = chunks
-                .read(&mut input, FRAME_SIZE)
+                .read_after(&mut input, FRAME_SIZE, proxy_ssh::PREFIX_ROOM)
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
             let Some(chunk) = chunk else {
                 drop(tx); // ends the request stream: the proxy passes the half-close on
                 return Ok::<(), anyhow::Error>(());
             };
-            let frame = grpc::ssh_frame(chunk);
-            if tx.send(frame).await.is_err() {
+            if tx.send(proxy_ssh::ssh_message(chunk)).await.is_err() {
                 // The stream is gone; `down` sees why.
                 return Ok(());
             }
@@ -338,7 +354,7 @@ where
 /// proxy's requests; the agent's replies go back as `agent` frames.
 fn serve_agent(
     agent: Agent,
-    tx: tokio::sync::mpsc::WeakSender<idmux_wire::proto::ProxySshRequest>,
+    tx: tokio::sync::mpsc::WeakSender<Bytes>,
 ) -> tokio::io::WriteHalf<tokio::io::DuplexStream> {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
@@ -354,7 +370,9 @@ fn serve_agent(
             };
             let Some(tx) = tx.upgrade() else { return };
             if tx
-                .send(grpc::agent_frame(Bytes::copy_from_slice(&buf[..n])))
+                .send(proxy_ssh::message(&grpc::agent_frame(Bytes::copy_from_slice(
+                    &buf[..n],
+                ))))
                 .await
                 .is_err()
             {
