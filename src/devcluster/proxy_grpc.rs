@@ -451,8 +451,14 @@ mod tests {
             Ok::<_, Infallible>(http::Response::new(String::new()))
         });
         tokio::spawn(h2_server().serve_connection(TokioIo::new(server), svc));
-        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-        client.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap(); // empty SETTINGS
         let mut head = [0u8; 9];
         client.read_exact(&mut head).await.unwrap();
         assert_eq!(head[3], 4, "the server's first frame is SETTINGS: {head:?}");
@@ -461,7 +467,12 @@ mod tests {
         client.read_exact(&mut body).await.unwrap();
         let settings: Vec<(u16, u32)> = body
             .chunks(6)
-            .map(|e| (u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]])))
+            .map(|e| {
+                (
+                    u16::from_be_bytes([e[0], e[1]]),
+                    u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                )
+            })
             .collect();
         assert!(settings.contains(&(5, 16384)), "{settings:?}");
     }

@@ -9,28 +9,28 @@
 //!
 //! Must not know: what TARGET means (the daemon parses and dials it), certificates, the
 //! daemon's state, or anything of the workspace's other crates. It links no Rust crate but
-//! `libc`.
+//! `libc`, and glibc statically.
 //!
-//! Why `#![no_std]`: ssh runs it for every connection, so its whole life is on every
-//! connection's path. Built with std it took 1.23-1.7 ms from spawn to exit against 0.90 ms
-//! for `/bin/true` on a quiet machine: the dynamic loader mapped and relocated libgcc_s.so.1
-//! (std's unwinder, which std's panic machinery drags in even when nothing panics) and a
-//! 4.8 MB binary with std's thread-local storage, and std's start-up and arguments went through
-//! malloc (4 allocations for a usage error, 9 for a run, by valgrind). This one needs only
-//! libc.so.6, is 38 kB (most of it debug info), calls no allocator (the request is TARGET's
-//! own NUL-terminated argv bytes) and runs nothing before `main` but glibc's own start-up.
-//! Interleaved, 1,000 runs each on a loaded 2-core machine (load 15-26): a `#![no_std]` main
-//! that only returns 0 starts like `/bin/true` (0.98-0.99x, median and 10th percentile); this
-//! helper's whole run, against a listening socket answered by a separate process, is 1.06-1.08x
-//! at the 10th percentile and 1.15-1.20x at the median (the std build: 1.27-1.30x and
-//! 1.42-2.0x), and its own CPU time 1.04x (std: 1.26x). The rest is the protocol's
-//! syscalls and the wake-up of the listener. tests/e2e/fdpass.rs holds it to that: the ELF's
-//! NEEDED list, valgrind's heap count.
+//! Why `#![no_std]` and static: ssh runs it for every connection, so its whole life is on
+//! every connection's path. Built with std it took 1.23-1.7 ms from spawn to exit against
+//! 0.90 ms for `/bin/true` on a quiet machine: the dynamic loader mapped and relocated
+//! libgcc_s.so.1 (std's unwinder, which std's panic machinery drags in even when nothing
+//! panics) and a 4.8 MB binary with std's thread-local storage, and std's start-up and
+//! arguments went through malloc (4 allocations for a usage error, 9 for a run, by valgrind).
+//! Without std it needed only libc.so.6 and called no allocator, and a `main` that only
+//! returns 0 started like `/bin/true`, which itself spends most of its life in the dynamic
+//! loader: the whole run was still 1.06x `/bin/true` (median of 1,000 interleaved runs
+//! against a listening socket answered by a separate process). Linked statically
+//! (`+crt-static`, a static-PIE executable of about 800 kB: glibc's own start-up, no loader,
+//! no shared library) the same run is 0.98x `/bin/true` (0.97x without PIE, which would give
+//! up address randomisation for 1 %), its own CPU time 0.91x. tests/e2e/fdpass.rs holds it to
+//! that: no program interpreter and no NEEDED entry in the ELF; after `main` starts, only
+//! the protocol's system calls (strace).
 //!
 //! A `#![no_std]` executable must not unwind, and stable Cargo has no per-package panic
 //! strategy, so `.cargo/config.toml` runs rustc through `rustc-wrapper.sh` (beside this file),
-//! which adds `-C panic=abort` for this crate alone. A panic (none is reachable in a release
-//! build) aborts.
+//! which adds `-C panic=abort` and the static link for this crate alone. A panic (none is
+//! reachable in a release build) aborts.
 #![no_std]
 #![no_main]
 

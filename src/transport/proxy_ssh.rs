@@ -450,7 +450,9 @@ mod tests {
         for r in requests() {
             // As the relay sends them: payloads framed in place, the rest encoded whole.
             let m = match &r.frame {
-                Some(SshFrame::Ssh(f)) if !f.payload.is_empty() => ssh_message(with_room(&f.payload)),
+                Some(SshFrame::Ssh(f)) if !f.payload.is_empty() => {
+                    ssh_message(with_room(&f.payload))
+                }
                 _ => message(&r),
             };
             tx.send(m).await.unwrap();

@@ -370,9 +370,9 @@ fn serve_agent(
             };
             let Some(tx) = tx.upgrade() else { return };
             if tx
-                .send(proxy_ssh::message(&grpc::agent_frame(Bytes::copy_from_slice(
-                    &buf[..n],
-                ))))
+                .send(proxy_ssh::message(&grpc::agent_frame(
+                    Bytes::copy_from_slice(&buf[..n]),
+                )))
                 .await
                 .is_err()
             {
