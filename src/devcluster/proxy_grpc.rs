@@ -439,6 +439,7 @@ async fn relay_cluster(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The server's first SETTINGS frame, read as bytes (RFC 9113 6.5: a 9-byte frame header,
     /// type 4, then 6-byte entries: a u16 identifier and a u32 value), carries
@@ -476,8 +477,6 @@ mod tests {
             .collect();
         assert!(settings.contains(&(5, 16384)), "{settings:?}");
     }
-
-    use super::*;
 
     #[test]
     fn proxy_cluster_routes_to_this_cluster_only_with_teleports_words() {

@@ -499,7 +499,7 @@ pub(crate) fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> St
 pub const STREAM_BUFFER: usize = 1024;
 
 /// tonic's prost codec with [`STREAM_BUFFER`]-sized starting buffers, for the long-lived
-/// streams (`ProxySSH`, `ProxyCluster`).
+/// streams (`ProxyCluster`; `ProxySSH`'s responses, whose requests `proxy_ssh` frames).
 pub(crate) struct SmallBuffers<T, U>(std::marker::PhantomData<(T, U)>);
 
 impl<T, U> Default for SmallBuffers<T, U> {

@@ -1,6 +1,6 @@
 //! The `ProxySSH` call on the wire, framed by hand instead of by tonic's encoder: the HTTP/2
 //! request that opens the stream, the request body, the gRPC messages it carries, and the
-//! response stream read with a small buffer.
+//! response stream read with a small buffer (`grpc::SmallBuffers`' decoder).
 //!
 //! Owns: the bytes of every request (the gRPC message header and protobuf prefix of an `ssh`
 //! or `agent` frame, written from Teleport's field numbers), the request's method, URI and
@@ -30,8 +30,9 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::grpc::FRAME_SIZE;
+use crate::grpc::{SmallBuffers, FRAME_SIZE};
 use idmux_wire::proto::{ProxySshRequest, ProxySshResponse, PROXY_SSH};
+use tonic::codec::Codec;
 
 /// Field numbers (teleport.transport.v1, see idmux_wire::proto): `ProxySSHRequest.ssh`,
 /// `Frame.payload`.
@@ -43,10 +44,6 @@ const FIELD_PAYLOAD: u32 = 1;
 /// up to 2^21 - 1 is a varint of at most 3 bytes; a payload is at most [`FRAME_SIZE`].
 pub(crate) const PREFIX_ROOM: usize = 5 + (1 + 3) + (1 + 3);
 const _: () = assert!(FRAME_SIZE + 8 < 1 << 21);
-
-/// Initial size of a stream's decode buffer. Tonic's default is 8 KiB per stream; most streams
-/// sit idle, and a bulk transfer grows the buffer to its messages' size anyway.
-pub(crate) const DECODE_BUFFER: usize = 1024;
 
 /// The request body of a `ProxySSH` call: each `Bytes` from the channel is one whole gRPC
 /// message ([`message`], [`ssh_message`]); the body ends when every sender is dropped.
@@ -180,7 +177,9 @@ where
         }
     }
     let status = resp.status();
-    let decoder = decoder();
+    // prost's decoder with the small first buffer of the other long-lived streams. A `Frame`'s
+    // payload (`bytes` as `Bytes` in idmux_wire::proto) is split off the stream's buffer.
+    let decoder = SmallBuffers::<ProxySshRequest, ProxySshResponse>::default().decoder();
     match tonic::Status::from_header_map(resp.headers()) {
         // Trailers-only: the call ended before it began.
         Some(s) if s.code() != tonic::Code::Ok => Err(s),
@@ -193,14 +192,6 @@ where
             None,
         )),
     }
-}
-
-/// prost's decoder with a [`DECODE_BUFFER`]-sized first buffer. A `Frame`'s payload (`bytes`
-/// as `Bytes` in idmux_wire::proto) is split off the stream's buffer, not copied.
-fn decoder() -> impl tonic::codec::Decoder<Item = ProxySshResponse, Error = tonic::Status> {
-    tonic_prost::ProstCodec::<ProxySshRequest, ProxySshResponse>::raw_decoder(
-        tonic::codec::BufferSettings::new(DECODE_BUFFER, 32 * 1024),
-    )
 }
 
 #[cfg(test)]
@@ -493,6 +484,14 @@ mod tests {
         const MSGS: &[u8] = &[
             0, 0, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 6, 0x12, 4, 0x0a, 2, b'o', b'k',
         ];
+        // A gRPC answer: MSGS in one DATA frame, then `end` as the trailers.
+        fn messages_then(end: &[(&'static str, &'static str)]) -> http::Response<Reply> {
+            grpc_response(
+                200,
+                &[CT],
+                vec![Frame::data(Bytes::from_static(MSGS)), trailers(end)],
+            )
+        }
         let replies: [fn() -> http::Response<Reply>; 7] = [
             // A refusal in the headers (trailers-only), percent-encoded.
             || {
@@ -509,27 +508,9 @@ mod tests {
             // Trailers-only success: no messages.
             || grpc_response(200, &[CT, ("grpc-status", "0")], vec![]),
             // Messages, then OK.
-            || {
-                grpc_response(
-                    200,
-                    &[CT],
-                    vec![
-                        Frame::data(Bytes::from_static(MSGS)),
-                        trailers(&[("grpc-status", "0")]),
-                    ],
-                )
-            },
+            || messages_then(&[("grpc-status", "0")]),
             // Messages, then a refusal in the trailers.
-            || {
-                grpc_response(
-                    200,
-                    &[CT],
-                    vec![
-                        Frame::data(Bytes::from_static(MSGS)),
-                        trailers(&[("grpc-status", "7"), ("grpc-message", "denied")]),
-                    ],
-                )
-            },
+            || messages_then(&[("grpc-status", "7"), ("grpc-message", "denied")]),
             // Not gRPC at all (a load balancer's answer).
             || {
                 grpc_response(
