@@ -491,12 +491,14 @@ pub(crate) fn status_line(proxy: &str, host_port: &str, s: &tonic::Status) -> St
     }
 }
 
-/// Where tonic's encode and decode buffers of a stream start: 1 KiB, not tonic's 8 KiB each.
-/// Every open node connection holds both for its whole life, an idle one too (16 KiB a
-/// session before, most of the multiplexer's memory per open session; issue 18). A bulk
-/// transfer grows them to its message size as before; messages are still gathered into
-/// chunks of up to 32 KiB before they go to HTTP/2 (tonic's yield threshold).
-pub const STREAM_BUFFER: usize = 1024;
+/// Where tonic's encode and decode buffers of a stream start: 128 bytes, not tonic's 8 KiB
+/// each. Every open node connection holds its decode buffer for its whole life, an idle one
+/// too (16 KiB a session with tonic's two, most of the multiplexer's memory per open session
+/// before; 1 KiB until 1,000 held sessions still came out 1 MiB over issue 18's budget). The
+/// node's banner, the first thing an idle session receives, fits; a bulk transfer grows the
+/// buffer to its message size as before. Messages are still gathered into chunks of up to
+/// 32 KiB before they go to HTTP/2 (tonic's yield threshold).
+pub const STREAM_BUFFER: usize = 128;
 
 /// tonic's prost codec with [`STREAM_BUFFER`]-sized starting buffers, for the long-lived
 /// streams (`ProxyCluster`; `ProxySSH`'s responses, whose requests `proxy_ssh` frames).
@@ -559,7 +561,7 @@ mod tests {
     fn long_lived_streams_start_with_small_codec_buffers() {
         use tonic::codec::{Codec, Decoder, Encoder};
         let mut c = SmallBuffers::<ProxySshRequest, ProxySshResponse>::default();
-        let want = format!("{:?}", tonic::codec::BufferSettings::new(1024, 32 << 10));
+        let want = format!("{:?}", tonic::codec::BufferSettings::new(128, 32 << 10));
         assert_eq!(format!("{:?}", c.encoder().buffer_settings()), want);
         assert_eq!(format!("{:?}", c.decoder().buffer_settings()), want);
         // tonic's own default, which every stream held twice before.
