@@ -78,8 +78,9 @@ pub struct GrpcProxy {
 /// A node connection: one `ProxySSH` stream whose first response (`details`) has arrived.
 pub struct GrpcNode {
     /// Requests to the proxy (`ssh` and `agent` frames), each a whole gRPC message
-    /// (`proxy_ssh::ssh_message`, `proxy_ssh::message`); dropping it ends the request side.
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    /// (`proxy_ssh::ssh_message`, `proxy_ssh::message`); dropping every clone, or closing
+    /// the channel from any, ends the request side.
+    pub(crate) tx: proxy_ssh::Requests,
     /// The proxy's responses: `ssh` and `agent` frames, then the status.
     pub rx: tonic::Streaming<ProxySshResponse>,
     /// Answers `agent` frames, if the caller has an agent.
@@ -296,7 +297,7 @@ impl GrpcProxy {
         agent: Option<Agent>,
     ) -> Result<GrpcNode> {
         let host_port = idmux_wire::hostport::join(host, port);
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let (mut tx, rx) = proxy_ssh::requests(REQUEST_QUEUE);
         let first = ProxySshRequest {
             dial_target: Some(TargetHost {
                 host_port: host_port.clone(),
@@ -304,9 +305,8 @@ impl GrpcProxy {
             }),
             frame: None,
         };
-        tx.send(proxy_ssh::message(&first))
-            .await
-            .expect("the receiver is in hand");
+        tx.try_send(proxy_ssh::message(&first))
+            .expect("the receiver is in hand and the queue empty");
         let mut send = self.send.clone();
         let call = async {
             // A closed connection fails here as a failed send would: a transport error.

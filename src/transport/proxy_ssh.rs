@@ -28,7 +28,6 @@ use hyper::body::{Body, Frame};
 use hyper::client::conn::http2::SendRequest;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
-use tokio::sync::mpsc;
 
 use crate::grpc::{SmallBuffers, FRAME_SIZE};
 use idmux_wire::proto::{ProxySshRequest, ProxySshResponse, PROXY_SSH};
@@ -45,14 +44,26 @@ const FIELD_PAYLOAD: u32 = 1;
 pub(crate) const PREFIX_ROOM: usize = 5 + (1 + 3) + (1 + 3);
 const _: () = assert!(FRAME_SIZE + 8 < 1 << 21);
 
+/// The queue a `ProxySSH` call's requests go through, one whole gRPC message each
+/// ([`message`], [`ssh_message`]). futures-channel's, not tokio's: tokio's allocates a
+/// cache-padded channel and a 32-slot block (about 1.6 KiB) the moment it is made, which every
+/// open session held while idle; this one allocates per queued message (issue 18).
+/// `close_channel` on any sender ends the body, whatever other senders are left.
+pub(crate) type Requests = futures_channel::mpsc::Sender<Bytes>;
+
+/// A request queue of `cap` messages (plus one per sender, as futures-channel counts).
+pub(crate) fn requests(cap: usize) -> (Requests, futures_channel::mpsc::Receiver<Bytes>) {
+    futures_channel::mpsc::channel(cap)
+}
+
 /// The request body of a `ProxySSH` call: each `Bytes` from the channel is one whole gRPC
-/// message ([`message`], [`ssh_message`]); the body ends when every sender is dropped.
+/// message; the body ends when every sender is dropped or one closes the channel.
 pub(crate) struct RequestBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: futures_channel::mpsc::Receiver<Bytes>,
 }
 
 impl RequestBody {
-    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+    pub(crate) fn new(rx: futures_channel::mpsc::Receiver<Bytes>) -> Self {
         Self { rx }
     }
 }
@@ -65,7 +76,8 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|m| m.map(|m| Ok(Frame::data(m))))
+        futures_util::Stream::poll_next(Pin::new(&mut self.rx), cx)
+            .map(|m| m.map(|m| Ok(Frame::data(m))))
     }
 }
 
@@ -143,7 +155,7 @@ pub(crate) fn request(origin: &Uri, body: RequestBody) -> http::Request<tonic::b
 pub(crate) async fn call(
     send: &mut SendRequest<tonic::body::Body>,
     origin: &Uri,
-    rx: mpsc::Receiver<Bytes>,
+    rx: futures_channel::mpsc::Receiver<Bytes>,
 ) -> Result<tonic::Streaming<ProxySshResponse>, tonic::Status> {
     let resp = send
         .send_request(request(origin, RequestBody::new(rx)))
@@ -202,9 +214,9 @@ mod tests {
 
     /// The DATA frames the body yields for `msgs`, until it ends.
     async fn frames(msgs: Vec<Bytes>) -> Vec<Bytes> {
-        let (tx, rx) = mpsc::channel(msgs.len().max(1));
+        let (mut tx, rx) = super::requests(msgs.len().max(1));
         for m in msgs {
-            tx.send(m).await.unwrap();
+            tx.try_send(m).unwrap();
         }
         drop(tx);
         let mut body = RequestBody::new(rx);
@@ -419,7 +431,7 @@ mod tests {
         });
         let mut grpc = tonic::client::Grpc::with_origin(svc, origin);
         grpc.ready().await.unwrap();
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         for r in requests() {
             tx.send(r).await.unwrap();
         }
@@ -437,7 +449,7 @@ mod tests {
 
     async fn via_us(mut send: SendRequest<tonic::body::Body>, origin: Uri) -> Vec<String> {
         send.ready().await.unwrap();
-        let (tx, rx) = mpsc::channel(8);
+        let (mut tx, rx) = super::requests(8);
         for r in requests() {
             // As the relay sends them: payloads framed in place, the rest encoded whole.
             let m = match &r.frame {
@@ -446,7 +458,7 @@ mod tests {
                 }
                 _ => message(&r),
             };
-            tx.send(m).await.unwrap();
+            tx.try_send(m).unwrap();
         }
         drop(tx);
         outcome(call(&mut send, &origin, rx).await).await

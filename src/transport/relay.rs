@@ -21,6 +21,7 @@
 
 use anyhow::{anyhow, Result};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -298,10 +299,14 @@ where
     E: AsyncWrite + Unpin,
 {
     let (in_name, out_name) = names;
-    let GrpcNode { tx, mut rx, agent } = node;
-    // The agent's replies go out on a weak handle, so input EOF (dropping `tx`) still ends
-    // the request side.
-    let agent_tx = tx.downgrade();
+    let GrpcNode {
+        mut tx,
+        mut rx,
+        agent,
+    } = node;
+    // The agent's replies go out on a clone; input EOF closes the channel (not only drops
+    // `tx`), so it still ends the request side while an agent session is open.
+    let agent_tx = tx.clone();
 
     let up = async move {
         let mut chunks = Chunks::new();
@@ -311,10 +316,12 @@ where
                 .await
                 .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
             let Some(chunk) = chunk else {
-                drop(tx); // ends the request stream: the proxy passes the half-close on
+                // Ends the request stream (the proxy passes the half-close on) and the
+                // agent's clone with it.
+                tx.close_channel();
                 return Ok::<(), anyhow::Error>(());
             };
-            if tx.send(proxy_ssh::ssh_message(chunk)).await.is_err() {
+            if tx.feed(proxy_ssh::ssh_message(chunk)).await.is_err() {
                 // The stream is gone; `down` sees why.
                 return Ok(());
             }
@@ -364,7 +371,7 @@ where
 /// proxy's requests; the agent's replies go back as `agent` frames.
 fn serve_agent(
     agent: Agent,
-    tx: tokio::sync::mpsc::WeakSender<Bytes>,
+    mut tx: proxy_ssh::Requests,
 ) -> tokio::io::WriteHalf<tokio::io::DuplexStream> {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
@@ -378,9 +385,9 @@ fn serve_agent(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let Some(tx) = tx.upgrade() else { return };
+            // Fails once the relay has closed the request side (input EOF) or ended.
             if tx
-                .send(proxy_ssh::message(&grpc::agent_frame(
+                .feed(proxy_ssh::message(&grpc::agent_frame(
                     Bytes::copy_from_slice(&buf[..n]),
                 )))
                 .await
