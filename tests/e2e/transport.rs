@@ -171,6 +171,15 @@ fn grpc_agent_frames_are_answered_from_the_agent() {
     rt.block_on(agent_frames());
 }
 
+#[test]
+fn grpc_input_eof_ends_the_request_side_while_an_agent_session_is_open() {
+    // The agent's replies share the request queue with the relay's input; input EOF must
+    // still end the request side (the proxy passes the half-close on to the node) while the
+    // agent's session is open, as it did when the agent held only a weak handle.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(agent_then_input_eof());
+}
+
 mod agent_proxy {
     //! A TransportService that, once "connected", asks the client's agent for its identities
     //! and sends what it learned back as the node's bytes.
@@ -183,7 +192,11 @@ mod agent_proxy {
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::Status;
 
-    pub struct AskAgent;
+    /// `wait_for_eof`: after reporting the agent's answer, wait (5 s at most) for the client's
+    /// request side to end and report whether it did.
+    pub struct AskAgent {
+        pub wait_for_eof: bool,
+    }
 
     type Responses = ReceiverStream<Result<ProxySshResponse, Status>>;
 
@@ -201,6 +214,7 @@ mod agent_proxy {
             Pin<Box<dyn Future<Output = Result<tonic::Response<Responses>, Status>> + Send>>;
 
         fn call(&mut self, req: tonic::Request<tonic::Streaming<ProxySshRequest>>) -> Self::Future {
+            let wait_for_eof = self.wait_for_eof;
             Box::pin(async move {
                 let mut inbound = req.into_inner();
                 let first = inbound.message().await?.expect("a first request");
@@ -238,6 +252,18 @@ mod agent_proxy {
                         payload: Bytes::from(report),
                     };
                     tx.send(frame(SshFrame::Ssh(f))).await.unwrap();
+                    if wait_for_eof {
+                        let ended =
+                            tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                                while let Ok(Some(_)) = inbound.message().await {}
+                            })
+                            .await
+                            .is_ok();
+                        let f = Frame {
+                            payload: Bytes::from(format!(" request side ended={ended}")),
+                        };
+                        tx.send(frame(SshFrame::Ssh(f))).await.unwrap();
+                    }
                     // Dropping tx ends the stream with status OK: the "node" hung up.
                 });
                 Ok(tonic::Response::new(ReceiverStream::new(rx)))
@@ -246,35 +272,94 @@ mod agent_proxy {
     }
 }
 
-async fn agent_frames() {
+/// A gRPC connection to an [`agent_proxy::AskAgent`] proxy, and the client's agent.
+async fn agent_proxy_connection(
+    wait_for_eof: bool,
+) -> (
+    idmux_transport::grpc::GrpcProxy,
+    idmux_transport::agent::Agent,
+    tempfile::TempDir,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use idmux_transport::link::Node;
-
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
     tokio::spawn(async move {
-        let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
-            let codec = tonic_prost::ProstCodec::<
-                idmux_wire::proto::ProxySshResponse,
-                idmux_wire::proto::ProxySshRequest,
-            >::default();
-            let resp = tonic::server::Grpc::new(codec)
-                .streaming(agent_proxy::AskAgent, req)
-                .await;
-            Ok::<_, std::convert::Infallible>(resp)
-        });
+        let svc = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                let codec = tonic_prost::ProstCodec::<
+                    idmux_wire::proto::ProxySshResponse,
+                    idmux_wire::proto::ProxySshRequest,
+                >::default();
+                let resp = tonic::server::Grpc::new(codec)
+                    .streaming(agent_proxy::AskAgent { wait_for_eof }, req)
+                    .await;
+                Ok::<_, std::convert::Infallible>(resp)
+            },
+        );
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(server_io), svc)
             .await;
     });
-
     let tmp = tempfile::tempdir().unwrap();
     let (_, id) = new_ca_and_identity(&tmp.path().join("ca"), C, Duration::from_secs(600));
     let agent = idmux_transport::agent::Agent::default();
     agent.set(id.key.to_ssh().unwrap(), id.ssh_cert.clone());
-
     let proxy = idmux_transport::grpc::connect(client_io, "agent-proxy.test")
         .await
         .unwrap();
+    (proxy, agent, tmp)
+}
+
+async fn agent_then_input_eof() {
+    use idmux_transport::link::Node;
+    use tokio::io::AsyncReadExt;
+
+    let (proxy, agent, _tmp) = agent_proxy_connection(true).await;
+    let node = proxy
+        .open_node("node-1", 3022, C, Some(agent))
+        .await
+        .unwrap();
+    let (hold, input) = tokio::io::duplex(1024);
+    let (output, mut seen) = tokio::io::duplex(1 << 16);
+    // Ends the input (as ssh closing its side) once the proxy has the agent's answer, while
+    // the agent's session is still open.
+    let watcher = tokio::spawn(async move {
+        let mut hold = Some(hold);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = seen.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(6).any(|w| w == b"keys=2") {
+                hold.take();
+            }
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        idmux_transport::relay::relay(
+            Node::Grpc(node),
+            input,
+            output,
+            tokio::io::sink(),
+            ("input", "output"),
+        ),
+    )
+    .await
+    .expect("the relay did not end")
+    .unwrap();
+    assert_eq!(
+        watcher.await.unwrap(),
+        "target=node-1:3022 reply=12 keys=2 request side ended=true"
+    );
+}
+
+async fn agent_frames() {
+    use idmux_transport::link::Node;
+
+    let (proxy, agent, _tmp) = agent_proxy_connection(false).await;
     let node = proxy
         .open_node("node-1", 3022, C, Some(agent))
         .await
