@@ -272,12 +272,13 @@ mod agent_proxy {
     }
 }
 
-/// A gRPC connection to an [`agent_proxy::AskAgent`] proxy, and the client's agent.
-async fn agent_proxy_connection(
+/// A gRPC connection to an [`agent_proxy::AskAgent`] proxy and a node stream on it, with the
+/// client's agent (keep the connection and the dir for as long as the stream).
+async fn agent_proxy_node(
     wait_for_eof: bool,
 ) -> (
     idmux_transport::grpc::GrpcProxy,
-    idmux_transport::agent::Agent,
+    idmux_transport::grpc::GrpcNode,
     tempfile::TempDir,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -306,18 +307,18 @@ async fn agent_proxy_connection(
     let proxy = idmux_transport::grpc::connect(client_io, "agent-proxy.test")
         .await
         .unwrap();
-    (proxy, agent, tmp)
+    let node = proxy
+        .open_node("node-1", 3022, C, Some(agent))
+        .await
+        .unwrap();
+    (proxy, node, tmp)
 }
 
 async fn agent_then_input_eof() {
     use idmux_transport::link::Node;
     use tokio::io::AsyncReadExt;
 
-    let (proxy, agent, _tmp) = agent_proxy_connection(true).await;
-    let node = proxy
-        .open_node("node-1", 3022, C, Some(agent))
-        .await
-        .unwrap();
+    let (_proxy, node, _tmp) = agent_proxy_node(true).await;
     let (hold, input) = tokio::io::duplex(1024);
     let (output, mut seen) = tokio::io::duplex(1 << 16);
     // Ends the input (as ssh closing its side) once the proxy has the agent's answer, while
@@ -359,11 +360,7 @@ async fn agent_then_input_eof() {
 async fn agent_frames() {
     use idmux_transport::link::Node;
 
-    let (proxy, agent, _tmp) = agent_proxy_connection(false).await;
-    let node = proxy
-        .open_node("node-1", 3022, C, Some(agent))
-        .await
-        .unwrap();
+    let (_proxy, node, _tmp) = agent_proxy_node(false).await;
     // Input that stays open (ssh never closes its side first); the proxy ends the stream.
     let (_hold, input) = tokio::io::duplex(1024);
     let mut out = Vec::new();
