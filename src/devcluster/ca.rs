@@ -683,7 +683,7 @@ impl ClusterCas {
     }
 
     /// Issue an X.509 server certificate signed by the host CA.
-    pub(crate) fn issue_tls_server(
+    pub fn issue_tls_server(
         &self,
         spki: &[u8],
         common_name: &str,

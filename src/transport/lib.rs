@@ -20,6 +20,7 @@ pub mod agent;
 pub mod auth_client;
 pub mod auth_direct;
 mod auth_tunnel;
+pub mod cork;
 pub mod dial;
 pub mod grpc;
 pub mod join_client;

@@ -103,7 +103,9 @@ async fn connect_grpc(route: &Route, id: &Identity) -> Result<Link> {
                 "it may predate the gRPC transport: use --transport auto or ssh",
             )
         })?;
-    Ok(Link::Grpc(grpc::connect(tls, proxy).await?))
+    Ok(Link::Grpc(
+        grpc::connect(crate::cork::Corked::new(tls), proxy).await?,
+    ))
 }
 
 /// Add what to do to an [`AlpnNotOffered`] error, keeping its type (auto falls back on it).
