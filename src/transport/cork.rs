@@ -14,7 +14,10 @@
 //! no copy. A flush with records queued does not write them; it wakes the task again and
 //! returns. The task's next turn starts, as every HTTP/2 or SSH connection task's does, by
 //! reading the socket: [`Corked::poll_read`] first writes every queued record, in one
-//! `writev` of up to 64 records. In between, the runtime runs the other tasks that are ready:
+//! `writev` of up to 64 records. tbot's own gRPC client does the like: grpc-go's loopy
+//! writer puts frames in a write buffer and flushes it only when it has nothing more to
+//! write, yielding once first to let the streams add to a small batch
+//! (`internal/transport/controlbuf.go`, `loopyWriter.run`). In between, the runtime runs the other tasks that are ready:
 //! the relays that feed this connection more frames. A flush that finds [`CORK_MAX`] queued,
 //! or the socket full from the last attempt, writes at once. An interactive keystroke waits
 //! one turn of the scheduler, microseconds.

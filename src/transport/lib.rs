@@ -4,7 +4,8 @@
 //! upgrade through an L7 load balancer in [`upgrade`], or the SSH proxy port without TLS
 //! routing; every dial starts in [`dial`]: TCP with its deadline, through an HTTP CONNECT proxy
 //! chosen by Go's rules in [`proxy_env`]; TLS verified against the cluster's CAs in [`tls`],
-//! the join's check inside an upgrade in [`join_verify`]), a connection that reaches nodes
+//! the join's check inside an upgrade in [`join_verify`]; the gRPC connection's TLS writes
+//! gathered per task turn in [`cork`]), a connection that reaches nodes
 //! over either transport ([`link`]:
 //! gRPC TransportService in [`grpc`], its `ProxySSH` call framed by hand in `proxy_ssh`, the
 //! SSH `proxy:` subsystem in [`sshproxy`]), node bytes
