@@ -5,7 +5,7 @@
 //! routing; every dial starts in [`dial`]: TCP with its deadline, through an HTTP CONNECT proxy
 //! chosen by Go's rules in [`proxy_env`]; TLS verified against the cluster's CAs in [`tls`],
 //! the join's check inside an upgrade in [`join_verify`]; the gRPC connection's TLS writes
-//! gathered per task turn in [`cork`]), a connection that reaches nodes
+//! gathered per task turn in `cork`), a connection that reaches nodes
 //! over either transport ([`link`]:
 //! gRPC TransportService in [`grpc`], its `ProxySSH` call framed by hand in `proxy_ssh`, the
 //! SSH `proxy:` subsystem in [`sshproxy`]), node bytes
@@ -21,7 +21,7 @@ pub mod agent;
 pub mod auth_client;
 pub mod auth_direct;
 mod auth_tunnel;
-pub mod cork;
+mod cork;
 pub mod dial;
 pub mod grpc;
 pub mod join_client;
