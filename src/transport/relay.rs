@@ -21,6 +21,10 @@
 
 use anyhow::{anyhow, Result};
 use bytes::{BufMut, Bytes, BytesMut};
+use std::future::Future;
+use std::pin::{pin, Pin};
+
+use futures_util::future::Either;
 use futures_util::SinkExt;
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -108,40 +112,48 @@ fn next_size(want: usize, n: usize, max: usize) -> usize {
 
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
 /// at fault (`reading stdin`, `writing stdout`, ...) using `names` = (input, output).
-pub async fn relay<R, W, E>(
+///
+/// The returned future is two words: the transport's relay is boxed here, before the first
+/// poll, with `node`, `input` and `output` moved into the box. A session's task then holds
+/// only what its own transport needs (inline, every session kept room for the larger relay),
+/// and not a second copy of the arguments either (an `async fn` keeps its arguments' room for
+/// its whole life: issue 18, memory per open session). `relays_are_boxed_per_transport`
+/// holds the sizes.
+pub fn relay<'a, R, W, E>(
     node: Node,
     input: R,
     output: W,
     errors: E,
-    names: (&str, &str),
-) -> Result<()>
+    names: (&'a str, &'a str),
+) -> impl Future<Output = Result<()>> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + Unpin + 'a,
+    E: AsyncWrite + Unpin + 'a,
 {
-    // Each transport's relay boxed on its own: a session's task then holds only what its own
-    // transport needs (a gRPC relay's state is about 1.8 KiB, an SSH channel's 2.3 KiB;
-    // inline, every session kept room for the larger of the two: issue 18, memory per open
-    // session). `relays_are_boxed_per_transport` holds the sizes.
     match node {
-        Node::Ssh(n) => Box::pin(relay_ssh(n, input, output, errors, names)).await,
-        Node::Grpc(n) => Box::pin(relay_grpc(n, input, output, errors, names)).await,
+        Node::Ssh(n) => Either::Left(Box::pin(relay_ssh(n, input, output, errors, names))),
+        Node::Grpc(n) => Either::Right(Box::pin(relay_grpc(n, input, output, errors, names))),
     }
 }
 
 /// [`relay`] over an SSH channel.
-pub(crate) async fn relay_ssh<R, W, E>(
+///
+/// A plain function returning an `async move` block, and every part pinned where it is made:
+/// the state machine then holds each piece once. (As an `async fn` it kept its arguments twice,
+/// and moving `up` and `down` into a joining future kept them twice again: 2,424 bytes an
+/// open session where the parts need about half; issue 18.)
+pub(crate) fn relay_ssh<'a, R, W, E>(
     node: NodeChannel,
     mut input: R,
     mut output: W,
     mut errors: E,
-    names: (&str, &str),
-) -> Result<()>
+    names: (&'a str, &'a str),
+) -> impl Future<Output = Result<()>> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + Unpin + 'a,
+    E: AsyncWrite + Unpin + 'a,
 {
     let (in_name, out_name) = names;
     let NodeChannel {
@@ -149,118 +161,122 @@ where
         early_data,
     } = node;
     let (mut rx, tx) = channel.split();
-
-    let up = async {
-        let mut chunks = Chunks::new();
-        loop {
-            let chunk = chunks
-                .read(&mut input, BUF_SIZE)
-                .await
-                .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
-            // russh's channel futures are boxed while they run (about 1.4-1.5 KiB each):
-            // inline, every open session would keep room for them while it waits for input.
-            let Some(chunk) = chunk else {
-                // A failed EOF only means the channel is already gone; `down` reports that.
-                let _ = Box::pin(tx.eof()).await;
-                return Ok::<bool, anyhow::Error>(true);
-            };
-            if Box::pin(tx.data_bytes(chunk)).await.is_err() {
-                // The channel closed under us; `down` sees the close and ends the relay.
-                return Ok(false);
-            }
-        }
-    };
-
-    // Channel -> queue -> output. The drain never waits on the output, so a client that
-    // stops reading cannot stall russh's connection (and every channel on it). The inner SSH
-    // session's own window (OpenSSH: 2 MiB per channel) bounds what a working client leaves
-    // unread; past OUTPUT_QUEUE_CAP the client is broken and its channel is closed.
-    let pending = std::sync::atomic::AtomicUsize::new(0);
-    let peer_closed = std::sync::atomic::AtomicBool::new(false);
-    // futures-channel's queue, not tokio's: tokio's allocates a block of 32 slots and a
-    // cache-padded channel (about 1.6 KiB) the moment it is made, which every open session
-    // held while idle; this one allocates per queued chunk (issue 18: memory per session).
-    let (qtx, mut qrx) = futures_channel::mpsc::unbounded::<Bytes>();
-    let drain = async {
-        use std::sync::atomic::Ordering;
-        loop {
-            match rx.wait().await {
-                Some(ChannelMsg::Data { data }) => {
-                    let n = data.len();
-                    if pending.fetch_add(n, Ordering::Relaxed) + n > OUTPUT_QUEUE_CAP {
-                        return Err(anyhow!(
-                            "{out_name} left more than {} MiB unread; closing its channel",
-                            OUTPUT_QUEUE_CAP >> 20
-                        ));
-                    }
-                    if qtx.unbounded_send(data).is_err() {
-                        break;
+    async move {
+        // Channel -> queue -> output. The drain never waits on the output, so a client that
+        // stops reading cannot stall russh's connection (and every channel on it). The inner
+        // SSH session's own window (OpenSSH: 2 MiB per channel) bounds what a working client
+        // leaves unread; past OUTPUT_QUEUE_CAP the client is broken and its channel is closed.
+        let pending = std::sync::atomic::AtomicUsize::new(0);
+        let peer_closed = std::sync::atomic::AtomicBool::new(false);
+        // futures-channel's queue, not tokio's: tokio's allocates a block of 32 slots and a
+        // cache-padded channel (about 1.6 KiB) the moment it is made, which every open session
+        // held while idle; this one allocates per queued chunk (issue 18: memory per session).
+        let (qtx, mut qrx) = futures_channel::mpsc::unbounded::<Bytes>();
+        // The parts live in this block: their borrows of `rx` end with it.
+        let result = {
+            let up = pin!(async {
+                let mut chunks = Chunks::new();
+                loop {
+                    let chunk = chunks
+                        .read(&mut input, BUF_SIZE)
+                        .await
+                        .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
+                    // russh's channel futures are boxed while they run (about 1.4-1.5 KiB
+                    // each): inline, every open session would keep room for them while it
+                    // waits for input.
+                    let Some(chunk) = chunk else {
+                        // A failed EOF only means the channel is already gone; `down`
+                        // reports that.
+                        let _ = Box::pin(tx.eof()).await;
+                        return Ok::<bool, anyhow::Error>(true);
+                    };
+                    if Box::pin(tx.data_bytes(chunk)).await.is_err() {
+                        // The channel closed under us; `down` sees the close and ends the
+                        // relay.
+                        return Ok(false);
                     }
                 }
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    // Best effort: the proxy's remarks must not break the data path.
-                    let _ = errors.write_all(&data).await;
-                    let _ = errors.flush().await;
+            });
+            let mut drain = pin!(async {
+                use std::sync::atomic::Ordering;
+                loop {
+                    match rx.wait().await {
+                        Some(ChannelMsg::Data { data }) => {
+                            let n = data.len();
+                            if pending.fetch_add(n, Ordering::Relaxed) + n > OUTPUT_QUEUE_CAP {
+                                return Err(anyhow!(
+                                    "{out_name} left more than {} MiB unread; closing its channel",
+                                    OUTPUT_QUEUE_CAP >> 20
+                                ));
+                            }
+                            if qtx.unbounded_send(data).is_err() {
+                                break;
+                            }
+                        }
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            // Best effort: the proxy's remarks must not break the data path.
+                            let _ = errors.write_all(&data).await;
+                            let _ = errors.flush().await;
+                        }
+                        Some(ChannelMsg::Eof) => break,
+                        Some(ChannelMsg::Close) | None => {
+                            peer_closed.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        Some(_) => {}
+                    }
                 }
-                Some(ChannelMsg::Eof) => break,
-                Some(ChannelMsg::Close) | None => {
-                    peer_closed.store(true, Ordering::Relaxed);
-                    break;
+                drop(qtx);
+                Ok::<(), anyhow::Error>(())
+            });
+            let mut write = pin!(async {
+                let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
+                if !early_data.is_empty() {
+                    output.write_all(&early_data).await.map_err(write_err)?;
                 }
-                Some(_) => {}
-            }
-        }
-        drop(qtx);
-        Ok::<(), anyhow::Error>(())
-    };
-    let write = async {
-        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
-        if !early_data.is_empty() {
-            output.write_all(&early_data).await.map_err(write_err)?;
-        }
-        while let Some(b) = futures_util::StreamExt::next(&mut qrx).await {
-            output.write_all(&b).await.map_err(write_err)?;
-            pending.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
-        }
-        output.flush().await.map_err(write_err)?;
-        let _ = output.shutdown().await;
-        Ok::<(), anyhow::Error>(())
-    };
-    let down = async {
-        tokio::pin!(drain, write);
-        let mut drained = false;
-        loop {
-            tokio::select! {
-                r = &mut drain, if !drained => { r?; drained = true; }
-                r = &mut write => return r,
-            }
-        }
-    };
-
-    let result = both(up, down).await;
-    // Let the proxy close the channel after its EOF rather than close it ourselves: russh
-    // (0.65) keeps a channel's sender for the life of the connection when the client's CLOSE
-    // goes first (the peer's answering CLOSE is dropped before the map entry is removed), a
-    // few KiB per node connection in a long-lived multiplexer. The proxy closes right after the
-    // node does; only a peer that never closes costs the wait.
-    use std::sync::atomic::Ordering;
-    if result.is_ok() && !peer_closed.load(Ordering::Relaxed) {
-        let wait_close = async {
-            loop {
-                match rx.wait().await {
-                    Some(ChannelMsg::Close) | None => break true,
-                    Some(_) => {}
+                while let Some(b) = futures_util::StreamExt::next(&mut qrx).await {
+                    output.write_all(&b).await.map_err(write_err)?;
+                    pending.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
                 }
-            }
+                output.flush().await.map_err(write_err)?;
+                let _ = output.shutdown().await;
+                Ok::<(), anyhow::Error>(())
+            });
+            let down = pin!(async {
+                let mut drained = false;
+                loop {
+                    tokio::select! {
+                        r = drain.as_mut(), if !drained => { r?; drained = true; }
+                        r = write.as_mut() => return r,
+                    }
+                }
+            });
+            both(up, down).await
         };
-        if let Ok(true) = tokio::time::timeout(PEER_CLOSE_WAIT, wait_close).await {
-            peer_closed.store(true, Ordering::Relaxed);
+        // Let the proxy close the channel after its EOF rather than close it ourselves: russh
+        // (0.65) keeps a channel's sender for the life of the connection when the client's
+        // CLOSE goes first (the peer's answering CLOSE is dropped before the map entry is
+        // removed), a few KiB per node connection in a long-lived multiplexer. The proxy
+        // closes right after the node does; only a peer that never closes costs the wait.
+        use std::sync::atomic::Ordering;
+        if result.is_ok() && !peer_closed.load(Ordering::Relaxed) {
+            let wait_close = async {
+                loop {
+                    match rx.wait().await {
+                        Some(ChannelMsg::Close) | None => break true,
+                        Some(_) => {}
+                    }
+                }
+            };
+            if let Ok(true) = tokio::time::timeout(PEER_CLOSE_WAIT, wait_close).await {
+                peer_closed.store(true, Ordering::Relaxed);
+            }
         }
+        if !peer_closed.load(Ordering::Relaxed) {
+            let _ = Box::pin(tx.close()).await;
+        }
+        result
     }
-    if !peer_closed.load(Ordering::Relaxed) {
-        let _ = Box::pin(tx.close()).await;
-    }
-    result
 }
 
 /// How long a finished SSH relay waits for the proxy to close the channel before closing it.
@@ -268,35 +284,38 @@ pub(crate) const PEER_CLOSE_WAIT: std::time::Duration = std::time::Duration::fro
 
 /// Drive `up` (local input to the node) and `down` (the node to local output) together until
 /// `down` ends: input ending cleanly lets the node's bytes flow on; an input error ends it all.
+/// Both are pinned by the caller, where they are made: taken by value, each would be kept twice.
 async fn both<T>(
-    up: impl std::future::Future<Output = Result<T>>,
-    down: impl std::future::Future<Output = Result<()>>,
+    mut up: Pin<&mut impl Future<Output = Result<T>>>,
+    mut down: Pin<&mut impl Future<Output = Result<()>>>,
 ) -> Result<()> {
-    tokio::pin!(up, down);
     let mut up_done = false;
     loop {
         tokio::select! {
-            r = &mut up, if !up_done => match r {
+            r = up.as_mut(), if !up_done => match r {
                 Ok(_) => up_done = true,
                 Err(e) => return Err(e),
             },
-            r = &mut down => return r,
+            r = down.as_mut() => return r,
         }
     }
 }
 
 /// [`relay`] over a gRPC `ProxySSH` stream.
-pub(crate) async fn relay_grpc<R, W, E>(
+///
+/// Built as [`relay_ssh`] is: a plain function returning an `async move` block, its parts
+/// pinned where they are made, so the state machine holds each once.
+pub(crate) fn relay_grpc<'a, R, W, E>(
     node: GrpcNode,
     mut input: R,
     mut output: W,
     mut errors: E,
-    names: (&str, &str),
-) -> Result<()>
+    names: (&'a str, &'a str),
+) -> impl Future<Output = Result<()>> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + Unpin + 'a,
+    E: AsyncWrite + Unpin + 'a,
 {
     let (in_name, out_name) = names;
     let GrpcNode {
@@ -307,64 +326,66 @@ where
     // The agent's replies go out on a clone; input EOF closes the channel (not only drops
     // `tx`), so it still ends the request side while an agent session is open.
     let agent_tx = tx.clone();
-
-    let up = async move {
-        let mut chunks = Chunks::new();
-        loop {
-            let chunk = chunks
-                .read_after(&mut input, FRAME_SIZE, proxy_ssh::PREFIX_ROOM)
-                .await
-                .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
-            let Some(chunk) = chunk else {
-                // Ends the request stream (the proxy passes the half-close on) and the
-                // agent's clone with it.
-                tx.close_channel();
-                return Ok::<(), anyhow::Error>(());
-            };
-            if tx.feed(proxy_ssh::ssh_message(chunk)).await.is_err() {
-                // The stream is gone; `down` sees why.
-                return Ok(());
-            }
-        }
-    };
-
-    let down = async {
-        let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
-        let mut to_agent: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>> = None;
-        loop {
-            match rx.message().await {
-                Ok(Some(r)) => match r.frame {
-                    Some(SshFrame::Ssh(f)) => {
-                        output.write_all(&f.payload).await.map_err(write_err)?
-                    }
-                    Some(SshFrame::Agent(f)) => {
-                        let Some(agent) = &agent else { continue };
-                        let w = to_agent
-                            .get_or_insert_with(|| serve_agent(agent.clone(), agent_tx.clone()));
-                        // A failed write means the agent session ended; the proxy hears
-                        // nothing more from it, as from a closed agent socket.
-                        let _ = w.write_all(&f.payload).await;
-                    }
-                    None => {}
-                },
-                Ok(None) => break,
-                Err(s) => {
-                    let msg = s.message().split_whitespace().collect::<Vec<_>>().join(" ");
-                    let _ = errors.write_all(format!("{msg}\n").as_bytes()).await;
-                    let _ = errors.flush().await;
-                    return Err(anyhow!(
-                        "the proxy ended the node's stream: {msg} ({:?})",
-                        s.code()
-                    ));
+    async move {
+        let up = pin!(async {
+            let mut chunks = Chunks::new();
+            loop {
+                let chunk = chunks
+                    .read_after(&mut input, FRAME_SIZE, proxy_ssh::PREFIX_ROOM)
+                    .await
+                    .map_err(|e| anyhow!("reading {in_name}: {e}"))?;
+                let Some(chunk) = chunk else {
+                    // Ends the request stream (the proxy passes the half-close on) and the
+                    // agent's clone with it.
+                    tx.close_channel();
+                    return Ok::<(), anyhow::Error>(());
+                };
+                if tx.feed(proxy_ssh::ssh_message(chunk)).await.is_err() {
+                    // The stream is gone; `down` sees why.
+                    return Ok(());
                 }
             }
-        }
-        output.flush().await.map_err(write_err)?;
-        let _ = output.shutdown().await;
-        Ok::<(), anyhow::Error>(())
-    };
+        });
 
-    both(up, down).await
+        let down = pin!(async {
+            let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
+            let mut to_agent: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>> = None;
+            loop {
+                match rx.message().await {
+                    Ok(Some(r)) => match r.frame {
+                        Some(SshFrame::Ssh(f)) => {
+                            output.write_all(&f.payload).await.map_err(write_err)?
+                        }
+                        Some(SshFrame::Agent(f)) => {
+                            let Some(agent) = &agent else { continue };
+                            let w = to_agent.get_or_insert_with(|| {
+                                serve_agent(agent.clone(), agent_tx.clone())
+                            });
+                            // A failed write means the agent session ended; the proxy hears
+                            // nothing more from it, as from a closed agent socket.
+                            let _ = w.write_all(&f.payload).await;
+                        }
+                        None => {}
+                    },
+                    Ok(None) => break,
+                    Err(s) => {
+                        let msg = s.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                        let _ = errors.write_all(format!("{msg}\n").as_bytes()).await;
+                        let _ = errors.flush().await;
+                        return Err(anyhow!(
+                            "the proxy ended the node's stream: {msg} ({:?})",
+                            s.code()
+                        ));
+                    }
+                }
+            }
+            output.flush().await.map_err(write_err)?;
+            let _ = output.shutdown().await;
+            Ok::<(), anyhow::Error>(())
+        });
+
+        both(up, down).await
+    }
 }
 
 /// Start an agent session for the proxy: bytes written to the returned half are the
@@ -445,9 +466,10 @@ mod tests {
         assert_eq!(got, data);
     }
 
-    /// The future `relay` leaves in a session's task is a pointer and its arguments, not the
-    /// larger transport's whole state (each relay is boxed on its own), and an SSH relay's
-    /// own state stays small.
+    /// The future `relay` leaves in a session's task is a pointer and a tag (each relay is
+    /// boxed on its own, with its arguments), and each relay's own state holds each of its
+    /// parts once: 880 bytes for SSH, 848 for gRPC, where the `async fn`s with joined
+    /// futures taken by value were 2,312 and 1,600 (issue 18: memory per open session).
     #[test]
     fn relays_are_boxed_per_transport() {
         type R = tokio::net::unix::OwnedReadHalf;
@@ -464,8 +486,12 @@ mod tests {
         let either = size(&|n: Node, r, w| relay(n, r, w, tokio::io::sink(), names));
         eprintln!("relay futures: gRPC {grpc} B, SSH {ssh} B, relay() {either} B");
         assert!(
-            either < grpc.min(ssh) / 2,
-            "relay() {either} B: not boxed (gRPC {grpc}, SSH {ssh})"
+            either <= 16,
+            "relay() {either} B: not boxed before its first poll"
+        );
+        assert!(
+            grpc <= 1024 && ssh <= 1024,
+            "a relay's state holds a part twice: gRPC {grpc} B, SSH {ssh} B"
         );
     }
 }
