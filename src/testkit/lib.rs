@@ -778,7 +778,9 @@ impl Witness {
             .arg("-F")
             .arg(bot.ssh_config())
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", target])
-            .arg("while :; do head -c 65536 /dev/zero; sleep 0.05; done")
+            // Ends when the stream does: a loop that ignored the failed write outlived the test on
+            // the node, orphaned when its session went.
+            .arg("while head -c 65536 /dev/zero; do sleep 0.05; done")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
