@@ -80,13 +80,17 @@ pub(crate) fn tls_configs(
         .allow_unauthenticated()
         .build()?;
     let chain = crate::cert_chain(&cert)?;
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(required)
-        .with_single_cert(chain.clone(), key.to_rustls()?)?;
+    let mut cfg = crate::tls_suites::go_order(
+        crate::tls_suites::server_builder()?
+            .with_client_cert_verifier(required)
+            .with_single_cert(chain.clone(), key.to_rustls()?)?,
+    );
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let mut direct = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(optional)
-        .with_single_cert(chain, key.to_rustls()?)?;
+    let mut direct = crate::tls_suites::go_order(
+        crate::tls_suites::server_builder()?
+            .with_client_cert_verifier(optional)
+            .with_single_cert(chain, key.to_rustls()?)?,
+    );
     direct.alpn_protocols = vec![b"h2".to_vec()];
     Ok((cfg, direct))
 }

@@ -37,6 +37,7 @@ pub mod router;
 mod routing_tests;
 pub mod ssh_port;
 pub mod state;
+mod tls_suites;
 pub mod web;
 
 use std::net::{IpAddr, SocketAddr};
@@ -91,9 +92,11 @@ impl WebFace {
     /// callers authenticate); the join service: `teleport-proxy-grpc` then `h2`, no client
     /// certificate; the reverse tunnel: `teleport-reversetunnelv2`, `teleport-reversetunnel`.
     fn new(cert_pem: &str, key: &KeyPair) -> Result<WebFace> {
-        let base = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
+        let base = tls_suites::go_order(
+            tls_suites::server_builder()?
+                .with_no_client_auth()
+                .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?,
+        );
         let with = |alpns: &[&[u8]]| {
             let mut c = base.clone();
             c.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
@@ -234,9 +237,11 @@ fn transport_tls_configs(
     key: &KeyPair,
 ) -> Result<[rustls::ServerConfig; 3]> {
     let required = WebPkiClientVerifier::builder(user_roots(cas)?).build()?;
-    let mut ssh = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(required)
-        .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?;
+    let mut ssh = tls_suites::go_order(
+        tls_suites::server_builder()?
+            .with_client_cert_verifier(required)
+            .with_single_cert(cert_chain(cert_pem)?, key.to_rustls()?)?,
+    );
     ssh.alpn_protocols = vec![ALPN_PROXY_SSH.to_vec()];
     let mut grpc = ssh.clone();
     grpc.alpn_protocols = vec![ALPN_PROXY_GRPC.to_vec()];
@@ -474,6 +479,8 @@ pub(crate) async fn handshake<S: Io>(
     start: tokio_rustls::StartHandshake<S>,
     config: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<S>> {
+    // Go's suite choice, which needs the client's offer (`tls_suites`).
+    let config = tls_suites::for_client(config, start.client_hello().cipher_suites());
     match start.into_stream(config).into_fallible().await {
         Ok(tls) => Ok(tls),
         Err((e, mut io)) => {

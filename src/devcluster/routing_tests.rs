@@ -508,3 +508,69 @@ async fn auth_port_serves_the_nop_role_and_passes_the_pin_check() {
         .unwrap();
     assert!(e.to_string().ends_with("access denied"), "{e}");
 }
+
+/// A TLS client whose TLS 1.3 suites are `suites`, in that order.
+fn client_offering(
+    roots: &Arc<rustls::RootCertStore>,
+    suites: &[rustls::CipherSuite],
+) -> tokio_rustls::TlsConnector {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites.retain(|s| suites.contains(&s.suite()));
+    p.cipher_suites
+        .sort_by_key(|s| suites.iter().position(|x| *x == s.suite()));
+    let c = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(c))
+}
+
+/// The suite is Go's server's choice (Teleport's proxy), not the client's first: AES-128-GCM
+/// for a client listing AES-256-GCM first, as rustls' own clients do; ChaCha20-Poly1305 for a
+/// client listing it first (Go's `aesgcmPreferred` is false for it). crypto/tls
+/// `handshake_server_tls13.go`; `tls_suites`.
+#[tokio::test]
+async fn the_tls_suite_is_chosen_as_gos_server_chooses() {
+    use rustls::CipherSuite as C;
+    if !(std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq"))
+    {
+        eprintln!("skipped: no AES-GCM hardware, where Go puts ChaCha20-Poly1305 first");
+        return;
+    }
+    let cl = cluster(true).await;
+    for (offered, chosen) in [
+        (
+            vec![C::TLS13_AES_256_GCM_SHA384, C::TLS13_AES_128_GCM_SHA256],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_128_GCM_SHA256,
+            ],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_256_GCM_SHA384,
+            ],
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            vec![C::TLS13_AES_256_GCM_SHA384],
+            C::TLS13_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let tcp = TcpStream::connect(cl.addr).await.unwrap();
+        let tls = client_offering(&cl.roots, &offered)
+            .connect(name("localhost"), tcp)
+            .await
+            .unwrap();
+        let got = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(got, chosen, "offered {offered:?}");
+    }
+}
