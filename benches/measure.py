@@ -203,7 +203,7 @@ PATHS = [
     # The peer of the daemon: a plain C TLS relay, one TLS 1.3 connection per ssh session.
     {"key": "stunnel", "short": "stunnel", "kind": "stunnel", "transport": None,
      "label": "stunnel4 (client daemon on loopback, server in front of the node's sshd; TLS 1.3 "
-              "TLS_AES_256_GCM_SHA384)"},
+              "TLS_AES_128_GCM_SHA256)"},
     {"key": "stdio-grpc", "short": "stdio gRPC", "kind": "stdio", "transport": "grpc",
      "label": "stdio ProxyCommand (idmux ssh-proxy-command --transport grpc)"},
     {"key": "stdio-ssh", "short": "stdio SSH", "kind": "stdio", "transport": "ssh",
@@ -783,13 +783,13 @@ def relay_limit(hop, nbytes=GIB, runs=3):
         }
     out["hops"] = hops
     half = lambda v: v / 2 if v is not None else None
-    parts = [out["aes-256-gcm"]["s_per_gib"], half(hops["unix"]["both_s_per_gib"]),
+    parts = [out["aes-128-gcm"]["s_per_gib"], half(hops["unix"]["both_s_per_gib"]),
              half(hops["tcp"]["both_s_per_gib"])]
     out["parts"] = {"aes": parts[0], "unix": parts[1], "tcp": parts[2]}
     out["s_per_gib"] = sum(parts) if all(x is not None for x in parts) else None
-    log(f"relay limit: AES-256-GCM {fmt(parts[0], 3)} s/GiB + half a unix hop {fmt(parts[1], 3)} + half a TCP "
-        f"hop {fmt(parts[2], 3)} = {fmt(out['s_per_gib'], 3)} s/GiB (AES-128-GCM "
-        f"{fmt(out['aes-128-gcm']['s_per_gib'], 3)}; unix hop writer/reader {fmt(hops['unix']['writer_s_per_gib'], 3)}/"
+    log(f"relay limit: AES-128-GCM {fmt(parts[0], 3)} s/GiB + half a unix hop {fmt(parts[1], 3)} + half a TCP "
+        f"hop {fmt(parts[2], 3)} = {fmt(out['s_per_gib'], 3)} s/GiB (AES-256-GCM "
+        f"{fmt(out['aes-256-gcm']['s_per_gib'], 3)}; unix hop writer/reader {fmt(hops['unix']['writer_s_per_gib'], 3)}/"
         f"{fmt(hops['unix']['reader_s_per_gib'], 3)}, TCP {fmt(hops['tcp']['writer_s_per_gib'], 3)}/"
         f"{fmt(hops['tcp']['reader_s_per_gib'], 3)})")
     return out
@@ -1144,7 +1144,7 @@ def relay_rows(R, order=ORDER):
         q = lim["parts"]
         rows.append({"key": "limit", "relay": "the limit", "s_per_gib": L, "vs_limit": None,
                      "vs_stunnel": ratio(L, st),
-                     "how": f"AES-256-GCM, one pass (`openssl speed`, 16 KiB blocks): {fmt(q['aes'], 3)} s + "
+                     "how": f"AES-128-GCM, one pass (`openssl speed`, 16 KiB blocks): {fmt(q['aes'], 3)} s + "
                             f"half of a unix socket hop: {fmt(q['unix'], 3)} s + half of a loopback TCP hop: "
                             f"{fmt(q['tcp'], 3)} s (benches/hop.c)"})
     return rows
@@ -1279,7 +1279,7 @@ def cpu_svg(R, order=ORDER):
         out.append(f'<text x="{left - 12}" y="{cy + 4:.1f}" font-size="13" fill="#111827" text-anchor="end">{esc(r["relay"])}</text>')
         if r["key"] == "limit":
             q = lim["parts"]
-            parts = [(q["aes"], "#9ca3af", "AES-256-GCM"), (q["unix"], "#cbd5e1", "half a unix socket hop"),
+            parts = [(q["aes"], "#9ca3af", "AES-128-GCM"), (q["unix"], "#cbd5e1", "half a unix socket hop"),
                      (q["tcp"], "#e2e8f0", "half a loopback TCP hop")]
             x0 = left
             for v, pc, name in parts:
@@ -1297,7 +1297,7 @@ def cpu_svg(R, order=ORDER):
             extra.append(f"{r['vs_stunnel']:.2f}x stunnel")
         out.append(f'<text x="{X(r["s_per_gib"]) + 6:.1f}" y="{cy + 4:.1f}" font-size="12" fill="#111827">'
                    f'{r["s_per_gib"]:.2f} s{esc(" (" + ", ".join(extra) + ")" if extra else "")}</text>')
-    legend = ["the limit: one AES-256-GCM pass (openssl speed) + half of a unix socket hop + half of a loopback",
+    legend = ["the limit: one AES-128-GCM pass (openssl speed) + half of a unix socket hop + half of a loopback",
               "TCP hop (benches/hop.c), shaded in that order; every figure from the same run"]
     for i, l in enumerate(legend):
         out.append(f'<text x="20" y="{H - 26 + 15 * i}" font-size="11" fill="#4b5563">{esc(l)}</text>')
@@ -1529,7 +1529,7 @@ def write_md(R, path, order, svg=None, cpu=None):
              "ratios are against this path. Latency only.")
     L.append("- **stunnel**: a plain C TLS relay as the peer of the daemon: ssh connects (by "
              "`HostKeyAlias`, as direct) to a stunnel4 client daemon on loopback, which opens one "
-             "TLS 1.3 connection (`TLS_AES_256_GCM_SHA384`, what idmux negotiates with the dev proxy) "
+             "TLS 1.3 connection (`TLS_AES_128_GCM_SHA256`, what idmux negotiates with the dev proxy, as with Teleport) "
              "per session to a stunnel4 server in front of the node's sshd. Its \"daemon\" CPU is the "
              "stunnel client's.")
     L.append("- **ProxyJump**: `ssh -J` through a second, plain sshd on loopback (a copy of the node's "
@@ -1572,10 +1572,10 @@ def write_md(R, path, order, svg=None, cpu=None):
         lim = R.get("limit") or {}
         if lim:
             h = lim["hops"]
-            L += [f"The limit's parts: `openssl speed -evp aes-256-gcm -seconds 2 -bytes 16384`: "
-                  f"{fmt((lim['aes-256-gcm']['bytes_per_s'] or 0) / 1e9, 2)} GB/s of user CPU, "
-                  f"{fmt(lim['aes-256-gcm']['s_per_gib'], 3)} s per GiB (AES-128-GCM: "
-                  f"{fmt(lim['aes-128-gcm']['s_per_gib'], 3)} s). `benches/hop.c`, 1 GiB in 64 KiB writes, "
+            L += [f"The limit's parts: `openssl speed -evp aes-128-gcm -seconds 2 -bytes 16384`: "
+                  f"{fmt((lim['aes-128-gcm']['bytes_per_s'] or 0) / 1e9, 2)} GB/s of user CPU, "
+                  f"{fmt(lim['aes-128-gcm']['s_per_gib'], 3)} s per GiB (AES-256-GCM: "
+                  f"{fmt(lim['aes-256-gcm']['s_per_gib'], 3)} s). `benches/hop.c`, 1 GiB in 64 KiB writes, "
                   f"median of {h['unix']['runs']}: unix socket writer {fmt(h['unix']['writer_s_per_gib'], 3)} s, "
                   f"reader {fmt(h['unix']['reader_s_per_gib'], 3)} s; loopback TCP writer "
                   f"{fmt(h['tcp']['writer_s_per_gib'], 3)} s, reader {fmt(h['tcp']['reader_s_per_gib'], 3)} s. "

@@ -21,7 +21,7 @@
 # multiplexer; one with --transport grpc, one with --transport ssh) and a third behind nginx (an
 # L7 load balancer), a stdio destination dir (`idmux cluster auth sign --mode stdio`, used with
 # either transport), a bastion sshd for ProxyJump, and a stunnel4 server (in front of the node's
-# sshd) and client (TLS 1.3, TLS_AES_256_GCM_SHA384, as idmux negotiates with the dev proxy).
+# sshd) and client (TLS 1.3, TLS_AES_128_GCM_SHA256, as idmux negotiates with the dev proxy).
 # Builds two C helpers into the work dir with cc: benches/nodelay.c (LD_PRELOAD shim: TCP_NODELAY
 # on ssh's socket) and benches/hop.c (CPU of one socket hop, for the relay cost's limit, with
 # `openssl speed`). Then benches/measure.py measures every path (see benches/README.md).
@@ -203,8 +203,8 @@ kill -0 "$nginx_pid" 2>/dev/null || { echo "bench: nginx did not start" >&2; exi
 # stunnel4, the plain C TLS relay the daemon is compared with: a stunnel server in front of the
 # node's sshd and a stunnel client daemon on loopback that ssh connects to, so each ssh session
 # is one TLS 1.3 connection relayed by the client, as the daemon relays each session over its
-# TLS connection to the proxy. TLS_AES_256_GCM_SHA384 is what idmux (rustls' default order,
-# client and dev proxy alike) negotiates with the dev proxy. The certificate is nginx's above.
+# TLS connection to the proxy. TLS_AES_128_GCM_SHA256 is what idmux negotiates with the dev proxy,
+# which chooses as Go's TLS server (Teleport's) does. The certificate is nginx's above.
 echo "bench: stunnel4 server (in front of the node's sshd) and client (on loopback)" >&2
 st="$work/stunnel"
 mkdir -p "$st"
@@ -214,7 +214,7 @@ st_common="foreground = yes
 pid =
 debug = 4
 sslVersionMin = TLSv1.3
-ciphersuites = TLS_AES_256_GCM_SHA384"
+ciphersuites = TLS_AES_128_GCM_SHA256"
 cat > "$st/server.conf" <<EOF
 $st_common
 [ssh]

@@ -203,9 +203,7 @@ fn roots_of(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<Arc<RootC
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    crate::tls::provider()
 }
 
 /// No client certificate; Auth checked against `roots`, or not at all (`None`: only for the

@@ -98,9 +98,7 @@ impl ServerCertVerifier for UpgradedJoin {
 
 /// The client configuration for the join service inside an upgrade (no client certificate).
 pub(crate) fn upgraded_join_config(alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = crate::tls::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow!("TLS protocol versions: {e}"))?

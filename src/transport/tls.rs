@@ -59,12 +59,7 @@ pub(crate) fn client_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ClientC
         .key
         .to_rustls()
         .context("the identity's private key for TLS")?;
-    // The process-wide provider if one was installed, else aws-lc-rs (rustls' default); never
-    // the panicking `builder()` path when the choice is ambiguous.
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_root_certificates(roots)
@@ -72,6 +67,58 @@ pub(crate) fn client_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ClientC
         .map_err(|e| anyhow!("the identity's TLS certificate and key: {e}"))?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// The TLS provider every client of ours uses: the process-wide one if one was installed,
+/// else aws-lc-rs (rustls' default; never the panicking `builder()` path when the choice is
+/// ambiguous), its TLS 1.3 suites offered in tbot's order. tbot is a Go client, and Go's
+/// client lists AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305 on a machine with AES-GCM
+/// hardware and ChaCha20-Poly1305 first otherwise (crypto/tls `handshake_client.go`,
+/// `defaultCipherSuitesTLS13`, `defaultCipherSuitesTLS13NoAES`). rustls lists AES-256-GCM
+/// first: a server that follows the client's order then ran the costlier cipher. (Teleport's
+/// own servers choose by their own order, which puts AES-128-GCM first.)
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite as C;
+    let mut p = rustls::crypto::CryptoProvider::get_default()
+        .map(|p| (**p).clone())
+        .unwrap_or_else(rustls::crypto::aws_lc_rs::default_provider);
+    let order: [C; 3] = if aes_gcm_hardware() {
+        [
+            C::TLS13_AES_128_GCM_SHA256,
+            C::TLS13_AES_256_GCM_SHA384,
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ]
+    } else {
+        [
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+            C::TLS13_AES_128_GCM_SHA256,
+            C::TLS13_AES_256_GCM_SHA384,
+        ]
+    };
+    // Stable: TLS 1.2 suites keep their order, after these.
+    p.cipher_suites
+        .sort_by_key(|s| order.iter().position(|o| *o == s.suite()).unwrap_or(3));
+    Arc::new(p)
+}
+
+/// Go's `hasAESGCMHardwareSupport`, which picks its client's suite order.
+fn aes_gcm_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("ssse3")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 /// The TLS server name for a host: an IP address when the host is an IP literal.
@@ -329,5 +376,52 @@ mod tests {
             ServerName::DnsName(_)
         ));
         assert!(server_name("bad name!").is_err());
+    }
+}
+
+#[cfg(test)]
+mod suite_order_tests {
+    /// The ClientHello's cipher_suites field, read from the bytes on the wire (RFC 8446
+    /// 4.1.2): record header (5), handshake type and length (4), legacy_version (2), random
+    /// (32), legacy_session_id (1 + its length), then cipher_suites (2 + 2 per suite).
+    fn offered_suites(hello: &[u8]) -> Vec<u16> {
+        assert_eq!(hello[0], 0x16, "a handshake record");
+        assert_eq!(hello[5], 0x01, "a ClientHello");
+        let mut at = 5 + 4 + 2 + 32;
+        at += 1 + hello[at] as usize;
+        let len = u16::from_be_bytes([hello[at], hello[at + 1]]) as usize;
+        hello[at + 2..at + 2 + len]
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    /// Our ClientHello offers the TLS 1.3 suites in tbot's (Go's) order: AES-128-GCM
+    /// (0x1301), AES-256-GCM (0x1302), ChaCha20-Poly1305 (0x1303) with AES-GCM hardware.
+    /// rustls alone offers 0x1302 first.
+    #[test]
+    fn the_client_hello_offers_suites_in_tbots_order() {
+        let cfg = rustls::ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("proxy.example.com").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        let suites = offered_suites(&hello);
+        let tls13: Vec<u16> = suites
+            .iter()
+            .copied()
+            .filter(|s| (0x1301..=0x1303).contains(s))
+            .collect();
+        let want = if super::aes_gcm_hardware() {
+            [0x1301, 0x1302, 0x1303]
+        } else {
+            [0x1303, 0x1301, 0x1302]
+        };
+        assert_eq!(tls13, want, "suites offered: {suites:04x?}");
+        assert_eq!(&suites[..3], &want, "TLS 1.3 suites first: {suites:04x?}");
     }
 }

@@ -127,14 +127,14 @@ impl WebClient {
     }
 
     fn build(proxy: &str, trust: &Trust) -> Result<rustls::ClientConfig> {
-        let builder = rustls::ClientConfig::builder();
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("TLS protocol versions: {e}"))?;
         let mut cfg = match trust {
             Trust::Insecure => {
                 tracing::warn!("--insecure: the proxy's certificate is NOT verified; anyone on the path can impersonate {proxy}");
                 eprintln!("idmux: WARNING: --insecure: the proxy's TLS certificate is not verified; do not use this outside development");
-                let provider = rustls::crypto::CryptoProvider::get_default()
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+                let provider = crate::tls::provider();
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
