@@ -533,9 +533,7 @@ fn client_offering(
 #[tokio::test]
 async fn the_tls_suite_is_chosen_as_gos_server_chooses() {
     use rustls::CipherSuite as C;
-    if !(std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("pclmulqdq"))
-    {
+    if !idmux_transport::tls::aes_gcm_hardware() {
         eprintln!("skipped: no AES-GCM hardware, where Go puts ChaCha20-Poly1305 first");
         return;
     }

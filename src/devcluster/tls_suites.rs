@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use idmux_transport::tls::aes_gcm_hardware;
 use rustls::crypto::CryptoProvider;
 use rustls::CipherSuite;
 
@@ -43,26 +44,6 @@ const GO_KNOWN: [u16; 25] = [
 
 /// Go's `aesgcmCiphers`: the AES-GCM suites among them (not the RSA-key-exchange ones).
 const GO_AES_GCM: [u16; 6] = [0x1301, 0x1302, 0xc02f, 0xc030, 0xc02b, 0xc02c];
-
-/// Go's `hasAESGCMHardwareSupport` for this machine.
-fn aes_gcm_hardware() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("aes")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-            && std::arch::is_x86_feature_detected!("sse4.1")
-            && std::arch::is_x86_feature_detected!("ssse3")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("aes")
-            && std::arch::is_aarch64_feature_detected!("pmull")
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
 
 /// Go's `aesgcmPreferred`: whether the first suite in `offered` that Go knows is AES-GCM.
 fn aes_gcm_preferred(offered: &[CipherSuite]) -> bool {

@@ -101,8 +101,10 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-/// Go's `hasAESGCMHardwareSupport`, which picks its client's suite order.
-fn aes_gcm_hardware() -> bool {
+/// Go's `hasAESGCMHardwareSupport` (crypto/tls `cipher_suites.go`) on this machine: it
+/// picks a Go client's suite order ([`provider`]) and a Go server's preference list (the dev
+/// cluster's `tls_suites`).
+pub fn aes_gcm_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("aes")
