@@ -868,6 +868,17 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
     let ssh_server = ssh_listener.map(|l| tokio::spawn(ssh_port::serve(ctx.clone(), l)));
     let auth_server = auth_listener.map(|l| tokio::spawn(serve_auth_port(ctx.clone(), l)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Each connection to the proxy port runs wholly on one thread, with the node connections it
+    // opens: a multi-threaded runtime moved every chunk between a gRPC connection's task and
+    // its streams' relays on other workers, which cost a third more CPU per GiB
+    // (idmux_transport::shards). Teleport's proxy is Go, whose scheduler does as it likes; this
+    // is how the dev proxy spends its CPU, not anything a client sees.
+    let shards = idmux_transport::shards::Shards::start_detached(
+        idmux_transport::shards::default_threads(),
+        "idmux-cluster",
+        "dev proxy",
+        |_| Ok(()),
+    )?;
     loop {
         tokio::select! {
             acc = listener.accept() => {
@@ -876,7 +887,7 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
                     Err(e) => { tracing::warn!("accept: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
                 };
                 let c = ctx.clone();
-                tokio::spawn(async move {
+                shards.dispatch(tcp, (), move |tcp, _| async move {
                     let _ = tcp.set_nodelay(true);
                     if let Err(e) = serve_conn(c, tcp, &peer.to_string(), Entry::WebPort).await {
                         tracing::info!("connection from {peer}: {e:#}");

@@ -663,6 +663,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// CPU time (utime + stime, in clock ticks) of each thread of `pid`, by thread name.
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            std::fs::read_to_string(t.path().join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        *out.entry(comm.trim().to_string()).or_insert(0) += ticks;
+    }
+    out
+}
+
 /// Wait until `f` holds, checking every 100 ms; false if `limit` passed first.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;

@@ -9,7 +9,8 @@
 //! over either transport ([`link`]:
 //! gRPC TransportService in [`grpc`], its `ProxySSH` call framed by hand in `proxy_ssh`, the
 //! SSH `proxy:` subsystem in [`sshproxy`]), node bytes
-//! between a proxy stream and a local byte stream ([`relay`], [`stdio`]), the SSH agent that
+//! between a proxy stream and a local byte stream ([`relay`], [`stdio`]), the relay threads a
+//! connection is handed to ([`shards`]), the SSH agent that
 //! answers with the current key ([`agent`]), and the clients of Auth ([`auth_client`], through
 //! `ProxyCluster` without TLS routing) and of
 //! the proxy's web API ([`web`]), whose refusals are typed ([`refusal`]).
@@ -32,6 +33,7 @@ mod proxy_ssh;
 pub mod refusal;
 pub mod relay;
 pub mod route;
+pub mod shards;
 pub mod sshproxy;
 pub mod stdio;
 pub mod tls;

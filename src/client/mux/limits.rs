@@ -49,7 +49,7 @@ pub struct Limits {
     pub diag_connection_timeout: Duration,
     /// Threads relaying sessions (`--relay-threads`; at most [`MAX_RELAY_THREADS`]), the
     /// cores the daemon's relay may use at once: each has its own proxy connections, made on
-    /// its first session ([`crate::mux::shards`]).
+    /// its first session ([`idmux_transport::shards`]).
     pub relay_threads: usize,
 }
 
@@ -69,7 +69,7 @@ impl Default for Limits {
             diag_max_connections: 64,
             diag_header_timeout: Duration::from_secs(5),
             diag_connection_timeout: Duration::from_secs(30),
-            relay_threads: crate::mux::shards::default_threads(),
+            relay_threads: idmux_transport::shards::default_threads(),
         }
     }
 }

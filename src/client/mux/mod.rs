@@ -3,8 +3,8 @@
 //! - [`upstream`]: the pool of authenticated connections to the proxy, and where its identity
 //!   comes from ([`upstream::IdentitySource`]).
 //! - [`server`]: the `v1.sock` and `agent.sock` listeners and per-connection handling.
-//! - [`shards`]: the relay threads a session is handed to (one per core, each with its own
-//!   upstream connections).
+//! - `idmux_transport::shards`: the relay threads a session is handed to (one per core, each
+//!   with its own upstream connections).
 //! - [`metrics`]: counters and the `/metrics`, `/readyz`, `/livez` endpoint.
 //! - [`limits`]: the caps and timeouts of every socket served ([`limits::Limits`]).
 //! - [`v1recv`]: what one `recvmsg` on `v1.sock` amounts to (fds kept and closed, the
@@ -19,7 +19,6 @@ pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod server;
-pub mod shards;
 pub mod templates;
 pub mod trim;
 pub mod upstream;

@@ -20,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::mux::metrics::Metrics;
-use crate::mux::shards::Shards;
 use crate::mux::upstream::{IdentitySource, Upstream};
 use crate::mux::v1recv;
 use idmux_transport::agent::Agent;
 use idmux_transport::relay;
+use idmux_transport::shards::Shards;
 use idmux_wire::hostport::clean_target_host;
 use idmux_wire::v1 as request;
 
@@ -469,7 +469,7 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
     ));
     // Each relay thread has its own upstream pool (its connections' tasks run on it); they
     // share the identity source, the agent, the counters and the route.
-    let shards = Shards::start(opts.limits.relay_threads, |_| {
+    let shards = Shards::start(opts.limits.relay_threads, "idmux-relay", "v1.sock", |_| {
         Ok(Shared {
             up: Upstream::new(
                 route.clone(),

@@ -1,30 +1,59 @@
-//! Relay threads: the multiplexer's sessions spread over the machine's cores.
+//! Relay threads: connections spread over the machine's cores, each wholly on one thread.
 //!
-//! One thread relays every byte of every session through one core: about 0.7 GiB/s for all
-//! of a daemon's sessions together on this machine's kind, whatever the machine has. So the
-//! daemon runs `--relay-threads` shards (default: one per core, at most [`MAX_DEFAULT`]).
-//! Shard 0 is the daemon's own thread; every other shard is a thread of its own
-//! (`idmux-relay-N`) with a single-threaded runtime and its own upstream connections, made on
-//! its first session. A session lives wholly on its shard: the v1.sock socket, the relay task,
-//! the gRPC or SSH connection's task and its TLS socket, so its bytes never cross threads
-//! (cross-thread hand-offs cost more CPU per GiB than the crypto: the reason the daemon was
-//! single-threaded). Memory per session is what it was on one thread.
+//! One thread relays every byte of every connection through one core: about 0.7 GiB/s for
+//! all of them together on this machine's kind, whatever the machine has. A multi-threaded
+//! runtime spreads them, but it also moves a connection's tasks between its workers, so each
+//! chunk crosses threads between a relay task and its connection's task, and the futex
+//! wake-ups and cache misses cost more CPU per GiB than the crypto. So a server here runs
+//! shards: shard 0 is the caller's own thread; every other shard is a thread of its own
+//! (`PREFIX-N`) with a single-threaded runtime. A connection lives wholly on its shard: its
+//! socket, its task and every task it spawns (`tokio::spawn` runs on the current runtime),
+//! and the sockets they open, so its bytes never cross threads.
 //!
-//! A new session goes to the shard with the fewest open sessions, the lowest-numbered on a
-//! tie, so one session at a time (`ssh host true` in a loop) always lands on shard 0 and its
-//! warm connection, as before; parallel sessions spread out, and a shard that has never had
-//! one costs a parked thread and an empty runtime. A shard other than the first closes its
-//! proxy connections once they have carried nothing for a few seconds.
+//! Used by the multiplexer (`--relay-threads`: v1.sock sessions, each shard with its own
+//! upstream connections) and by the dev cluster's proxy (one shard per core).
 //!
-//! Owns: the threads, their runtimes, and the choice of shard. Must not know: what a session
-//! does (the caller's closure), the transports, the upstream pool.
-
+//! A new connection goes to the shard with the fewest open ones, the lowest-numbered on a
+//! tie, so one at a time (`ssh host true` in a loop) always lands on shard 0, and a shard that
+//! has never had one costs a parked thread and an empty runtime.
+//!
+//! Owns: the threads, their runtimes, and the choice of shard. Must not know: what a
+//! connection carries (the caller's closure).
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A socket that can move from the runtime that accepted it to a shard's: deregistered from
+/// one reactor, registered with the other (the std socket stays non-blocking).
+pub trait Handoff: Sized + Send + 'static {
+    type Std: Send + 'static;
+    fn into_std(self) -> std::io::Result<Self::Std>;
+    /// Must be called on the shard's runtime.
+    fn from_std(s: Self::Std) -> std::io::Result<Self>;
+}
+
+impl Handoff for UnixStream {
+    type Std = std::os::unix::net::UnixStream;
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        UnixStream::into_std(self)
+    }
+    fn from_std(s: Self::Std) -> std::io::Result<Self> {
+        UnixStream::from_std(s)
+    }
+}
+
+impl Handoff for TcpStream {
+    type Std = std::net::TcpStream;
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        TcpStream::into_std(self)
+    }
+    fn from_std(s: Self::Std) -> std::io::Result<Self> {
+        TcpStream::from_std(s)
+    }
+}
 
 /// The default number of shards is the machine's cores, but no more than this.
 pub const MAX_DEFAULT: usize = 8;
@@ -37,14 +66,15 @@ pub fn default_threads() -> usize {
         .clamp(1, MAX_DEFAULT)
 }
 
-/// Where sessions run, with each shard's state `T` (its upstream pool and what `handle`
-/// needs).
-pub(crate) struct Shards<T> {
+/// Where connections run, with each shard's state `T` (e.g. its upstream pool).
+pub struct Shards<T> {
     shards: Vec<Shard<T>>,
+    /// What the connections are, for messages ("v1.sock").
+    what: &'static str,
 }
 
 struct Shard<T> {
-    /// `None` for shard 0: the caller's own runtime.
+    /// `None`: the caller's own runtime (shard 0, unless detached).
     runtime: Option<tokio::runtime::Handle>,
     state: Arc<T>,
     /// Sessions open on this shard.
@@ -63,15 +93,42 @@ impl Drop for Open {
 }
 
 impl<T: Send + Sync + 'static> Shards<T> {
-    /// `n` shards (at least one), shard `i`'s state from `make(i)`; shards 1.. get a thread.
-    pub(crate) fn start(n: usize, mut make: impl FnMut(usize) -> Result<T>) -> Result<Self> {
+    /// `n` shards (at least one), shard `i`'s state from `make(i)`; shards 1.. get a thread
+    /// named `PREFIX-i`. `what` names the connections in messages.
+    pub fn start(
+        n: usize,
+        prefix: &'static str,
+        what: &'static str,
+        make: impl FnMut(usize) -> Result<T>,
+    ) -> Result<Self> {
+        Self::build(n, prefix, what, true, make)
+    }
+
+    /// Like [`Shards::start`], but shard 0 gets a thread of its own too: for a caller whose
+    /// runtime is multi-threaded (its tasks would move between its workers).
+    pub fn start_detached(
+        n: usize,
+        prefix: &'static str,
+        what: &'static str,
+        make: impl FnMut(usize) -> Result<T>,
+    ) -> Result<Self> {
+        Self::build(n, prefix, what, false, make)
+    }
+
+    fn build(
+        n: usize,
+        prefix: &'static str,
+        what: &'static str,
+        first_on_caller: bool,
+        mut make: impl FnMut(usize) -> Result<T>,
+    ) -> Result<Self> {
         let mut shards = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let state = Arc::new(make(i)?);
-            let (runtime, stop) = if i == 0 {
+            let (runtime, stop) = if i == 0 && first_on_caller {
                 (None, None)
             } else {
-                let (handle, stop) = spawn_thread(i)?;
+                let (handle, stop) = spawn_thread(prefix, i)?;
                 (Some(handle), Some(stop))
             };
             shards.push(Shard {
@@ -81,42 +138,43 @@ impl<T: Send + Sync + 'static> Shards<T> {
                 _stop: stop,
             });
         }
-        Ok(Shards { shards })
+        Ok(Shards { shards, what })
     }
 
-    /// Shard 0's state (the daemon's own thread).
-    pub(crate) fn first(&self) -> &Arc<T> {
+    /// Shard 0's state (the caller's own thread, unless detached).
+    pub fn first(&self) -> &Arc<T> {
         &self.shards[0].state
     }
 
     /// Run `task(state)` on every shard but the first, on its own thread.
-    pub(crate) fn on_others<F, Fut>(&self, task: F)
+    pub fn on_others<F, Fut>(&self, task: F)
     where
         F: Fn(Arc<T>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        for s in &self.shards[1..] {
+        for s in self.shards.iter().skip(1) {
             if let Some(rt) = &s.runtime {
                 rt.spawn(task(s.state.clone()));
             }
         }
     }
 
-    /// Sessions open on each shard.
-    #[cfg(test)]
-    pub(crate) fn open(&self) -> Vec<usize> {
+    /// Connections open on each shard.
+    pub fn open(&self) -> Vec<usize> {
         self.shards
             .iter()
             .map(|s| s.open.load(Ordering::Relaxed))
             .collect()
     }
 
-    /// Run `session(conn, state)` on the shard with the fewest open sessions. Must be called
-    /// from shard 0's runtime. `extra` rides along (a connection slot released at the end).
-    pub(crate) fn dispatch<X, F, Fut>(&self, conn: UnixStream, extra: X, session: F)
+    /// Run `session(conn, state)` on the shard with the fewest open connections. Must be
+    /// called from the caller's runtime. `extra` rides along (a connection slot released at the
+    /// end).
+    pub fn dispatch<S, X, F, Fut>(&self, conn: S, extra: X, session: F)
     where
+        S: Handoff,
         X: Send + 'static,
-        F: FnOnce(UnixStream, Arc<T>) -> Fut + Send + 'static,
+        F: FnOnce(S, Arc<T>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let i = pick(self.shards.iter().map(|s| s.open.load(Ordering::Relaxed)));
@@ -134,20 +192,19 @@ impl<T: Send + Sync + 'static> Shards<T> {
             Some(rt) => {
                 // The socket moves to the shard's reactor: deregistered here, registered
                 // there (the std socket stays non-blocking).
+                let what = self.what;
                 let conn = match conn.into_std() {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(
-                            "v1.sock: cannot hand a connection to relay thread {i}: {e}"
-                        );
+                        tracing::warn!("{what}: cannot hand a connection to relay thread {i}: {e}");
                         return;
                     }
                 };
                 rt.spawn(async move {
                     let _held = (open, extra);
-                    match UnixStream::from_std(conn) {
+                    match S::from_std(conn) {
                         Ok(conn) => session(conn, state).await,
-                        Err(e) => tracing::warn!("v1.sock: relay thread {i}: {e}"),
+                        Err(e) => tracing::warn!("{what}: relay thread {i}: {e}"),
                     }
                 });
             }
@@ -165,7 +222,10 @@ fn pick(open: impl IntoIterator<Item = usize>) -> usize {
 }
 
 /// Start relay thread `i`: a single-threaded runtime parked until the stop sender drops.
-fn spawn_thread(i: usize) -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+fn spawn_thread(
+    prefix: &'static str,
+    i: usize,
+) -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +233,7 @@ fn spawn_thread(i: usize) -> Result<(tokio::runtime::Handle, tokio::sync::onesho
     let handle = rt.handle().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
-        .name(format!("idmux-relay-{i}"))
+        .name(format!("{prefix}-{i}"))
         .spawn(move || {
             rt.block_on(async {
                 let _ = stopped.await;
@@ -201,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_run_on_their_shard_thread_and_are_counted_while_open() {
-        let shards = Shards::start(2, Ok::<usize, anyhow::Error>).unwrap();
+        let shards = Shards::start(2, "idmux-relay", "test", Ok::<usize, anyhow::Error>).unwrap();
         let mut ends = Vec::new();
         let mut threads = Vec::new();
         for _ in 0..4 {
