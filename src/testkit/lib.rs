@@ -685,6 +685,20 @@ pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
     out
 }
 
+/// The CPU ticks each thread name of a process spent between two [`thread_cpu`] snapshots,
+/// and their sum.
+pub fn thread_cpu_spent(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> (std::collections::BTreeMap<String, u64>, u64) {
+    let spent: std::collections::BTreeMap<String, u64> = after
+        .iter()
+        .map(|(n, t)| (n.clone(), t.saturating_sub(*before.get(n).unwrap_or(&0))))
+        .collect();
+    let total = spent.values().sum();
+    (spent, total)
+}
+
 /// Wait until `f` holds, checking every 100 ms; false if `limit` passed first.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;

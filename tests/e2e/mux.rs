@@ -561,9 +561,8 @@ fn parallel_transfers_spread_over_the_relay_threads() {
         assert_eq!(stdout(&o).trim(), EACH.to_string());
     }
     let after = thread_cpu(pid);
-    let spent = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
-    let total: u64 = after.keys().map(|n| spent(n)).sum();
-    let second = spent("idmux-relay-1");
+    let (spent, total) = thread_cpu_spent(&before, &after);
+    let second = *spent.get("idmux-relay-1").unwrap_or(&0);
     assert!(
         second * 5 >= total && total > 0,
         "the second relay thread did {second} of the daemon's {total} ticks: {after:?}"
@@ -610,13 +609,8 @@ fn a_dev_proxy_connection_runs_on_one_thread() {
     assert!(o.status.success(), "upload: {}", stderr(&o));
     assert_eq!(stdout(&o).trim(), BYTES.to_string());
     let after = thread_cpu(pid);
-    let spent = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
-    let total: u64 = after.keys().map(|n| spent(n)).sum();
-    let (busiest, most) = after
-        .keys()
-        .map(|n| (n.clone(), spent(n)))
-        .max_by_key(|(_, t)| *t)
-        .unwrap();
+    let (spent, total) = thread_cpu_spent(&before, &after);
+    let (busiest, most) = spent.into_iter().max_by_key(|(_, t)| *t).unwrap();
     // One thread does the upload's work; the rest (accept, Auth, timers) is noise. Two
     // workers sharing a connection split it about evenly.
     assert!(

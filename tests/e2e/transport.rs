@@ -474,9 +474,8 @@ fn the_stdio_proxy_command_relays_on_one_thread() {
     let after = thread_cpu(pc);
     let _ = up.kill();
     let _ = up.wait();
-    let spent = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
-    let total: u64 = after.keys().map(|n| spent(n)).sum();
-    let main = spent("idmux");
+    let (spent, total) = thread_cpu_spent(&before, &after);
+    let main = *spent.get("idmux").unwrap_or(&0);
     assert!(
         main * 5 >= total * 4 && total > 0,
         "the ProxyCommand's own thread did {main} of its {total} ticks: {after:?}"
