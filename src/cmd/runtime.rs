@@ -19,8 +19,8 @@ pub(crate) enum Kind {
     /// workers each chunk crossed threads, 1.6-1.9 s of CPU per GiB uploaded against 1.2-1.4.
     ProxyCommand,
     /// The dev cluster: a worker per core for its own work (accepting, Auth's port, CA changes,
-    /// which block in place); each connection to its proxy port runs on a thread of its own
-    /// (`idmux_transport::shards`).
+    /// which block in place); each connection to its proxy or SSH port runs on one of its
+    /// shard threads (`idmux_transport::shards`).
     Cluster,
 }
 

@@ -864,21 +864,22 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let follower = tokio::spawn(follow_ca(ctx.clone(), nodes.clone()));
-    let ssh_server = ssh_listener.map(|l| tokio::spawn(ssh_port::serve(ctx.clone(), l)));
-    let auth_server = auth_listener.map(|l| tokio::spawn(serve_auth_port(ctx.clone(), l)));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Each connection to the proxy port runs wholly on one thread, with the node connections it
-    // opens: a multi-threaded runtime moved every chunk between a gRPC connection's task and
-    // its streams' relays on other workers, which cost a third more CPU per GiB
-    // (idmux_transport::shards). Teleport's proxy is Go, whose scheduler does as it likes; this
-    // is how the dev proxy spends its CPU, not anything a client sees.
-    let shards = idmux_transport::shards::Shards::start_detached(
+    // Each connection to the proxy port (and to the SSH port) runs wholly on one thread, with
+    // the node connections it opens: a multi-threaded runtime moved every chunk between a gRPC
+    // connection's task and its streams' relays on other workers, which cost a third more CPU
+    // per GiB (idmux_transport::shards). Teleport's proxy is Go, whose scheduler does as it
+    // likes; this is how the dev proxy spends its CPU, not anything a client sees.
+    let shards = Arc::new(idmux_transport::shards::Shards::start_detached(
         idmux_transport::shards::default_threads(),
         "idmux-cluster",
         "dev proxy",
         |_| Ok(()),
-    )?;
+    )?);
+    let follower = tokio::spawn(follow_ca(ctx.clone(), nodes.clone()));
+    let ssh_server =
+        ssh_listener.map(|l| tokio::spawn(ssh_port::serve(ctx.clone(), l, shards.clone())));
+    let auth_server = auth_listener.map(|l| tokio::spawn(serve_auth_port(ctx.clone(), l)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             acc = listener.accept() => {

@@ -62,7 +62,11 @@ pub(crate) fn detect(first: &[u8; 8]) -> Proto {
 }
 
 /// Accept connections on the SSH port until the task is dropped.
-pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    shards: Arc<idmux_transport::shards::Shards<()>>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -77,8 +81,8 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
             }
         };
         let c = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        // On one of the dev proxy's threads, as the proxy port's connections.
+        shards.dispatch(tcp, permit, move |tcp, _| async move {
             if let Err(e) = serve_conn(c, tcp, &peer.to_string()).await {
                 tracing::info!("ssh port connection from {peer}: {e:#}");
             }
