@@ -156,10 +156,14 @@ fn soak_sequential_and_concurrent() {
         workers_n * per_worker
     );
     assert!(bot.alive(), "the daemon exited: {}", bot.log_text());
-    assert_eq!(
+    // Not one fd more than before. Fewer is no leak: a relay thread other than the first
+    // closes its upstream connection once idle (SHARD_IDLE), and the baseline may have caught
+    // one open (CI saw 21 fds before, 20 after: that socket gone, nothing new).
+    assert!(
+        after.fds <= base.fds,
+        "fds did not return to baseline ({} after, {} before):\nbefore {base_list:#?}\nafter {:#?}",
         after.fds,
         base.fds,
-        "fds did not return to baseline:\nbefore {base_list:#?}\nafter {:#?}",
         fd_list(pid)
     );
     // RSS levels off: the second half of the sequential run adds (almost) nothing, and the
