@@ -10,7 +10,9 @@
 pub mod fuzzing;
 pub mod thirdparty;
 
-pub use thirdparty::{host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy};
+pub use thirdparty::{
+    children_of, host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

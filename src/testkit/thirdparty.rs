@@ -174,8 +174,8 @@ fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Pids of the direct children of `pid` (nginx's workers), from /proc.
-fn children_of(pid: u32) -> Vec<i32> {
+/// Pids of the direct children of `pid` (nginx's workers, ssh's ProxyCommand), from /proc.
+pub fn children_of(pid: u32) -> Vec<i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -19,6 +19,7 @@
 //!
 //! Owns: the threads, their runtimes, and the choice of shard. Must not know: what a
 //! connection carries (the caller's closure).
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -160,7 +161,8 @@ impl<T: Send + Sync + 'static> Shards<T> {
     }
 
     /// Connections open on each shard.
-    pub fn open(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn open(&self) -> Vec<usize> {
         self.shards
             .iter()
             .map(|s| s.open.load(Ordering::Relaxed))

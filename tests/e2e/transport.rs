@@ -451,12 +451,15 @@ fn the_stdio_proxy_command_relays_on_one_thread() {
     let mut pc = None;
     assert!(
         wait_for(Duration::from_secs(20), || {
-            pc = children_named(up.id(), "idmux");
+            pc = children_of(up.id()).into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "idmux")
+            });
             pc.is_some()
         }),
         "no ProxyCommand process under ssh"
     );
-    let pc = pc.unwrap();
+    let pc = pc.unwrap() as u32;
     let before = thread_cpu(pc);
     let mut stdin = up.stdin.take().unwrap();
     let block = vec![0u8; 1 << 20];
@@ -480,15 +483,4 @@ fn the_stdio_proxy_command_relays_on_one_thread() {
         main * 5 >= total * 4 && total > 0,
         "the ProxyCommand's own thread did {main} of its {total} ticks: {after:?}"
     );
-}
-
-/// The first child of `pid` whose name is `name`.
-fn children_named(pid: u32, name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let p: u32 = e.file_name().to_string_lossy().parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        let (comm, rest) = stat.rsplit_once(')')?;
-        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == pid && comm.ends_with(&format!("({name}"))).then_some(p)
-    })
 }
