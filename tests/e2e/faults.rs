@@ -195,29 +195,13 @@ fn proxy_restart_under_50_open_sessions() {
     );
 }
 
-/// Pids of every descendant of `pid` (from /proc/*/stat).
+/// Pids of every descendant of `pid`: testkit's `children_of`, generation by generation.
 fn descendants(pid: i32) -> Vec<i32> {
-    let mut parent: Vec<(i32, i32)> = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        if let Some(pp) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            parent.push((p, pp));
-        }
-    }
-    let mut out = vec![];
+    let mut out: Vec<i32> = vec![];
     let mut frontier = vec![pid];
     while let Some(x) = frontier.pop() {
-        for &(c, pp) in &parent {
-            if pp == x && !out.contains(&c) {
+        for c in children_of(x as u32) {
+            if !out.contains(&c) {
                 out.push(c);
                 frontier.push(c);
             }
