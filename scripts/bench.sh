@@ -5,7 +5,7 @@
 # root, with the latency distribution of each path in benches/latency.svg and each relay's CPU per
 # GiB in benches/cpu.svg, and prints the tables and the goals of both issues.
 #
-#   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x3, 4 x 512 MiB at once
+#   scripts/bench.sh           full run: 30 latency runs, 1 GiB throughput x5, 4 x 512 MiB at once
 #                              per relay, storm of 500 through the multiplexer paths (200 through
 #                              the others), 1,000 open sessions per daemon (about 20 minutes on 2
 #                              cores)
