@@ -338,6 +338,7 @@ fn doctor_healthy_then_broken() {
     for name in [
         "openssh",
         "files",
+        "writes",
         "identity",
         "certificate",
         "clock",
@@ -373,6 +374,21 @@ fn doctor_healthy_then_broken() {
     assert!(text.contains("nothing answers on"), "{text}");
     assert_eq!(status_of(&lines, "proxy"), "ok", "{text}");
     assert!(!ok);
+
+    // A write the stopped bot left half done: its committed set's journal, and a temp file.
+    use idmux_identity::fsutil::{encode_journal, JOURNAL};
+    let set = [("key-cert.pub".to_string(), b"x".to_vec(), 0o644)];
+    std::fs::write(dest.join(JOURNAL), encode_journal(&set)).unwrap();
+    std::fs::write(dest.join(".key.tmp-1-abcd"), b"x").unwrap();
+    let (lines, _, text) = doctor(&dest, &[]);
+    assert_eq!(status_of(&lines, "writes"), "warn", "{text}");
+    assert!(
+        text.contains("a set of 1 file(s) (key-cert.pub) was committed")
+            && text.contains(".key.tmp-1-abcd"),
+        "{text}"
+    );
+    std::fs::remove_file(dest.join(JOURNAL)).unwrap();
+    std::fs::remove_file(dest.join(".key.tmp-1-abcd")).unwrap();
 
     // A stdio destination: no daemon needed, the node dial goes through the proxy.
     let stdio = cl.bot_destination("doc2", &me(), "access", "6s", "stdio");

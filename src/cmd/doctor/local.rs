@@ -333,3 +333,168 @@ pub(super) fn check_certificate(id: &Identity, cert: &Certificate) -> Check {
         check(Status::Ok, N, text)
     }
 }
+
+/// What the dir shows of its last write: `journal` is the committed set's file names when a
+/// `.idmux-set` journal stayed in place (Err: it could not be read or parsed), `temps` the
+/// temp files that stayed. Both are looked at twice, a moment apart, by [`check_writes`]: a
+/// running bot's write leaves them for milliseconds only.
+pub(super) fn writes_verdict(
+    dir: &Path,
+    journal: Option<Result<Vec<String>, String>>,
+    temps: &[String],
+) -> Check {
+    const N: &str = "writes";
+    use idmux_identity::fsutil::JOURNAL;
+    let j = dir.join(JOURNAL);
+    let mut problems = Vec::new();
+    let mut status = Status::Ok;
+    match journal {
+        None => {}
+        Some(Ok(names)) => {
+            status = Status::Warn;
+            problems.push(format!(
+                "{}: a set of {} file(s) ({}) was committed but not all put in place (its writer \
+                 stopped mid-write), so the files here may be half from that write; the bot \
+                 finishes the set from this journal when it starts",
+                j.display(),
+                names.len(),
+                names.join(", ")
+            ));
+        }
+        Some(Err(e)) => {
+            status = Status::Fail;
+            problems.push(format!(
+                "{}: {e}; the bot refuses to start until a human looks (it was not written \
+                 this way by idmux, or was damaged after)",
+                j.display()
+            ));
+        }
+    }
+    if !temps.is_empty() {
+        status = status.max(Status::Warn);
+        problems.push(format!(
+            "{} temp file(s) left by a writer that was stopped ({}); the bot removes them when \
+             it starts",
+            temps.len(),
+            temps.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        check(
+            Status::Ok,
+            N,
+            "no write left half done (no journal, no temp files)",
+        )
+    } else {
+        check(status, N, problems.join("; "))
+    }
+}
+
+/// The journal and temp files [`idmux_identity::fsutil`] leaves behind when its writer is
+/// killed mid-write. Present in a healthy dir for milliseconds while a bot writes, so what
+/// is found is looked at again after `settle`; only what stayed (the same inode and change
+/// time) is reported.
+pub(super) fn check_writes(dir: &Path, settle: std::time::Duration) -> Check {
+    use idmux_identity::fsutil::{is_temp_name, parse_journal, JOURNAL};
+    let look = || -> Vec<(String, u64, i64, i64)> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(String, u64, i64, i64)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                if name != JOURNAL && !is_temp_name(&name) {
+                    return None;
+                }
+                let m = e.metadata().ok()?;
+                Some((name, m.ino(), m.ctime(), m.ctime_nsec()))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let first = look();
+    let stayed = if first.is_empty() {
+        first
+    } else {
+        std::thread::sleep(settle);
+        let second = look();
+        first.into_iter().filter(|f| second.contains(f)).collect()
+    };
+    let journal = stayed.iter().any(|f| f.0 == JOURNAL).then(|| {
+        std::fs::read(dir.join(JOURNAL))
+            .map_err(|e| format!("cannot read it ({e})"))
+            .and_then(|b| {
+                parse_journal(&b).map_err(|e| format!("not a journal idmux wrote: {e:#}"))
+            })
+            .map(|files| files.into_iter().map(|f| f.0).collect())
+    });
+    let temps: Vec<String> = stayed
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|n| n != JOURNAL)
+        .collect();
+    writes_verdict(dir, journal, &temps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idmux_identity::fsutil::{encode_journal, JOURNAL};
+    use std::time::Duration;
+
+    #[test]
+    fn a_clean_dir_has_no_write_left() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("key"), b"k").unwrap();
+        let c = check_writes(t.path(), Duration::from_millis(10));
+        assert_eq!(c.status, Status::Ok, "{c}");
+    }
+
+    #[test]
+    fn a_journal_and_temp_files_that_stay_are_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let set = vec![
+            ("key".to_string(), b"k".to_vec(), 0o600),
+            ("key-cert.pub".to_string(), b"c".to_vec(), 0o644),
+        ];
+        std::fs::write(t.path().join(JOURNAL), encode_journal(&set)).unwrap();
+        std::fs::write(t.path().join(".key.tmp-123-abcd"), b"k").unwrap();
+        let c = check_writes(t.path(), Duration::from_millis(10));
+        assert_eq!(c.status, Status::Warn, "{c}");
+        assert!(
+            c.detail.contains("a set of 2 file(s) (key, key-cert.pub)"),
+            "{c}"
+        );
+        assert!(
+            c.detail.contains("1 temp file(s)") && c.detail.contains(".key.tmp-123-abcd"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_journal_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let mut j = encode_journal(&[("key".to_string(), b"k".to_vec(), 0o600)]);
+        j.truncate(j.len() - 1);
+        std::fs::write(t.path().join(JOURNAL), j).unwrap();
+        let c = check_writes(t.path(), Duration::from_millis(10));
+        assert_eq!(c.status, Status::Fail, "{c}");
+        assert!(c.detail.contains("not a journal idmux wrote"), "{c}");
+    }
+
+    #[test]
+    fn what_a_writer_removes_in_the_meantime_is_not_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let tmp = t.path().join(".key.tmp-1-ffff");
+        std::fs::write(&tmp, b"k").unwrap();
+        let remover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(tmp).unwrap();
+        });
+        let c = check_writes(t.path(), Duration::from_millis(1000));
+        remover.join().unwrap();
+        assert_eq!(c.status, Status::Ok, "{c}");
+    }
+}

@@ -124,6 +124,10 @@ fn check(status: Status, name: &'static str, detail: impl Into<String>) -> Check
     }
 }
 
+/// How long `writes` waits before looking again at a journal or temp file it found: a running
+/// bot's write leaves them for milliseconds.
+const WRITE_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Run every check; the lines in order.
 pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     let dir =
@@ -144,6 +148,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     };
     out.push(check_openssh(id.as_ref(), fdpass));
     out.push(check_files(&dir, fdpass));
+    out.push(check_writes(&dir, WRITE_SETTLE));
     if !cfg.is_empty() {
         out.push(check_commands(&cfg));
     }
