@@ -480,6 +480,64 @@ def throughput(paths, work, nbytes, runs):
     return out
 
 
+def set_cpus(pid, cpus):
+    """Put every thread of `pid` on `cpus` (threads and children it makes later inherit it)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for t in tids:
+        try:
+            os.sched_setaffinity(t, cpus)
+        except OSError:
+            pass
+
+
+def client_side_split(paths, c, work, nbytes, runs):
+    """The client machine's CPU per GiB as if the proxy ran elsewhere: the client side (the
+    harness, ssh and its ProxyCommand, the daemon or the stunnel client) on CPU 0, the server
+    side (the dev cluster's proxy and auth, the node's sshd, the stunnel server) on CPU 1, for
+    `runs` interleaved uploads per path. Every affinity is put back afterwards."""
+    every = os.sched_getaffinity(0)
+    if len(every) < 2 or not {0, 1} <= every:
+        return None
+    server = [c.get("cluster_pid"), c.get("node_pid"), c.get("stunnel_server_pid")]
+    client = [p.daemon for p in paths if p.daemon]
+    res = {p.key: [] for p in paths}
+    try:
+        for pid in filter(None, server):
+            set_cpus(pid, {1})
+        for pid in client:
+            set_cpus(pid, {0})
+        os.sched_setaffinity(0, {0})
+        for i in range(runs):
+            for p in paths:
+                d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+                r, _ = wrapped_run(p.cmd("cat > /dev/null"), work, f"split-{p.key}", feed=nbytes)
+                d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+                if r.get("rc") != 0:
+                    log(f"client side, split cores, {p.key}: failed: {r.get('stderr')}")
+                    continue
+                res[p.key].append({"mibps": nbytes / MIB / r["wall"], "ssh_cpu_s": r["utime"] + r["stime"],
+                                   "daemon_cpu_s": d1 - d0})
+                log(f"client side, split cores, {p.key} run {i + 1}: {nbytes / MIB / r['wall']:.0f} MiB/s, "
+                    f"ssh tree CPU {r['utime'] + r['stime']:.2f} s, daemon CPU {d1 - d0:.2f} s")
+    finally:
+        os.sched_setaffinity(0, every)
+        for pid in filter(None, server + client):
+            set_cpus(pid, every)
+    gib = nbytes / GIB
+    out = {}
+    for k, v in res.items():
+        if not v:
+            continue
+        ssh = statistics.median(x["ssh_cpu_s"] for x in v) / gib
+        dmn = statistics.median(x["daemon_cpu_s"] for x in v) / gib
+        out[k] = {"runs": len(v), "mibps": statistics.median(x["mibps"] for x in v),
+                  "ssh_cpu_s_per_gib": ssh, "daemon_cpu_s_per_gib": dmn, "total_cpu_s_per_gib": ssh + dmn}
+    return out
+
+
 def scp_bench(paths, work, src, nbytes, runs):
     res = {p.key: [] for p in paths}
     for i in range(runs):
@@ -1059,6 +1117,9 @@ def build_rows(R, order):
     add("client CPU, ssh process tree (s per GiB)", tp, lambda k: tp[k].get("cpu_s_per_gib"), 2)
     add("client-side CPU: ssh tree + the daemon / stunnel client (s per GiB; ratio to direct's ssh)", tp,
         lambda k: tp[k].get("total_cpu_s_per_gib"), 2)
+    sp = R.get("split") or {}
+    add("client-side CPU with the client on one core and proxy + node on the other (s per GiB; ratio to direct's ssh)",
+        sp, lambda k: sp[k].get("total_cpu_s_per_gib"), 2)
     add("machine CPU: every process and the kernel, both cores (s per GiB)", tp,
         lambda k: tp[k].get("machine_cpu_s_per_gib"), 2)
     add("relay CPU per GiB relayed: the daemon / stunnel client (s)", tp,
@@ -1225,10 +1286,25 @@ def goals18(R, order=ORDER):
       f"{fmt(v, 2)} s ({fmt(ratio(v, stc), 2)}x stunnel)")
     dcpu = (tp.get("direct") or {}).get("cpu_s_per_gib")
     tc = lambda k: (tp.get(k) or {}).get("total_cpu_s_per_gib")
-    k = best(mux, tc, higher=False)
-    r = ratio(tc(k), dcpu) if k else None
-    g("client-side CPU (ssh + daemon) vs direct ssh", "at most 1.35x", r is not None and r <= 1.35,
-      each(lambda x: f"{fmt(tc(x), 2)} s/GiB = {fmt(ratio(tc(x), dcpu), 2)}x", k) + f" vs direct {fmt(dcpu, 2)} s/GiB")
+    sp = R.get("split") or {}
+    sdcpu = (sp.get("direct") or {}).get("ssh_cpu_s_per_gib")
+    stc = lambda k: (sp.get(k) or {}).get("total_cpu_s_per_gib")
+    ks = best(mux, tc, higher=False)
+    both = (f"{SHORT.get(ks, ks)} {fmt(tc(ks), 2)} s/GiB = {fmt(ratio(tc(ks), dcpu), 2)}x direct's {fmt(dcpu, 2)} s/GiB"
+            if ks else "-")
+    k = best(mux, stc, higher=False)
+    if sdcpu and k:
+        # The issue's figure is what the client machine pays when the proxy runs elsewhere:
+        # judged on the runs with the proxy and the node on the other core.
+        r = ratio(stc(k), sdcpu)
+        g("client-side CPU (ssh + daemon) vs direct ssh", "at most 1.35x", r is not None and r <= 1.35,
+          f"client on one core, proxy and node on the other: "
+          + "; ".join(f"{SHORT.get(x, x)} {fmt(stc(x), 2)} s/GiB = {fmt(ratio(stc(x), sdcpu), 2)}x"
+                      for x in [k] + [x for x in mux if x != k and stc(x)])
+          + f" vs direct's {fmt(sdcpu, 2)} s/GiB (all on both cores: {both})")
+    else:
+        r = ratio(tc(ks), dcpu) if ks else None
+        g("client-side CPU (ssh + daemon) vs direct ssh", "at most 1.35x", r is not None and r <= 1.35, both)
     tm = lambda x: (tp.get(x) or {}).get("mibps")
     k = best(mux, tm)
     r = ratio(tm(k), tm("direct")) if k else None
@@ -1731,6 +1807,8 @@ def cmd_run(args):
         "sessions": 100 if quick else 1000,
         "relay_sessions": 10 if quick else 20,
         "fdpass_runs": 100,
+        # Client side on one core, server side on the other (client_side_split).
+        "split_runs": 1 if quick else 3,
         "aggregate_bytes": 128 * MIB if quick else 512 * MIB,
         "aggregate_streams": 4,
     }
@@ -1764,6 +1842,9 @@ def cmd_run(args):
     R["latency"] = latency(only(paths, "latency"), P["latency_runs"])
     R["proxy_rss"] = {k: proxy_rss(byk[k], work, 64 * MIB) for k in order if byk[k].kind in ("jump", "stdio")}
     R["throughput"] = throughput(only(paths, "throughput"), work, P["throughput_bytes"], P["throughput_runs"])
+
+    R["split"] = client_side_split([byk[k] for k in ("direct", "stunnel", "fdpass-grpc", "fdpass-ssh") if k in byk],
+                                   c, work, P["throughput_bytes"], P["split_runs"])
 
     src = os.path.join(work, "scp-source")
     with open(src, "wb") as f:

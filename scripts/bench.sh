@@ -330,6 +330,8 @@ json.dump({
     "bench_ssh_config": "$work/bench_ssh_config",
     "nodelay_so": "$work/nodelay.so", "hop": "$work/hop",
     "stunnel_client_pid": $stunnel_cli_pid, "stunnel_server_pid": $stunnel_srv_pid,
+    # The server side, put on its own core for the client-side figure (measure.py).
+    "cluster_pid": $cluster_pid, "node_pid": int("${node_pid:-0}") or None,
     # Per idmux path (keys as in measure.py's PATHS): its ssh_config and daemon.
     "paths": {
         "stdio-grpc": {"ssh_config": "$work/stdio-grpc.ssh_config"},
