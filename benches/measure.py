@@ -426,15 +426,22 @@ def wrapped_run(argv, work, tag, stdin=subprocess.DEVNULL, feed=None):
     return r, t_first
 
 
+def upload(p, work, tag, nbytes):
+    """`nbytes` into `ssh host 'cat > /dev/null'` on path `p`: (wrap json, time the first MiB
+    was taken, the daemon's CPU seconds, the machine's busy and stolen CPU seconds)."""
+    d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+    m0 = machine_cpu_s()
+    r, t_first = wrapped_run(p.cmd("cat > /dev/null"), work, f"{tag}-{p.key}", feed=nbytes)
+    m1 = machine_cpu_s()
+    d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+    return r, t_first, d1 - d0, (m1[0] - m0[0], m1[1] - m0[1])
+
+
 def throughput(paths, work, nbytes, runs):
     res = {p.key: [] for p in paths}
     for i in range(runs):
         for p in paths:
-            d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
-            m0 = machine_cpu_s()
-            r, t_first = wrapped_run(p.cmd("cat > /dev/null"), work, f"tp-{p.key}", feed=nbytes)
-            m1 = machine_cpu_s()
-            d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+            r, t_first, dcpu, (mcpu, steal) = upload(p, work, "tp", nbytes)
             if r.get("rc") != 0:
                 log(f"throughput {p.key}: failed: {r.get('stderr')}")
                 res[p.key].append({"ok": False, "error": r.get("stderr")})
@@ -449,14 +456,14 @@ def throughput(paths, work, nbytes, runs):
                 "mibps": nbytes / MIB / wall,
                 "stream_mibps": stream,
                 "cpu_s": r["utime"] + r["stime"],
-                "daemon_cpu_s": d1 - d0,
-                "machine_cpu_s": m1[0] - m0[0],
-                "steal_s": m1[1] - m0[1],
+                "daemon_cpu_s": dcpu,
+                "machine_cpu_s": mcpu,
+                "steal_s": steal,
                 "reaped": r.get("reaped"),
             })
             log(f"throughput {p.key} run {i + 1}: {nbytes / MIB / wall:.0f} MiB/s end to end, "
                 f"{stream or 0:.0f} MiB/s streaming, ssh tree CPU {r['utime'] + r['stime']:.2f} s, "
-                f"daemon CPU {d1 - d0:.2f} s, machine CPU {m1[0] - m0[0]:.2f} s (steal {m1[1] - m0[1]:.2f} s)")
+                f"daemon CPU {dcpu:.2f} s, machine CPU {mcpu:.2f} s (steal {steal:.2f} s)")
     out = {}
     for p in paths:
         ok = [x for x in res[p.key] if x["ok"]]
@@ -512,16 +519,14 @@ def client_side_split(paths, c, work, nbytes, runs):
         os.sched_setaffinity(0, {0})
         for i in range(runs):
             for p in paths:
-                d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
-                r, _ = wrapped_run(p.cmd("cat > /dev/null"), work, f"split-{p.key}", feed=nbytes)
-                d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+                r, _, dcpu, _ = upload(p, work, "split", nbytes)
                 if r.get("rc") != 0:
                     log(f"client side, split cores, {p.key}: failed: {r.get('stderr')}")
                     continue
                 res[p.key].append({"mibps": nbytes / MIB / r["wall"], "ssh_cpu_s": r["utime"] + r["stime"],
-                                   "daemon_cpu_s": d1 - d0})
+                                   "daemon_cpu_s": dcpu})
                 log(f"client side, split cores, {p.key} run {i + 1}: {nbytes / MIB / r['wall']:.0f} MiB/s, "
-                    f"ssh tree CPU {r['utime'] + r['stime']:.2f} s, daemon CPU {d1 - d0:.2f} s")
+                    f"ssh tree CPU {r['utime'] + r['stime']:.2f} s, daemon CPU {dcpu:.2f} s")
     finally:
         os.sched_setaffinity(0, every)
         for pid in filter(None, server + client):
@@ -1280,7 +1285,8 @@ def goals18(R, order=ORDER):
     stc = dc("stunnel")
     # Judged on the throughput runs (all on both cores); the split-core runs' figure is shown
     # beside it (the relay on the client's core, the proxy and node on the other).
-    sdc = lambda k: ((R.get("split") or {}).get(k) or {}).get("daemon_cpu_s_per_gib")
+    sp = R.get("split") or {}
+    sdc = lambda k: (sp.get(k) or {}).get("daemon_cpu_s_per_gib")
     split = lambda k: (f"; client and server on a core each: {fmt(sdc(k), 2)} s, stunnel {fmt(sdc('stunnel'), 2)} s"
                        if sdc(k) is not None else "")
     v, r = dc("fdpass-grpc"), ratio(dc("fdpass-grpc"), stc)
@@ -1294,21 +1300,20 @@ def goals18(R, order=ORDER):
       f"{fmt(v, 2)} s ({fmt(ratio(v, stc), 2)}x stunnel)" + split("fdpass-ssh"))
     dcpu = (tp.get("direct") or {}).get("cpu_s_per_gib")
     tc = lambda k: (tp.get(k) or {}).get("total_cpu_s_per_gib")
-    sp = R.get("split") or {}
     sdcpu = (sp.get("direct") or {}).get("ssh_cpu_s_per_gib")
-    stc = lambda k: (sp.get(k) or {}).get("total_cpu_s_per_gib")
+    split_tc = lambda k: (sp.get(k) or {}).get("total_cpu_s_per_gib")
     ks = best(mux, tc, higher=False)
     both = (f"{SHORT.get(ks, ks)} {fmt(tc(ks), 2)} s/GiB = {fmt(ratio(tc(ks), dcpu), 2)}x direct's {fmt(dcpu, 2)} s/GiB"
             if ks else "-")
-    k = best(mux, stc, higher=False)
+    k = best(mux, split_tc, higher=False)
     if sdcpu and k:
         # The issue's figure is what the client machine pays when the proxy runs elsewhere:
         # judged on the runs with the proxy and the node on the other core.
-        r = ratio(stc(k), sdcpu)
+        r = ratio(split_tc(k), sdcpu)
         g("client-side CPU (ssh + daemon) vs direct ssh", "at most 1.35x", r is not None and r <= 1.35,
           f"client on one core, proxy and node on the other: "
-          + "; ".join(f"{SHORT.get(x, x)} {fmt(stc(x), 2)} s/GiB = {fmt(ratio(stc(x), sdcpu), 2)}x"
-                      for x in [k] + [x for x in mux if x != k and stc(x)])
+          + "; ".join(f"{SHORT.get(x, x)} {fmt(split_tc(x), 2)} s/GiB = {fmt(ratio(split_tc(x), sdcpu), 2)}x"
+                      for x in [k] + [x for x in mux if x != k and split_tc(x)])
           + f" vs direct's {fmt(sdcpu, 2)} s/GiB (all on both cores: {both})")
     else:
         r = ratio(tc(ks), dcpu) if ks else None
