@@ -338,7 +338,7 @@ pub(super) fn check_certificate(id: &Identity, cert: &Certificate) -> Check {
 /// `.idmux-set` journal stayed in place (Err: it could not be read or parsed), `temps` the
 /// temp files that stayed. Both are looked at twice, a moment apart, by [`check_writes`]: a
 /// running bot's write leaves them for milliseconds only.
-pub(super) fn writes_verdict(
+fn writes_verdict(
     dir: &Path,
     journal: Option<Result<Vec<String>, String>>,
     temps: &[String],
