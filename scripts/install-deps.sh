@@ -5,8 +5,7 @@
 # tinyproxy (the third-party load balancer and HTTP proxy of the "real deployments" tests,
 # which start their own on loopback), stunnel4 and a C compiler (the TLS relay baseline and
 # the small C helpers of scripts/bench.sh), strace (idmux-fdpass's system calls), valgrind
-# (profiles), glibc's static libc (idmux-fdpass is linked statically) and Ansible (for the
-# multiplexer's end-to-end tests).
+# (profiles) and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -34,8 +33,6 @@ command -v getfacl >/dev/null || need+=(acl)
 # massif are the profilers benches/README.md uses.
 command -v strace >/dev/null || need+=(strace)
 command -v valgrind >/dev/null || need+=(valgrind)
-# idmux-fdpass is linked statically (src/fdpass/rustc-wrapper.sh): glibc's libc.a.
-[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
 # The "real deployments" tests (idmux_testkit::thirdparty) run their own nginx (an L7 load
 # balancer in front of the dev cluster) and tinyproxy (an HTTP CONNECT proxy) on loopback.
 # Debian bookworm's `nginx` package holds /usr/sbin/nginx itself (nginx-core on older releases);

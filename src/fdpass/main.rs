@@ -8,31 +8,41 @@
 //! 0. Any failure is one line on stderr, `idmux-fdpass: ...`, and exit 1.
 //!
 //! Must not know: what TARGET means (the daemon parses and dials it), certificates, the
-//! daemon's state, or anything of the workspace's other crates. It links no Rust crate but
-//! `libc`, and glibc statically.
+//! daemon's state, or anything of the workspace's other crates. It uses no Rust crate but
+//! `libc`, for its types and constants, and links no C library.
 //!
-//! Why `#![no_std]` and static: ssh runs it for every connection, so its whole life is on
-//! every connection's path. Built with std it took 1.23-1.7 ms from spawn to exit against
+//! Why `#![no_std]` and no C library: ssh runs it for every connection, so its whole life is
+//! on every connection's path. Built with std it took 1.23-1.7 ms from spawn to exit against
 //! 0.90 ms for `/bin/true` on a quiet machine: the dynamic loader mapped and relocated
 //! libgcc_s.so.1 (std's unwinder, which std's panic machinery drags in even when nothing
 //! panics) and a 4.8 MB binary with std's thread-local storage, and std's start-up and
 //! arguments went through malloc (4 allocations for a usage error, 9 for a run, by valgrind).
-//! Without std it needed only libc.so.6 and called no allocator, and a `main` that only
-//! returns 0 started like `/bin/true`, which itself spends most of its life in the dynamic
-//! loader: the whole run was still 1.06x `/bin/true` (median of 1,000 interleaved runs
-//! against a listening socket answered by a separate process). Linked statically
-//! (`+crt-static`, a static-PIE executable of about 800 kB: glibc's own start-up, no loader,
-//! no shared library) the same run is 0.98x `/bin/true` (0.97x without PIE, which would give
-//! up address randomisation for 1 %), its own CPU time 0.91x. tests/e2e/fdpass.rs holds it to
-//! that: no program interpreter and no NEEDED entry in the ELF; after `main` starts, only
-//! the protocol's system calls (strace).
+//! Without std, dynamically linked to libc.so.6, the whole run was 1.06x `/bin/true`; with
+//! glibc linked statically (a static-PIE executable of about 800 kB), 0.98x. glibc's static
+//! start-up was then most of what was left (sys.rs has the figures), so the helper now has
+//! none: `_start` (sys.rs) calls [`start`], which makes the protocol's system calls itself
+//! and exits. tests/e2e/fdpass.rs holds it to that: no program interpreter and no NEEDED
+//! entry in the ELF; from `execve` to `exit_group`, only the protocol's system calls
+//! (strace).
+//!
+//! The executable is static and not position-independent (ET_EXEC): a static-PIE one would
+//! need a relocation pass at start, which glibc did for us. So its code and data sit at fixed
+//! addresses; its stack is still randomised. It reads nothing but its arguments (it only
+//! sends on the sockets it holds) and lives for well under a millisecond, so address
+//! randomisation has nothing here to protect.
 //!
 //! A `#![no_std]` executable must not unwind, and stable Cargo has no per-package panic
 //! strategy, so `.cargo/config.toml` runs rustc through `rustc-wrapper.sh` (beside this file),
-//! which adds `-C panic=abort` and the static link for this crate alone. A panic (none is
-//! reachable in a release build) aborts.
+//! which adds `-C panic=abort` and the static link without start files or C library for this
+//! crate alone. A panic (none is reachable in a release build) dies on the trap instruction.
 #![no_std]
 #![no_main]
+// Loops stay loops: mem.rs's memcpy must not be compiled into a call to memcpy.
+#![no_builtins]
+
+mod errtext;
+mod mem;
+mod sys;
 
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::size_of;
@@ -48,14 +58,9 @@ const SUN_PATH_LEN: usize = 108;
 /// What std's `UnixStream::connect` says of a path too long for `sun_path` (kept word for word).
 const SUN_LEN_MSG: &[u8] = b"path must be shorter than SUN_LEN";
 
-// The workspace builds `libc` with its `std` feature, which leaves linking libc to std.
-#[link(name = "c")]
-extern "C" {}
-
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    // SAFETY: abort takes no arguments and never returns.
-    unsafe { libc::abort() }
+    sys::abort()
 }
 
 /// The personality routine that core's precompiled (panic=unwind) code names in its unwind
@@ -63,8 +68,7 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// never called.
 #[no_mangle]
 pub extern "C" fn rust_eh_personality() {
-    // SAFETY: abort takes no arguments and never returns.
-    unsafe { libc::abort() }
+    sys::abort()
 }
 
 /// A fixed buffer that text is appended to (silently cut at `N` bytes).
@@ -111,13 +115,12 @@ impl<const N: usize> Buf<N> {
 /// 2)`.
 fn os_error(errno: c_int) -> Buf<160> {
     let mut b = Buf::new();
-    let mut msg = [0u8; 128];
-    // SAFETY: strerror_r writes at most msg.len() bytes, NUL included, into msg.
-    if unsafe { libc::strerror_r(errno, msg.as_mut_ptr().cast(), msg.len()) } == 0 {
-        let end = msg.iter().position(|&c| c == 0).unwrap_or(msg.len());
-        b.push(msg.get(..end).unwrap_or_default());
-    } else {
-        b.push(b"Unknown error");
+    match errtext::text(errno) {
+        Some(t) => b.push(t.as_bytes()),
+        None => {
+            b.push(b"Unknown error ");
+            b.push_num(errno.unsigned_abs().into());
+        }
     }
     b.push(b" (os error ");
     b.push_num(errno.unsigned_abs().into());
@@ -181,11 +184,6 @@ fn nix_error(errno: c_int) -> Buf<160> {
     }
 }
 
-fn errno() -> c_int {
-    // SAFETY: __errno_location returns this thread's errno, valid for the thread's life.
-    unsafe { *libc::__errno_location() }
-}
-
 /// `idmux-fdpass: ` + `parts` + newline on stderr in one write; returns exit status 1.
 fn fail(parts: &[&[u8]]) -> c_int {
     let all = core::iter::once(&b"idmux-fdpass: "[..])
@@ -195,7 +193,7 @@ fn fail(parts: &[&[u8]]) -> c_int {
         iov_base: ptr::null_mut(),
         iov_len: 0,
     }; 8];
-    let mut n: c_int = 0;
+    let mut n: u32 = 0;
     for (slot, p) in iov.iter_mut().zip(all) {
         slot.iov_base = p.as_ptr() as *mut c_void;
         slot.iov_len = p.len();
@@ -203,7 +201,7 @@ fn fail(parts: &[&[u8]]) -> c_int {
     }
     // SAFETY: the first n iovecs point into slices that outlive the call. A failed write to
     // stderr leaves nothing better to do.
-    unsafe { libc::writev(2, iov.as_ptr(), n) };
+    let _ = unsafe { sys::writev(2, iov.as_ptr(), n) };
     1
 }
 
@@ -212,8 +210,15 @@ fn fail(parts: &[&[u8]]) -> c_int {
 /// # Safety
 /// `p` is a valid NUL-terminated string that outlives the returned slice.
 unsafe fn arg<'a>(p: *const c_char) -> &'a [u8] {
-    // SAFETY: as the caller promises; strlen counts the bytes before the NUL.
-    unsafe { core::slice::from_raw_parts(p.cast::<u8>(), libc::strlen(p)) }
+    let p = p.cast::<u8>();
+    let mut len = 0usize;
+    // SAFETY: as the caller promises, every byte up to and including the NUL is readable.
+    unsafe {
+        while *p.add(len) != 0 {
+            len = len.wrapping_add(1);
+        }
+        core::slice::from_raw_parts(p, len)
+    }
 }
 
 /// Is fd 1 an AF_UNIX socket (ssh's ProxyUseFdpass socketpair)?
@@ -221,18 +226,15 @@ fn stdout_is_unix_socket() -> bool {
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: addr has room for len bytes; the kernel writes at most that many.
-    let r = unsafe { libc::getsockname(1, (&raw mut addr).cast(), &mut len) };
-    r == 0 && addr.sun_family == libc::AF_UNIX as libc::sa_family_t
+    sys::getsockname(1, &raw mut addr, &mut len).is_ok()
+        && addr.sun_family == libc::AF_UNIX as libc::sa_family_t
 }
 
 /// ssh may hand us a non-blocking stdout; the sendmsg on it must block.
 fn clear_nonblock(fd: c_int) {
-    // SAFETY: F_GETFL and F_SETFL take and change only the fd's status flags.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    if let Ok(flags) = sys::fcntl(fd, libc::F_GETFL, 0) {
+        if flags & libc::O_NONBLOCK != 0 {
+            let _ = sys::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
 }
@@ -256,19 +258,11 @@ fn connect_path(path: &[u8]) -> Result<c_int, ConnectError> {
         *d = s as c_char;
     }
     let len = (size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
-    // SAFETY: plain socket calls on an fd this function owns; addr outlives connect.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(ConnectError::Os(errno()));
-        }
-        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
-            let e = errno();
-            libc::close(fd);
-            return Err(ConnectError::Os(e));
-        }
-        Ok(fd)
-    }
+    // A failed connect leaves the socket open: the process exits with the error at once.
+    let fd = sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        .map_err(ConnectError::Os)?;
+    sys::connect(fd, &addr, len).map_err(ConnectError::Os)?;
+    Ok(fd)
 }
 
 /// Connect to `socket`: by the whole path when it fits `sun_path`; else from its folder by file
@@ -302,8 +296,8 @@ fn connect(socket: &[u8]) -> Result<c_int, ConnectError> {
             for (d, &c) in cdir.iter_mut().zip(dir) {
                 *d = c;
             }
-            // SAFETY: cdir is NUL-terminated (dir is shorter than it and it started zeroed).
-            if unsafe { libc::chdir(cdir.as_ptr().cast()) } == 0 {
+            // cdir is NUL-terminated: dir is shorter than it and it started zeroed.
+            if sys::chdir(&cdir).is_ok() {
                 return connect_path(name);
             }
         }
@@ -342,27 +336,25 @@ fn send_with_fd(sock: c_int, data: &[u8], fd: c_int) -> Result<(), c_int> {
             }
         }
         // SAFETY: msg points at live iov and control buffers.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            match errno() {
-                libc::EINTR => continue,
-                e => return Err(e),
-            }
+        match unsafe { sys::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } {
+            Ok(n) => sent = sent.wrapping_add(n),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
         }
-        sent = sent.wrapping_add(n as usize);
     }
     Ok(())
 }
 
-/// The process's entry point, called by the C runtime.
+/// The process's life, called by `_start` (sys.rs) with the stack as the kernel left it:
+/// `argc`, then `argc` pointers to NUL-terminated strings.
 ///
 /// # Safety
-/// `argv` holds `argc` valid NUL-terminated strings that live until the process exits, as the
-/// C runtime passes them.
-#[no_mangle]
-pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
-    // SAFETY: as the caller (the C runtime) promises.
-    unsafe { run(argc, argv) }
+/// `stack` is the initial stack pointer the kernel gave the process.
+unsafe extern "C" fn start(stack: *const usize) -> ! {
+    // SAFETY: the kernel's layout (the System V ABI's process start): argc, then argv.
+    let (argc, argv) = unsafe { (*stack, stack.add(1).cast::<*const c_char>()) };
+    // SAFETY: argv holds argc strings that live until the process exits.
+    sys::exit(unsafe { run(c_int::try_from(argc).unwrap_or(c_int::MAX), argv) })
 }
 
 /// # Safety

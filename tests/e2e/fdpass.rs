@@ -1,6 +1,6 @@
 //! `idmux-fdpass` on its own (issue 18): what it costs to start (a static executable: no
-//! dynamic loader, no shared library; once its `main` runs, the protocol's system calls and
-//! nothing else, by strace) and what it does, against a
+//! dynamic loader, no shared library, no C library; from `execve` on, the protocol's system
+//! calls and nothing else, by strace) and what it does, against a
 //! small v1.sock server in the test, with its stdout one end of a socketpair as ssh sets it up
 //! under `ProxyUseFdpass yes`. No dev cluster: mux.rs and isolation.rs run it against the
 //! real daemon.
@@ -20,13 +20,12 @@ fn fdpass() -> PathBuf {
     idmux_bin().with_file_name("idmux-fdpass")
 }
 
-/// The DT_NEEDED entries of the ELF64 little-endian file `p`, in order (read from its
-/// SHT_DYNAMIC section and the string table that section links to).
-fn elf_needed(p: &Path) -> Vec<String> {
+/// The ELF64 little-endian file `p`: its type (`e_type`: 2 an executable at fixed addresses,
+/// 3 a shared object or position-independent executable) and its program headers' types
+/// (3 PT_INTERP: the dynamic loader that maps shared libraries at start-up; 2 PT_DYNAMIC: the
+/// table of NEEDED libraries and of relocations someone must apply at start).
+fn elf_kind(p: &Path) -> (u16, Vec<u32>) {
     let f = std::fs::read(p).unwrap();
-    let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap()) as usize;
-    let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap()) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap()) as usize;
     assert_eq!(&f[..4], b"\x7fELF", "{} is not ELF", p.display());
     assert_eq!(
         (f[4], f[5]),
@@ -34,40 +33,18 @@ fn elf_needed(p: &Path) -> Vec<String> {
         "{}: not ELF64 little-endian",
         p.display()
     );
-    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
-    // A section header: sh_type at 4, sh_offset at 24, sh_size at 32, sh_link at 40.
-    let sh = |i: usize| shoff + i * shentsize;
-    let dynamic = (0..shnum)
-        .find(|&i| u32_at(sh(i) + 4) == 6)
-        .unwrap_or_else(|| panic!("{}: no dynamic section", p.display()));
-    let (off, size) = (u64_at(sh(dynamic) + 24), u64_at(sh(dynamic) + 32));
-    let strtab = u64_at(sh(u32_at(sh(dynamic) + 40)) + 24);
-    let mut needed = Vec::new();
-    // Elf64_Dyn: d_tag, d_val (8 bytes each); DT_NEEDED = 1, DT_NULL = 0 ends the table.
-    for e in (off..off + size).step_by(16) {
-        match u64_at(e) {
-            0 => break,
-            1 => {
-                let s = strtab + u64_at(e + 8);
-                let end = s + f[s..].iter().position(|&c| c == 0).unwrap();
-                needed.push(String::from_utf8_lossy(&f[s..end]).into_owned());
-            }
-            _ => {}
-        }
-    }
-    needed
-}
-
-/// Whether the ELF64 little-endian file `p` asks for a program interpreter (a PT_INTERP
-/// program header, type 3: the dynamic loader that maps shared libraries at start-up).
-fn elf_has_interp(p: &Path) -> bool {
-    let f = std::fs::read(p).unwrap();
-    let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap()) as usize;
+    let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap()) as usize;
-    // e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38; p_type first in each entry.
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    (0..phnum).any(|i| u32_at(phoff + i * phentsize) == 3)
+    // e_type at 0x10, e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38; p_type first in
+    // each entry.
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20),
+        usize::from(u16_at(0x36)),
+        usize::from(u16_at(0x38)),
+    );
+    let types = (0..phnum).map(|i| u32_at(phoff + i * phentsize)).collect();
+    (u16_at(0x10), types)
 }
 
 /// What one connection to [`server`] brought: the request bytes and whether an fd came with
@@ -153,26 +130,40 @@ fn received_fd(ssh_end: &UnixStream) -> (Vec<u8>, Option<OwnedFd>) {
 fn fdpass_is_a_static_executable() {
     // Built with std it also needed libgcc_s.so.1 (std's unwinder); built dynamically without
     // std it needed libc.so.6, and the dynamic loader mapping and relocating it was most of
-    // its start-up (src/fdpass/main.rs).
+    // its start-up; linked with static glibc, glibc's start-up was (src/fdpass/sys.rs). Now
+    // nothing runs before its own code: no loader, no libraries, no relocations.
     let p = fdpass();
+    let (ty, headers) = elf_kind(&p);
+    assert_eq!(
+        ty,
+        2,
+        "{}: not an executable at fixed addresses",
+        p.display()
+    );
     assert!(
-        !elf_has_interp(&p),
+        !headers.contains(&3),
         "{} asks for a dynamic loader",
         p.display()
     );
-    assert_eq!(elf_needed(&p), Vec::<String>::new(), "{}", p.display());
+    assert!(
+        !headers.contains(&2),
+        "{} has a dynamic section (libraries or relocations to load at start)",
+        p.display()
+    );
     // The parser agrees with readelf where binutils is installed.
-    if let Ok(o) = Command::new("readelf").arg("-ld").arg(&p).output() {
+    if let Ok(o) = Command::new("readelf").arg("-hld").arg(&p).output() {
         let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("EXEC (Executable file)"), "{text}");
         assert!(!text.contains("program interpreter"), "{text}");
-        assert_eq!(text.matches("(NEEDED)").count(), 0, "{text}");
+        assert!(text.contains("There is no dynamic section"), "{text}");
     }
 }
 
-/// Once its `main` runs (its first call: `getsockname` on stdout), a whole run makes the
-/// protocol's system calls and no other: no memory mapped or heap grown (it allocates
-/// nothing), no file opened or read. What glibc's static start-up does before `main` is its
-/// own and not checked.
+/// From `execve` to `exit_group`, a whole run makes the protocol's system calls and no other:
+/// no start-up of a C library (glibc's static start-up read `/proc/self/exe`, grew the heap
+/// and called `arch_prctl`, `set_tid_address`, `getrandom`, `mprotect`, ...), no memory
+/// mapped or heap grown (it allocates nothing), no file opened or read. Its first call is
+/// `getsockname` on stdout.
 #[test]
 fn fdpass_makes_only_the_protocols_system_calls() {
     if Command::new("strace").arg("-V").output().is_err() {
@@ -207,11 +198,17 @@ fn fdpass_makes_only_the_protocols_system_calls() {
         .filter_map(|l| l.split_once('(').map(|(n, _)| n))
         .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .collect();
-    let start = names
-        .iter()
-        .position(|&n| n == "getsockname")
-        .unwrap_or_else(|| panic!("main's first call (getsockname) not seen:\n{text}"));
-    let after = &names[start..];
+    assert_eq!(
+        names.first().copied(),
+        Some("execve"),
+        "strace's first line is not the execve:\n{text}"
+    );
+    let after = &names[1..];
+    assert_eq!(
+        after.first().copied(),
+        Some("getsockname"),
+        "the first call after execve is not getsockname:\n{text}"
+    );
     const PROTOCOL: [&str; 6] = [
         "getsockname",
         "fcntl",
@@ -231,7 +228,7 @@ fn fdpass_makes_only_the_protocols_system_calls() {
         (1, 1, 2),
         "{text}"
     );
-    eprintln!("idmux-fdpass after main: {after:?}");
+    eprintln!("idmux-fdpass after execve: {after:?}");
 }
 
 #[test]
@@ -288,6 +285,22 @@ fn fdpass_errors_are_one_line_and_exit_1() {
             missing.display()
         ),
     );
+    // The words are glibc's (the helper carries its own table, src/fdpass/errtext.rs): what
+    // std shows for the same errno on this machine.
+    let refused = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&refused).unwrap());
+    let not_dir = dir.path().join("stale.sock").join("v1.sock");
+    for (path, errno) in [(&refused, libc::ECONNREFUSED), (&not_dir, libc::ENOTDIR)] {
+        let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(path).arg("h:22"));
+        check(
+            &o,
+            &format!(
+                "cannot connect to {}: {} (is the idmux multiplexer running?)",
+                path.display(),
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        );
+    }
     let long = "h".repeat(1025);
     let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(&missing).arg(&long));
     check(
