@@ -27,9 +27,10 @@
 //!
 //! The executable is static and not position-independent (ET_EXEC): a static-PIE one would
 //! need a relocation pass at start, which glibc did for us. So its code and data sit at fixed
-//! addresses; its stack is still randomised. It reads nothing but its arguments (it only
-//! sends on the sockets it holds) and lives for well under a millisecond, so address
-//! randomisation has nothing here to protect.
+//! addresses; its stack is still randomised. With no loader, nothing makes its data read-only
+//! after start (RELRO) either. It reads nothing but its arguments (it only sends on the
+//! sockets it holds) and lives for well under a millisecond, so neither hardening has
+//! anything here to protect.
 //!
 //! A `#![no_std]` executable must not unwind, and stable Cargo has no per-package panic
 //! strategy, so `.cargo/config.toml` runs rustc through `rustc-wrapper.sh` (beside this file),
@@ -225,16 +226,14 @@ unsafe fn arg<'a>(p: *const c_char) -> &'a [u8] {
 fn stdout_is_unix_socket() -> bool {
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    sys::getsockname(1, &raw mut addr, &mut len).is_ok()
-        && addr.sun_family == libc::AF_UNIX as libc::sa_family_t
+    sys::getsockname(1, &mut addr).is_ok() && addr.sun_family == libc::AF_UNIX as libc::sa_family_t
 }
 
 /// ssh may hand us a non-blocking stdout; the sendmsg on it must block.
 fn clear_nonblock(fd: c_int) {
-    if let Ok(flags) = sys::fcntl(fd, libc::F_GETFL, 0) {
+    if let Ok(flags) = sys::get_fl(fd) {
         if flags & libc::O_NONBLOCK != 0 {
-            let _ = sys::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            let _ = sys::set_fl(fd, flags & !libc::O_NONBLOCK);
         }
     }
 }

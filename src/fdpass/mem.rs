@@ -11,7 +11,7 @@ use core::ffi::{c_int, c_void};
 /// As C's `memcpy`: `n` bytes readable at `src`, writable at `dst`, not overlapping.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut c_void, src: *const c_void, n: usize) -> *mut c_void {
-    // SAFETY: as the caller promises; a forward copy is a valid memmove too.
+    // SAFETY: as the caller promises; memmove does what memcpy must (and more).
     unsafe { memmove(dst, src, n) }
 }
 

@@ -1,6 +1,7 @@
 //! The process's entry point and the Linux system calls idmux-fdpass makes, with no C library.
 //!
-//! Owns: `_start` (the kernel's entry, before any `main`), the `syscall` instruction, and
+//! Owns: `_start` (the kernel's entry, before any `main`), the system call instruction
+//! (`syscall` on x86_64, `svc 0` on aarch64), and
 //! the kernel's error convention (a result in -4095..=-1 is `-errno`). Must not know: the
 //! protocol (main.rs), or words for errors (errtext.rs).
 //!
@@ -22,30 +23,38 @@
 //! 32-bit ones; another architecture fails to build here with a message saying so.
 
 use core::ffi::{c_int, c_long, c_uint};
+use core::mem::size_of;
 
 #[cfg(not(all(
     target_os = "linux",
+    target_pointer_width = "64",
+    target_endian = "little",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 compile_error!(
-    "idmux-fdpass makes its system calls itself (src/fdpass/sys.rs): it builds for Linux on \
-     x86_64 and aarch64 only"
+    "idmux-fdpass makes its system calls itself (src/fdpass/sys.rs): it builds for 64-bit \
+     little-endian Linux on x86_64 and aarch64 only (not x32 or aarch64_be)"
 );
 
 // The kernel starts the process here with the stack pointer at `argc`, then the `argv`
-// pointers (NULL-terminated), then the environment. The frame pointer and return address are
-// zeroed so a debugger's backtrace ends here; the stack is aligned for the call as the ABI
-// requires. `crate::start` never returns.
+// pointers (NULL-terminated), then the environment. The frame pointer is zeroed and the
+// return address marked undefined (`.cfi_undefined`, as glibc's `_start` does), so a
+// debugger's backtrace ends here; the stack is aligned for the call as the ABI requires
+// (x86_64: 16 bytes before the `call`; aarch64: the kernel leaves sp 16-byte aligned).
+// `crate::start` never returns.
 #[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     ".globl _start",
     ".type _start,@function",
     "_start:",
+    ".cfi_startproc",
+    ".cfi_undefined rip",
     "xor ebp, ebp",
     "mov rdi, rsp",
     "and rsp, -16",
     "call {start}",
     "ud2",
+    ".cfi_endproc",
     start = sym crate::start,
 );
 
@@ -54,11 +63,13 @@ core::arch::global_asm!(
     ".globl _start",
     ".type _start,@function",
     "_start:",
+    ".cfi_startproc",
+    ".cfi_undefined x30",
     "mov x29, xzr",
-    "mov x30, xzr",
     "mov x0, sp",
     "bl {start}",
     "udf #0",
+    ".cfi_endproc",
     start = sym crate::start,
 );
 
@@ -101,28 +112,40 @@ unsafe fn syscall3(n: c_long, a: usize, b: usize, c: usize) -> Result<usize, c_i
     }
 }
 
-pub fn getsockname(
-    fd: c_int,
-    addr: *mut libc::sockaddr_un,
-    len: *mut libc::socklen_t,
-) -> Result<(), c_int> {
-    // SAFETY: the kernel writes at most *len bytes at addr, and the new length at len; both
-    // are the caller's live locals.
+/// The unix-socket address `fd` is bound to, in `addr`.
+pub fn getsockname(fd: c_int, addr: &mut libc::sockaddr_un) -> Result<(), c_int> {
+    let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most len bytes at addr (its whole size), and the
+    // address's length at &len; both live across the call.
     unsafe {
         syscall3(
             libc::SYS_getsockname,
             fd as usize,
-            addr as usize,
-            len as usize,
+            (addr as *mut libc::sockaddr_un) as usize,
+            (&raw mut len) as usize,
         )
     }
     .map(drop)
 }
 
-pub fn fcntl(fd: c_int, cmd: c_int, arg: c_int) -> Result<c_int, c_int> {
-    // SAFETY: F_GETFL and F_SETFL (the only commands used) take an int and touch no memory.
-    unsafe { syscall3(libc::SYS_fcntl, fd as usize, cmd as usize, arg as usize) }
-        .map(|v| v as c_int)
+/// `fcntl(fd, F_GETFL)`: the fd's status flags.
+pub fn get_fl(fd: c_int) -> Result<c_int, c_int> {
+    // SAFETY: F_GETFL takes no argument and touches no memory.
+    unsafe { syscall3(libc::SYS_fcntl, fd as usize, libc::F_GETFL as usize, 0) }.map(|v| v as c_int)
+}
+
+/// `fcntl(fd, F_SETFL, flags)`.
+pub fn set_fl(fd: c_int, flags: c_int) -> Result<(), c_int> {
+    // SAFETY: F_SETFL takes an int and touches no memory.
+    unsafe {
+        syscall3(
+            libc::SYS_fcntl,
+            fd as usize,
+            libc::F_SETFL as usize,
+            flags as usize,
+        )
+    }
+    .map(drop)
 }
 
 pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Result<c_int, c_int> {
@@ -138,9 +161,12 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Result<c_int, c_int>
     .map(|v| v as c_int)
 }
 
+/// Connect `fd` to the first `len` bytes of `addr`.
 pub fn connect(fd: c_int, addr: &libc::sockaddr_un, len: libc::socklen_t) -> Result<(), c_int> {
-    // SAFETY: the kernel reads at most len bytes of addr, which the caller keeps at
-    // size_of::<sockaddr_un>() or less.
+    if len as usize > size_of::<libc::sockaddr_un>() {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: the kernel reads at most len bytes of addr, which is at least that long.
     unsafe {
         syscall3(
             libc::SYS_connect,

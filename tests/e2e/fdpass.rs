@@ -151,7 +151,12 @@ fn fdpass_is_a_static_executable() {
         p.display()
     );
     // The parser agrees with readelf where binutils is installed.
-    if let Ok(o) = Command::new("readelf").arg("-hld").arg(&p).output() {
+    if let Ok(o) = Command::new("readelf")
+        .env("LC_ALL", "C")
+        .arg("-hld")
+        .arg(&p)
+        .output()
+    {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("EXEC (Executable file)"), "{text}");
         assert!(!text.contains("program interpreter"), "{text}");
