@@ -393,8 +393,8 @@ fn writes_verdict(
 /// The journal and temp files [`idmux_identity::fsutil`] leaves behind when its writer is
 /// killed mid-write. Present in a healthy dir for milliseconds while a bot writes, so what
 /// is found is looked at again after `settle`; only what stayed (the same inode and change
-/// time) is reported.
-pub(super) fn check_writes(dir: &Path, settle: std::time::Duration) -> Check {
+/// time) is reported. The wait is the runtime's timer, so doctor's other work is not held.
+pub(super) async fn check_writes(dir: &Path, settle: std::time::Duration) -> Check {
     use idmux_identity::fsutil::{is_temp_name, parse_journal, JOURNAL};
     let look = || -> Vec<(String, u64, i64, i64)> {
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -418,7 +418,7 @@ pub(super) fn check_writes(dir: &Path, settle: std::time::Duration) -> Check {
     let stayed = if first.is_empty() {
         first
     } else {
-        std::thread::sleep(settle);
+        tokio::time::sleep(settle).await;
         let second = look();
         first.into_iter().filter(|f| second.contains(f)).collect()
     };
@@ -444,16 +444,16 @@ mod tests {
     use idmux_identity::fsutil::{encode_journal, JOURNAL};
     use std::time::Duration;
 
-    #[test]
-    fn a_clean_dir_has_no_write_left() {
+    #[tokio::test]
+    async fn a_clean_dir_has_no_write_left() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("key"), b"k").unwrap();
-        let c = check_writes(t.path(), Duration::from_millis(10));
+        let c = check_writes(t.path(), Duration::from_millis(10)).await;
         assert_eq!(c.status, Status::Ok, "{c}");
     }
 
-    #[test]
-    fn a_journal_and_temp_files_that_stay_are_reported() {
+    #[tokio::test]
+    async fn a_journal_and_temp_files_that_stay_are_reported() {
         let t = tempfile::tempdir().unwrap();
         let set = vec![
             ("key".to_string(), b"k".to_vec(), 0o600),
@@ -461,7 +461,7 @@ mod tests {
         ];
         std::fs::write(t.path().join(JOURNAL), encode_journal(&set)).unwrap();
         std::fs::write(t.path().join(".key.tmp-123-abcd"), b"k").unwrap();
-        let c = check_writes(t.path(), Duration::from_millis(10));
+        let c = check_writes(t.path(), Duration::from_millis(10)).await;
         assert_eq!(c.status, Status::Warn, "{c}");
         assert!(
             c.detail.contains("a set of 2 file(s) (key, key-cert.pub)"),
@@ -473,19 +473,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_damaged_journal_fails() {
+    #[tokio::test]
+    async fn a_damaged_journal_fails() {
         let t = tempfile::tempdir().unwrap();
         let mut j = encode_journal(&[("key".to_string(), b"k".to_vec(), 0o600)]);
         j.truncate(j.len() - 1);
         std::fs::write(t.path().join(JOURNAL), j).unwrap();
-        let c = check_writes(t.path(), Duration::from_millis(10));
+        let c = check_writes(t.path(), Duration::from_millis(10)).await;
         assert_eq!(c.status, Status::Fail, "{c}");
         assert!(c.detail.contains("not a journal idmux wrote"), "{c}");
     }
 
-    #[test]
-    fn what_a_writer_removes_in_the_meantime_is_not_reported() {
+    #[tokio::test]
+    async fn what_a_writer_removes_in_the_meantime_is_not_reported() {
         let t = tempfile::tempdir().unwrap();
         let tmp = t.path().join(".key.tmp-1-ffff");
         std::fs::write(&tmp, b"k").unwrap();
@@ -493,7 +493,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             std::fs::remove_file(tmp).unwrap();
         });
-        let c = check_writes(t.path(), Duration::from_millis(1000));
+        let c = check_writes(t.path(), Duration::from_millis(1000)).await;
         remover.join().unwrap();
         assert_eq!(c.status, Status::Ok, "{c}");
     }

@@ -148,7 +148,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     };
     out.push(check_openssh(id.as_ref(), fdpass));
     out.push(check_files(&dir, fdpass));
-    out.push(check_writes(&dir, WRITE_SETTLE));
+    out.push(check_writes(&dir, WRITE_SETTLE).await);
     if !cfg.is_empty() {
         out.push(check_commands(&cfg));
     }
