@@ -452,6 +452,21 @@ pub fn ssh(config: &Path, args: &[&str]) -> Output {
     ssh_with_env(config, &[], args)
 }
 
+/// `ssh -F CONFIG ME@node-1.CLUSTER echo hi` works: exits 0 and prints `hi`; else the test
+/// fails with ssh's stderr.
+pub fn assert_ssh_hi(config: &Path, cluster: &str) {
+    let o = ssh(
+        config,
+        &[&format!("{}@node-1.{cluster}", me()), "echo", "hi"],
+    );
+    assert!(
+        o.status.success() && stdout(&o).trim() == "hi",
+        "ssh -F {}: {}",
+        config.display(),
+        stderr(&o)
+    );
+}
+
 /// [`ssh`] with more environment (e.g. `HTTPS_PROXY` for its ProxyCommand).
 pub fn ssh_with_env(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
     run(Command::new("ssh")

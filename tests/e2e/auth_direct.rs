@@ -54,16 +54,6 @@ fn dirs(data: &Path, dest: &Path, token: &str) -> Vec<String> {
     ]
 }
 
-fn ssh_ok(config: &Path) {
-    let o = ssh(config, &[&format!("{}@node-1.{C}", me()), "echo", "hi"]);
-    assert!(
-        o.status.success() && stdout(&o).trim() == "hi",
-        "ssh -F {}: {}",
-        config.display(),
-        stderr(&o)
-    );
-}
-
 /// One line on stderr (besides warnings), containing `want`.
 fn refused_with(o: &std::process::Output, want: &str) {
     assert!(!o.status.success(), "not refused: {}", stderr(o));
@@ -107,7 +97,7 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
         log.contains(&format!("auth server {a}")) && log.contains(&cl.addr),
         "the log names Auth and the proxy it named: {log}"
     );
-    ssh_ok(&once.join("ssh_config"));
+    assert_ssh_hi(&once.join("ssh_config"), C);
     // The ssh_config reaches the proxy Auth's Ping named (the web port), not Auth.
     let cfg = std::fs::read_to_string(once.join("ssh_config")).unwrap();
     assert!(
@@ -138,7 +128,7 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
     });
     let text = || std::fs::read_to_string(&logf).unwrap_or_default();
     assert!(up && child.try_wait().unwrap().is_none(), "bot: {}", text());
-    ssh_ok(&fd.join("ssh_config"));
+    assert_ssh_hi(&fd.join("ssh_config"), C);
     let gen = || {
         idmux_identity::Identity::read_data_dir(&data)
             .unwrap()
@@ -160,7 +150,7 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
         text()
     );
     assert!(gen() > before, "generation {} after {before}", gen());
-    ssh_ok(&fd.join("ssh_config"));
+    assert_ssh_hi(&fd.join("ssh_config"), C);
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped, a failed assertion too.
@@ -209,7 +199,7 @@ fn a_wrong_pin_or_none_is_refused_and_the_token_is_kept() {
         &[],
     ));
     assert!(o.status.success(), "right pin: {}", stderr(&o));
-    ssh_ok(&dest.join("ssh_config"));
+    assert_ssh_hi(&dest.join("ssh_config"), C);
 }
 
 #[test]
@@ -222,7 +212,7 @@ fn teleport_auth_server_in_the_environment_is_the_flag() {
     args.extend([format!("--ca-pin={}", cl.ca_pins()[0]), "--oneshot".into()]);
     let o = run(&mut idmux(&args, &[("TELEPORT_AUTH_SERVER", auth(&cl))]));
     assert!(o.status.success(), "{}", stderr(&o));
-    ssh_ok(&dest.join("ssh_config"));
+    assert_ssh_hi(&dest.join("ssh_config"), C);
 }
 
 /// `auth_server:` and `onboarding.ca_pins` in tbot's YAML; `--ca-path` instead of a pin; and
@@ -250,7 +240,7 @@ fn yaml_ca_path_and_insecure() {
         &[],
     ));
     assert!(o.status.success(), "yaml: {}", stderr(&o));
-    ssh_ok(&w.join("o1/ssh_config"));
+    assert_ssh_hi(&w.join("o1/ssh_config"), C);
     // --ca-path: the cluster's CA file checks Auth (and the proxy Auth names).
     let mut args = dirs(&w.join("d2"), &w.join("o2"), &cl.token("ci", &me()));
     args.extend([
@@ -260,7 +250,7 @@ fn yaml_ca_path_and_insecure() {
     ]);
     let o = run(&mut idmux(&args, &[]));
     assert!(o.status.success(), "--ca-path: {}", stderr(&o));
-    ssh_ok(&w.join("o2/ssh_config"));
+    assert_ssh_hi(&w.join("o2/ssh_config"), C);
     // --insecure: joins, and says that Auth was not checked.
     let mut args = vec!["--insecure".to_string()];
     args.extend(dirs(&w.join("d3"), &w.join("o3"), &cl.token("ci", &me())));

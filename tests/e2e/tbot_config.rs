@@ -69,16 +69,6 @@ impl Drop for Daemon {
     }
 }
 
-fn ssh_ok(config: &Path) {
-    let o = ssh(config, &[&format!("{}@node-1.{C}", me()), "echo", "hi"]);
-    assert!(
-        o.status.success() && stdout(&o).trim() == "hi",
-        "ssh -F {}: {}",
-        config.display(),
-        stderr(&o)
-    );
-}
-
 /// tbot's documented multiplexer config (the service alone: no identity output anywhere),
 /// with the token in a file and `proxy_command` naming the fdpass helper, as its docs show.
 /// On main at 1ba7f1d the multiplexer stopped at once ("…/identity: cannot read") and the bot
@@ -145,7 +135,7 @@ services:
         )),
         "{text}"
     );
-    ssh_ok(&dest.join("ssh_config"));
+    assert_ssh_hi(&dest.join("ssh_config"), C);
     // Doctor knows a multiplexer's dir: no key files expected there.
     let o = run(Command::new(idmux_bin()).args([
         "doctor",
@@ -218,8 +208,8 @@ services:
             &quiet.join("identity"),
         ],
     );
-    ssh_ok(&ident.join("ssh_config"));
-    ssh_ok(&mux.join("ssh_config"));
+    assert_ssh_hi(&ident.join("ssh_config"), C);
+    assert_ssh_hi(&mux.join("ssh_config"), C);
     assert!(!quiet.join("ssh_config").exists() && !quiet.join("known_hosts").exists());
     // The quiet output's certificates live 10 minutes, the others an hour.
     let left = |dir: &Path| {
@@ -260,7 +250,7 @@ fn tbots_start_and_configure_command_lines() {
         ],
     ));
     assert!(o.status.success(), "start identity: {}", stderr(&o));
-    ssh_ok(&ident.join("ssh_config"));
+    assert_ssh_hi(&ident.join("ssh_config"), C);
 
     let mux = w.join("mux");
     let d = Daemon::start(
@@ -279,7 +269,7 @@ fn tbots_start_and_configure_command_lines() {
         &w.join("mux.log"),
         &[&mux.join("v1.sock"), &mux.join("ssh_config")],
     );
-    ssh_ok(&mux.join("ssh_config"));
+    assert_ssh_hi(&mux.join("ssh_config"), C);
     assert!(
         d.log_text().contains("kept in memory only"),
         "{}",
@@ -317,7 +307,7 @@ fn tbots_start_and_configure_command_lines() {
         &["start", "-c", conf.to_str().unwrap(), "--oneshot"],
     ));
     assert!(o.status.success(), "start -c configured: {}", stderr(&o));
-    ssh_ok(&out.join("ssh_config"));
+    assert_ssh_hi(&out.join("ssh_config"), C);
     // The same config as tbot's TBOT_CONFIG (base64 YAML) renews what that run stored.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&yaml);
@@ -426,7 +416,7 @@ fn the_multiplexer_logs_the_proxy_going_and_coming_back_once() {
     let log = bot.log_text();
     assert_eq!(down_lines(&log), 1, "{log}");
     assert!(!log.contains("retrying in"), "a line per retry: {log}");
-    ssh_ok(&bot.ssh_config());
+    assert_ssh_hi(&bot.ssh_config(), C);
 }
 
 /// tsh's `proxy_templates` rewrite a request's host (and cluster) in the multiplexer, as
