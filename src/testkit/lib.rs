@@ -524,6 +524,15 @@ impl StandaloneMux {
         ))
     }
 
+    /// The value of the unlabelled metric `name` (a gauge such as `idmux_upstream_connections`),
+    /// if the endpoint answered with it.
+    pub fn gauge(&self, name: &str) -> Option<u64> {
+        let key = format!("{name} ");
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&key).and_then(|v| v.trim().parse().ok()))
+    }
+
     /// `idmux_upstream_connects_total{transport=...}`.
     pub fn connects(&self, transport: &str) -> u64 {
         let text = self.metrics();

@@ -370,7 +370,7 @@ async fn open_session(
     }
 }
 
-/// How long a relay thread other than the first keeps idle proxy connections.
+/// How long a relay thread keeps idle proxy connections (beyond the first thread's warm one).
 const SHARD_IDLE: Duration = Duration::from_secs(5);
 
 /// Serve `v1.sock` in `dir` until the task is dropped: at most
@@ -486,10 +486,11 @@ pub async fn run(opts: MuxOptions) -> Result<()> {
             reports: reports.clone(),
         })
     })?;
-    // Shard 0 (this thread) keeps a connection warm; the others connect on first use and
-    // close their connections when idle.
+    // Shard 0 (this thread) keeps a connection warm and closes the others a burst opened once
+    // they are idle; the other shards connect on first use and close theirs when idle.
     tokio::spawn(shards.first().up.clone().keep_warm());
-    shards.on_others(|s| s.up.clone().close_when_idle(SHARD_IDLE));
+    tokio::spawn(shards.first().up.clone().close_when_idle(SHARD_IDLE, 1));
+    shards.on_others(|s| s.up.clone().close_when_idle(SHARD_IDLE, 0));
     tokio::spawn(crate::mux::trim::keep_heap_trimmed());
     if let Some(addr) = opts.diag_addr {
         let m2 = m.clone();

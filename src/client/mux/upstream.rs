@@ -253,10 +253,12 @@ impl Upstream {
             .fetch_sub(before, Ordering::Relaxed);
     }
 
-    /// Close this pool's connections once none has carried a node connection for `after`
-    /// (the relay threads other than the first: only the first keeps one warm). Runs for the
+    /// Close this pool's connections beyond `keep` once none has carried a node connection
+    /// for `after`: a burst opens one connection per [`Upstream`]'s channel cap of sessions,
+    /// and each idle one still holds its TLS and HTTP/2 (or SSH) state and a connection at the
+    /// proxy. The first relay thread keeps one (the warm one), the others none. Runs for the
     /// life of the pool.
-    pub(crate) async fn close_when_idle(self: Arc<Self>, after: Duration) {
+    pub(crate) async fn close_when_idle(self: Arc<Self>, after: Duration, keep: usize) {
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(IDLE_CHECK).await;
@@ -266,15 +268,19 @@ impl Upstream {
                     .conns
                     .iter()
                     .any(|c| c.open.load(Ordering::Relaxed) > 0);
-            if busy || pool.conns.is_empty() {
+            if busy || pool.conns.len() <= keep {
                 idle_since = None;
                 continue;
             }
             let since = *idle_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= after {
-                // No lease holds them (every `open` is 0): dropping them closes them.
-                pool.conns.clear();
-                self.report_conns(0);
+                // No lease holds them (every `open` is 0): dropping them closes them. What is
+                // kept is live, of the current identity first (the sort is stable).
+                let epoch = self.epoch.load(Ordering::Relaxed);
+                pool.conns.retain(|c| !c.link.is_closed());
+                pool.conns.sort_by_key(|c| c.epoch != epoch);
+                pool.conns.truncate(keep);
+                self.report_conns(pool.conns.len());
                 idle_since = None;
                 tracing::debug!("multiplexer: a relay thread's idle upstream connections closed");
             }
