@@ -45,16 +45,19 @@ pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 ///
 /// 256 bytes: an open session that has sent nothing yet (a v1 request held at the node's
 /// banner) or an interactive one (keystrokes and echo are SSH packets of 36 to a few hundred
-/// bytes) keeps this much; bulk reads double from it to their `max` within nine reads. (It was
-/// 4 KiB, then 1 KiB: 768 bytes more per open session than needed, issue 18.)
+/// bytes) keeps this much; a read that fills it means more is waiting, and the next reads
+/// `max`. (It was 4 KiB, then 1 KiB: 768 bytes more per open session than needed, issue 18.)
 pub(crate) const MIN_CHUNK: usize = 256;
 
 /// Reads a byte stream as `Bytes` chunks of its own, with no copy: bytes are read straight
-/// into a buffer's spare room and split off. The read size adapts: it doubles (up to the
-/// caller's `max`) while reads fill it and falls back to what the last read needed, so a bulk
-/// transfer reads `max` at a time while an idle or interactive session keeps a
-/// [`MIN_CHUNK`]-sized buffer. (A fixed 64 KiB buffer was touched page by page by a session's
-/// small reads and cost every open session its full size in memory.)
+/// into a buffer's spare room and split off. The read size adapts: a read that fills it means
+/// the writer is ahead, so the next one takes up to the caller's `max`; a read that does not
+/// falls back to what it needed. A bulk transfer reads `max` at a time while an idle or
+/// interactive session keeps a [`MIN_CHUNK`]-sized buffer, and room left over from a bulk
+/// read is given back once reads fall small. (A fixed 64 KiB buffer was touched page by page
+/// by a session's small reads and cost every open session its full size in memory. Doubling
+/// from the small size instead of jumping took nine reads, and nine small packets, to get back
+/// to `max` after each short read in a bulk transfer: 80 reads per MiB uploaded, issue 18.)
 #[derive(Default)]
 pub struct Chunks {
     buf: BytesMut,
@@ -97,14 +100,30 @@ impl Chunks {
             return Ok(None);
         }
         self.size = next_size(want, n, max);
-        Ok(Some(self.buf.split()))
+        let chunk = self.buf.split();
+        // What is left of a bulk read's room stays allocated for the next read; when that read
+        // will be far smaller (the session went quiet), let it go rather than hold it idle.
+        if self.buf.capacity() > RETAIN_FACTOR * (room + self.size) {
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(chunk))
+    }
+
+    /// The room this reader holds between reads (for tests).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.buf.capacity()
     }
 }
 
-/// The read size after a read of `n` bytes into room for `want`.
+/// Room left after a read is kept for the next read up to this many times what it needs.
+const RETAIN_FACTOR: usize = 4;
+
+/// The read size after a read of `n` bytes into room for `want`: a full read means more is
+/// waiting (the next read takes `max`), a part-full one sizes the next to what it needed.
 fn next_size(want: usize, n: usize, max: usize) -> usize {
     if n >= want {
-        (want * 2).min(max)
+        max
     } else {
         n.next_power_of_two().clamp(MIN_CHUNK.min(max), max)
     }
@@ -426,15 +445,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_size_grows_while_reads_fill_it_and_falls_back_after() {
+    fn read_size_jumps_when_a_read_fills_it_and_falls_back_after() {
         const MAX: usize = 64 * 1024;
-        let mut size = MIN_CHUNK;
-        let mut seen = vec![size];
-        for _ in 0..8 {
-            size = next_size(size, size, MAX);
-            seen.push(size);
+        // A full read at any size means the writer is ahead: the next read takes all it may.
+        for want in [MIN_CHUNK, 1024, 4096, 32 * 1024, MAX] {
+            assert_eq!(
+                next_size(want, want, MAX),
+                MAX,
+                "after a full read of {want}"
+            );
         }
-        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 64, 128, 256].map(|k| k * 256));
         // A part-full read keeps a bulk transfer's size; a small one falls back.
         assert_eq!(next_size(MAX, 40 * 1024, MAX), MAX);
         assert_eq!(next_size(MAX, 100, MAX), MIN_CHUNK);
@@ -442,6 +462,40 @@ mod tests {
         assert_eq!(next_size(MAX, 1500, MAX), 2 * 1024);
         // A cap below the minimum is still honoured.
         assert_eq!(next_size(1024, 1024, 1024), 1024);
+    }
+
+    /// A bulk transfer whose reads come up short now and then (a writer's buffer tail) costs
+    /// one extra small read each time, not a ramp of them, and room a bulk read left is given
+    /// back once the session goes quiet.
+    #[tokio::test]
+    async fn a_short_read_in_a_bulk_transfer_costs_one_small_read() {
+        const MAX: usize = 64 * 1024;
+        let (mut w, mut r) = tokio::io::duplex(1 << 20);
+        let mut chunks = Chunks::new();
+        let mut sizes = Vec::new();
+        // Two full reads' worth, then a 72-byte tail (a writer's buffer running out).
+        w.write_all(&vec![1; MIN_CHUNK + MAX + 72]).await.unwrap();
+        for _ in 0..3 {
+            sizes.push(chunks.read(&mut r, MAX).await.unwrap().unwrap().len());
+        }
+        assert_eq!(sizes, [MIN_CHUNK, MAX, 72]);
+        w.write_all(&vec![2; 3 * MAX]).await.unwrap();
+        sizes.clear();
+        for _ in 0..4 {
+            sizes.push(chunks.read(&mut r, MAX).await.unwrap().unwrap().len());
+        }
+        // The old doubling read 256, 512, ... 32 KiB here: nine reads before the first of MAX.
+        assert_eq!(sizes, [MIN_CHUNK, MAX, MAX, MAX - MIN_CHUNK]);
+        // Quiet again: a keystroke-sized read leaves the reader holding about MIN_CHUNK.
+        w.write_all(&[3; 40]).await.unwrap();
+        assert_eq!(chunks.read(&mut r, MAX).await.unwrap().unwrap().len(), 40);
+        w.write_all(&[4; 40]).await.unwrap();
+        assert_eq!(chunks.read(&mut r, MAX).await.unwrap().unwrap().len(), 40);
+        assert!(
+            chunks.held() < 4 * MIN_CHUNK,
+            "holds {} bytes idle",
+            chunks.held()
+        );
     }
 
     #[tokio::test]
