@@ -527,21 +527,37 @@ impl StandaloneMux {
     /// The value of the unlabelled metric `name` (a gauge such as `idmux_upstream_connections`),
     /// if the endpoint answered with it.
     pub fn gauge(&self, name: &str) -> Option<u64> {
-        let key = format!("{name} ");
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(&key).and_then(|v| v.trim().parse().ok()))
+        metric_value(&self.metrics(), name)
     }
 
     /// `idmux_upstream_connects_total{transport=...}`.
     pub fn connects(&self, transport: &str) -> u64 {
         let text = self.metrics();
-        let key = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key:?} in metrics:\n{text}"))
+        let name = format!("idmux_upstream_connects_total{{transport=\"{transport}\"}}");
+        metric_value(&text, &name).unwrap_or_else(|| panic!("no {name:?} in metrics:\n{text}"))
     }
+}
+
+/// A session through a multiplexer's `v1.sock` at `sock`, held open once the node's banner
+/// has begun (`SSH-2.0-` read, within 20 s). `request` is the v1 request, NUL included.
+pub fn v1_session_at_banner(sock: &Path, request: &str) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
+    s.write_all(request.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut banner = [0u8; 8];
+    s.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    s
+}
+
+/// The value of metric `name` (with its labels, if any, as written) in a /metrics text.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    let key = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for StandaloneMux {

@@ -811,9 +811,7 @@ fn a_cold_dial_does_not_hold_up_requests_with_a_free_slot() {
             "5",
             &format!("http://{diag}/metrics"),
         ])));
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
+        metric_value(&text, name)
     };
     assert!(wait_for(Duration::from_secs(15), || metric(
         "idmux_upstream_connections"
@@ -822,12 +820,7 @@ fn a_cold_dial_does_not_hold_up_requests_with_a_free_slot() {
     let request = format!("node-1.{C}:3022|{C}\0");
     let (target, _) = idmux_wire::v1::parse(request.as_bytes()).unwrap();
     // Session 1 takes the warm connection's only slot and holds it.
-    let mut s1 = UnixStream::connect(&sock).unwrap();
-    s1.write_all(request.as_bytes()).unwrap();
-    s1.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut banner = [0u8; 8];
-    s1.read_exact(&mut banner).unwrap();
-    assert_eq!(&banner, b"SSH-2.0-");
+    let s1 = v1_session_at_banner(&sock, &request);
     assert_eq!(metric("idmux_open_channels"), Some(1));
     // Request 2 needs a new connection: its dial stalls.
     relay.set(Stall::Hello);

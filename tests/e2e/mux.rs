@@ -462,15 +462,7 @@ fn a_bursts_extra_upstream_connections_close_once_idle() {
         conns()
     );
     let request = format!("node-1.{C}:3022|{C}\0");
-    let session = || {
-        let mut s = UnixStream::connect(dest.join("v1.sock")).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut banner = [0u8; 8];
-        s.read_exact(&mut banner).unwrap();
-        assert_eq!(&banner, b"SSH-2.0-");
-        s
-    };
+    let session = || v1_session_at_banner(&dest.join("v1.sock"), &request);
     // Five sessions at two per connection: three connections.
     let held: Vec<UnixStream> = (0..5).map(|_| session()).collect();
     assert_eq!(conns(), Some(3));
