@@ -45,7 +45,7 @@ pub const OUTPUT_QUEUE_CAP: usize = 32 << 20;
 ///
 /// 256 bytes: an open session that has sent nothing yet (a v1 request held at the node's
 /// banner) or an interactive one (keystrokes and echo are SSH packets of 36 to a few hundred
-/// bytes) keeps this much; a read that fills it means more is waiting, and the next reads
+/// bytes) keeps this much; a read that fills it means more is waiting, and the next read takes
 /// `max`. (It was 4 KiB, then 1 KiB: 768 bytes more per open session than needed, issue 18.)
 pub(crate) const MIN_CHUNK: usize = 256;
 
