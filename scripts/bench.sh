@@ -59,6 +59,13 @@ fi
 # 1,000 sessions, a storm of 500 and their pipes need more than the usual 1024 descriptors.
 [ "$(ulimit -n)" -ge 8192 ] 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 unset SSH_AUTH_SOCK  # only the keys we name, for every path
+# ssh starts a ProxyCommand as `$SHELL -c "exec ..."`, and with ProxyUseFDPass its stdin is a
+# socket: bash then takes itself for a shell started by rshd and reads ~/.bashrc (bash's
+# shell.c: `isnetconn (fileno (stdin)) && shell_level < 2`). On 2026-12-04 this machine's
+# ~/.bashrc ran pyenv's init, and every multiplexer sample paid 100-150 ms for it (1.5-1.8x
+# direct; README, "The ProxyCommand's shell"). The paths are compared here, not ~/.bashrc:
+# ssh runs its ProxyCommands with /bin/sh, which reads no start-up file for `-c`.
+export SHELL=/bin/sh
 
 work=$(mktemp -d /tmp/idmux-bench.XXXXXX)
 mkdir -p "$ROOT/target/bench"
