@@ -126,6 +126,9 @@ fn ssh_ok(cfg: &Path, node: &str) -> bool {
 }
 
 /// Wait for the daemon's fd count to come back to `base` (connections closing is async).
+/// The result may be below `base`: a baseline taken within 5 s of a session can include a
+/// relay thread's idle upstream connection (one session still closing when the next came sent
+/// it to the second thread), which then closes on its own (`SHARD_IDLE`). A leak is more.
 fn settle_fds(pid: u32, base: usize) -> usize {
     wait_for(Duration::from_secs(15), || fd_count(pid) <= base);
     fd_count(pid)
@@ -187,9 +190,8 @@ fn proxy_restart_under_50_open_sessions() {
         "proxy restart under 50 sessions: restart took {restarted:?}; {failed} sessions cut, 0 hung; \
          daemon fds {fds0} -> {fds_open} (open) -> {fds1}, RSS {rss0} -> {rss1} KiB"
     );
-    assert_eq!(
-        fds1,
-        fds0,
+    assert!(
+        fds1 <= fds0,
         "the daemon's fds did not return to baseline:\nbefore {list0:#?}\nafter {:#?}",
         fd_list(pid)
     );
@@ -269,7 +271,10 @@ fn node_sshd_killed_mid_session() {
          ones unaffected; node-1 now fails with {:?}; daemon fds {fds0} -> {fds1}",
         idmux_lines[0]
     );
-    assert_eq!(fds1, fds0);
+    assert!(
+        fds1 <= fds0,
+        "the daemon's fds did not return to baseline: {fds0} -> {fds1}"
+    );
 }
 
 /// Unmounts (lazily) on drop.
