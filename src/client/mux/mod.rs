@@ -11,6 +11,8 @@
 //!   request so far), pure.
 //! - [`templates`]: tsh's `proxy_templates`, which rewrite a request's host and cluster.
 //! - [`trim`]: free heap memory returned after a burst.
+//! - `unix_halves`: a session's socket split into halves registered only for what each
+//!   waits on.
 //! - [`local`]: blocking clients of `v1.sock` and `agent.sock` (doctor, tests).
 //!
 //! The request format is `idmux_wire::v1`; the agent is `idmux_transport::agent`.
@@ -21,5 +23,6 @@ pub mod metrics;
 pub mod server;
 pub mod templates;
 pub mod trim;
+mod unix_halves;
 pub mod upstream;
 pub mod v1recv;

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::mux::metrics::Metrics;
+use crate::mux::unix_halves;
 use crate::mux::upstream::{IdentitySource, Upstream};
 use crate::mux::v1recv;
 use idmux_transport::agent::Agent;
@@ -352,7 +353,15 @@ async fn open_session(
         Ok(((node, lease), extra)) => {
             drop(stderr); // relaying starts: stop writing to the client's stderr
             m.handled_ok.fetch_add(1, Ordering::Relaxed);
-            let (r, w) = conn.into_split();
+            // Halves registered only for what each waits on (`unix_halves`: no wake-up each
+            // time ssh reads).
+            let (r, w) = match conn.into_std().and_then(unix_halves::split) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!("v1.sock: cannot register the session's socket: {e}");
+                    return None;
+                }
+            };
             let input = Counted {
                 inner: std::io::Cursor::new(extra).chain(r),
                 metrics: m.clone(),
