@@ -159,6 +159,101 @@ pub(super) fn check_commands(ssh_config: &str) -> Check {
     }
 }
 
+/// Above this, the shell ssh starts each ProxyCommand with is reported: dash starts in about
+/// 1 ms and bash without start-up files in 2-3 ms on a 2-core machine; a `~/.bashrc` that runs
+/// pyenv's init took 90-140 ms.
+const SLOW_SHELL: std::time::Duration = std::time::Duration::from_millis(25);
+/// How long one run of the shell may take before the check gives up on it.
+const SHELL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The shell ssh runs every ProxyCommand with: `$SHELL -c "exec ..."`, `/bin/sh` when `SHELL`
+/// is unset or empty (OpenSSH's `sshconnect.c`).
+pub(super) fn proxy_command_shell() -> String {
+    std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".to_string())
+}
+
+/// Time `shell -c 'exit 0'` as ssh starts a ProxyCommand: stdin a socket with `ProxyUseFdpass`
+/// (bash then reads `~/.bashrc`, taking itself for a shell started by rshd), a pipe otherwise.
+/// The median of three runs is what every connection pays before its ProxyCommand starts.
+pub(super) fn check_shell(shell: &str, fdpass: bool) -> Check {
+    const N: &str = "shell";
+    let stdin_is = if fdpass {
+        "stdin a socket, as ssh's ProxyUseFdpass gives it"
+    } else {
+        "stdin a pipe, as ssh gives a ProxyCommand"
+    };
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        match time_shell(shell, fdpass) {
+            Ok(t) => times.push(t),
+            Err(e) => {
+                return check(
+                    Status::Warn,
+                    N,
+                    format!("{shell} -c 'exit 0' ({stdin_is}): {e}"),
+                )
+            }
+        }
+    }
+    times.sort();
+    let median = times[1];
+    let ms = median.as_secs_f64() * 1000.0;
+    if median <= SLOW_SHELL {
+        return check(
+            Status::Ok,
+            N,
+            format!("`{shell} -c` starts each ProxyCommand in {ms:.0} ms ({stdin_is})"),
+        );
+    }
+    check(
+        Status::Warn,
+        N,
+        format!(
+            "`{shell} -c` takes {ms:.0} ms before each ProxyCommand starts ({stdin_is}), which \
+             every connection pays: the shell's start-up files run (bash reads ~/.bashrc when \
+             stdin is a socket); make ~/.bashrc return early when not interactive, or run ssh \
+             with SHELL=/bin/sh (README: The ProxyCommand's shell)"
+        ),
+    )
+}
+
+/// One run of `shell -c 'exit 0'` with its stdin as ssh would set it, spawn to exit.
+fn time_shell(shell: &str, socket: bool) -> Result<std::time::Duration> {
+    use std::process::{Command, Stdio};
+    let (stdin, _peer): (Stdio, Option<std::os::unix::net::UnixStream>) = if socket {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        (Stdio::from(std::os::fd::OwnedFd::from(a)), Some(b))
+    } else {
+        (Stdio::piped(), None)
+    };
+    let t0 = std::time::Instant::now();
+    let mut child = Command::new(shell)
+        .args(["-c", "exit 0"])
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow!("cannot run it: {e}"))?;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let took = t0.elapsed();
+            if !st.success() {
+                bail!("exited with {st}");
+            }
+            return Ok(took);
+        }
+        if t0.elapsed() > SHELL_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("did not exit within {}s", SHELL_DEADLINE.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 pub(super) fn check_files(dir: &Path, fdpass: bool) -> Check {
     const N: &str = "files";
     let Some((dmode, _)) = mode_of(dir) else {
@@ -443,6 +538,62 @@ mod tests {
     use super::*;
     use idmux_identity::fsutil::{encode_journal, JOURNAL};
     use std::time::Duration;
+
+    /// A shell that is slow only when its stdin is a socket, as bash with a heavy ~/.bashrc.
+    fn slow_on_a_socket(dir: &Path) -> String {
+        let p = dir.join("slowsh");
+        std::fs::write(
+            &p,
+            "#!/bin/sh\n[ -S /dev/stdin ] && sleep 0.2\nexec /bin/sh \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_shell_slow_with_a_socket_on_stdin_is_reported_for_fdpass_only() {
+        let t = tempfile::tempdir().unwrap();
+        let sh = slow_on_a_socket(t.path());
+        let c = check_shell(&sh, true);
+        assert_eq!(c.status, Status::Warn, "{c}");
+        assert!(
+            c.detail.contains(&sh) && c.detail.contains("SHELL=/bin/sh"),
+            "{c}"
+        );
+        let ms: f64 = c
+            .detail
+            .split(" takes ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ms >= 190.0, "{c}");
+        // The same shell with a pipe on stdin (the stdio ProxyCommand) starts at once.
+        let c = check_shell(&sh, false);
+        assert_eq!(c.status, Status::Ok, "{c}");
+    }
+
+    #[test]
+    fn a_plain_shell_passes_and_a_missing_one_is_named() {
+        let c = check_shell("/bin/sh", true);
+        assert_eq!(c.status, Status::Ok, "{c}");
+        assert!(
+            c.detail
+                .starts_with("`/bin/sh -c` starts each ProxyCommand in "),
+            "{c}"
+        );
+        let c = check_shell("/nonexistent/sh", true);
+        assert_eq!(c.status, Status::Warn, "{c}");
+        assert!(
+            c.detail.starts_with("/nonexistent/sh -c 'exit 0'")
+                && c.detail.contains("cannot run it"),
+            "{c}"
+        );
+    }
 
     #[tokio::test]
     async fn a_clean_dir_has_no_write_left() {

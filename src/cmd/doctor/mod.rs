@@ -11,6 +11,9 @@
 //!   there; the key and identity files are owner-only, the folder and sockets are not open to
 //!   other users.
 //! - `commands`: every program the ssh_config's ProxyCommands run exists and is executable.
+//! - `shell`: how long the shell ssh starts each ProxyCommand with (`$SHELL -c`) takes to
+//!   start, with its stdin as ssh gives it (a socket for `ProxyUseFdpass`); a warning above
+//!   25 ms, which every connection pays (bash reads `~/.bashrc` with a socket on stdin).
 //! - `identity`: the identity file parses, its key matches its certificates, and `key` matches
 //!   `key-cert.pub` (the pair OpenSSH reads).
 //! - `certificate`: the time left (fail when expired or not yet valid, warn under a third of
@@ -151,6 +154,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     out.push(check_writes(&dir, WRITE_SETTLE).await);
     if !cfg.is_empty() {
         out.push(check_commands(&cfg));
+        out.push(check_shell(&proxy_command_shell(), fdpass));
     }
     out.push(idc);
     if let (Some(id), Some(cert)) = (&id, &cert) {
