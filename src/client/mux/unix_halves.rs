@@ -33,11 +33,7 @@ pub(crate) fn split(s: std::os::unix::net::UnixStream) -> io::Result<(ReadHalf, 
     let fd = Arc::new(register(OwnedFd::from(s), Interest::READABLE)?);
     Ok((
         ReadHalf { fd: fd.clone() },
-        WriteHalf {
-            fd,
-            writable: None,
-            shut: false,
-        },
+        WriteHalf { fd, writable: None },
     ))
 }
 
@@ -59,7 +55,6 @@ pub(crate) struct WriteHalf {
     /// A duplicate of the fd registered for writability, made the first time a write found
     /// the socket full.
     writable: Option<AsyncFd<OwnedFd>>,
-    shut: bool,
 }
 
 impl AsyncRead for ReadHalf {
@@ -99,6 +94,10 @@ impl AsyncRead for ReadHalf {
 }
 
 impl WriteHalf {
+    fn shut_write(&self) -> io::Result<()> {
+        socket::shutdown(self.fd.get_ref().as_raw_fd(), Shutdown::Write).map_err(io::Error::from)
+    }
+
     fn send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let fd = self.fd.get_ref().as_raw_fd();
         loop {
@@ -162,19 +161,14 @@ impl AsyncWrite for WriteHalf {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        me.shut = true;
-        Poll::Ready(
-            socket::shutdown(me.fd.get_ref().as_raw_fd(), Shutdown::Write).map_err(io::Error::from),
-        )
+        Poll::Ready(self.shut_write())
     }
 }
 
 impl Drop for WriteHalf {
+    /// A second `shutdown` after `poll_shutdown` changes nothing on a unix socket.
     fn drop(&mut self) {
-        if !self.shut {
-            let _ = socket::shutdown(self.fd.get_ref().as_raw_fd(), Shutdown::Write);
-        }
+        let _ = self.shut_write();
     }
 }
 
