@@ -7,11 +7,20 @@
  *   {"kind":"tcp","bytes":...,"buf":65536,"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
  *
  * On loopback TCP the sender's context also runs the receive path (softirq), so the writer's
- * CPU holds most of the hop's cost; that is what a relay writing to TCP pays. */
+ * CPU holds most of the hop's cost; that is what a relay writing to TCP pays. Where the two
+ * processes run is the caller's choice (measure.py pins both to one core for the limit).
+ *
+ *   hop wake ROUND_TRIPS
+ *   {"kind":"wake","round_trips":...,"cpus":[0,1],"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
+ *
+ * What one sleep and wake-up across cores costs: two processes pinned to different cores pass
+ * one byte back and forth over a unix socketpair, so each side sleeps and is woken once per
+ * round trip. (A relay that waits for its next read pays this each time it sleeps.) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,11 +47,61 @@ static void die(const char *what) {
     exit(1);
 }
 
+static void pin(int cpu) {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    if (sched_setaffinity(0, sizeof s, &s)) die("sched_setaffinity");
+}
+
+/* The ping-pong of `hop wake`: the parent on the first CPU it may use, the child on the second. */
+static int wake(long long n) {
+    cpu_set_t s;
+    if (sched_getaffinity(0, sizeof s, &s)) die("sched_getaffinity");
+    int cpus[2], k = 0;
+    for (int c = 0; c < CPU_SETSIZE && k < 2; c++)
+        if (CPU_ISSET(c, &s)) cpus[k++] = c;
+    if (k < 2) {
+        fprintf(stderr, "hop wake: needs two CPUs, has %d\n", k);
+        return 1;
+    }
+    int sv[2], res[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(res)) die("socketpair");
+    char b = 0;
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) { /* the echo side */
+        close(sv[0]);
+        pin(cpus[1]);
+        double c0 = cpu_self();
+        for (long long i = 0; i < n; i++)
+            if (read(sv[1], &b, 1) != 1 || write(sv[1], &b, 1) != 1) die("echo");
+        double c = cpu_self() - c0;
+        if (write(res[1], &c, sizeof c) != sizeof c) die("result");
+        _exit(0);
+    }
+    close(sv[1]);
+    pin(cpus[0]);
+    double c0 = cpu_self();
+    for (long long i = 0; i < n; i++)
+        if (write(sv[0], &b, 1) != 1 || read(sv[0], &b, 1) != 1) die("ping");
+    double pc = cpu_self() - c0;
+    double wall = now() - t0;
+    double ec = 0;
+    if (read(res[0], &ec, sizeof ec) != sizeof ec) die("result");
+    waitpid(pid, NULL, 0);
+    printf("{\"kind\":\"wake\",\"round_trips\":%lld,\"cpus\":[%d,%d],\"wall_s\":%.6f,"
+           "\"writer_cpu_s\":%.6f,\"reader_cpu_s\":%.6f}\n", n, cpus[0], cpus[1], wall, pc, ec);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: hop unix|tcp BYTES [BUF]\n");
+        fprintf(stderr, "usage: hop unix|tcp BYTES [BUF] | hop wake ROUND_TRIPS\n");
         return 2;
     }
+    if (strcmp(argv[1], "wake") == 0) return wake(atoll(argv[2]));
     int tcp = strcmp(argv[1], "tcp") == 0;
     long long total = atoll(argv[2]);
     size_t buf = argc > 3 ? (size_t)atol(argv[3]) : 65536;

@@ -144,6 +144,23 @@ def proc_cpu_s(pid):
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def proc_sleeps(pid):
+    """Times the process's threads gave up the CPU to wait (voluntary context switches, summed
+    over /proc/PID/task/*/status). Only live threads count, so it is kept for the daemons, whose
+    threads outlive a transfer, and not for stunnel, whose per-session threads take theirs along."""
+    n = 0
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/status") as f:
+                    n += sum(int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches"))
+            except OSError:
+                pass
+    except OSError:
+        return None
+    return n
+
+
 def machine_cpu_s():
     """(busy, stolen): CPU seconds the whole machine spent busy across all cores (/proc/stat's
     user, nice, system, irq, softirq: every process and the kernel's own work, the dev proxy
@@ -430,10 +447,13 @@ def upload(p, work, tag, nbytes):
     """`nbytes` into `ssh host 'cat > /dev/null'` on path `p`: (wrap json, time the first MiB
     was taken, the daemon's CPU seconds, the machine's busy and stolen CPU seconds)."""
     d0 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+    s0 = proc_sleeps(p.daemon) if p.daemon and KIND.get(p.key) == "fdpass" else None
     m0 = machine_cpu_s()
     r, t_first = wrapped_run(p.cmd("cat > /dev/null"), work, f"{tag}-{p.key}", feed=nbytes)
     m1 = machine_cpu_s()
     d1 = proc_cpu_s(p.daemon) if p.daemon else 0.0
+    s1 = proc_sleeps(p.daemon) if s0 is not None else None
+    r["daemon_sleeps"] = s1 - s0 if s0 is not None and s1 is not None else None
     return r, t_first, d1 - d0, (m1[0] - m0[0], m1[1] - m0[1])
 
 
@@ -457,6 +477,7 @@ def throughput(paths, work, nbytes, runs):
                 "stream_mibps": stream,
                 "cpu_s": r["utime"] + r["stime"],
                 "daemon_cpu_s": dcpu,
+                "daemon_sleeps": r.get("daemon_sleeps"),
                 "machine_cpu_s": mcpu,
                 "steal_s": steal,
                 "reaped": r.get("reaped"),
@@ -479,6 +500,8 @@ def throughput(paths, work, nbytes, runs):
             "stream_mibps": statistics.median(x["stream_mibps"] for x in ok if x["stream_mibps"]),
             "cpu_s_per_gib": statistics.median(x["cpu_s"] for x in ok) / gib,
             "daemon_cpu_s_per_gib": statistics.median(x["daemon_cpu_s"] for x in ok) / gib,
+            "daemon_sleeps_per_gib": (statistics.median(x["daemon_sleeps"] for x in ok) / gib
+                                      if all(x["daemon_sleeps"] is not None for x in ok) else None),
             "machine_cpu_s_per_gib": statistics.median(x["machine_cpu_s"] for x in ok) / gib,
             "steal_s": sum(x["steal_s"] for x in ok),
             "wall_s": sum(x["wall_s"] for x in ok),
@@ -851,9 +874,13 @@ def relay_limit(hop, nbytes=GIB, runs=3):
     """The least CPU a relay can spend per GiB in this run: one AES-GCM pass (`openssl speed`,
     user CPU per byte at 16 KiB, TLS's record size) plus its end of two socket hops (benches/hop.c:
     a unix socket, which the daemon reads the session from, and loopback TCP, which it writes the
-    TLS records to), medians of `runs`. A hop's CPU is split evenly between its two ends: where
-    the kernel charges loopback TCP's receive path (the sender's softirq, or the reader when it
-    holds the socket) changes from run to run, while the sum does not."""
+    TLS records to), medians of `runs`. The hops are measured with both ends on one core, so they
+    hold the bytes' own cost (copies, the TCP stack) and no sleep and wake-up across cores, which
+    a relay pays per wait and not per byte; a hop's CPU is split evenly between its two ends,
+    because where the kernel charges loopback TCP's receive path (the sender's softirq, or the
+    reader when it holds the socket) changes from run to run while the sum does not. The same
+    hops on two cores, and what one sleep and wake-up across cores costs (`hop wake`), are
+    measured beside it, to show what the limit leaves out."""
     out = {}
     for alg in ("aes-256-gcm", "aes-128-gcm"):
         o = subprocess.run(["openssl", "speed", "-evp", alg, "-seconds", "2", "-bytes", "16384", "-mr"],
@@ -863,31 +890,46 @@ def relay_limit(hop, nbytes=GIB, runs=3):
             if line.startswith("+F:"):
                 bps = float(line.split(":")[-1])  # bytes per second of user CPU, 16 KiB blocks
         out[alg] = {"bytes_per_s": bps, "s_per_gib": GIB / bps if bps else None}
-    hops = {}
-    for kind in ("unix", "tcp"):
+    one = {min(os.sched_getaffinity(0))}
+    g = nbytes / GIB
+
+    def hop_runs(args, cpus=None):
         rs = []
         for _ in range(runs):
-            o = subprocess.run([hop, kind, str(nbytes), "65536"], capture_output=True, text=True, timeout=300)
+            o = subprocess.run([hop] + args, capture_output=True, text=True, timeout=300,
+                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
             if o.returncode == 0:
                 rs.append(json.loads(o.stdout))
-        g = nbytes / GIB
-        hops[kind] = {
-            "runs": len(rs),
-            "writer_s_per_gib": statistics.median(x["writer_cpu_s"] for x in rs) / g if rs else None,
-            "reader_s_per_gib": statistics.median(x["reader_cpu_s"] for x in rs) / g if rs else None,
-            "both_s_per_gib": statistics.median(x["writer_cpu_s"] + x["reader_cpu_s"] for x in rs) / g if rs else None,
-        }
-    out["hops"] = hops
+            else:
+                log(f"relay limit: hop {' '.join(args)}: {o.stderr.strip()[:200]}")
+        return rs
+
+    def per_gib(rs):
+        m = lambda f: statistics.median(f(x) for x in rs) / g if rs else None
+        return {"runs": len(rs), "writer_s_per_gib": m(lambda x: x["writer_cpu_s"]),
+                "reader_s_per_gib": m(lambda x: x["reader_cpu_s"]),
+                "both_s_per_gib": m(lambda x: x["writer_cpu_s"] + x["reader_cpu_s"])}
+
+    hops, hops2 = {}, {}
+    for kind in ("unix", "tcp"):
+        hops[kind] = per_gib(hop_runs([kind, str(nbytes), "65536"], one))
+        hops2[kind] = per_gib(hop_runs([kind, str(nbytes), "65536"]))
+    out["hops"], out["hops_two_cores"] = hops, hops2
+    # One sleep and wake-up across cores: each side of a round trip sleeps and is woken once.
+    n = 10000
+    ws = hop_runs(["wake", str(n)])
+    out["wake_us"] = (statistics.median((x["writer_cpu_s"] + x["reader_cpu_s"]) / (2 * n) for x in ws) * 1e6
+                      if ws else None)
     half = lambda v: v / 2 if v is not None else None
     parts = [out["aes-128-gcm"]["s_per_gib"], half(hops["unix"]["both_s_per_gib"]),
              half(hops["tcp"]["both_s_per_gib"])]
     out["parts"] = {"aes": parts[0], "unix": parts[1], "tcp": parts[2]}
     out["s_per_gib"] = sum(parts) if all(x is not None for x in parts) else None
     log(f"relay limit: AES-128-GCM {fmt(parts[0], 3)} s/GiB + half a unix hop {fmt(parts[1], 3)} + half a TCP "
-        f"hop {fmt(parts[2], 3)} = {fmt(out['s_per_gib'], 3)} s/GiB (AES-256-GCM "
-        f"{fmt(out['aes-256-gcm']['s_per_gib'], 3)}; unix hop writer/reader {fmt(hops['unix']['writer_s_per_gib'], 3)}/"
-        f"{fmt(hops['unix']['reader_s_per_gib'], 3)}, TCP {fmt(hops['tcp']['writer_s_per_gib'], 3)}/"
-        f"{fmt(hops['tcp']['reader_s_per_gib'], 3)})")
+        f"hop {fmt(parts[2], 3)} (one core) = {fmt(out['s_per_gib'], 3)} s/GiB (AES-256-GCM "
+        f"{fmt(out['aes-256-gcm']['s_per_gib'], 3)}; on two cores, unix hop {fmt(hops2['unix']['both_s_per_gib'], 3)}, "
+        f"TCP {fmt(hops2['tcp']['both_s_per_gib'], 3)}; a sleep and wake-up across cores "
+        f"{fmt(out['wake_us'], 1)} us)")
     return out
 
 
@@ -1268,14 +1310,15 @@ def relay_rows(R, order=ORDER):
         who = f"daemon, {SHORT[k]}" if KIND[k] == "fdpass" else "stunnel client"
         rows.append({"key": k, "relay": who, "s_per_gib": v, "vs_limit": ratio(v, L),
                      "vs_stunnel": ratio(v, st) if k != "stunnel" else None,
+                     "sleeps": tp[k].get("daemon_sleeps_per_gib"),
                      "how": "its CPU time (/proc/PID/stat) over the throughput transfers, per GiB"})
     if L is not None:
         q = lim["parts"]
         rows.append({"key": "limit", "relay": "the limit", "s_per_gib": L, "vs_limit": None,
-                     "vs_stunnel": ratio(L, st),
+                     "vs_stunnel": ratio(L, st), "sleeps": None,
                      "how": f"AES-128-GCM, one pass (`openssl speed`, 16 KiB blocks): {fmt(q['aes'], 3)} s + "
                             f"half of a unix socket hop: {fmt(q['unix'], 3)} s + half of a loopback TCP hop: "
-                            f"{fmt(q['tcp'], 3)} s (benches/hop.c)"})
+                            f"{fmt(q['tcp'], 3)} s (benches/hop.c, both ends on one core)"})
     return rows
 
 
@@ -1455,7 +1498,7 @@ def cpu_svg(R, order=ORDER):
         out.append(f'<text x="{X(r["s_per_gib"]) + 6:.1f}" y="{cy + 4:.1f}" font-size="12" fill="#111827">'
                    f'{r["s_per_gib"]:.2f} s{esc(" (" + ", ".join(extra) + ")" if extra else "")}</text>')
     legend = ["the limit: one AES-128-GCM pass (openssl speed) + half of a unix socket hop + half of a loopback",
-              "TCP hop (benches/hop.c), shaded in that order; every figure from the same run"]
+              "TCP hop (benches/hop.c, both ends on one core), shaded in that order; every figure from the same run"]
     for i, l in enumerate(legend):
         out.append(f'<text x="20" y="{H - 26 + 15 * i}" font-size="11" fill="#4b5563">{esc(l)}</text>')
     out.append("</svg>")
@@ -1620,11 +1663,13 @@ def runs_text(n):
 
 
 def relay_table(R, order):
-    lines = ["| relay | CPU per GiB relayed (s) | vs the limit | vs stunnel | how |", "|---|---:|---:|---:|---|"]
+    lines = ["| relay | CPU per GiB relayed (s) | vs the limit | vs stunnel | sleeps per GiB | how |",
+             "|---|---:|---:|---:|---:|---|"]
     for r in relay_rows(R, order):
         vl = f"{r['vs_limit']:.2f}x" if r["vs_limit"] is not None else "-"
         vs = f"{r['vs_stunnel']:.2f}x" if r["vs_stunnel"] is not None else "-"
-        lines.append(f"| {r['relay']} | {fmt(r['s_per_gib'], 2)} | {vl} | {vs} | {r['how']} |")
+        sl = f"{r['sleeps']:,.0f}" if r.get("sleeps") is not None else "-"
+        lines.append(f"| {r['relay']} | {fmt(r['s_per_gib'], 2)} | {vl} | {vs} | {sl} | {r['how']} |")
     return "\n".join(lines)
 
 
@@ -1728,18 +1773,30 @@ def write_md(R, path, order, svg=None, cpu=None):
               relay_table(R, order), ""]
         lim = R.get("limit") or {}
         if lim:
-            h = lim["hops"]
+            h, h2 = lim["hops"], lim.get("hops_two_cores") or {}
+            both2 = lambda k: fmt((h2.get(k) or {}).get("both_s_per_gib"), 3)
             L += [f"The limit's parts: `openssl speed -evp aes-128-gcm -seconds 2 -bytes 16384`: "
                   f"{fmt((lim['aes-128-gcm']['bytes_per_s'] or 0) / 1e9, 2)} GB/s of user CPU, "
                   f"{fmt(lim['aes-128-gcm']['s_per_gib'], 3)} s per GiB (AES-256-GCM: "
-                  f"{fmt(lim['aes-256-gcm']['s_per_gib'], 3)} s). `benches/hop.c`, 1 GiB in 64 KiB writes, "
-                  f"median of {h['unix']['runs']}: unix socket writer {fmt(h['unix']['writer_s_per_gib'], 3)} s, "
-                  f"reader {fmt(h['unix']['reader_s_per_gib'], 3)} s; loopback TCP writer "
-                  f"{fmt(h['tcp']['writer_s_per_gib'], 3)} s, reader {fmt(h['tcp']['reader_s_per_gib'], 3)} s. "
-                  "A relay's upload reads the session from one and writes it to the other; each hop's CPU "
-                  "(writer + reader) is split evenly between its two ends in the limit, because where the "
-                  "kernel charges loopback TCP's receive path changes from run to run while the sum does "
-                  "not.", ""]
+                  f"{fmt(lim['aes-256-gcm']['s_per_gib'], 3)} s). `benches/hop.c`, 1 GiB in 64 KiB writes "
+                  f"with the writer and the reader on one core, median of {h['unix']['runs']}: unix socket "
+                  f"writer {fmt(h['unix']['writer_s_per_gib'], 3)} s, reader {fmt(h['unix']['reader_s_per_gib'], 3)} s; "
+                  f"loopback TCP writer {fmt(h['tcp']['writer_s_per_gib'], 3)} s, reader "
+                  f"{fmt(h['tcp']['reader_s_per_gib'], 3)} s. A relay's upload reads the session from one and "
+                  "writes it to the other; each hop's CPU (writer + reader) is split evenly between its two "
+                  "ends in the limit, because where the kernel charges loopback TCP's receive path changes "
+                  "from run to run while the sum does not.", "",
+                  "What the limit leaves out is waiting. The same hops with the writer and the reader on "
+                  f"different cores cost {both2('unix')} s (unix) and {both2('tcp')} s (TCP) per GiB, writer "
+                  "and reader together: the difference is the two sides sleeping and waking each other "
+                  "across cores. One sleep and wake-up across cores costs "
+                  f"{fmt(lim.get('wake_us'), 1)} µs of CPU here (`hop wake`: two processes on different cores "
+                  "passing a byte back and forth). A relay sleeps whenever it has read all there is, and ssh "
+                  "writes its packets about one at a time, so a relay sleeps thousands of times per GiB: the "
+                  "table's sleeps are the daemon's voluntary context switches over the transfers (stunnel's "
+                  "are not counted: its per-session threads take their counts with them when they end). "
+                  "stunnel pays the same kind of cost, so the distance to the limit is shared by every relay "
+                  "on this machine and is not the daemon's alone.", ""]
         if cpu:
             L += [f"![CPU per GiB relayed: daemon gRPC, daemon SSH, stunnel client, the limit]({rel(cpu)})", ""]
     if R.get("aggregate"):

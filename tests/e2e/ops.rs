@@ -569,6 +569,53 @@ fn bot_logs_one_line_per_renewal_and_failure_never_secrets() {
 }
 
 #[test]
+fn benchmark_hop_timer_reports_each_mode() {
+    // benches/hop.c, as scripts/bench.sh builds it: the relay limit's hops and the cost of a
+    // sleep and wake-up across cores come from it.
+    let t = tempfile::tempdir().unwrap();
+    let hop = t.path().join("hop");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = run(Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&hop)
+        .arg(root.join("benches/hop.c")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let field = |json: &str, key: &str| -> String {
+        let at = json
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} in {json}"));
+        let rest = &json[at + key.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()].to_string()
+    };
+    for kind in ["unix", "tcp"] {
+        let o = run(Command::new(&hop).args([kind, "8388608", "65536"]));
+        assert!(o.status.success(), "{kind}: {}", stderr(&o));
+        let j = stdout(&o);
+        assert_eq!(field(&j, "kind"), format!("\"{kind}\""));
+        assert_eq!(field(&j, "bytes"), "8388608");
+        for k in ["wall_s", "writer_cpu_s", "reader_cpu_s"] {
+            assert!(field(&j, k).parse::<f64>().unwrap() >= 0.0, "{k} in {j}");
+        }
+    }
+    // The ping-pong is pinned to two different cores (the suite's machines have two).
+    let o = run(Command::new(&hop).args(["wake", "200"]));
+    assert!(o.status.success(), "wake: {}", stderr(&o));
+    let j = stdout(&o);
+    assert_eq!(field(&j, "round_trips"), "200");
+    let cpus = &j[j.find("\"cpus\":[").unwrap() + 8..];
+    let cpus: Vec<&str> = cpus[..cpus.find(']').unwrap()].split(',').collect();
+    assert_eq!(cpus.len(), 2, "{j}");
+    assert_ne!(cpus[0], cpus[1], "both ends on one core: {j}");
+    // One core cannot host it, and says so.
+    let o = run(Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&hop)
+        .args(["wake", "10"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs two CPUs"), "{}", stderr(&o));
+}
+
+#[test]
 fn benchmark_latency_chart_is_a_well_formed_svg() {
     let t = tempfile::tempdir().unwrap();
     let svg = t.path().join("latency.svg");
