@@ -21,6 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +46,10 @@ pub(crate) const ALPN_AUTH_PREFIX: &[u8] = b"teleport-auth@";
 pub(crate) const AUTH_DNS_NAMES: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
 /// TTL of certificates when the request sets no expiry.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// For tests: hold the answer to a bot's renewal this long after recording it
+/// ([`crate::ProxyOptions::renewal_answer_delay`]), so a test can stop the bot while the new
+/// generation exists only in Auth's state and in flight.
+pub(crate) const RENEWAL_ANSWER_DELAY_ENV: &str = "IDMUX_DEV_RENEWAL_ANSWER_DELAY";
 /// Why a bot is locked when two copies of its renewable identity renew.
 pub(crate) const GENERATION_MISMATCH: &str =
     "renewable certificate generation mismatch (a copied data dir?)";
@@ -190,10 +195,20 @@ async fn route(
     let (c, who) = (ctx.clone(), caller.clone());
     match path.as_str() {
         GENERATE_USER_CERTS => {
-            unary(req, move |r: UserCertsRequest| {
-                generate_user_certs(&c.dir, &c.live().cas, &who, &r, SystemTime::now())
+            let delay = c.opts.renewal_answer_delay;
+            let renewed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = renewed.clone();
+            let answer = unary(req, move |r: UserCertsRequest| {
+                let out = generate_user_certs(&c.dir, &c.live().cas, &who, &r, SystemTime::now());
+                flag.store(out.is_ok() && !r.use_role_requests, Ordering::SeqCst);
+                out
             })
-            .await
+            .await;
+            if let Some(d) = delay.filter(|_| renewed.load(Ordering::SeqCst)) {
+                tracing::info!(user = %caller.username, "holding the answer to a renewal for {d:?}");
+                tokio::time::sleep(d).await;
+            }
+            answer
         }
         GET_ROLE => {
             unary(req, move |r: GetRoleRequest| {

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
@@ -69,14 +69,7 @@ impl Upgrade {
 
 /// The ping interval: [`PING_INTERVAL_ENV`] or [`DEFAULT_PING_INTERVAL`].
 pub(crate) fn ping_interval_from_env() -> Result<Duration> {
-    match std::env::var(PING_INTERVAL_ENV) {
-        Err(_) => Ok(DEFAULT_PING_INTERVAL),
-        Ok(v) => match humantime::parse_duration(v.trim()) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => bail!("{PING_INTERVAL_ENV}={v:?}: want a positive duration"),
-            Err(e) => bail!("{PING_INTERVAL_ENV}={v:?}: {e}"),
-        },
-    }
+    Ok(crate::duration_from_env(PING_INTERVAL_ENV)?.unwrap_or(DEFAULT_PING_INTERVAL))
 }
 
 /// `selectConnectionUpgrade` (pure): the values of `X-Teleport-Upgrade` then `Upgrade`, each

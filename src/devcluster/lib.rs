@@ -140,6 +140,9 @@ pub struct ProxyOptions {
     /// The interval of the server's pings on an `alpn-ping` upgrade
     /// (`defaults.ProxyPingInterval`, 30 s; `IDMUX_DEV_UPGRADE_PING_INTERVAL` for tests).
     pub upgrade_ping_interval: Duration,
+    /// For tests only (`IDMUX_DEV_RENEWAL_ANSWER_DELAY`): how long Auth holds its answer to a
+    /// bot's renewal after recording it, as a slow Auth or network would. `None`: at once.
+    pub renewal_answer_delay: Option<Duration>,
 }
 
 /// What every connection handler needs.
@@ -263,6 +266,19 @@ fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
 
 /// The names of the proxy's certificates: `localhost` and `extra` host names as DNS names,
 /// loopback, the listen address and `extra` IP literals as IP addresses (pure).
+/// A test setting given as an environment variable: a positive humantime duration (`1s`,
+/// `250ms`), or `None` when unset.
+pub(crate) fn duration_from_env(name: &str) -> Result<Option<Duration>> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            Ok(_) => bail!("{name}={v:?}: want a positive duration"),
+            Err(e) => bail!("{name}={v:?}: {e}"),
+        },
+    }
+}
+
 pub(crate) fn cert_names(listen: SocketAddr, extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = vec!["localhost".to_string()];
     let mut ips: Vec<IpAddr> = vec![
@@ -753,6 +769,7 @@ pub async fn start(mut opts: StartOptions) -> Result<()> {
         public_addr,
         extra_names,
         upgrade_ping_interval: conn_upgrade::ping_interval_from_env()?,
+        renewal_answer_delay: duration_from_env(auth_grpc::RENEWAL_ANSWER_DELAY_ENV)?,
     };
     let ctx = Arc::new(tokio::task::block_in_place(|| {
         Ctx::new(dir, cas, &opts.leaves, proxy_opts)

@@ -40,6 +40,7 @@ async fn cluster(tls_routing: bool) -> Cluster {
         public_addr: addr.to_string(),
         extra_names: vec![],
         upgrade_ping_interval: Duration::from_millis(200),
+        renewal_answer_delay: None,
     };
     let ctx = Arc::new(Ctx::new(dir.path(), cas, &[], opts).unwrap());
     tokio::spawn(async move {
@@ -404,6 +405,7 @@ fn ping_ssh_settings_with_and_without_tls_routing() {
         public_addr: "proxy.test:443".into(),
         extra_names: vec![],
         upgrade_ping_interval: Duration::from_secs(30),
+        renewal_answer_delay: None,
     };
     let v = crate::web::ssh_settings(&o);
     assert_eq!(v["listen_addr"], "127.0.0.1:3080");
@@ -444,6 +446,7 @@ async fn auth_port_serves_the_nop_role_and_passes_the_pin_check() {
         public_addr: "proxy.example.com:443".into(),
         extra_names: vec![],
         upgrade_ping_interval: Duration::from_secs(30),
+        renewal_answer_delay: None,
     };
     let ctx = Arc::new(Ctx::new(dir.path(), cas, &[], opts).unwrap());
     tokio::spawn(async move {
