@@ -687,6 +687,15 @@ impl Drop for BotProc {
     }
 }
 
+/// Send SIGTERM to a process (a bot, a multiplexer) the test started.
+pub fn sigterm(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
 /// Open file descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -245,13 +245,19 @@ fn renewals_keep_ssh_working_and_key_cert_pairs_consistent() {
     );
 }
 
-/// SIGTERM while Auth has recorded a renewal whose answer is still on its way: the bot waits
-/// for the answer and stores it before exiting, so the generation on disk is Auth's and the
-/// next start renews. Exiting at once would leave the previous generation on disk, and the
-/// next renewal would lock the bot (generation mismatch), as Teleport would. The dev cluster
-/// holds the answer 3 s (`IDMUX_DEV_RENEWAL_ANSWER_DELAY`), as a slow Auth or network would.
-#[test]
-fn sigterm_during_a_recorded_renewal_stores_the_answer_before_exiting() {
+/// A cluster whose Auth holds its answer to a bot's renewal for `hold` after recording it
+/// (`IDMUX_DEV_RENEWAL_ANSWER_DELAY`, as a slow Auth or network would), a bot renewing every
+/// 2 s, and the moment a renewal's answer is being held: SIGTERM is sent then. Returns the
+/// bot once it has exited (within `within`), and how long that took.
+struct HeldRenewal {
+    cl: DevCluster,
+    bot: BotProc,
+    token: String,
+    took: Duration,
+    _work: tempfile::TempDir,
+}
+
+fn sigterm_with_a_held_renewal(hold: &str, within: Duration) -> HeldRenewal {
     let work = tempfile::tempdir().unwrap();
     let cluster_log = work.path().join("cluster.log");
     let cl = DevCluster::start_with(
@@ -259,7 +265,7 @@ fn sigterm_during_a_recorded_renewal_stores_the_answer_before_exiting() {
         C,
         1,
         ClusterOptions {
-            env: vec![("IDMUX_DEV_RENEWAL_ANSWER_DELAY".into(), "3s".into())],
+            env: vec![("IDMUX_DEV_RENEWAL_ANSWER_DELAY".into(), hold.into())],
             log: Some(cluster_log.clone()),
             ..Default::default()
         },
@@ -285,31 +291,58 @@ fn sigterm_during_a_recorded_renewal_stores_the_answer_before_exiting() {
         bot.log_text()
     );
     let t0 = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bot.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(bot.pid());
     assert!(
-        wait_for(Duration::from_secs(20), || !bot.alive()),
+        wait_for(within, || !bot.alive()),
         "the bot did not stop: {}",
         bot.log_text()
     );
     let took = t0.elapsed();
-    let log = bot.log_text();
-    eprintln!("SIGTERM with a recorded renewal in flight: stopped in {took:?}");
+    eprintln!("SIGTERM with a renewal's answer held {hold}: stopped in {took:?}");
+    HeldRenewal {
+        cl,
+        bot,
+        token,
+        took,
+        _work: work,
+    }
+}
+
+/// SIGTERM while Auth has recorded a renewal whose answer is still on its way: the bot waits
+/// for the answer and stores it before exiting, so the generation on disk is Auth's and the
+/// next start renews. Exiting at once would leave the previous generation on disk, and the
+/// next renewal would lock the bot (generation mismatch), as Teleport would.
+#[test]
+fn sigterm_during_a_recorded_renewal_stores_the_answer_before_exiting() {
+    let h = sigterm_with_a_held_renewal("3s", Duration::from_secs(20));
+    let log = h.bot.log_text();
     assert!(
         log.contains("stopping once the renewal in flight is stored"),
         "{log}"
     );
-    assert_eq!(generation(&bot.data), 2, "the answer was not stored: {log}");
+    assert_eq!(
+        generation(&h.bot.data),
+        2,
+        "the answer was not stored: {log}"
+    );
     // It waited for the answer (held 3 s from the line the test saw), and no longer.
-    assert!(took > Duration::from_secs(1), "stopped in {took:?}: {log}");
-    assert!(took < Duration::from_secs(10), "stopped in {took:?}: {log}");
+    assert!(
+        h.took > Duration::from_secs(1),
+        "stopped in {:?}: {log}",
+        h.took
+    );
+    assert!(
+        h.took < Duration::from_secs(10),
+        "stopped in {:?}: {log}",
+        h.took
+    );
     // The next start renews from what is on disk: not refused, not locked.
-    let o = start(&cl.start_args(&bot.data, &bot.dest, &token), &["--oneshot"]);
+    let o = start(
+        &h.cl.start_args(&h.bot.data, &h.bot.dest, &h.token),
+        &["--oneshot"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(generation(&bot.data), 3);
+    assert_eq!(generation(&h.bot.data), 3);
 }
 
 /// Long tier: Auth records a renewal and never answers in time. SIGTERM then waits no longer
@@ -322,55 +355,12 @@ fn sigterm_waits_for_an_unanswered_renewal_no_longer_than_its_deadline() {
         eprintln!("skipped: set IDMUX_LONG=1 (scripts/test.sh --long)");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let cluster_log = work.path().join("cluster.log");
-    let cl = DevCluster::start_with(
-        tempfile::tempdir().unwrap(),
-        C,
-        1,
-        ClusterOptions {
-            env: vec![("IDMUX_DEV_RENEWAL_ANSWER_DELAY".into(), "120s".into())],
-            log: Some(cluster_log.clone()),
-            ..Default::default()
-        },
-    );
-    let token = cl.token("ci", &me());
-    let mut bot = BotProc::start(
-        &cl,
-        BotOptions {
-            token: Some(token.clone()),
-            args: vec!["--renewal-interval=2s".into()],
-            ..Default::default()
-        },
-    );
-    let held = || {
-        std::fs::read_to_string(&cluster_log)
-            .unwrap_or_default()
-            .contains("holding the answer to a renewal")
-    };
-    assert!(
-        wait_for(Duration::from_secs(30), held),
-        "{}",
-        bot.log_text()
-    );
-    let t0 = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bot.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(45), || !bot.alive()),
-        "the bot did not stop: {}",
-        bot.log_text()
-    );
-    let took = t0.elapsed();
-    eprintln!("SIGTERM with an unanswered renewal in flight: stopped in {took:?}");
-    assert!(took <= Duration::from_secs(36), "stopped in {took:?}");
-    assert!(took >= Duration::from_secs(20), "stopped in {took:?}");
-    assert_eq!(generation(&bot.data), 1);
+    let h = sigterm_with_a_held_renewal("120s", Duration::from_secs(45));
+    assert!(h.took <= Duration::from_secs(36), "stopped in {:?}", h.took);
+    assert!(h.took >= Duration::from_secs(20), "stopped in {:?}", h.took);
+    assert_eq!(generation(&h.bot.data), 1);
     let e = error_line(&start(
-        &cl.start_args(&bot.data, &bot.dest, &token),
+        &h.cl.start_args(&h.bot.data, &h.bot.dest, &h.token),
         &["--oneshot"],
     ));
     assert!(e.contains("generation mismatch"), "{e}");

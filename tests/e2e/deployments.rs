@@ -621,11 +621,7 @@ fn sigterm_stops_a_bot_stalled_at_renewal_within_2s() {
     let before = silent.accepted();
     assert!(wait_for(Duration::from_secs(20), || silent.accepted() > before));
     let t0 = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bot.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(bot.pid());
     assert!(
         wait_for(Duration::from_secs(5), || !bot.alive()),
         "the bot did not stop"

@@ -197,11 +197,7 @@ fn the_multiplexer_removes_its_sockets_when_stopped() {
     let mut bot = BotProc::start(&cl, BotOptions::default());
     let dest = bot.dest.clone();
     assert!(dest.join("v1.sock").exists() && dest.join("agent.sock").exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bot.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(bot.pid());
     assert!(wait_for(std::time::Duration::from_secs(5), || !bot.alive()));
     assert!(!dest.join("v1.sock").exists(), "v1.sock left behind");
     assert!(!dest.join("agent.sock").exists(), "agent.sock left behind");
@@ -210,11 +206,7 @@ fn the_multiplexer_removes_its_sockets_when_stopped() {
     assert!(wait_for(std::time::Duration::from_secs(5), || dest
         .join("agent.sock")
         .exists()));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(m.child.id());
     assert!(wait_for(std::time::Duration::from_secs(5), || m
         .child
         .try_wait()
