@@ -11,7 +11,7 @@ pub mod fuzzing;
 pub mod thirdparty;
 
 pub use thirdparty::{
-    children_of, host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy,
+    children_of, host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy, TlsFront,
 };
 
 use std::path::{Path, PathBuf};

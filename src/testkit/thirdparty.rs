@@ -1,11 +1,12 @@
 //! Real third-party parts for the "real deployments" tests, each started by the test itself on
 //! loopback and stopped when dropped: Debian's `nginx` as an L7 load balancer in front of the
-//! dev cluster ([`Nginx`]), `tinyproxy` as an HTTP CONNECT proxy ([`Tinyproxy`]), and peers
-//! that accept and then say nothing ([`SilentPeer`], [`SilentTlsPeer`]) for deadline tests.
+//! dev cluster ([`Nginx`]), `tinyproxy` as an HTTP CONNECT proxy ([`Tinyproxy`]), `stunnel4`
+//! as the TLS front that makes an `https://` proxy of it ([`TlsFront`]), and peers that accept
+//! and then say nothing ([`SilentPeer`], [`SilentTlsPeer`]) for deadline tests.
 //!
-//! `scripts/install-deps.sh` installs nginx (`/usr/sbin/nginx`) and tinyproxy
-//! (`/usr/bin/tinyproxy`); nothing here installs anything. Certificates come from the
-//! `openssl` CLI ([`TestCerts`]).
+//! `scripts/install-deps.sh` installs nginx (`/usr/sbin/nginx`), tinyproxy
+//! (`/usr/bin/tinyproxy`) and stunnel4 (`/usr/bin/stunnel4`); nothing here installs anything.
+//! Certificates come from the `openssl` CLI ([`TestCerts`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 /// Where Debian's packages put the binaries.
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 pub const TINYPROXY_BIN: &str = "/usr/bin/tinyproxy";
+pub const STUNNEL_BIN: &str = "/usr/bin/stunnel4";
 
 /// How long a third-party process may take to listen.
 const READY_LIMIT: Duration = Duration::from_secs(10);
@@ -531,6 +533,87 @@ impl Tinyproxy {
 impl Drop for Tinyproxy {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// stunnel4 (Debian's package) as a TLS server on 127.0.0.1 in front of `upstream`: TLS ends
+/// here with a certificate of its own CA ([`TlsFront::ca_pem`]; SANs `127.0.0.1`, `localhost`
+/// and the host name) and the plain bytes go on to `upstream`. In front of [`Tinyproxy`] it is
+/// an `https://` forward proxy. Killed on drop.
+pub struct TlsFront {
+    /// `127.0.0.1:PORT`, the TLS listener.
+    pub addr: String,
+    /// The CA that signed its certificate.
+    pub ca_pem: PathBuf,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    pub fn start(upstream: &str) -> TlsFront {
+        assert!(
+            Path::new(STUNNEL_BIN).exists(),
+            "{STUNNEL_BIN} is missing: run scripts/install-deps.sh"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("idmux-stunnel-")
+            .tempdir()
+            .unwrap();
+        let certs = TestCerts::for_loopback(&dir.path().join("certs"));
+        let conf_path = dir.path().join("stunnel.conf");
+        let log_path = dir.path().join("stunnel.log");
+        let mut why = String::new();
+        for _ in 0..PORT_TRIES {
+            let addr = free_addr();
+            let conf = format!(
+                "foreground = yes\npid =\ndebug = 5\nsslVersionMin = TLSv1.2\n\
+                 [front]\naccept = {addr}\nconnect = {upstream}\ncert = {cert}\nkey = {key}\n",
+                cert = certs.cert_pem.display(),
+                key = certs.key_pem.display(),
+            );
+            std::fs::write(&conf_path, conf).unwrap();
+            let mut child = Command::new(STUNNEL_BIN)
+                .arg(&conf_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {STUNNEL_BIN}: {e}"));
+            match wait_listening(&mut child, addr) {
+                Ok(()) => {
+                    return TlsFront {
+                        addr: addr.to_string(),
+                        ca_pem: certs.ca_pem,
+                        child: Some(child),
+                        dir,
+                    };
+                }
+                Err(e) => {
+                    stop_child(&mut child, Duration::from_secs(2));
+                    why = format!(
+                        "{e}\n--- stunnel log:\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                    if !why.contains("in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("stunnel did not start: {why}");
+    }
+
+    /// stunnel's log (`debug = 5`: a line per accepted connection, and the bytes each relayed).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(2));
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! The one byte stream to an address: TCP with its deadline, through an HTTP proxy's CONNECT
-//! when the environment says so ([`crate::proxy_env`], Go's rules, as tbot).
+//! when the environment says so ([`crate::proxy_env`], Go's rules, as tbot). An `https://`
+//! proxy is reached over TLS first, verified against the system's roots, as Teleport's
+//! `DialProxyWithDialer` does with Go's default TLS configuration.
 //!
 //! Everything idmux sends to a proxy (web API, join, Auth, node transports, the connection
 //! upgrade's outer TLS) starts here, so `HTTPS_PROXY` is honoured for every dial and every
 //! stage has a deadline whose error names the address and the stage.
 //!
-//! Must not know: TLS, ALPN or what runs over the stream.
+//! Must not know: the Teleport proxy's TLS, ALPN or what runs over the stream.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -41,14 +44,62 @@ pub async fn connect(target: &str) -> Result<(BoxIo, Option<HttpProxy>)> {
     }
 }
 
-/// `CONNECT target` through the HTTP proxy `p`, within [`CONNECT_ANSWER_TIMEOUT`].
-async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
-    let via = format!("HTTP proxy {} (from {})", p.addr, p.var);
+/// TLS to `https://` proxies: the system's roots, no ALPN (Go's default `tls.Config`, which
+/// Teleport's dialer uses for them), built once.
+fn proxy_tls_config() -> Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
+        OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = crate::tls::system_roots();
+            if roots.is_empty() {
+                return Err(
+                    "no system root certificates to check it with (set SSL_CERT_FILE)".into(),
+                );
+            }
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| format!("TLS protocol versions: {e}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// The stream to the proxy `p` itself: TCP, and TLS for an `https://` proxy.
+async fn to_proxy(p: &HttpProxy, via: &str) -> Result<BoxIo> {
     let tcp = tcp_connect(&p.addr)
         .await
         .map_err(|e| anyhow!("{via}: {e:#}"))?;
+    if !p.tls {
+        return Ok(Box::new(tcp));
+    }
+    let cfg = proxy_tls_config().map_err(|e| anyhow!("{via}: {e}"))?;
+    let (host, _) = idmux_wire::hostport::split_host_port(&p.addr, p.var)?;
+    let name = crate::tls::server_name(&host)?;
+    match crate::tls::handshake(via, cfg, name, tcp).await? {
+        Ok(tls) => Ok(Box::new(tls)),
+        Err(e) => {
+            use rustls::CertificateError::{BadSignature, UnknownIssuer};
+            let why = match crate::tls::rustls_error(&e) {
+                Some(rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature)) => {
+                    "its certificate is not signed by any of the system's root certificates \
+                     (the OS store, or SSL_CERT_FILE / SSL_CERT_DIR when set)"
+                        .to_string()
+                }
+                _ => crate::tls::describe_tls_error(&p.addr, &[], &e),
+            };
+            bail!("{via}: {why}")
+        }
+    }
+}
+
+/// `CONNECT target` through the HTTP proxy `p`, within [`CONNECT_ANSWER_TIMEOUT`].
+async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
+    let via = p.describe();
+    let io = to_proxy(p, &via).await?;
     let tunnel = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| anyhow!("{via}: {e}"))?;
         tokio::spawn(conn.with_upgrades());
@@ -149,6 +200,7 @@ mod tests {
             addr: addr.clone(),
             userinfo: Some("u:p".into()),
             var: "HTTPS_PROXY",
+            tls: false,
         };
         let e = match connect_via(&p, "proxy.example.com:443").await {
             Ok(_) => panic!("a 403 must be refused"),

@@ -24,6 +24,16 @@ pub struct HttpProxy {
     pub userinfo: Option<String>,
     /// Which variable named it (for messages): `HTTPS_PROXY`, `http_proxy`, ...
     pub var: &'static str,
+    /// An `https://` proxy: the CONNECT goes inside TLS to the proxy itself.
+    pub tls: bool,
+}
+
+impl HttpProxy {
+    /// The proxy as messages name it: `HTTP proxy 10.0.0.9:3128 (from HTTPS_PROXY)`.
+    pub fn describe(&self) -> String {
+        let kind = if self.tls { "HTTPS" } else { "HTTP" };
+        format!("{kind} proxy {} (from {})", self.addr, self.var)
+    }
 }
 
 /// The proxy for a dial to `target` (`host:port`), read from `env` (a lookup such as
@@ -58,14 +68,19 @@ pub fn from_env(target: &str) -> Result<Option<HttpProxy>> {
     proxy_for(target, |k| std::env::var(k).ok())
 }
 
-/// `http://[user:pass@]host[:port]` (the scheme may be left out, as Go allows).
+/// `http://` or `https://[user:pass@]host[:port]` (the scheme may be left out, as Go allows:
+/// then `http`). Teleport dials both (`DialProxyWithDialer` in `api/client`: an `https` proxy
+/// is reached over TLS first); its `socks5` is not supported here.
 fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
     let shown = redact(url);
-    let rest = match url.split_once("://") {
-        None => url,
-        Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => r,
+    let (rest, tls) = match url.split_once("://") {
+        None => (url, false),
+        Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => (r, false),
+        Some((scheme, r)) if scheme.eq_ignore_ascii_case("https") => (r, true),
         Some((scheme, _)) => {
-            bail!("{var}={shown}: proxy scheme {scheme:?} is not supported (only http://)")
+            bail!(
+                "{var}={shown}: proxy scheme {scheme:?} is not supported (only http:// and https://)"
+            )
         }
     };
     let authority = rest.split('/').next().unwrap_or_default();
@@ -76,7 +91,7 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
     if hostport.is_empty() {
         bail!("{var}={shown}: no proxy host");
     }
-    // Go's default port for an http:// proxy is 80.
+    // Go's default ports: 80 for an http:// proxy, 443 for https://.
     let has_port = match hostport.rsplit_once(':') {
         Some((h, p)) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'),
         None => false,
@@ -84,12 +99,13 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
     let addr = if has_port {
         hostport.to_string()
     } else {
-        format!("{hostport}:80")
+        format!("{hostport}:{}", if tls { 443 } else { 80 })
     };
     Ok(HttpProxy {
         addr,
         userinfo,
         var,
+        tls,
     })
 }
 
@@ -297,11 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn an_https_proxy_is_reached_over_tls_with_gos_default_port() {
+        let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "HTTPS://u:p@s")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.addr.as_str(), p.tls), ("s:443", true));
+        assert_eq!(p.userinfo.as_deref(), Some("u:p"));
+        assert_eq!(p.describe(), "HTTPS proxy s:443 (from HTTPS_PROXY)");
+        let p = proxy_for("a:1", env(&[("https_proxy", "https://[fd00::1]:8443")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.addr.as_str(), p.tls), ("[fd00::1]:8443", true));
+        let p = proxy_for("a:1", env(&[("HTTP_PROXY", "s:3128")]))
+            .unwrap()
+            .unwrap();
+        assert!(!p.tls);
+        assert_eq!(p.describe(), "HTTP proxy s:3128 (from HTTP_PROXY)");
+    }
+
+    #[test]
     fn unsupported_schemes_are_named() {
         let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks5://s:1080")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "HTTPS_PROXY=socks5://s:1080: proxy scheme \"socks5\" is not supported (only http://)"
+            "HTTPS_PROXY=socks5://s:1080: proxy scheme \"socks5\" is not supported (only http:// and https://)"
         );
     }
 }

@@ -174,7 +174,7 @@ impl Route {
             ),
         };
         let via = match crate::proxy_env::from_env(self.node_addr()) {
-            Ok(Some(p)) => format!(", via HTTP proxy {} (from {})", p.addr, p.var),
+            Ok(Some(p)) => format!(", via {}", p.describe()),
             Ok(None) => String::new(),
             Err(e) => format!(", HTTP proxy setting unusable: {e}"),
         };

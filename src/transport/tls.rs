@@ -123,6 +123,17 @@ pub fn aes_gcm_hardware() -> bool {
     }
 }
 
+/// The system's root certificates (`rustls-native-certs`: the OS store, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` when set, as Go's `crypto/x509` reads them on Linux). Certificates that do
+/// not parse are skipped, as Go skips them.
+pub(crate) fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    roots
+}
+
 /// The TLS server name for a host: an IP address when the host is an IP literal.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
     if let Ok(ip) = host.parse::<IpAddr>() {

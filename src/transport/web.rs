@@ -161,11 +161,7 @@ impl WebClient {
             }
             Trust::System | Trust::SystemAnd(_) => {
                 use rustls_pki_types::pem::PemObject;
-                let mut roots = rustls::RootCertStore::empty();
-                let found = rustls_native_certs::load_native_certs();
-                for c in found.certs {
-                    let _ = roots.add(c);
-                }
+                let mut roots = crate::tls::system_roots();
                 if let Trust::SystemAnd(pems) = trust {
                     for pem in pems {
                         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {

@@ -300,14 +300,15 @@ fn seed_flow_without_tls_routing() {
     );
 }
 
-#[test]
-fn seed_flow_through_an_http_proxy() {
+/// A cluster listening where the machine's host name points, and its address by that name
+/// (loopback literals and `localhost` never go through a proxy, by Go's rules, so a test of a
+/// forward proxy needs the name). None, with a printed reason, when the name does not resolve
+/// to a local address.
+fn cluster_by_host_name() -> Option<(DevCluster, String)> {
     let Some(host) = host_name() else {
         eprintln!("skipped: the host name does not resolve to a local address");
-        return;
+        return None;
     };
-    // Listen where the host name points, so the bot can reach the cluster by that name
-    // (loopback literals and `localhost` never go through a proxy, by Go's rules).
     let ip = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0))
         .unwrap()
         .find(|a| std::net::TcpListener::bind((a.ip(), 0)).is_ok())
@@ -315,8 +316,84 @@ fn seed_flow_through_an_http_proxy() {
         .ip();
     let cl = cluster(&[], &[], Some(format!("{ip}:0")));
     let port = cl.addr.rsplit_once(':').unwrap().1.to_string();
+    Some((cl, format!("{host}:{port}")))
+}
+
+/// An `https://` forward proxy (tinyproxy behind stunnel4's TLS): every dial goes over TLS to
+/// it, checked against the system's roots (here `SSL_CERT_FILE`, as Go reads it), then
+/// CONNECT. Without its CA among the roots, nothing is sent to it: one line names the proxy
+/// and the certificate problem.
+#[test]
+fn seed_flow_through_an_https_proxy() {
+    let Some((cl, by_name)) = cluster_by_host_name() else {
+        return;
+    };
     let fw = Tinyproxy::start();
-    let by_name = format!("{host}:{port}");
+    let front = TlsFront::start(&fw.addr);
+    let url = format!("https://{}", front.addr);
+    let way = Way {
+        proxy: by_name.clone(),
+        ca: cl.data_dir().join("ca.pem"),
+        env: vec![
+            ("HTTPS_PROXY".into(), url.clone()),
+            ("SSL_CERT_FILE".into(), front.ca_pem.display().to_string()),
+        ],
+    };
+    let via = format!("via HTTPS proxy {} (from HTTPS_PROXY)", front.addr);
+    let (bot, oneshot, _) = seed_flow("through an https proxy", &cl, &way);
+    assert!(oneshot.contains(&via), "{oneshot}");
+    assert!(bot.log_text().contains(&via), "{}", bot.log_text());
+    let connects = fw.connects();
+    assert!(
+        connects.iter().filter(|c| **c == by_name).count() >= 6,
+        "CONNECTs: {connects:?}"
+    );
+    assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
+    // stunnel relayed TLS sessions (its probe by the test's readiness check sent nothing).
+    assert!(
+        front
+            .log()
+            .lines()
+            .any(|l| l.contains("Connection closed: ") && !l.contains("closed: 0 byte")),
+        "stunnel relayed nothing: {}",
+        front.log()
+    );
+    // The system's roots without the proxy's CA: refused before any CONNECT.
+    let before = fw.connects().len();
+    let work = tempfile::tempdir().unwrap();
+    let mut c = Command::new(idmux_bin());
+    c.args(cl.start_args_via(
+        &work.path().join("data"),
+        &work.path().join("dest"),
+        &cl.token("ci", &me()),
+        Some(&by_name),
+        Some(&cl.data_dir().join("ca.pem")),
+    ))
+    .arg("--oneshot")
+    .env("HTTPS_PROXY", &url)
+    .env("SSL_CERT_FILE", cl.data_dir().join("ca.pem"));
+    let o = run(&mut c);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("idmux:"))
+        .unwrap_or_else(|| panic!("no idmux: line: {err}"));
+    eprintln!("an https proxy whose CA is not among the roots: {line}");
+    assert!(
+        line.contains(&format!("HTTPS proxy {} (from HTTPS_PROXY)", front.addr))
+            && line.contains("not signed by any of the system's root certificates"),
+        "{line}"
+    );
+    assert_eq!(fw.connects().len(), before, "a CONNECT went out: {err}");
+}
+
+#[test]
+fn seed_flow_through_an_http_proxy() {
+    let Some((cl, by_name)) = cluster_by_host_name() else {
+        return;
+    };
+    let fw = Tinyproxy::start();
     let way = Way {
         proxy: by_name.clone(),
         ca: cl.data_dir().join("ca.pem"),
