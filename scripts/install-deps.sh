@@ -43,6 +43,9 @@ command -v valgrind >/dev/null || need+=(valgrind)
 # stunnel server and client on loopback; the package's system service is never started), and cc
 # builds the benchmark's LD_PRELOAD shim (benches/nodelay.c) and hop timer (benches/hop.c).
 [ -x /usr/bin/stunnel4 ] || need+=(stunnel4)
+# The tests' SOCKS5 forward proxy (microsocks, run on loopback by idmux_testkit::thirdparty);
+# stunnel4 above also makes an https:// forward proxy of tinyproxy there.
+[ -x /usr/bin/microsocks ] || need+=(microsocks)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
@@ -74,7 +77,7 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
   fi
 fi
-for tool in /usr/sbin/nginx /usr/bin/tinyproxy /usr/bin/stunnel4; do
+for tool in /usr/sbin/nginx /usr/bin/tinyproxy /usr/bin/stunnel4 /usr/bin/microsocks; do
   [ -x "$tool" ] || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
 # sshd refuses to start without its privilege separation directory.

@@ -11,7 +11,8 @@ pub mod fuzzing;
 pub mod thirdparty;
 
 pub use thirdparty::{
-    children_of, host_name, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy, TlsFront,
+    children_of, host_name, Microsocks, Nginx, SilentPeer, SilentTlsPeer, TestCerts, Tinyproxy,
+    TlsFront,
 };
 
 use std::path::{Path, PathBuf};

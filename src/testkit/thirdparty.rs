@@ -1,11 +1,13 @@
 //! Real third-party parts for the "real deployments" tests, each started by the test itself on
 //! loopback and stopped when dropped: Debian's `nginx` as an L7 load balancer in front of the
 //! dev cluster ([`Nginx`]), `tinyproxy` as an HTTP CONNECT proxy ([`Tinyproxy`]), `stunnel4`
-//! as the TLS front that makes an `https://` proxy of it ([`TlsFront`]), and peers that accept
-//! and then say nothing ([`SilentPeer`], [`SilentTlsPeer`]) for deadline tests.
+//! as the TLS front that makes an `https://` proxy of it ([`TlsFront`]), `microsocks` as a
+//! SOCKS5 proxy ([`Microsocks`]), and peers that accept and then say nothing ([`SilentPeer`],
+//! [`SilentTlsPeer`]) for deadline tests.
 //!
 //! `scripts/install-deps.sh` installs nginx (`/usr/sbin/nginx`), tinyproxy
-//! (`/usr/bin/tinyproxy`) and stunnel4 (`/usr/bin/stunnel4`); nothing here installs anything.
+//! (`/usr/bin/tinyproxy`), stunnel4 (`/usr/bin/stunnel4`) and microsocks
+//! (`/usr/bin/microsocks`); nothing here installs anything.
 //! Certificates come from the `openssl` CLI ([`TestCerts`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 pub const TINYPROXY_BIN: &str = "/usr/bin/tinyproxy";
 pub const STUNNEL_BIN: &str = "/usr/bin/stunnel4";
+pub const MICROSOCKS_BIN: &str = "/usr/bin/microsocks";
 
 /// How long a third-party process may take to listen.
 const READY_LIMIT: Duration = Duration::from_secs(10);
@@ -610,6 +613,73 @@ impl TlsFront {
 }
 
 impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(2));
+        }
+    }
+}
+
+/// microsocks (Debian's package) as a SOCKS5 proxy on 127.0.0.1, requiring the user name and
+/// password `user`/`password` (RFC 1929); it logs each tunnel it opens. Killed on drop.
+pub struct Microsocks {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Microsocks {
+    pub fn start(user: &str, password: &str) -> Microsocks {
+        assert!(
+            Path::new(MICROSOCKS_BIN).exists(),
+            "{MICROSOCKS_BIN} is missing: run scripts/install-deps.sh"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("idmux-microsocks-")
+            .tempdir()
+            .unwrap();
+        let log_path = dir.path().join("microsocks.log");
+        let mut why = String::new();
+        for _ in 0..PORT_TRIES {
+            let addr = free_addr();
+            let mut child = Command::new(MICROSOCKS_BIN)
+                .args(["-i", "127.0.0.1", "-p", &addr.port().to_string()])
+                .args(["-u", user, "-P", password])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {MICROSOCKS_BIN}: {e}"));
+            match wait_listening(&mut child, addr) {
+                Ok(()) => {
+                    return Microsocks {
+                        addr: addr.to_string(),
+                        child: Some(child),
+                        dir,
+                    };
+                }
+                Err(e) => {
+                    stop_child(&mut child, Duration::from_secs(2));
+                    why = e;
+                }
+            }
+        }
+        panic!("microsocks did not start: {why}");
+    }
+
+    /// The targets (`host:port`) it opened tunnels to, from lines such as `client[5]
+    /// 127.0.0.1: connected to vm:3080`.
+    pub fn connects(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("microsocks.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| Some(l.split_once(": connected to ")?.1.trim().to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Microsocks {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(2));

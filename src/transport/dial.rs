@@ -1,7 +1,7 @@
-//! The one byte stream to an address: TCP with its deadline, through an HTTP proxy's CONNECT
-//! when the environment says so ([`crate::proxy_env`], Go's rules, as tbot). An `https://`
-//! proxy is reached over TLS first, verified against the system's roots, as Teleport's
-//! `DialProxyWithDialer` does with Go's default TLS configuration.
+//! The one byte stream to an address: TCP with its deadline, through a forward proxy when the
+//! environment says so ([`crate::proxy_env`], Go's rules, as tbot): an HTTP CONNECT, over TLS
+//! to an `https://` proxy (verified against the system's roots, as Teleport's
+//! `DialProxyWithDialer` does with Go's default TLS configuration), or a SOCKS5 CONNECT.
 //!
 //! Everything idmux sends to a proxy (web API, join, Auth, node transports, the connection
 //! upgrade's outer TLS) starts here, so `HTTPS_PROXY` is honoured for every dial and every
@@ -20,7 +20,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy_env::{self, HttpProxy};
+use crate::proxy_env::{self, ForwardProxy, ProxyKind};
 use crate::tls::tcp_connect;
 
 /// A byte stream to a proxy, whatever carries it (TCP, an HTTP CONNECT tunnel, a WebSocket).
@@ -34,7 +34,7 @@ pub type BoxIo = Box<dyn Io>;
 pub(crate) const CONNECT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A stream to `target` (`host:port`) and the HTTP proxy it went through, if any.
-pub async fn connect(target: &str) -> Result<(BoxIo, Option<HttpProxy>)> {
+pub async fn connect(target: &str) -> Result<(BoxIo, Option<ForwardProxy>)> {
     match proxy_env::from_env(target)? {
         None => Ok((Box::new(tcp_connect(target).await?), None)),
         Some(p) => {
@@ -67,11 +67,11 @@ fn proxy_tls_config() -> Result<Arc<rustls::ClientConfig>> {
 }
 
 /// The stream to the proxy `p` itself: TCP, and TLS for an `https://` proxy.
-async fn to_proxy(p: &HttpProxy, via: &str) -> Result<BoxIo> {
+async fn to_proxy(p: &ForwardProxy, via: &str) -> Result<BoxIo> {
     let tcp = tcp_connect(&p.addr)
         .await
         .map_err(|e| anyhow!("{via}: {e:#}"))?;
-    if !p.tls {
+    if p.kind != ProxyKind::Https {
         return Ok(Box::new(tcp));
     }
     let cfg = proxy_tls_config().map_err(|e| anyhow!("{via}: {e}"))?;
@@ -94,11 +94,15 @@ async fn to_proxy(p: &HttpProxy, via: &str) -> Result<BoxIo> {
     }
 }
 
-/// `CONNECT target` through the HTTP proxy `p`, within [`CONNECT_ANSWER_TIMEOUT`].
-async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
+/// A tunnel to `target` through the forward proxy `p`: HTTP CONNECT (over TLS for an
+/// `https://` proxy) or a SOCKS5 CONNECT, its answer within [`CONNECT_ANSWER_TIMEOUT`].
+async fn connect_via(p: &ForwardProxy, target: &str) -> Result<BoxIo> {
     let via = p.describe();
     let io = to_proxy(p, &via).await?;
     let tunnel = async {
+        if p.kind == ProxyKind::Socks5 {
+            return socks5_connect(p, io, target, &via).await;
+        }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| anyhow!("{via}: {e}"))?;
@@ -138,6 +142,32 @@ async fn connect_via(p: &HttpProxy, target: &str) -> Result<BoxIo> {
             CONNECT_ANSWER_TIMEOUT.as_secs()
         ),
         Ok(r) => r,
+    }
+}
+
+/// SOCKS5's CONNECT to `target` on `io` (RFC 1928): the host as a name for the proxy to
+/// resolve (an IP literal as an address), with username/password authentication (RFC 1929)
+/// when the URL has a user, as `golang.org/x/net/proxy` does for Teleport.
+async fn socks5_connect(p: &ForwardProxy, io: BoxIo, target: &str, via: &str) -> Result<BoxIo> {
+    use tokio_socks::tcp::Socks5Stream;
+    let (host, port) = idmux_wire::hostport::split_host_port(target, "the dial target")?;
+    let to = (host.as_str(), port);
+    let r = match &p.userinfo {
+        None => Socks5Stream::connect_with_socket(io, to).await,
+        Some(u) => {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let (user, pass) = (percent_decode(user), percent_decode(pass));
+            let text = |b: Vec<u8>| {
+                String::from_utf8(b)
+                    .map_err(|_| anyhow!("{via}: the user name and password must be UTF-8"))
+            };
+            let (user, pass) = (text(user)?, text(pass)?);
+            Socks5Stream::connect_with_password_and_socket(io, to, &user, &pass).await
+        }
+    };
+    match r {
+        Ok(s) => Ok(Box::new(s)),
+        Err(e) => bail!("{via} refused CONNECT {target}: {e}"),
     }
 }
 
@@ -196,11 +226,11 @@ mod tests {
                 .unwrap();
             String::from_utf8(got).unwrap()
         });
-        let p = HttpProxy {
+        let p = ForwardProxy {
             addr: addr.clone(),
             userinfo: Some("u:p".into()),
             var: "HTTPS_PROXY",
-            tls: false,
+            kind: ProxyKind::Http,
         };
         let e = match connect_via(&p, "proxy.example.com:443").await {
             Ok(_) => panic!("a 403 must be refused"),

@@ -15,30 +15,48 @@ use std::net::IpAddr;
 
 use anyhow::{bail, Result};
 
-/// An HTTP proxy to send a CONNECT to.
+/// How a forward proxy is spoken to (the URL's scheme).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `http://`: HTTP CONNECT over TCP.
+    Http,
+    /// `https://`: HTTP CONNECT inside TLS to the proxy.
+    Https,
+    /// `socks5://`: a SOCKS5 CONNECT (RFC 1928), the target by name.
+    Socks5,
+}
+
+/// A forward proxy every dial goes through.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpProxy {
+pub struct ForwardProxy {
     /// `host:port` of the proxy.
     pub addr: String,
-    /// `user:password` from the proxy URL, for `Proxy-Authorization: Basic`.
+    /// `user:password` from the proxy URL (still `%`-escaped), for `Proxy-Authorization:
+    /// Basic` or SOCKS5's username/password authentication (RFC 1929).
     pub userinfo: Option<String>,
     /// Which variable named it (for messages): `HTTPS_PROXY`, `http_proxy`, ...
     pub var: &'static str,
-    /// An `https://` proxy: the CONNECT goes inside TLS to the proxy itself.
-    pub tls: bool,
+    pub kind: ProxyKind,
 }
 
-impl HttpProxy {
+impl ForwardProxy {
     /// The proxy as messages name it: `HTTP proxy 10.0.0.9:3128 (from HTTPS_PROXY)`.
     pub fn describe(&self) -> String {
-        let kind = if self.tls { "HTTPS" } else { "HTTP" };
+        let kind = match self.kind {
+            ProxyKind::Http => "HTTP",
+            ProxyKind::Https => "HTTPS",
+            ProxyKind::Socks5 => "SOCKS5",
+        };
         format!("{kind} proxy {} (from {})", self.addr, self.var)
     }
 }
 
 /// The proxy for a dial to `target` (`host:port`), read from `env` (a lookup such as
 /// `|k| std::env::var(k).ok()`). `Ok(None)`: dial directly.
-pub fn proxy_for(target: &str, env: impl Fn(&str) -> Option<String>) -> Result<Option<HttpProxy>> {
+pub fn proxy_for(
+    target: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ForwardProxy>> {
     let get = |names: [&'static str; 2]| {
         names
             .into_iter()
@@ -64,24 +82,27 @@ pub fn proxy_for(target: &str, env: impl Fn(&str) -> Option<String>) -> Result<O
 }
 
 /// The process environment's proxy for `target`.
-pub fn from_env(target: &str) -> Result<Option<HttpProxy>> {
+pub fn from_env(target: &str) -> Result<Option<ForwardProxy>> {
     proxy_for(target, |k| std::env::var(k).ok())
 }
 
-/// `http://` or `https://[user:pass@]host[:port]` (the scheme may be left out, as Go allows:
-/// then `http`). Teleport dials both (`DialProxyWithDialer` in `api/client`: an `https` proxy
-/// is reached over TLS first); its `socks5` is not supported here.
-fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
+/// `http://`, `https://` or `socks5://[user:pass@]host[:port]` (the scheme may be left out,
+/// as Go allows: then `http`), the three Teleport dials (`DialProxyWithDialer` in
+/// `api/client`: an `https` proxy is reached over TLS first, `socks5` by
+/// `golang.org/x/net/proxy`).
+fn parse_proxy_url(var: &'static str, url: &str) -> Result<ForwardProxy> {
     let shown = redact(url);
-    let (rest, tls) = match url.split_once("://") {
-        None => (url, false),
-        Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => (r, false),
-        Some((scheme, r)) if scheme.eq_ignore_ascii_case("https") => (r, true),
-        Some((scheme, _)) => {
-            bail!(
-                "{var}={shown}: proxy scheme {scheme:?} is not supported (only http:// and https://)"
-            )
-        }
+    let (rest, kind) = match url.split_once("://") {
+        None => (url, ProxyKind::Http),
+        Some((scheme, r)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" => (r, ProxyKind::Http),
+            "https" => (r, ProxyKind::Https),
+            "socks5" => (r, ProxyKind::Socks5),
+            _ => bail!(
+                "{var}={shown}: proxy scheme {scheme:?} is not supported (only http://, \
+                 https:// and socks5://)"
+            ),
+        },
     };
     let authority = rest.split('/').next().unwrap_or_default();
     let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -91,7 +112,7 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
     if hostport.is_empty() {
         bail!("{var}={shown}: no proxy host");
     }
-    // Go's default ports: 80 for an http:// proxy, 443 for https://.
+    // Go's default ports (net/http's `canonicalAddr`): 80, 443, and 1080 for socks5://.
     let has_port = match hostport.rsplit_once(':') {
         Some((h, p)) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'),
         None => false,
@@ -99,13 +120,18 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<HttpProxy> {
     let addr = if has_port {
         hostport.to_string()
     } else {
-        format!("{hostport}:{}", if tls { 443 } else { 80 })
+        let port = match kind {
+            ProxyKind::Http => 80,
+            ProxyKind::Https => 443,
+            ProxyKind::Socks5 => 1080,
+        };
+        format!("{hostport}:{port}")
     };
-    Ok(HttpProxy {
+    Ok(ForwardProxy {
         addr,
         userinfo,
         var,
-        tls,
+        kind,
     })
 }
 
@@ -302,9 +328,9 @@ mod tests {
 
     #[test]
     fn credentials_never_reach_messages_and_schemes_are_case_blind() {
-        let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks5://u:secret@s:1080")])).unwrap_err();
+        let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks4://u:secret@s:1080")])).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
-        assert!(e.to_string().contains("socks5://***@s:1080"), "{e}");
+        assert!(e.to_string().contains("socks4://***@s:1080"), "{e}");
         let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "HTTP://s:3128")]))
             .unwrap()
             .unwrap();
@@ -317,26 +343,39 @@ mod tests {
         let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "HTTPS://u:p@s")]))
             .unwrap()
             .unwrap();
-        assert_eq!((p.addr.as_str(), p.tls), ("s:443", true));
+        assert_eq!((p.addr.as_str(), p.kind), ("s:443", ProxyKind::Https));
         assert_eq!(p.userinfo.as_deref(), Some("u:p"));
         assert_eq!(p.describe(), "HTTPS proxy s:443 (from HTTPS_PROXY)");
         let p = proxy_for("a:1", env(&[("https_proxy", "https://[fd00::1]:8443")]))
             .unwrap()
             .unwrap();
-        assert_eq!((p.addr.as_str(), p.tls), ("[fd00::1]:8443", true));
+        assert_eq!(
+            (p.addr.as_str(), p.kind),
+            ("[fd00::1]:8443", ProxyKind::Https)
+        );
         let p = proxy_for("a:1", env(&[("HTTP_PROXY", "s:3128")]))
             .unwrap()
             .unwrap();
-        assert!(!p.tls);
+        assert_eq!(p.kind, ProxyKind::Http);
         assert_eq!(p.describe(), "HTTP proxy s:3128 (from HTTP_PROXY)");
     }
 
     #[test]
+    fn a_socks5_proxy_takes_its_credentials_and_gos_default_port() {
+        let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "SOCKS5://u:p%40ss@s")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.addr.as_str(), p.kind), ("s:1080", ProxyKind::Socks5));
+        assert_eq!(p.userinfo.as_deref(), Some("u:p%40ss"));
+        assert_eq!(p.describe(), "SOCKS5 proxy s:1080 (from HTTPS_PROXY)");
+    }
+
+    #[test]
     fn unsupported_schemes_are_named() {
-        let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks5://s:1080")])).unwrap_err();
+        let e = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks4://s:1080")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "HTTPS_PROXY=socks5://s:1080: proxy scheme \"socks5\" is not supported (only http:// and https://)"
+            "HTTPS_PROXY=socks4://s:1080: proxy scheme \"socks4\" is not supported (only http://, https:// and socks5://)"
         );
     }
 }

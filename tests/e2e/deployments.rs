@@ -388,6 +388,67 @@ fn seed_flow_through_an_https_proxy() {
     assert_eq!(fw.connects().len(), before, "a CONNECT went out: {err}");
 }
 
+/// A SOCKS5 forward proxy (microsocks) that wants a user name and password: every dial is a
+/// SOCKS5 CONNECT to the cluster by name (the proxy resolves it), authenticated with the URL's
+/// `user:password` (`%`-escapes decoded). With a wrong password the proxy refuses and one line
+/// says so.
+#[test]
+fn seed_flow_through_a_socks5_proxy() {
+    let Some((cl, by_name)) = cluster_by_host_name() else {
+        return;
+    };
+    let socks = Microsocks::start("bot", "s3cr:t@x");
+    let url = format!("socks5://bot:s3cr%3At%40x@{}", socks.addr);
+    let way = Way {
+        proxy: by_name.clone(),
+        ca: cl.data_dir().join("ca.pem"),
+        env: vec![("HTTPS_PROXY".into(), url)],
+    };
+    let via = format!("via SOCKS5 proxy {} (from HTTPS_PROXY)", socks.addr);
+    let (bot, oneshot, _) = seed_flow("through a socks5 proxy", &cl, &way);
+    assert!(oneshot.contains(&via), "{oneshot}");
+    assert!(bot.log_text().contains(&via), "{}", bot.log_text());
+    let connects = socks.connects();
+    assert!(
+        connects.iter().filter(|c| **c == by_name).count() >= 6,
+        "tunnels: {connects:?}"
+    );
+    assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
+    // A wrong password: refused by the proxy, one line naming it, nothing tunnelled.
+    let before = socks.connects().len();
+    let work = tempfile::tempdir().unwrap();
+    let mut c = Command::new(idmux_bin());
+    c.args(cl.start_args_via(
+        &work.path().join("data"),
+        &work.path().join("dest"),
+        &cl.token("ci", &me()),
+        Some(&by_name),
+        Some(&cl.data_dir().join("ca.pem")),
+    ))
+    .arg("--oneshot")
+    .env("HTTPS_PROXY", format!("socks5://bot:wrong@{}", socks.addr));
+    let o = run(&mut c);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("idmux:"))
+        .unwrap_or_else(|| panic!("no idmux: line: {err}"));
+    eprintln!("a socks5 proxy refusing the password: {line}");
+    assert!(
+        line.contains(&format!(
+            "SOCKS5 proxy {} (from HTTPS_PROXY) refused CONNECT {by_name}",
+            socks.addr
+        )),
+        "{line}"
+    );
+    assert!(
+        !line.contains("wrong"),
+        "the password reached a message: {line}"
+    );
+    assert_eq!(socks.connects().len(), before, "a tunnel opened: {err}");
+}
+
 #[test]
 fn seed_flow_through_an_http_proxy() {
     let Some((cl, by_name)) = cluster_by_host_name() else {
