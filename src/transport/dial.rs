@@ -1,7 +1,7 @@
 //! The one byte stream to an address: TCP with its deadline, through a forward proxy when the
 //! environment says so ([`crate::proxy_env`], Go's rules, as tbot): an HTTP CONNECT, over TLS
-//! to an `https://` proxy (verified against the system's roots, as Teleport's
-//! `DialProxyWithDialer` does with Go's default TLS configuration), or a SOCKS5 CONNECT.
+//! to an `https://` proxy (verified against the system's roots, as Go's `net/http` and curl
+//! verify one), or a SOCKS5 CONNECT.
 //!
 //! Everything idmux sends to a proxy (web API, join, Auth, node transports, the connection
 //! upgrade's outer TLS) starts here, so `HTTPS_PROXY` is honoured for every dial and every
@@ -44,8 +44,10 @@ pub async fn connect(target: &str) -> Result<(BoxIo, Option<ForwardProxy>)> {
     }
 }
 
-/// TLS to `https://` proxies: the system's roots, no ALPN (Go's default `tls.Config`, which
-/// Teleport's dialer uses for them), built once.
+/// TLS to `https://` proxies: the system's roots, SNI the proxy's host, no ALPN, as Go's
+/// `net/http` and curl dial one, built once. (Teleport's own `DialProxyWithDialer` wraps TLS
+/// only in newer versions, with whatever configuration its caller passes; see README.md,
+/// "Known limits".)
 fn proxy_tls_config() -> Result<Arc<rustls::ClientConfig>> {
     static CONFIG: OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
         OnceLock::new();

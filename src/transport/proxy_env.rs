@@ -87,9 +87,8 @@ pub fn from_env(target: &str) -> Result<Option<ForwardProxy>> {
 }
 
 /// `http://`, `https://` or `socks5://[user:pass@]host[:port]` (the scheme may be left out,
-/// as Go allows: then `http`), the three Teleport dials (`DialProxyWithDialer` in
-/// `api/client`: an `https` proxy is reached over TLS first, `socks5` by
-/// `golang.org/x/net/proxy`).
+/// as Go allows: then `http`), the three schemes Teleport's `DialProxyWithDialer`
+/// (`api/client/proxy.go`) takes (`socks5` through `golang.org/x/net/proxy`).
 fn parse_proxy_url(var: &'static str, url: &str) -> Result<ForwardProxy> {
     let shown = redact(url);
     let (rest, kind) = match url.split_once("://") {
