@@ -264,8 +264,6 @@ fn key_file(path: &Path, kind: KeyType) -> Result<KeyPair> {
     Ok(k)
 }
 
-/// The names of the proxy's certificates: `localhost` and `extra` host names as DNS names,
-/// loopback, the listen address and `extra` IP literals as IP addresses (pure).
 /// A test setting given as an environment variable: a positive humantime duration (`1s`,
 /// `250ms`), or `None` when unset.
 pub(crate) fn duration_from_env(name: &str) -> Result<Option<Duration>> {
@@ -279,6 +277,8 @@ pub(crate) fn duration_from_env(name: &str) -> Result<Option<Duration>> {
     }
 }
 
+/// The names of the proxy's certificates: `localhost` and `extra` host names as DNS names,
+/// loopback, the listen address and `extra` IP literals as IP addresses (pure).
 pub(crate) fn cert_names(listen: SocketAddr, extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = vec!["localhost".to_string()];
     let mut ips: Vec<IpAddr> = vec![

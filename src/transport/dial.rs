@@ -53,11 +53,14 @@ fn proxy_tls_config() -> Result<Arc<rustls::ClientConfig>> {
         OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let roots = crate::tls::system_roots();
+            let (roots, trouble) = crate::tls::system_roots();
             if roots.is_empty() {
-                return Err(
-                    "no system root certificates to check it with (set SSL_CERT_FILE)".into(),
-                );
+                return Err(match trouble {
+                    Some(why) => format!("no system root certificates to check it with: {why}"),
+                    None => "no system root certificates to check it with (SSL_CERT_FILE \
+                             names a bundle)"
+                        .into(),
+                });
             }
             rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
@@ -81,18 +84,29 @@ async fn to_proxy(p: &ForwardProxy, via: &str) -> Result<BoxIo> {
     let name = crate::tls::server_name(&host)?;
     match crate::tls::handshake(via, cfg, name, tcp).await? {
         Ok(tls) => Ok(Box::new(tls)),
-        Err(e) => {
-            use rustls::CertificateError::{BadSignature, UnknownIssuer};
-            let why = match crate::tls::rustls_error(&e) {
-                Some(rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature)) => {
-                    "its certificate is not signed by any of the system's root certificates \
-                     (the OS store, or SSL_CERT_FILE / SSL_CERT_DIR when set)"
-                        .to_string()
-                }
-                _ => crate::tls::describe_tls_error(&p.addr, &[], &e),
-            };
-            bail!("{via}: {why}")
+        Err(e) => bail!("{via}: {}", proxy_tls_words(&e)),
+    }
+}
+
+/// Why the TLS handshake with a forward proxy failed, in words (no Teleport hints: no client
+/// certificate or ALPN is offered to it).
+fn proxy_tls_words(e: &std::io::Error) -> String {
+    use rustls::CertificateError::{BadSignature, UnknownIssuer};
+    match crate::tls::rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature)) => {
+            "its certificate is not signed by any of the system's root certificates (the OS \
+             store, or SSL_CERT_FILE / SSL_CERT_DIR when set)"
+                .into()
         }
+        Some(rustls::Error::InvalidCertificate(c)) => format!("its certificate was refused: {c:?}"),
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "it does not speak TLS on this port (an http:// proxy?)".into()
+        }
+        Some(other) => format!("TLS handshake failed: {other}"),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "it closed the connection during the TLS handshake".into()
+        }
+        None => format!("TLS handshake failed: {}", crate::tls::io_words(e)),
     }
 }
 
@@ -164,12 +178,38 @@ async fn socks5_connect(p: &ForwardProxy, io: BoxIo, target: &str, via: &str) ->
                     .map_err(|_| anyhow!("{via}: the user name and password must be UTF-8"))
             };
             let (user, pass) = (text(user)?, text(pass)?);
+            // RFC 1929 fields are 1-255 bytes; tokio-socks refuses others before sending.
+            for (what, v) in [("user name", &user), ("password", &pass)] {
+                if v.is_empty() || v.len() > 255 {
+                    bail!("{via}: its {what} must be 1 to 255 bytes for SOCKS5 (RFC 1929)");
+                }
+            }
             Socks5Stream::connect_with_password_and_socket(io, to, &user, &pass).await
         }
     };
-    match r {
-        Ok(s) => Ok(Box::new(s)),
-        Err(e) => bail!("{via} refused CONNECT {target}: {e}"),
+    r.map(|s| Box::new(s) as BoxIo)
+        .map_err(|e| anyhow!("{via}{}", socks5_words(&e, target)))
+}
+
+/// A SOCKS5 failure, worded after the proxy's name: what it refused, or what went wrong.
+fn socks5_words(e: &tokio_socks::Error, target: &str) -> String {
+    use tokio_socks::Error as E;
+    match e {
+        E::Io(io) => format!(": SOCKS5 CONNECT {target}: {}", crate::tls::io_words(io)),
+        E::PasswordAuthFailure(_) => " refused the user name and password".into(),
+        E::NoAcceptableAuthMethods => {
+            " accepts none of the offered authentications (a user name and password in the URL?)"
+                .into()
+        }
+        E::GeneralSocksServerFailure
+        | E::ConnectionNotAllowedByRuleset
+        | E::NetworkUnreachable
+        | E::HostUnreachable
+        | E::ConnectionRefused
+        | E::TtlExpired
+        | E::CommandNotSupported
+        | E::AddressTypeNotSupported => format!(" refused CONNECT {target}: {e}"),
+        other => format!(": SOCKS5 CONNECT {target}: {other}"),
     }
 }
 
@@ -179,10 +219,11 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                out.push(v);
+        if b[i] == b'%' && i + 3 <= b.len() {
+            let (h, l) = (b[i + 1], b[i + 2]);
+            if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() {
+                let v = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(v(h) << 4 | v(l));
                 i += 3;
                 continue;
             }
@@ -202,6 +243,8 @@ mod tests {
     fn userinfo_is_percent_decoded() {
         assert_eq!(percent_decode("u%40x:p%3Aw"), b"u@x:p:w");
         assert_eq!(percent_decode("plain:pw%"), b"plain:pw%");
+        assert_eq!(percent_decode("a%+5b"), b"a%+5b", "two hex digits, no sign");
+        assert_eq!(percent_decode("end%41"), b"endA");
         assert_eq!(
             percent_decode("u:%aé"),
             "u:%aé".as_bytes(),

@@ -26,8 +26,8 @@ pub enum ProxyKind {
     Socks5,
 }
 
-/// A forward proxy every dial goes through.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A forward proxy every dial goes through. (Its `Debug` leaves the credentials out.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct ForwardProxy {
     /// `host:port` of the proxy.
     pub addr: String,
@@ -37,6 +37,17 @@ pub struct ForwardProxy {
     /// Which variable named it (for messages): `HTTPS_PROXY`, `http_proxy`, ...
     pub var: &'static str,
     pub kind: ProxyKind,
+}
+
+impl std::fmt::Debug for ForwardProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardProxy")
+            .field("addr", &self.addr)
+            .field("userinfo", &self.userinfo.as_ref().map(|_| "***"))
+            .field("var", &self.var)
+            .field("kind", &self.kind)
+            .finish()
+    }
 }
 
 impl ForwardProxy {
@@ -126,6 +137,14 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<ForwardProxy> {
         };
         format!("{hostport}:{port}")
     };
+    // What Go's url.Parse refuses (an unescaped `/` or `@` in a password cuts the URL short,
+    // a bad port, an IPv6 literal without brackets) must not become an address.
+    let bracketed = addr.starts_with('[');
+    if !matches!(idmux_wire::hostport::split(&addr),
+                 Ok((h, p)) if p > 0 && (bracketed || !h.contains(':')))
+    {
+        bail!("{var}={shown}: not a proxy URL (want scheme://[user:password@]host[:port], with `%`-escapes in the user name and password)");
+    }
     Ok(ForwardProxy {
         addr,
         userinfo,
@@ -134,18 +153,15 @@ fn parse_proxy_url(var: &'static str, url: &str) -> Result<ForwardProxy> {
     })
 }
 
-/// `url` with any `user:password@` replaced by `***@`, for messages.
+/// `url` with everything between the scheme and the last `@` replaced by `***`, for messages:
+/// a password with an unescaped `/` or `@` in it is hidden too.
 fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) => (format!("{s}://"), r),
         None => (String::new(), url),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}***@{host}{path}"),
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}"),
         None => url.to_string(),
     }
 }
@@ -367,6 +383,30 @@ mod tests {
         assert_eq!((p.addr.as_str(), p.kind), ("s:1080", ProxyKind::Socks5));
         assert_eq!(p.userinfo.as_deref(), Some("u:p%40ss"));
         assert_eq!(p.describe(), "SOCKS5 proxy s:1080 (from HTTPS_PROXY)");
+    }
+
+    #[test]
+    fn urls_go_refuses_are_refused_without_showing_the_password() {
+        for url in [
+            "https://u:pa/ss@h",
+            "http://s:abc",
+            "https://fd00::1",
+            "http://:3128",
+        ] {
+            let e = match proxy_for("a:1", |k| (k == "HTTPS_PROXY").then(|| url.to_string())) {
+                Ok(p) => panic!("{url} gave {p:?}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains("not a proxy URL") || e.contains("no proxy host"),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("pa/ss") && !e.contains("u:pa"), "{url}: {e}");
+        }
+        let p = proxy_for("a:1", env(&[("HTTPS_PROXY", "socks5://u:secret@s:1080")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{p:?}").contains("secret"), "{p:?}");
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl Route {
         let via = match crate::proxy_env::from_env(self.node_addr()) {
             Ok(Some(p)) => format!(", via {}", p.describe()),
             Ok(None) => String::new(),
-            Err(e) => format!(", HTTP proxy setting unusable: {e}"),
+            Err(e) => format!(", proxy setting unusable: {e}"),
         };
         format!("{way}{via} ({})", self.why)
     }

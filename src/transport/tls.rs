@@ -124,14 +124,16 @@ pub fn aes_gcm_hardware() -> bool {
 }
 
 /// The system's root certificates (`rustls-native-certs`: the OS store, or `SSL_CERT_FILE` /
-/// `SSL_CERT_DIR` when set, as Go's `crypto/x509` reads them on Linux). Certificates that do
-/// not parse are skipped, as Go skips them.
-pub(crate) fn system_roots() -> RootCertStore {
+/// `SSL_CERT_DIR` when set, as Go's `crypto/x509` reads them on Linux), and the first problem
+/// loading them (a missing or unreadable file, named), if any. Certificates that do not parse
+/// are skipped, as Go skips them.
+pub(crate) fn system_roots() -> (RootCertStore, Option<String>) {
+    let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
+    for c in found.certs {
         let _ = roots.add(c);
     }
-    roots
+    (roots, found.errors.first().map(|e| e.to_string()))
 }
 
 /// The TLS server name for a host: an IP address when the host is an IP literal.

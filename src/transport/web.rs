@@ -161,7 +161,7 @@ impl WebClient {
             }
             Trust::System | Trust::SystemAnd(_) => {
                 use rustls_pki_types::pem::PemObject;
-                let mut roots = crate::tls::system_roots();
+                let (mut roots, trouble) = crate::tls::system_roots();
                 if let Trust::SystemAnd(pems) = trust {
                     for pem in pems {
                         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -171,7 +171,14 @@ impl WebClient {
                     }
                 }
                 if roots.is_empty() {
-                    bail!("no system root certificates found; pass --ca-path with the proxy's CA");
+                    match trouble {
+                        Some(why) => bail!(
+                            "no system root certificates found ({why}); pass --ca-path with the proxy's CA"
+                        ),
+                        None => bail!(
+                            "no system root certificates found; pass --ca-path with the proxy's CA"
+                        ),
+                    }
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
