@@ -688,6 +688,15 @@ impl Drop for BotProc {
     }
 }
 
+/// The one `idmux:` line of a command's stderr (an error is one line naming what is at
+/// fault); fails the test when there is not exactly one.
+pub fn error_line(o: &Output) -> String {
+    let e = stderr(o);
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("idmux:")).collect();
+    assert_eq!(lines.len(), 1, "want one idmux: line, got {e:?}");
+    lines[0].to_string()
+}
+
 /// Send SIGTERM to a process (a bot, a multiplexer) the test started.
 pub fn sigterm(pid: u32) {
     nix::sys::signal::kill(

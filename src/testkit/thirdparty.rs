@@ -174,6 +174,32 @@ fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// Start a third-party server on a free loopback port: `spawn(addr)` starts it listening on
+/// `addr`; when it does not, another port is tried if the one picked was taken meanwhile
+/// ("in use" in `logs()`), else this panics with `logs()`.
+fn spawn_on_free_port(
+    what: &str,
+    mut spawn: impl FnMut(SocketAddr) -> Child,
+    logs: impl Fn() -> String,
+) -> (Child, SocketAddr) {
+    let mut why = String::new();
+    for _ in 0..PORT_TRIES {
+        let addr = free_addr();
+        let mut child = spawn(addr);
+        match wait_listening(&mut child, addr) {
+            Ok(()) => return (child, addr),
+            Err(e) => {
+                stop_child(&mut child, Duration::from_secs(2));
+                why = format!("{e}\n{}", logs());
+                if !why.contains("in use") {
+                    break;
+                }
+            }
+        }
+    }
+    panic!("{what} did not start: {why}");
+}
+
 fn free_addr() -> SocketAddr {
     let port = idmux_devcluster::node::free_port().expect("a free loopback port");
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -260,47 +286,36 @@ impl Nginx {
         let certs = TestCerts::for_loopback(&prefix.join("tls"));
         let upstream_ca = std::fs::canonicalize(upstream_ca)
             .unwrap_or_else(|e| panic!("upstream CA {}: {e}", upstream_ca.display()));
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
-            let addr = free_addr();
-            let conf = nginx_conf(&prefix, addr, upstream, &upstream_ca, &certs);
-            std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-            let _ = std::fs::remove_file(prefix.join("error.log"));
-            let mut child = Command::new(NGINX_BIN)
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(prefix.join("nginx.conf"))
-                .arg("-e")
-                .arg(prefix.join("error.log"))
-                .args(["-g", "daemon off;"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(prefix.join("stderr.log")).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {NGINX_BIN}: {e}"));
-            match wait_listening(&mut child, addr) {
-                Ok(()) => {
-                    return Nginx {
-                        addr: addr.to_string(),
-                        ca_pem: certs.ca_pem,
-                        log_dir: prefix,
-                        upstream: upstream.to_string(),
-                        child: Some(child),
-                        _dir: dir,
-                    };
-                }
-                Err(e) => {
-                    stop_child(&mut child, Duration::from_secs(2));
-                    why = format!("{e}\n{}", read_logs(&prefix));
-                    // Only a lost port race is worth another try.
-                    if !why.contains("Address already in use") {
-                        break;
-                    }
-                }
-            }
+        let (child, addr) = spawn_on_free_port(
+            "nginx",
+            |addr| {
+                let conf = nginx_conf(&prefix, addr, upstream, &upstream_ca, &certs);
+                std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+                let _ = std::fs::remove_file(prefix.join("error.log"));
+                Command::new(NGINX_BIN)
+                    .arg("-p")
+                    .arg(&prefix)
+                    .arg("-c")
+                    .arg(prefix.join("nginx.conf"))
+                    .arg("-e")
+                    .arg(prefix.join("error.log"))
+                    .args(["-g", "daemon off;"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(prefix.join("stderr.log")).unwrap())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {NGINX_BIN}: {e}"))
+            },
+            || read_logs(&prefix),
+        );
+        Nginx {
+            addr: addr.to_string(),
+            ca_pem: certs.ca_pem,
+            log_dir: prefix,
+            upstream: upstream.to_string(),
+            child: Some(child),
+            _dir: dir,
         }
-        panic!("nginx did not start: {why}");
     }
 
     /// nginx's error log (and anything it wrote to stderr).
@@ -456,52 +471,47 @@ impl Tinyproxy {
             .unwrap();
         let log_path = dir.path().join("tinyproxy.log");
         let conf_path = dir.path().join("tinyproxy.conf");
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
-            let addr = free_addr();
-            // No ConnectPort line: CONNECT to every port (the Debian default file allows only
-            // 443 and 563). No User/Group: as root tinyproxy 1.11 warns and stays root, which
-            // keeps its log in the (root-only) tempdir writable.
-            let conf = format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 100\n\
-                 Allow 127.0.0.1\nLogFile \"{log}\"\nLogLevel Connect\nPidFile \"{pid}\"\n",
-                port = addr.port(),
-                log = log_path.display(),
-                pid = dir.path().join("tinyproxy.pid").display(),
-            );
-            std::fs::write(&conf_path, conf).unwrap();
-            let _ = std::fs::remove_file(&log_path);
-            let mut child = Command::new(TINYPROXY_BIN)
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {TINYPROXY_BIN}: {e}"));
-            match wait_listening(&mut child, addr) {
-                Ok(()) => {
-                    return Tinyproxy {
-                        addr: addr.to_string(),
-                        log_path,
-                        child: Some(child),
-                        dir,
-                    };
-                }
-                Err(e) => {
-                    stop_child(&mut child, Duration::from_secs(2));
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    let err =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    why = format!("{e}\n--- tinyproxy log:\n{log}--- stderr:\n{err}");
-                    if !why.contains("in use") {
-                        break;
-                    }
-                }
-            }
+        let stderr_path = dir.path().join("stderr.log");
+        let (child, addr) = spawn_on_free_port(
+            "tinyproxy",
+            |addr| {
+                // No ConnectPort line: CONNECT to every port (the Debian default file allows
+                // only 443 and 563). No User/Group: as root tinyproxy 1.11 warns and stays
+                // root, which keeps its log in the (root-only) tempdir writable.
+                let conf = format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 100\n\
+                     Allow 127.0.0.1\nLogFile \"{log}\"\nLogLevel Connect\nPidFile \"{pid}\"\n",
+                    port = addr.port(),
+                    log = log_path.display(),
+                    pid = dir.path().join("tinyproxy.pid").display(),
+                );
+                std::fs::write(&conf_path, conf).unwrap();
+                let _ = std::fs::remove_file(&log_path);
+                Command::new(TINYPROXY_BIN)
+                    .arg("-d")
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&stderr_path).unwrap())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {TINYPROXY_BIN}: {e}"))
+            },
+            || {
+                let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+                format!(
+                    "--- tinyproxy log:\n{}--- stderr:\n{}",
+                    read(&log_path),
+                    read(&stderr_path)
+                )
+            },
+        );
+        Tinyproxy {
+            addr: addr.to_string(),
+            log_path,
+            child: Some(child),
+            dir,
         }
-        panic!("tinyproxy did not start: {why}");
     }
 
     /// `http://127.0.0.1:PORT`, for `curl -x` or `HTTPS_PROXY`.
@@ -565,45 +575,35 @@ impl TlsFront {
         let certs = TestCerts::for_loopback(&dir.path().join("certs"));
         let conf_path = dir.path().join("stunnel.conf");
         let log_path = dir.path().join("stunnel.log");
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
-            let addr = free_addr();
-            let conf = format!(
-                "foreground = yes\npid =\ndebug = 5\nsslVersionMin = TLSv1.2\n\
-                 [front]\naccept = {addr}\nconnect = {upstream}\ncert = {cert}\nkey = {key}\n",
-                cert = certs.cert_pem.display(),
-                key = certs.key_pem.display(),
-            );
-            std::fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new(STUNNEL_BIN)
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_path).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {STUNNEL_BIN}: {e}"));
-            match wait_listening(&mut child, addr) {
-                Ok(()) => {
-                    return TlsFront {
-                        addr: addr.to_string(),
-                        ca_pem: certs.ca_pem,
-                        child: Some(child),
-                        dir,
-                    };
-                }
-                Err(e) => {
-                    stop_child(&mut child, Duration::from_secs(2));
-                    why = format!(
-                        "{e}\n--- stunnel log:\n{}",
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                    if !why.contains("in use") {
-                        break;
-                    }
-                }
-            }
+        let (child, addr) = spawn_on_free_port(
+            "stunnel",
+            |addr| {
+                let conf = format!(
+                    "foreground = yes\npid =\ndebug = 5\nsslVersionMin = TLSv1.2\n\
+                     [front]\naccept = {addr}\nconnect = {upstream}\ncert = {cert}\nkey = {key}\n",
+                    cert = certs.cert_pem.display(),
+                    key = certs.key_pem.display(),
+                );
+                std::fs::write(&conf_path, conf).unwrap();
+                Command::new(STUNNEL_BIN)
+                    .arg(&conf_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log_path).unwrap())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {STUNNEL_BIN}: {e}"))
+            },
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                format!("--- stunnel log:\n{log}")
+            },
+        );
+        TlsFront {
+            addr: addr.to_string(),
+            ca_pem: certs.ca_pem,
+            child: Some(child),
+            dir,
         }
-        panic!("stunnel did not start: {why}");
     }
 
     /// stunnel's log (`debug = 5`: a line per accepted connection, and the bytes each relayed).
@@ -640,32 +640,28 @@ impl Microsocks {
             .tempdir()
             .unwrap();
         let log_path = dir.path().join("microsocks.log");
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
-            let addr = free_addr();
-            let mut child = Command::new(MICROSOCKS_BIN)
-                .args(["-i", "127.0.0.1", "-p", &addr.port().to_string()])
-                .args(["-u", user, "-P", password])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_path).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {MICROSOCKS_BIN}: {e}"));
-            match wait_listening(&mut child, addr) {
-                Ok(()) => {
-                    return Microsocks {
-                        addr: addr.to_string(),
-                        child: Some(child),
-                        dir,
-                    };
-                }
-                Err(e) => {
-                    stop_child(&mut child, Duration::from_secs(2));
-                    why = e;
-                }
-            }
+        let (child, addr) = spawn_on_free_port(
+            "microsocks",
+            |addr| {
+                Command::new(MICROSOCKS_BIN)
+                    .args(["-i", "127.0.0.1", "-p", &addr.port().to_string()])
+                    .args(["-u", user, "-P", password])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log_path).unwrap())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {MICROSOCKS_BIN}: {e}"))
+            },
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                format!("--- microsocks log:\n{log}")
+            },
+        );
+        Microsocks {
+            addr: addr.to_string(),
+            child: Some(child),
+            dir,
         }
-        panic!("microsocks did not start: {why}");
     }
 
     /// The targets (`host:port`) it opened tunnels to, from lines such as `client[5]

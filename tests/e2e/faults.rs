@@ -484,12 +484,6 @@ fn destination_disk_full_during_renewal() {
 }
 
 /// The one `idmux:` line of a failed command.
-fn error_line(o: &std::process::Output) -> String {
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("idmux:")).collect();
-    assert_eq!(lines.len(), 1, "want one idmux: line, got {e:?}");
-    lines[0].to_string()
-}
 
 #[test]
 fn data_dir_lock_held() {

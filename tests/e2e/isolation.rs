@@ -477,12 +477,6 @@ fn forwarder(to: &str) -> String {
 }
 
 /// The one `idmux:` line of a failed command.
-fn error_line(o: &Output) -> String {
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("idmux:")).collect();
-    assert_eq!(lines.len(), 1, "want one idmux: line, got {e:?}");
-    lines[0].to_string()
-}
 
 #[test]
 fn idmux_refuses_a_foreign_or_misnamed_proxy() {
