@@ -3,12 +3,16 @@
  * BUF-sized writes and reads, nothing else. Each side reports its own user+system CPU time
  * (getrusage RUSAGE_SELF) and the wall time, as one JSON line:
  *
- *   hop unix|tcp BYTES [BUF]
- *   {"kind":"tcp","bytes":...,"buf":65536,"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
+ *   hop unix|tcp BYTES [BUF [WRITER_CPU READER_CPU]]
+ *   {"kind":"tcp","bytes":...,"buf":65536,"cpus":[0,1],"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
+ *
+ * With the CPUs given, the writer and the reader are pinned to them (the same one for both
+ * ends on one core); without, they run where the scheduler puts them ("cpus":[-1,-1]).
  *
  * On loopback TCP the sender's context also runs the receive path (softirq), so the writer's
  * CPU holds most of the hop's cost; that is what a relay writing to TCP pays. Where the two
- * processes run is the caller's choice (measure.py pins both to one core for the limit).
+ * processes run is the caller's choice (measure.py pins both to one core for the limit, and
+ * to two for the comparison).
  *
  *   hop wake ROUND_TRIPS
  *   {"kind":"wake","round_trips":...,"cpus":[0,1],"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
@@ -66,7 +70,8 @@ static int wake(long long n) {
         return 1;
     }
     int sv[2], res[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(res)) die("socketpair");
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
+    if (pipe(res)) die("pipe");
     char b = 0;
     double t0 = now();
     pid_t pid = fork();
@@ -98,13 +103,14 @@ static int wake(long long n) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: hop unix|tcp BYTES [BUF] | hop wake ROUND_TRIPS\n");
+        fprintf(stderr, "usage: hop unix|tcp BYTES [BUF [WRITER_CPU READER_CPU]] | hop wake ROUND_TRIPS\n");
         return 2;
     }
     if (strcmp(argv[1], "wake") == 0) return wake(atoll(argv[2]));
     int tcp = strcmp(argv[1], "tcp") == 0;
     long long total = atoll(argv[2]);
     size_t buf = argc > 3 ? (size_t)atol(argv[3]) : 65536;
+    int wcpu = argc > 5 ? atoi(argv[4]) : -1, rcpu = argc > 5 ? atoi(argv[5]) : -1;
     int wfd, rfd;
     if (tcp) {
         int l = socket(AF_INET, SOCK_STREAM, 0);
@@ -133,6 +139,7 @@ int main(int argc, char **argv) {
     if (pid < 0) die("fork");
     if (pid == 0) { /* writer */
         close(rfd);
+        if (wcpu >= 0) pin(wcpu);
         double c0 = cpu_self();
         long long left = total;
         while (left > 0) {
@@ -146,6 +153,7 @@ int main(int argc, char **argv) {
         _exit(0);
     }
     close(wfd);
+    if (rcpu >= 0) pin(rcpu);
     double c0 = cpu_self();
     long long got = 0;
     for (;;) {
@@ -163,7 +171,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "hop: got %lld of %lld bytes\n", got, total);
         return 1;
     }
-    printf("{\"kind\":\"%s\",\"bytes\":%lld,\"buf\":%zu,\"wall_s\":%.6f,\"writer_cpu_s\":%.6f,\"reader_cpu_s\":%.6f}\n",
-           tcp ? "tcp" : "unix", total, buf, wall, wc, rc);
+    printf("{\"kind\":\"%s\",\"bytes\":%lld,\"buf\":%zu,\"cpus\":[%d,%d],\"wall_s\":%.6f,"
+           "\"writer_cpu_s\":%.6f,\"reader_cpu_s\":%.6f}\n",
+           tcp ? "tcp" : "unix", total, buf, wcpu, rcpu, wall, wc, rc);
     return 0;
 }
