@@ -929,8 +929,8 @@ def relay_limit(hop, nbytes=GIB, runs=3):
     log(f"relay limit: AES-128-GCM {fmt(parts[0], 3)} s/GiB + half a unix hop {fmt(parts[1], 3)} + half a TCP "
         f"hop {fmt(parts[2], 3)} (one core) = {fmt(out['s_per_gib'], 3)} s/GiB (AES-256-GCM "
         f"{fmt(out['aes-256-gcm']['s_per_gib'], 3)}; on two cores, unix hop {fmt(hops2['unix']['both_s_per_gib'], 3)}, "
-        f"TCP {fmt(hops2['tcp']['both_s_per_gib'], 3)}; a sleep and wake-up across cores "
-        f"{fmt(out['wake_us'], 1)} us)")
+        f"TCP {fmt(hops2['tcp']['both_s_per_gib'], 3)}; a byte's round trip across cores "
+        f"{fmt(out['wake_us'], 1)} us per side)")
     return out
 
 
