@@ -319,6 +319,25 @@ fn cluster_by_host_name() -> Option<(DevCluster, String)> {
     Some((cl, format!("{host}:{port}")))
 }
 
+/// A fresh bot's `--oneshot` against `cl` by `by_name` with `env`, which must fail: its stderr
+/// and its one error line.
+fn failed_oneshot(cl: &DevCluster, by_name: &str, env: &[(&str, String)]) -> (String, String) {
+    let work = tempfile::tempdir().unwrap();
+    let mut c = Command::new(idmux_bin());
+    c.args(cl.start_args_via(
+        &work.path().join("data"),
+        &work.path().join("dest"),
+        &cl.token("ci", &me()),
+        Some(by_name),
+        Some(&cl.data_dir().join("ca.pem")),
+    ))
+    .arg("--oneshot")
+    .envs(env.iter().map(|(k, v)| (k, v)));
+    let o = run(&mut c);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    (stderr(&o), error_line(&o))
+}
+
 /// An `https://` forward proxy (tinyproxy behind stunnel4's TLS): every dial goes over TLS to
 /// it, checked against the system's roots (here `SSL_CERT_FILE`, as Go reads it), then
 /// CONNECT. Without its CA among the roots, nothing is sent to it: one line names the proxy
@@ -360,21 +379,17 @@ fn seed_flow_through_an_https_proxy() {
     );
     // The system's roots without the proxy's CA: refused before any CONNECT.
     let before = fw.connects().len();
-    let work = tempfile::tempdir().unwrap();
-    let mut c = Command::new(idmux_bin());
-    c.args(cl.start_args_via(
-        &work.path().join("data"),
-        &work.path().join("dest"),
-        &cl.token("ci", &me()),
-        Some(&by_name),
-        Some(&cl.data_dir().join("ca.pem")),
-    ))
-    .arg("--oneshot")
-    .env("HTTPS_PROXY", &url)
-    .env("SSL_CERT_FILE", cl.data_dir().join("ca.pem"));
-    let o = run(&mut c);
-    assert!(!o.status.success());
-    let (err, line) = (stderr(&o), error_line(&o));
+    let (err, line) = failed_oneshot(
+        &cl,
+        &by_name,
+        &[
+            ("HTTPS_PROXY", url.clone()),
+            (
+                "SSL_CERT_FILE",
+                cl.data_dir().join("ca.pem").display().to_string(),
+            ),
+        ],
+    );
     eprintln!("an https proxy whose CA is not among the roots: {line}");
     assert!(
         line.contains(&format!("HTTPS proxy {} (from HTTPS_PROXY)", front.addr))
@@ -412,20 +427,11 @@ fn seed_flow_through_a_socks5_proxy() {
     assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
     // A wrong password: refused by the proxy, one line naming it, nothing tunnelled.
     let before = socks.connects().len();
-    let work = tempfile::tempdir().unwrap();
-    let mut c = Command::new(idmux_bin());
-    c.args(cl.start_args_via(
-        &work.path().join("data"),
-        &work.path().join("dest"),
-        &cl.token("ci", &me()),
-        Some(&by_name),
-        Some(&cl.data_dir().join("ca.pem")),
-    ))
-    .arg("--oneshot")
-    .env("HTTPS_PROXY", format!("socks5://bot:wrong@{}", socks.addr));
-    let o = run(&mut c);
-    assert!(!o.status.success());
-    let (err, line) = (stderr(&o), error_line(&o));
+    let (err, line) = failed_oneshot(
+        &cl,
+        &by_name,
+        &[("HTTPS_PROXY", format!("socks5://bot:wrong@{}", socks.addr))],
+    );
     eprintln!("a socks5 proxy refusing the password: {line}");
     assert_eq!(
         line,
