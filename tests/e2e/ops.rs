@@ -580,12 +580,8 @@ fn benchmark_hop_timer_reports_each_mode() {
         .arg(&hop)
         .arg(root.join("benches/hop.c")));
     assert!(o.status.success(), "{}", stderr(&o));
-    let field = |json: &str, key: &str| -> String {
-        let at = json
-            .find(&format!("\"{key}\":"))
-            .unwrap_or_else(|| panic!("{key} in {json}"));
-        let rest = &json[at + key.len() + 3..];
-        rest[..rest.find([',', '}']).unwrap()].to_string()
+    let json = |o: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
     };
     // The first CPU this process may use (the suite's machines have two or more).
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -595,24 +591,24 @@ fn benchmark_hop_timer_reports_each_mode() {
         .unwrap()
         .trim();
     let first = list.split([',', '-']).next().unwrap().to_string();
+    let cpu: i64 = first.parse().unwrap();
     for kind in ["unix", "tcp"] {
         let o = run(Command::new(&hop).args([kind, "8388608", "65536", &first, &first]));
         assert!(o.status.success(), "{kind}: {}", stderr(&o));
-        let j = stdout(&o);
-        assert_eq!(field(&j, "kind"), format!("\"{kind}\""));
-        assert_eq!(field(&j, "bytes"), "8388608");
-        assert!(j.contains(&format!("\"cpus\":[{first},{first}]")), "{j}");
+        let j = json(&o);
+        assert_eq!(j["kind"], kind, "{j}");
+        assert_eq!(j["bytes"], 8388608, "{j}");
+        assert_eq!(j["cpus"], serde_json::json!([cpu, cpu]), "{j}");
         for k in ["wall_s", "writer_cpu_s", "reader_cpu_s"] {
-            assert!(field(&j, k).parse::<f64>().unwrap() >= 0.0, "{k} in {j}");
+            assert!(j[k].as_f64().unwrap() >= 0.0, "{k} in {j}");
         }
     }
     // The ping-pong is pinned to two different cores (the suite's machines have two).
     let o = run(Command::new(&hop).args(["wake", "200"]));
     assert!(o.status.success(), "wake: {}", stderr(&o));
-    let j = stdout(&o);
-    assert_eq!(field(&j, "round_trips"), "200");
-    let cpus = &j[j.find("\"cpus\":[").unwrap() + 8..];
-    let cpus: Vec<&str> = cpus[..cpus.find(']').unwrap()].split(',').collect();
+    let j = json(&o);
+    assert_eq!(j["round_trips"], 200, "{j}");
+    let cpus = j["cpus"].as_array().unwrap();
     assert_eq!(cpus.len(), 2, "{j}");
     assert_ne!(cpus[0], cpus[1], "both ends on one core: {j}");
     // One core cannot host it, and says so.
