@@ -174,6 +174,19 @@ fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// A fresh tempdir (`idmux-NAME-…`) for a third-party server whose binary `bin` must be
+/// installed (by `scripts/install-deps.sh`; its absence fails the test in those words).
+fn workdir(bin: &str, name: &str) -> tempfile::TempDir {
+    assert!(
+        Path::new(bin).exists(),
+        "{bin} is missing: run scripts/install-deps.sh"
+    );
+    tempfile::Builder::new()
+        .prefix(&format!("idmux-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
 /// Start a third-party server on a free loopback port: `spawn(addr)` starts it listening on
 /// `addr`; when it does not, another port is tried if the one picked was taken meanwhile
 /// ("in use" in `logs()`), else this panics with `logs()`.
@@ -274,14 +287,7 @@ impl Nginx {
     /// Start nginx proxying to `upstream` (`host:port` of the dev cluster's TLS web port),
     /// verifying the upstream's certificate against `upstream_ca`; waits until it listens.
     pub fn start(upstream: &str, upstream_ca: &Path) -> Nginx {
-        assert!(
-            Path::new(NGINX_BIN).exists(),
-            "{NGINX_BIN} is missing: run scripts/install-deps.sh"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("idmux-nginx-")
-            .tempdir()
-            .unwrap();
+        let dir = workdir(NGINX_BIN, "nginx");
         let prefix = dir.path().to_path_buf();
         let certs = TestCerts::for_loopback(&prefix.join("tls"));
         let upstream_ca = std::fs::canonicalize(upstream_ca)
@@ -461,14 +467,7 @@ pub struct Tinyproxy {
 
 impl Tinyproxy {
     pub fn start() -> Tinyproxy {
-        assert!(
-            Path::new(TINYPROXY_BIN).exists(),
-            "{TINYPROXY_BIN} is missing: run scripts/install-deps.sh"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("idmux-tinyproxy-")
-            .tempdir()
-            .unwrap();
+        let dir = workdir(TINYPROXY_BIN, "tinyproxy");
         let log_path = dir.path().join("tinyproxy.log");
         let conf_path = dir.path().join("tinyproxy.conf");
         let stderr_path = dir.path().join("stderr.log");
@@ -564,14 +563,7 @@ pub struct TlsFront {
 
 impl TlsFront {
     pub fn start(upstream: &str) -> TlsFront {
-        assert!(
-            Path::new(STUNNEL_BIN).exists(),
-            "{STUNNEL_BIN} is missing: run scripts/install-deps.sh"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("idmux-stunnel-")
-            .tempdir()
-            .unwrap();
+        let dir = workdir(STUNNEL_BIN, "stunnel");
         let certs = TestCerts::for_loopback(&dir.path().join("certs"));
         let conf_path = dir.path().join("stunnel.conf");
         let log_path = dir.path().join("stunnel.log");
@@ -631,14 +623,7 @@ pub struct Microsocks {
 
 impl Microsocks {
     pub fn start(user: &str, password: &str) -> Microsocks {
-        assert!(
-            Path::new(MICROSOCKS_BIN).exists(),
-            "{MICROSOCKS_BIN} is missing: run scripts/install-deps.sh"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("idmux-microsocks-")
-            .tempdir()
-            .unwrap();
+        let dir = workdir(MICROSOCKS_BIN, "microsocks");
         let log_path = dir.path().join("microsocks.log");
         let (child, addr) = spawn_on_free_port(
             "microsocks",
