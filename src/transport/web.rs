@@ -171,14 +171,8 @@ impl WebClient {
                     }
                 }
                 if roots.is_empty() {
-                    match trouble {
-                        Some(why) => bail!(
-                            "no system root certificates found ({why}); pass --ca-path with the proxy's CA"
-                        ),
-                        None => bail!(
-                            "no system root certificates found; pass --ca-path with the proxy's CA"
-                        ),
-                    }
+                    let why = trouble.map(|w| format!(" ({w})")).unwrap_or_default();
+                    bail!("no system root certificates found{why}; pass --ca-path with the proxy's CA");
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
