@@ -17,9 +17,10 @@
  *   hop wake ROUND_TRIPS
  *   {"kind":"wake","round_trips":...,"cpus":[0,1],"wall_s":...,"writer_cpu_s":...,"reader_cpu_s":...}
  *
- * What one sleep and wake-up across cores costs: two processes pinned to different cores pass
- * one byte back and forth over a unix socketpair, so each side sleeps and is woken once per
- * round trip. (A relay that waits for its next read pays this each time it sleeps.) */
+ * A byte's round trip across cores: two processes pinned to different cores pass one byte
+ * back and forth over a unix socketpair, so each side wakes the other, sleeps and is woken
+ * once per round trip. (What a relay pays per wait is less: the waker's share is charged to
+ * its peer, and a busy core wakes more cheaply than an idle one.) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>

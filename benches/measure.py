@@ -875,12 +875,12 @@ def relay_limit(hop, nbytes=GIB, runs=3):
     user CPU per byte at 16 KiB, TLS's record size) plus its end of two socket hops (benches/hop.c:
     a unix socket, which the daemon reads the session from, and loopback TCP, which it writes the
     TLS records to), medians of `runs`. The hops are measured with both ends on one core, so they
-    hold the bytes' own cost (copies, the TCP stack) and no sleep and wake-up across cores, which
-    a relay pays per wait and not per byte; a hop's CPU is split evenly between its two ends,
+    hold the bytes' own cost (copies, the TCP stack) and no waking across cores, which a relay
+    pays per wait and not per byte; a hop's CPU is split evenly between its two ends,
     because where the kernel charges loopback TCP's receive path (the sender's softirq, or the
     reader when it holds the socket) changes from run to run while the sum does not. The same
-    hops on two cores, and what one sleep and wake-up across cores costs (`hop wake`), are
-    measured beside it, to show what the limit leaves out."""
+    hops pinned to two cores, and a byte's round trip across cores (`hop wake`, CPU per side),
+    are measured beside it, to show what the limit leaves out."""
     out = {}
     for alg in ("aes-256-gcm", "aes-128-gcm"):
         o = subprocess.run(["openssl", "speed", "-evp", alg, "-seconds", "2", "-bytes", "16384", "-mr"],
@@ -916,7 +916,8 @@ def relay_limit(hop, nbytes=GIB, runs=3):
         hops[kind] = per_gib(hop_runs([kind, str(nbytes), "65536", str(first), str(first)]))
         hops2[kind] = per_gib(hop_runs([kind, str(nbytes), "65536", str(first), str(second)]))
     out["hops"], out["hops_two_cores"] = hops, hops2
-    # One sleep and wake-up across cores: each side of a round trip sleeps and is woken once.
+    # A byte's round trip across cores, CPU per side: each side wakes the other, sleeps and is
+    # woken once per round trip.
     n = 10000
     ws = hop_runs(["wake", str(n)])
     out["wake_us"] = (statistics.median((x["writer_cpu_s"] + x["reader_cpu_s"]) / (2 * n) for x in ws) * 1e6
