@@ -18,6 +18,9 @@
 //! its own, so the relay simply reads the next frame once the last one is written. Input EOF
 //! ends the request side; the response stream's end (or error status, written to the error
 //! stream) ends the relay. `agent` frames go to the in-memory agent, started on the first.
+//!
+//! Both: the node's bytes that have already arrived when the output is written go out in one
+//! vectored write ([`Gather`]); nothing waits for more.
 
 use anyhow::{anyhow, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -34,7 +37,7 @@ use crate::grpc::{self, GrpcNode, FRAME_SIZE};
 use crate::link::Node;
 use crate::proxy_ssh;
 use crate::sshproxy::NodeChannel;
-use idmux_wire::proto::SshFrame;
+use idmux_wire::proto::{ProxySshResponse, SshFrame};
 
 /// Read size for the local input.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -127,6 +130,109 @@ fn next_size(want: usize, n: usize, max: usize) -> usize {
     } else {
         n.next_power_of_two().clamp(MIN_CHUNK.min(max), max)
     }
+}
+
+/// The most node bytes gathered into one write to the local output.
+const GATHER_MAX: usize = 256 << 10;
+/// The most buffers in one vectored write (well under any system's `IOV_MAX`).
+const GATHER_SLICES: usize = 64;
+
+/// Node bytes that had all arrived when the first of them was taken, to go to the local
+/// output in one vectored write rather than one write each (issue 18). sshd sends a burst of
+/// small packets (a window adjust is 36 bytes) and the proxy passes each on as its own frame;
+/// written one by one, each `sendto` could wake ssh on its own. Nothing waits for more: only
+/// what is already here is gathered, so an interactive session's bytes leave as they did.
+#[derive(Default)]
+struct Gather {
+    /// Empty until a second buffer is added: a lone buffer is written without the `Vec`.
+    bufs: Vec<Bytes>,
+    first: Option<Bytes>,
+    len: usize,
+}
+
+impl Gather {
+    /// May more be added (under [`GATHER_MAX`] bytes and [`GATHER_SLICES`] buffers)?
+    fn has_room(&self) -> bool {
+        self.len < GATHER_MAX && self.bufs.len() < GATHER_SLICES
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        match self.first.take() {
+            None if self.bufs.is_empty() => self.first = Some(b),
+            None => self.bufs.push(b),
+            Some(first) => self.bufs.extend([first, b]),
+        }
+    }
+
+    /// What was gathered, to be written with [`Batch::write`].
+    fn into_batch(self) -> Batch {
+        match self.first {
+            Some(b) => Batch::One(b),
+            None => Batch::Many(self.bufs),
+        }
+    }
+}
+
+/// Gathered node bytes: most often one buffer, written with `write_all`. Many are written
+/// with [`write_all_vectored`], boxed: a relay's state keeps room for what each await holds,
+/// in every open session (`relays_are_boxed_per_transport`), and that future is large.
+enum Batch {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Batch {
+    /// Write it whole and in order. It takes the batch by reference: an argument's value is
+    /// kept in the future as well as in the caller.
+    async fn write<W: AsyncWrite + Unpin>(&mut self, out: &mut W) -> std::io::Result<()> {
+        match self {
+            Batch::One(b) => out.write_all(b).await,
+            Batch::Many(v) => Box::pin(write_all_vectored(out, std::mem::take(v))).await,
+        }
+    }
+}
+
+/// Write `bufs` whole and in order, as many at once as the writer takes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    mut bufs: Vec<Bytes>,
+) -> std::io::Result<()> {
+    if !out.is_write_vectored() {
+        for b in &bufs {
+            out.write_all(b).await?;
+        }
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < bufs.len() {
+        let mut n = std::future::poll_fn(|cx| {
+            let mut slices = [std::io::IoSlice::new(&[]); GATHER_SLICES];
+            let k = (bufs.len() - i).min(GATHER_SLICES);
+            for (s, b) in slices.iter_mut().zip(&bufs[i..i + k]) {
+                *s = std::io::IoSlice::new(b);
+            }
+            Pin::new(&mut *out).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let b = &mut bufs[i];
+            if n >= b.len() {
+                n -= b.len();
+                i += 1;
+            } else {
+                bytes::Buf::advance(b, n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Relay between `node` and `input`/`output` until the node's side ends. Errors name the side
@@ -254,8 +360,22 @@ where
                     output.write_all(&early_data).await.map_err(write_err)?;
                 }
                 while let Some(b) = futures_util::StreamExt::next(&mut qrx).await {
-                    output.write_all(&b).await.map_err(write_err)?;
-                    pending.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+                    // What the drain has queued already goes in the same write. (The gatherer
+                    // ends with its block: alive across the write, it would take room in
+                    // every open session's state.)
+                    let (n, mut batch) = {
+                        let mut gather = Gather::default();
+                        gather.push(b);
+                        while gather.has_room() {
+                            match qrx.try_recv() {
+                                Ok(b) => gather.push(b),
+                                Err(_) => break,
+                            }
+                        }
+                        (gather.len, gather.into_batch())
+                    };
+                    batch.write(&mut output).await.map_err(write_err)?;
+                    pending.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 output.flush().await.map_err(write_err)?;
                 let _ = output.shutdown().await;
@@ -369,11 +489,37 @@ where
         let down = pin!(async {
             let write_err = |e: std::io::Error| anyhow!("writing {out_name}: {e}");
             let mut to_agent: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>> = None;
+            // A response taken while gathering that is not an `ssh` frame: handled next.
+            let mut taken: Option<Box<Result<Option<ProxySshResponse>, tonic::Status>>> = None;
             loop {
-                match rx.message().await {
+                let next = match taken.take() {
+                    Some(r) => *r,
+                    None => rx.message().await,
+                };
+                match next {
                     Ok(Some(r)) => match r.frame {
                         Some(SshFrame::Ssh(f)) => {
-                            output.write_all(&f.payload).await.map_err(write_err)?
+                            // The frames that arrived with this one go in the same write.
+                            let mut batch = {
+                                let mut gather = Gather::default();
+                                gather.push(f.payload);
+                                while gather.has_room() {
+                                    match futures_util::FutureExt::now_or_never(rx.message()) {
+                                        None => break,
+                                        Some(Ok(Some(ProxySshResponse {
+                                            frame: Some(SshFrame::Ssh(f)),
+                                            ..
+                                        }))) => gather.push(f.payload),
+                                        Some(other) => {
+                                            // Boxed: a `Status` is large, and rare here.
+                                            taken = Some(Box::new(other));
+                                            break;
+                                        }
+                                    }
+                                }
+                                gather.into_batch()
+                            };
+                            batch.write(&mut output).await.map_err(write_err)?
                         }
                         Some(SshFrame::Agent(f)) => {
                             let Some(agent) = &agent else { continue };
@@ -520,9 +666,159 @@ mod tests {
         assert_eq!(got, data);
     }
 
+    /// A local output that records each write call (a vectored one as one entry), taking at
+    /// most `max` bytes a call.
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        max: usize,
+        vectored: bool,
+    }
+
+    impl Recorder {
+        fn new(max: usize, vectored: bool) -> Self {
+            Recorder {
+                writes: Vec::new(),
+                max,
+                vectored,
+            }
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let me = self.get_mut();
+            let n = buf.len().min(me.max);
+            me.writes.push(buf[..n].to_vec());
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
+                return self.poll_write(cx, first);
+            }
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `parts` gathered and written to `out` as the relays write them.
+    async fn gathered(parts: &[&[u8]], out: &mut Recorder) {
+        let mut g = Gather::default();
+        for p in parts {
+            g.push(Bytes::copy_from_slice(p));
+        }
+        g.into_batch().write(out).await.unwrap();
+    }
+
+    /// Gathered buffers leave in order, in one write where the writer takes them all, and
+    /// whole however little each write takes; a writer that cannot write vectored gets one
+    /// write per buffer.
+    #[tokio::test]
+    async fn gathered_bytes_leave_in_order_in_as_few_writes_as_the_writer_allows() {
+        let parts: [&[u8]; 4] = [b"abc", b"", b"defghij", b"k"];
+        let mut out = Recorder::new(usize::MAX, true);
+        gathered(&parts, &mut out).await;
+        assert_eq!(out.writes, [b"abcdefghijk".to_vec()]);
+
+        let mut out = Recorder::new(4, true);
+        gathered(&parts, &mut out).await;
+        assert_eq!(out.writes, [&b"abcd"[..], b"efgh", b"ijk"]);
+
+        let mut out = Recorder::new(usize::MAX, false);
+        gathered(&parts, &mut out).await;
+        assert_eq!(out.writes, [&b"abc"[..], b"defghij", b"k"]);
+
+        // More buffers than one writev takes.
+        let many: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 3]).collect();
+        let refs: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+        let mut out = Recorder::new(usize::MAX, true);
+        gathered(&refs, &mut out).await;
+        assert_eq!(out.writes.len(), 150usize.div_ceil(GATHER_SLICES));
+        assert_eq!(out.writes.concat(), many.concat());
+    }
+
+    /// The node's frames that arrived together go to the local output in one write, in order
+    /// (they went one write each); an `agent` frame among them, which is not for the output,
+    /// ends a batch. The response is written from the field numbers.
+    #[tokio::test]
+    async fn grpc_frames_that_arrived_together_are_written_at_once() {
+        // ProxySSHResponse { ssh = 2 { payload = 1 <n bytes> } }, n < 124:
+        //   00 00 00 00 (n + 4) | 12 (n + 2) | 0a n <payload>
+        let ssh = |b: u8, n: u8| {
+            let mut m = vec![0, 0, 0, 0, n + 4, 0x12, n + 2, 0x0a, n];
+            m.extend(std::iter::repeat_n(b, n as usize));
+            m
+        };
+        // ProxySSHResponse { agent = 3 { payload = 1 "hi" } }: 00 00 00 00 06 | 1a 04 | 0a 02 "hi"
+        let agent = [0, 0, 0, 0, 6, 0x1a, 4, 0x0a, 2, b'h', b'i'];
+        let mut data = Vec::new();
+        for i in 0..10 {
+            data.extend(ssh(i, 36));
+        }
+        data.extend(agent);
+        for i in 10..13 {
+            data.extend(ssh(i, 72));
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![
+            hyper::body::Frame::data(Bytes::from(data)),
+            hyper::body::Frame::trailers(trailers),
+        ];
+        let mut resp = http::Response::new(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>)),
+        ));
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let rx = proxy_ssh::response(resp).unwrap();
+        let (tx, _requests) = proxy_ssh::requests(4);
+        let node = GrpcNode {
+            tx,
+            rx,
+            agent: None,
+        };
+        let (_input_end, input) = tokio::io::duplex(64);
+        let mut out = Recorder::new(usize::MAX, true);
+        relay_grpc(node, input, &mut out, tokio::io::sink(), ("in", "out"))
+            .await
+            .unwrap();
+        let want = |from: u8, to: u8, n: usize| -> Vec<u8> {
+            (from..to).flat_map(|b| std::iter::repeat_n(b, n)).collect()
+        };
+        assert_eq!(out.writes, [want(0, 10, 36), want(10, 13, 72)]);
+    }
+
     /// The future `relay` leaves in a session's task is a pointer and a tag (each relay is
     /// boxed on its own, with its arguments), and each relay's own state holds each of its
-    /// parts once: 880 bytes for SSH, 848 for gRPC, where the `async fn`s with joined
+    /// parts once: 920 bytes each (with the gathered writes), where the `async fn`s with joined
     /// futures taken by value were 2,312 and 1,600 (issue 18: memory per open session).
     #[test]
     fn relays_are_boxed_per_transport() {

@@ -175,6 +175,27 @@ impl AsyncWrite for Stdout {
         }
     }
 
+    /// Pipes and sockets take the relay's gathered node bytes in one `writev`.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().inner {
+            Writer::Pipe(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Writer::Socket(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Writer::Blocking(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Writer::Pipe(w) => w.is_write_vectored(),
+            Writer::Socket(w) => w.is_write_vectored(),
+            Writer::Blocking(w) => w.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             Writer::Pipe(w) => Pin::new(w).poll_flush(cx),
