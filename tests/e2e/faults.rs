@@ -483,8 +483,6 @@ fn destination_disk_full_during_renewal() {
     );
 }
 
-/// The one `idmux:` line of a failed command.
-
 #[test]
 fn data_dir_lock_held() {
     let _serial = exclusive(); // asserts a deadline or loads the machine

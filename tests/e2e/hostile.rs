@@ -617,9 +617,8 @@ fn a_proxy_stalling_mid_tls_at_renewal_time() {
     );
     // SIGTERM while the third attempt is stalled.
     std::thread::sleep(Duration::from_millis(300));
-    let pid = nix::unistd::Pid::from_raw(bot.pid() as i32);
     let t0 = Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(bot.pid());
     let mut status = None;
     while status.is_none() && t0.elapsed() < Duration::from_secs(10) {
         status = bot.child.try_wait().unwrap();
@@ -746,8 +745,7 @@ fn a_stall_at_start_is_bounded_and_named() {
         .is_empty()));
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(child.id());
     let mut status = None;
     while status.is_none() && t0.elapsed() < Duration::from_secs(10) {
         status = child.try_wait().unwrap();

@@ -476,8 +476,6 @@ fn forwarder(to: &str) -> String {
     addr
 }
 
-/// The one `idmux:` line of a failed command.
-
 #[test]
 fn idmux_refuses_a_foreign_or_misnamed_proxy() {
     let a = DevCluster::start(C, 1);
