@@ -259,6 +259,31 @@ fn stop_child(child: &mut Child, grace: Duration) {
     }
 }
 
+/// A third-party server's process: stopped ([`stop_child`]: SIGTERM, then SIGKILL after 2 s)
+/// by [`Server::stop`] or when dropped. Each server declares it before its tempdir: fields drop
+/// in order, so the process stops before its directory is removed.
+struct Server(Option<Child>);
+
+impl Server {
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            stop_child(&mut c, Duration::from_secs(2));
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// nginx (Debian's package) as an L7 load balancer in front of a dev cluster's TLS web port:
 /// it terminates TLS with its own certificate (signed by [`Nginx::ca_pem`], not the cluster's
 /// CA) and proxies every path, the web API and `/webapi/connectionupgrade` alike, to
@@ -279,7 +304,7 @@ pub struct Nginx {
     pub log_dir: PathBuf,
     /// The upstream it proxies to (`host:port`).
     pub upstream: String,
-    child: Option<Child>,
+    child: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -319,7 +344,7 @@ impl Nginx {
             ca_pem: certs.ca_pem,
             log_dir: prefix,
             upstream: upstream.to_string(),
-            child: Some(child),
+            child: Server(Some(child)),
             _dir: dir,
         }
     }
@@ -336,22 +361,12 @@ impl Nginx {
 
     /// Is nginx's master process still running?
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.alive()
     }
 
     /// Stop nginx (SIGTERM, then SIGKILL after 2 s). Also done on drop.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(2));
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
+        self.child.stop();
     }
 }
 
@@ -461,7 +476,7 @@ pub struct Tinyproxy {
     pub addr: String,
     /// tinyproxy's log file.
     pub log_path: PathBuf,
-    child: Option<Child>,
+    child: Server,
     dir: tempfile::TempDir,
 }
 
@@ -508,7 +523,7 @@ impl Tinyproxy {
         Tinyproxy {
             addr: addr.to_string(),
             log_path,
-            child: Some(child),
+            child: Server(Some(child)),
             dir,
         }
     }
@@ -531,20 +546,12 @@ impl Tinyproxy {
 
     /// Stop tinyproxy. Also done on drop.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(2));
-        }
+        self.child.stop();
     }
 
     /// The tempdir holding the config, log and pid file.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -557,7 +564,8 @@ pub struct TlsFront {
     pub addr: String,
     /// The CA that signed its certificate.
     pub ca_pem: PathBuf,
-    child: Option<Child>,
+    /// Held to stop it on drop.
+    _child: Server,
     dir: tempfile::TempDir,
 }
 
@@ -593,7 +601,7 @@ impl TlsFront {
         TlsFront {
             addr: addr.to_string(),
             ca_pem: certs.ca_pem,
-            child: Some(child),
+            _child: Server(Some(child)),
             dir,
         }
     }
@@ -604,20 +612,13 @@ impl TlsFront {
     }
 }
 
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(2));
-        }
-    }
-}
-
 /// microsocks (Debian's package) as a SOCKS5 proxy on 127.0.0.1, requiring the user name and
 /// password `user`/`password` (RFC 1929); it logs each tunnel it opens. Killed on drop.
 pub struct Microsocks {
     /// `127.0.0.1:PORT`.
     pub addr: String,
-    child: Option<Child>,
+    /// Held to stop it on drop.
+    _child: Server,
     dir: tempfile::TempDir,
 }
 
@@ -644,7 +645,7 @@ impl Microsocks {
         );
         Microsocks {
             addr: addr.to_string(),
-            child: Some(child),
+            _child: Server(Some(child)),
             dir,
         }
     }
@@ -657,14 +658,6 @@ impl Microsocks {
             .lines()
             .filter_map(|l| Some(l.split_once(": connected to ")?.1.trim().to_string()))
             .collect()
-    }
-}
-
-impl Drop for Microsocks {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(2));
-        }
     }
 }
 
