@@ -338,6 +338,28 @@ fn failed_oneshot(cl: &DevCluster, by_name: &str, env: &[(&str, String)]) -> (St
     (stderr(&o), error_line(&o))
 }
 
+/// [`seed_flow`] through a forward proxy: the oneshot and the bot's log name it as `via`, and
+/// every connection (ping, join, Auth, the multiplexer's, each stdio ProxyCommand's) was
+/// tunnelled to the cluster by name (`tunnels`: the targets in the proxy's log). Returns the
+/// bot, still running.
+fn seed_flow_through(
+    what: &str,
+    cl: &DevCluster,
+    way: &Way,
+    via: &str,
+    tunnels: impl Fn() -> Vec<String>,
+) -> BotProc {
+    let (bot, oneshot, _) = seed_flow(what, cl, way);
+    assert!(oneshot.contains(via), "{oneshot}");
+    let log = bot.log_text();
+    assert!(log.contains(via), "{log}");
+    let t = tunnels();
+    let n = t.iter().filter(|c| **c == way.proxy).count();
+    assert!(n >= 6, "tunnels: {t:?}");
+    assert!(t.iter().all(|c| *c == way.proxy), "{t:?}");
+    bot
+}
+
 /// An `https://` forward proxy (tinyproxy behind stunnel4's TLS): every dial goes over TLS to
 /// it, checked against the system's roots (here `SSL_CERT_FILE`, as Go reads it), then
 /// CONNECT. Without its CA among the roots, nothing is sent to it: one line names the proxy
@@ -359,15 +381,7 @@ fn seed_flow_through_an_https_proxy() {
         ],
     };
     let via = format!("via HTTPS proxy {} (from HTTPS_PROXY)", front.addr);
-    let (bot, oneshot, _) = seed_flow("through an https proxy", &cl, &way);
-    assert!(oneshot.contains(&via), "{oneshot}");
-    assert!(bot.log_text().contains(&via), "{}", bot.log_text());
-    let connects = fw.connects();
-    assert!(
-        connects.iter().filter(|c| **c == by_name).count() >= 6,
-        "CONNECTs: {connects:?}"
-    );
-    assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
+    let _bot = seed_flow_through("through an https proxy", &cl, &way, &via, || fw.connects());
     // stunnel relayed TLS sessions (its probe by the test's readiness check sent nothing).
     assert!(
         front
@@ -416,15 +430,9 @@ fn seed_flow_through_a_socks5_proxy() {
         env: vec![("HTTPS_PROXY".into(), url)],
     };
     let via = format!("via SOCKS5 proxy {} (from HTTPS_PROXY)", socks.addr);
-    let (bot, oneshot, _) = seed_flow("through a socks5 proxy", &cl, &way);
-    assert!(oneshot.contains(&via), "{oneshot}");
-    assert!(bot.log_text().contains(&via), "{}", bot.log_text());
-    let connects = socks.connects();
-    assert!(
-        connects.iter().filter(|c| **c == by_name).count() >= 6,
-        "tunnels: {connects:?}"
-    );
-    assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
+    let _bot = seed_flow_through("through a socks5 proxy", &cl, &way, &via, || {
+        socks.connects()
+    });
     // A wrong password: refused by the proxy, one line naming it, nothing tunnelled.
     let before = socks.connects().len();
     let (err, line) = failed_oneshot(
@@ -458,22 +466,8 @@ fn seed_flow_through_an_http_proxy() {
         ca: cl.data_dir().join("ca.pem"),
         env: vec![("HTTPS_PROXY".into(), fw.url())],
     };
-    let (bot, oneshot, _) = seed_flow("through tinyproxy", &cl, &way);
-    assert!(
-        oneshot.contains(&format!("via HTTP proxy {} (from HTTPS_PROXY)", fw.addr)),
-        "{oneshot}"
-    );
-    let log = bot.log_text();
-    assert!(
-        log.contains(&format!("via HTTP proxy {} (from HTTPS_PROXY)", fw.addr)),
-        "{log}"
-    );
-    // Every connection (ping, join, Auth, the multiplexer's, each stdio ProxyCommand's) went
-    // through a CONNECT to the cluster by name.
-    let connects = fw.connects();
-    let n = connects.iter().filter(|c| **c == by_name).count();
-    assert!(n >= 6, "CONNECTs: {connects:?}");
-    assert!(connects.iter().all(|c| *c == by_name), "{connects:?}");
+    let via = format!("via HTTP proxy {} (from HTTPS_PROXY)", fw.addr);
+    let _bot = seed_flow_through("through tinyproxy", &cl, &way, &via, || fw.connects());
 }
 
 #[test]
