@@ -55,12 +55,10 @@ fn proxy_tls_config() -> Result<Arc<rustls::ClientConfig>> {
         .get_or_init(|| {
             let (roots, trouble) = crate::tls::system_roots();
             if roots.is_empty() {
-                return Err(match trouble {
-                    Some(why) => format!("no system root certificates to check it with: {why}"),
-                    None => "no system root certificates to check it with (SSL_CERT_FILE \
-                             names a bundle)"
-                        .into(),
-                });
+                return Err(format!(
+                    "{}; set SSL_CERT_FILE to a CA bundle that holds its issuer",
+                    crate::tls::no_system_roots(trouble)
+                ));
             }
             rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()

@@ -136,6 +136,15 @@ pub(crate) fn system_roots() -> (RootCertStore, Option<String>) {
     (roots, found.errors.first().map(|e| e.to_string()))
 }
 
+/// Why no roots came out of [`system_roots`], in words: "no system root certificates found",
+/// with the problem loading them when there was one.
+pub(crate) fn no_system_roots(trouble: Option<String>) -> String {
+    match trouble {
+        Some(why) => format!("no system root certificates found ({why})"),
+        None => "no system root certificates found".into(),
+    }
+}
+
 /// The TLS server name for a host: an IP address when the host is an IP literal.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -308,6 +317,15 @@ pub(crate) fn io_words(e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_roots_are_worded_with_the_loading_problem() {
+        assert_eq!(no_system_roots(None), "no system root certificates found");
+        assert_eq!(
+            no_system_roots(Some("/etc/x.pem: No such file or directory".into())),
+            "no system root certificates found (/etc/x.pem: No such file or directory)"
+        );
+    }
 
     fn io_rustls(e: rustls::Error) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, e)

@@ -171,8 +171,10 @@ impl WebClient {
                     }
                 }
                 if roots.is_empty() {
-                    let why = trouble.map(|w| format!(" ({w})")).unwrap_or_default();
-                    bail!("no system root certificates found{why}; pass --ca-path with the proxy's CA");
+                    bail!(
+                        "{}; pass --ca-path with the proxy's CA",
+                        crate::tls::no_system_roots(trouble)
+                    );
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
