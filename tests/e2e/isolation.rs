@@ -74,7 +74,15 @@ fn a_second_user_cannot_use_the_sockets_or_read_keys() {
         chmod(d, 0o755);
     }
     let fdpass = bin.join("idmux-fdpass");
-    std::fs::copy(idmux_bin().with_file_name("idmux-fdpass"), &fdpass).unwrap();
+    // Copied by cp, so no descriptor open for writing on it is ever in this process, where a
+    // child another test forks at that moment would inherit it and make running it fail with
+    // ETXTBSY ("Text file busy") until that child execs.
+    let cp = Command::new("cp")
+        .arg(idmux_bin().with_file_name("idmux-fdpass"))
+        .arg(&fdpass)
+        .status()
+        .unwrap();
+    assert!(cp.success(), "cp idmux-fdpass: {cp}");
     chmod(&fdpass, 0o755);
 
     let cl = DevCluster::start(C, 1);

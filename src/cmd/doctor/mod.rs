@@ -154,7 +154,7 @@ pub(crate) async fn checks(a: &DoctorArgs) -> Vec<Check> {
     out.push(check_writes(&dir, WRITE_SETTLE).await);
     if !cfg.is_empty() {
         out.push(check_commands(&cfg));
-        out.push(check_shell(&proxy_command_shell(), fdpass));
+        out.push(check_shell(&proxy_command_shell(), fdpass, SLOW_SHELL));
     }
     out.push(idc);
     if let (Some(id), Some(cert)) = (&id, &cert) {
