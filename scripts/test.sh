@@ -40,7 +40,10 @@ echo "== pass 2: the node-reaching end-to-end tests again, node transport SSH"
 IDMUX_TEST_TRANSPORT=ssh cargo test --no-fail-fast --test e2e -- --test-threads="$threads" "${per_transport[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
 # A test binary that dies (signal, abort, exit from a thread) prints no "test result:" line;
 # cargo names it with "to rerun pass", so list those too: the summary must never hide one.
+# Failed tests and their panics (the first 20) come last as well, where a log's tail shows them.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^test .* \.\.\. FAILED$/ { bins = bins "\n  failed test: " $2 }
+     /^thread .* panicked at / && n++ < 20 { getline why; bins = bins "\n    " $0 " " why }
      /^error: test failed, to rerun pass/ { bins = bins "\n  failed binary: " $0 }
      /process didn.t exit successfully/ { bins = bins "\n    " $0 }
      END { printf "tests: %d passed, %d failed (both node transports)%s\n", p, f, bins }' "$log"
