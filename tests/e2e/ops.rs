@@ -350,7 +350,15 @@ fn doctor_healthy_then_broken() {
         "daemon",
         "node",
     ] {
-        assert_eq!(status_of(&lines, name), "ok", "{name}:\n{text}");
+        let status = status_of(&lines, name);
+        // The shell check times `/bin/sh -c` against doctor's 25 ms, which another test's
+        // load on a 2-core machine can push it past: that warning, and only it, is the
+        // machine's, not idmux's (the check's verdicts have unit tests with wide margins).
+        let slow_sh = name == "shell"
+            && status == "warn"
+            && text.contains("`/bin/sh -c` takes ")
+            && !text.contains("cannot run it");
+        assert!(status == "ok" || slow_sh, "{name}: {status}\n{text}");
     }
     assert!(ok, "{text}");
     assert!(text.contains("SSH-2.0-"), "{text}");
