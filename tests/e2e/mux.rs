@@ -560,10 +560,13 @@ fn parallel_transfers_spread_over_the_relay_threads() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = child.id();
-    let names: Vec<String> = thread_cpu(pid).into_keys().collect();
+    // A thread names itself once it runs (std sets the name from inside it), which on a
+    // loaded machine can be after v1.sock is served: wait for the name, not just the socket.
+    let relay_named = || thread_cpu(pid).contains_key("idmux-relay-1");
     assert!(
-        names.iter().any(|n| n == "idmux-relay-1"),
-        "no relay thread: {names:?}"
+        wait_for(Duration::from_secs(10), relay_named),
+        "no relay thread: {:?}",
+        thread_cpu(pid).into_keys().collect::<Vec<_>>()
     );
     let before = thread_cpu(pid);
     const EACH: usize = 64 << 20;
