@@ -545,21 +545,16 @@ fn parallel_transfers_spread_over_the_relay_threads() {
     // share of the relay work.
     let _serial = exclusive(); // loads the machine
     let cl = DevCluster::start(C, 1);
-    let work = tempfile::tempdir().unwrap();
-    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
-    let token = cl.token("ci", &me());
-    let mut child = Command::new(idmux_bin())
-        .args(cl.start_args(&data, &dest, &token))
-        .env("IDMUX_RELAY_THREADS", "2")
-        .stderr(std::fs::File::create(work.path().join("bot.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(dest.join("ssh_config").exists() && dest.join("v1.sock").exists()) {
-        assert!(Instant::now() < deadline, "the daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = child.id();
+    // Stopped on drop, also when an assertion below fails.
+    let bot = BotProc::start(
+        &cl,
+        BotOptions {
+            env: vec![("IDMUX_RELAY_THREADS".into(), "2".into())],
+            ..Default::default()
+        },
+    );
+    let dest = bot.dest.clone();
+    let pid = bot.child.id();
     // A thread names itself once it runs (std sets the name from inside it), which on a
     // loaded machine can be after v1.sock is served: wait for the name, not just the socket.
     let relay_named = || thread_cpu(pid).contains_key("idmux-relay-1");
@@ -611,8 +606,6 @@ fn parallel_transfers_spread_over_the_relay_threads() {
         second * 5 >= total && total > 0,
         "the second relay thread did {second} of the daemon's {total} ticks: {after:?}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
