@@ -553,7 +553,7 @@ fn parallel_transfers_spread_over_the_relay_threads() {
             ..Default::default()
         },
     );
-    let dest = bot.dest.clone();
+    let cfg = bot.ssh_config();
     let pid = bot.child.id();
     // A thread names itself once it runs (std sets the name from inside it), which on a
     // loaded machine can be after v1.sock is served: wait for the name, not just the socket.
@@ -570,7 +570,7 @@ fn parallel_transfers_spread_over_the_relay_threads() {
         .map(|_| {
             Command::new("ssh")
                 .arg("-F")
-                .arg(dest.join("ssh_config"))
+                .arg(&cfg)
                 .args(["-o", "BatchMode=yes", &target, "wc -c"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
