@@ -165,8 +165,12 @@ impl Drop for SshdNode {
     }
 }
 
-/// SIGTERM a child, give it `grace` to exit, then SIGKILL it; always reaps it.
+/// SIGTERM a child, give it `grace` to exit, then SIGKILL it; always reaps it. A child
+/// already reaped is left alone: its pid may belong to another process by now.
 pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + grace;

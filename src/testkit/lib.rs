@@ -579,6 +579,45 @@ pub fn extra_start_args() -> Vec<String> {
         .collect()
 }
 
+/// A process a test started (a bot, a multiplexer, an ssh), stopped on drop: SIGTERM, 2 s,
+/// then SIGKILL. A test that panics halfway would otherwise leave it running after the test
+/// binary exits. Derefs to the [`Child`](std::process::Child), so `kill`, `wait` and `id`
+/// work as before.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        idmux_devcluster::node::terminate(&mut self.0, Duration::from_secs(2));
+    }
+}
+
+/// `Command::spawn`, the child stopped on drop ([`Reaped`]).
+pub trait SpawnReaped {
+    fn spawn_reaped(&mut self) -> Reaped;
+}
+
+impl SpawnReaped for Command {
+    fn spawn_reaped(&mut self) -> Reaped {
+        Reaped(
+            self.spawn()
+                .unwrap_or_else(|e| panic!("spawn {self:?}: {e}")),
+        )
+    }
+}
+
 /// How to run a bot ([`BotProc::start`]).
 #[derive(Default)]
 pub struct BotOptions {
@@ -948,5 +987,31 @@ impl Drop for Witness {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test that panics with a process it started still running leaves nothing behind.
+    #[test]
+    fn a_reaped_child_is_gone_after_a_panic() {
+        let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let p = pid.clone();
+        let r = std::thread::spawn(move || {
+            let c = Command::new("sleep").arg("600").spawn_reaped();
+            p.store(c.id(), std::sync::atomic::Ordering::SeqCst);
+            panic!("a failed assertion");
+        })
+        .join();
+        assert!(r.is_err());
+        let pid = pid.load(std::sync::atomic::Ordering::SeqCst);
+        assert_ne!(pid, 0);
+        // Reaped, not only signalled: no zombie is left under /proc either.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "sleep (pid {pid}) is still there"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! Skipped (with a message) when `ansible` is not installed; `scripts/test.sh` installs it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use idmux_testkit::*;
@@ -15,20 +15,13 @@ const NODES: usize = 10;
 
 /// The running `idmux start`, killed on drop (also when an assertion panics).
 struct Bot {
-    child: Child,
+    _child: Reaped,
     log: PathBuf,
 }
 
 impl Bot {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -228,12 +221,11 @@ fn ansible_ping_and_playbook_on_10_nodes_through_the_multiplexer() {
     let token = cl.token("ansible", &me());
     let log = work.path().join("bot.log");
     let bot = Bot {
-        child: Command::new(idmux_bin())
+        _child: Command::new(idmux_bin())
             .args(cl.start_args(&data, &dest, &token))
             .args(["--certificate-ttl=10m", "--renewal-interval=5m"])
             .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+            .spawn_reaped(),
         log,
     };
     let deadline = Instant::now() + Duration::from_secs(20);

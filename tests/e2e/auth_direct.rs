@@ -112,14 +112,10 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
         format!("--ca-pin={}", pins[0]),
     ]);
     let logf = w.join("bot.log");
-    let mut child = Stopped(
-        idmux(&args, &[])
-            .stderr(std::fs::File::create(&logf).unwrap())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut child.0;
+    let mut child = idmux(&args, &[])
+        .stderr(std::fs::File::create(&logf).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn_reaped();
     let up = wait_for(Duration::from_secs(30), || {
         ["ssh_config", "v1.sock", "agent.sock"]
             .iter()
@@ -151,15 +147,6 @@ fn joins_renews_and_writes_outputs_through_auth_with_a_ca_pin() {
     );
     assert!(gen() > before, "generation {} after {before}", gen());
     assert_ssh_hi(&fd.join("ssh_config"), C);
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped, a failed assertion too.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        idmux_devcluster::node::terminate(&mut self.0, Duration::from_secs(2));
-    }
 }
 
 #[test]

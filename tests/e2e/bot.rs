@@ -118,8 +118,7 @@ fn join_writes_every_file_and_ssh_works() {
     let mut first = Command::new(idmux_bin())
         .args(cl.start_args(&data, &dest, &token))
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     assert!(
         wait_for(Duration::from_secs(15), || lock_held(&data.join("lock"))),
         "the first bot never took {}",
@@ -141,8 +140,7 @@ fn renewals_keep_ssh_working_and_key_cert_pairs_consistent() {
         .args(cl.start_args(&data, &dest, &token))
         .args(["--certificate-ttl=60s", "--renewal-interval=5s"])
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dest.join("ssh_config").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -374,8 +372,7 @@ fn bot_survives_a_proxy_outage() {
         .args(cl.start_args(&data, &dest, &token))
         .args(["--certificate-ttl=60s", "--renewal-interval=2s"])
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dest.join("ssh_config").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -7,7 +7,7 @@
 //! the expected lock count) that `scripts/torture.sh` puts in its table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,15 +78,14 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn spawn_bot(cl: &DevCluster, data: &Path, dest: &Path, token: &str, log: &Path) -> Child {
+fn spawn_bot(cl: &DevCluster, data: &Path, dest: &Path, token: &str, log: &Path) -> Reaped {
     Command::new(idmux_bin())
         .args(cl.start_args(data, dest, token))
         .args(["--certificate-ttl=1m", "--renewal-interval=1s"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+        .spawn_reaped()
 }
 
 /// The `answer_to_disk_ms` of every renewal and join a bot log records.

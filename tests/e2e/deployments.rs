@@ -659,7 +659,7 @@ fn a_silent_peer_fails_every_command_within_15s() {
 }
 
 /// `idmux start ssh-multiplexer` on `dest` for `proxy` (replacing the bot's own v1.sock).
-struct StandaloneMuxAt(std::process::Child);
+struct StandaloneMuxAt(Reaped);
 
 impl StandaloneMuxAt {
     fn start(proxy: &str, ca: &Path, dest: &Path) -> StandaloneMuxAt {
@@ -676,20 +676,12 @@ impl StandaloneMuxAt {
             .arg("--destination-dir")
             .arg(dest)
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         assert!(
             wait_for(Duration::from_secs(10), || dest.join("v1.sock").exists()),
             "no v1.sock"
         );
         StandaloneMuxAt(child)
-    }
-}
-
-impl Drop for StandaloneMuxAt {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -738,8 +738,7 @@ fn a_stall_at_start_is_bounded_and_named() {
     let mut child = Command::new(idmux_bin())
         .args(&args)
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     assert!(wait_for(Duration::from_secs(5), || !relay
         .stalled()
         .is_empty()));

@@ -552,8 +552,7 @@ fn idmux_refuses_a_foreign_or_misnamed_proxy() {
         .arg("--destination-dir")
         .arg(&fdest)
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     assert!(wait_for(Duration::from_secs(10), || fdest
         .join("v1.sock")
         .exists()));

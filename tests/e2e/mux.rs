@@ -12,18 +12,11 @@ use idmux_testkit::*;
 
 const C: &str = "dev.test";
 
-/// A running `idmux start` (bot + multiplexer), killed on drop.
+/// A running `idmux start` (bot + multiplexer), stopped on drop.
 struct Daemon {
-    child: Child,
+    child: Reaped,
     dest: PathBuf,
     _work: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn daemon(cl: &DevCluster) -> Daemon {
@@ -33,8 +26,7 @@ fn daemon(cl: &DevCluster) -> Daemon {
     let child = Command::new(idmux_bin())
         .args(cl.start_args(&data, &dest, &token))
         .stderr(std::fs::File::create(work.path().join("bot.log")).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(dest.join("ssh_config").exists()
         && dest.join("v1.sock").exists()

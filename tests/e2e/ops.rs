@@ -329,8 +329,7 @@ fn doctor_healthy_then_broken() {
     let mut bot = Command::new(idmux_bin())
         .args(cl.start_args(&data, &dest, &token))
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     wait_for(&dest.join("agent.sock"));
     wait_for(&dest.join("v1.sock"));
 
@@ -474,8 +473,7 @@ fn bot_logs_one_line_per_renewal_and_failure_never_secrets() {
         ])
         .env_remove("IDMUX_LOG")
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_reaped();
     wait_for(&dest.join("v1.sock"));
     std::thread::sleep(Duration::from_millis(7500));
     cl.stop();

@@ -26,9 +26,9 @@ fn idmux(cl: &DevCluster, args: &[&str]) -> Command {
     c
 }
 
-/// A running daemon, killed on drop; its stderr goes to `log`.
+/// A running daemon, stopped on drop; its stderr goes to `log`.
 struct Daemon {
-    child: std::process::Child,
+    child: Reaped,
     log: std::path::PathBuf,
 }
 
@@ -36,8 +36,7 @@ impl Daemon {
     fn start(mut cmd: Command, log: &Path, paths: &[&Path]) -> Daemon {
         let child = cmd
             .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         let mut d = Daemon {
             child,
             log: log.to_path_buf(),
@@ -60,13 +59,6 @@ impl Daemon {
 
 fn wait_for_all(paths: &[&Path]) -> bool {
     paths.iter().all(|p| p.exists())
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// tbot's documented multiplexer config (the service alone: no identity output anywhere),
