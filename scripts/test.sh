@@ -4,8 +4,8 @@
 # (scripts/install-deps.sh), then runs cargo test and ends with one summary line over every
 # test binary.
 #
-#   scripts/test.sh            the default suite (about 9 minutes on 2 cores once built;
-#                              a fresh build adds about 15)
+#   scripts/test.sh            the default suite (about 6.5 minutes on 2 cores once built;
+#                              a fresh build adds about 4)
 #   scripts/test.sh --long     also the long tier: the full soak (7,000 connections through
 #                              v1.sock) instead of its short form, the seed's flow on
 #                              the fips-v1 and hsm-v1 suites, 100 renewals behind nginx with
