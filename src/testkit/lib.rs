@@ -487,9 +487,9 @@ pub fn ssh_with_env(config: &Path, env: &[(String, String)], args: &[&str]) -> O
         .args(args))
 }
 
-/// `idmux start ssh-multiplexer` on `dest` with a diagnostics address, killed on drop.
+/// `idmux start ssh-multiplexer` on `dest` with a diagnostics address, stopped on drop.
 pub struct StandaloneMux {
-    pub child: std::process::Child,
+    pub child: Reaped,
     /// `host:port` of /metrics, /readyz, /livez.
     pub diag: String,
 }
@@ -508,8 +508,7 @@ impl StandaloneMux {
             .arg("--destination-dir")
             .arg(dest)
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !dest.join("v1.sock").exists() {
             assert!(std::time::Instant::now() < deadline, "no v1.sock");
@@ -559,13 +558,6 @@ pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
-}
-
-impl Drop for StandaloneMux {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Extra flags for every `idmux start` that the reliability tests (faults, soak, isolation)
@@ -640,7 +632,7 @@ pub struct BotOptions {
 
 /// A running `idmux start` (bot + multiplexer) whose stderr goes to `log`; stopped on drop.
 pub struct BotProc {
-    pub child: std::process::Child,
+    pub child: Reaped,
     pub data: PathBuf,
     pub dest: PathBuf,
     pub log: PathBuf,
@@ -669,8 +661,7 @@ impl BotProc {
             .args(&o.args)
             .envs(o.env.iter().map(|(k, v)| (k, v)))
             .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         let mut b = BotProc {
             child,
             data,
@@ -718,12 +709,6 @@ impl BotProc {
     /// The destination's ssh_config.
     pub fn ssh_config(&self) -> PathBuf {
         self.dest.join("ssh_config")
-    }
-}
-
-impl Drop for BotProc {
-    fn drop(&mut self) {
-        idmux_devcluster::node::terminate(&mut self.child, Duration::from_secs(2));
     }
 }
 

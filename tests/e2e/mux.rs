@@ -4,7 +4,7 @@
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,34 +12,10 @@ use idmux_testkit::*;
 
 const C: &str = "dev.test";
 
-/// A running `idmux start` (bot + multiplexer), stopped on drop.
-struct Daemon {
-    child: Reaped,
-    dest: PathBuf,
-    _work: tempfile::TempDir,
-}
-
-fn daemon(cl: &DevCluster) -> Daemon {
-    let work = tempfile::tempdir().unwrap();
-    let (data, dest) = (work.path().join("data"), work.path().join("dest"));
-    let token = cl.token("ci", &me());
-    let child = Command::new(idmux_bin())
-        .args(cl.start_args(&data, &dest, &token))
-        .stderr(std::fs::File::create(work.path().join("bot.log")).unwrap())
-        .spawn_reaped();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(dest.join("ssh_config").exists()
-        && dest.join("v1.sock").exists()
-        && dest.join("agent.sock").exists())
-    {
-        assert!(Instant::now() < deadline, "the daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon {
-        child,
-        dest,
-        _work: work,
-    }
+/// A running `idmux start` (bot + multiplexer) as bot `ci`, up (ssh_config, v1.sock and
+/// agent.sock written) and stopped on drop.
+fn daemon(cl: &DevCluster) -> BotProc {
+    BotProc::start(cl, BotOptions::default())
 }
 
 fn mode(p: &Path) -> u32 {
@@ -207,10 +183,7 @@ fn proxy_restart_recovers_within_two_seconds() {
     );
     assert!(d.child.id() > 0);
     let mut child = d;
-    assert!(
-        child.child.try_wait().unwrap().is_none(),
-        "the daemon exited"
-    );
+    assert!(child.alive(), "the daemon exited");
 }
 
 /// Send `bytes` to v1.sock, optionally with a pipe as the stderr fd. Returns what was written
