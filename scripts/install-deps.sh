@@ -5,7 +5,8 @@
 # tinyproxy (the third-party load balancer and HTTP proxy of the "real deployments" tests,
 # which start their own on loopback), stunnel4 and a C compiler (the TLS relay baseline and
 # the small C helpers of scripts/bench.sh), strace (idmux-fdpass's system calls), valgrind
-# (profiles) and Ansible (for the multiplexer's end-to-end tests).
+# (profiles), qemu-user with a cross linker and Rust target (idmux-fdpass built for the other
+# architecture) and Ansible (for the multiplexer's end-to-end tests).
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -47,6 +48,16 @@ command -v valgrind >/dev/null || need+=(valgrind)
 # stunnel4 above also makes an https:// forward proxy of tinyproxy there.
 [ -x /usr/bin/microsocks ] || need+=(microsocks)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+# idmux-fdpass makes its own system calls, in assembly for x86_64 and for aarch64
+# (src/fdpass/sys.rs): tests/e2e/fdpass.rs also runs its build for the architecture this
+# machine is not, under qemu-user, linked by Debian's cross gcc (rustup adds the target's
+# core library below).
+case "$(uname -m)" in
+  x86_64) cross=aarch64 cross_gcc=gcc-aarch64-linux-gnu ;;
+  *) cross=x86_64 cross_gcc=gcc-x86-64-linux-gnu ;;
+esac
+command -v "qemu-$cross" >/dev/null || need+=(qemu-user)
+command -v "$cross-linux-gnu-gcc" >/dev/null || need+=("$cross_gcc")
 if [ "${IDMUX_WITH_ANSIBLE:-0}" = 1 ]; then
   command -v ansible >/dev/null || need+=(ansible-core)
 fi
@@ -77,7 +88,12 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
   fi
 fi
-for tool in /usr/sbin/nginx /usr/bin/tinyproxy /usr/bin/stunnel4 /usr/bin/microsocks; do
+if ! rustc --print target-libdir --target "$cross-unknown-linux-gnu" 2>/dev/null | xargs -r test -d; then
+  echo "install-deps: adding the Rust target $cross-unknown-linux-gnu (rustup)" >&2
+  rustup target add "$cross-unknown-linux-gnu" >/dev/null
+fi
+for tool in /usr/sbin/nginx /usr/bin/tinyproxy /usr/bin/stunnel4 /usr/bin/microsocks \
+  "/usr/bin/qemu-$cross" "/usr/bin/$cross-linux-gnu-gcc"; do
   [ -x "$tool" ] || { echo "install-deps: $tool is still missing" >&2; exit 1; }
 done
 # sshd refuses to start without its privilege separation directory.

@@ -26,6 +26,11 @@ bash scripts/install-deps.sh
 # Both binaries the end-to-end tests run (idmux-fdpass is its own package, so cargo test does
 # not build it for tests/e2e): one build of the whole workspace, features as the tests use them.
 cargo build --workspace --bins
+# idmux-fdpass for the architecture this machine is not (its system calls are assembly for
+# each: src/fdpass/sys.rs), run under qemu-user by tests/e2e/fdpass.rs; release, as shipped.
+case "$(uname -m)" in x86_64) cross=aarch64 ;; *) cross=x86_64 ;; esac
+env "CARGO_TARGET_${cross^^}_UNKNOWN_LINUX_GNU_LINKER=$cross-linux-gnu-gcc" \
+  cargo build --release -p idmux-fdpass --target "$cross-unknown-linux-gnu"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time

@@ -20,7 +20,9 @@
 //! (`libc::SYS_*`, per architecture) and so are the types; only its functions go unused.
 //!
 //! x86_64 and aarch64, the Linux architectures Teleport ships fdpass-teleport for besides
-//! 32-bit ones; another architecture fails to build here with a message saying so.
+//! 32-bit ones; another architecture fails to build here with a message saying so. Both are
+//! run by the tests: this machine's natively, the other built by scripts/test.sh and run
+//! under qemu-user (tests/e2e/fdpass.rs).
 
 use core::ffi::{c_int, c_long, c_uint};
 use core::mem::size_of;

@@ -2,8 +2,13 @@
 //! dynamic loader, no shared library, no C library; from `execve` on, the protocol's system
 //! calls and nothing else, by strace) and what it does, against a
 //! small v1.sock server in the test, with its stdout one end of a socketpair as ssh sets it up
-//! under `ProxyUseFdpass yes`. No dev cluster: mux.rs and isolation.rs run it against the
-//! real daemon.
+//! under `ProxyUseFdpass yes`. mux.rs and isolation.rs run it against the real daemon.
+//!
+//! The helper makes its own system calls, in assembly for each architecture it builds for
+//! (src/fdpass/sys.rs: x86_64 and aarch64). Each test runs twice: with this machine's build,
+//! and with the other architecture's (built by scripts/test.sh) under qemu-user, whose own
+//! `-d strace` log stands in for strace; one more test hands a real ssh session over with it
+//! through the daemon.
 
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,11 +25,75 @@ fn fdpass() -> PathBuf {
     idmux_bin().with_file_name("idmux-fdpass")
 }
 
+/// An idmux-fdpass to run: this machine's build, or the build for the other architecture
+/// sys.rs carries, run under qemu-user.
+#[derive(Clone, Copy)]
+enum Helper {
+    Native,
+    Cross,
+}
+
+/// The other architecture: its target triple, its qemu-user and its ELF `e_machine`.
+const CROSS: (&str, &str, u16) = if cfg!(target_arch = "x86_64") {
+    ("aarch64-unknown-linux-gnu", "qemu-aarch64", 183)
+} else {
+    ("x86_64-unknown-linux-gnu", "qemu-x86_64", 62)
+};
+
+impl Helper {
+    /// The binary.
+    fn path(self) -> PathBuf {
+        match self {
+            Helper::Native => fdpass(),
+            Helper::Cross => {
+                // target/<profile>/idmux -> target/<triple>/release/idmux-fdpass
+                let target = idmux_bin()
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .to_path_buf();
+                let p = target.join(CROSS.0).join("release").join("idmux-fdpass");
+                assert!(
+                    p.is_file(),
+                    "{} is missing: scripts/test.sh builds it (cargo build --release -p \
+                     idmux-fdpass --target {}, with scripts/install-deps.sh's cross linker)",
+                    p.display(),
+                    CROSS.0
+                );
+                p
+            }
+        }
+    }
+
+    /// A command that runs it (under qemu-user for the other architecture).
+    fn command(self) -> Command {
+        match self {
+            Helper::Native => Command::new(self.path()),
+            Helper::Cross => {
+                let mut c = Command::new(CROSS.1);
+                c.arg(self.path());
+                c
+            }
+        }
+    }
+
+    /// The architecture's ELF `e_machine`.
+    fn machine(self) -> u16 {
+        match self {
+            Helper::Native if cfg!(target_arch = "x86_64") => 62,
+            Helper::Native => 183,
+            Helper::Cross => CROSS.2,
+        }
+    }
+}
+
 /// The ELF64 little-endian file `p`: its type (`e_type`: 2 an executable at fixed addresses,
-/// 3 a shared object or position-independent executable) and its program headers' types
+/// 3 a shared object or position-independent executable), its architecture (`e_machine`: 62
+/// x86_64, 183 aarch64) and its program headers' types
 /// (3 PT_INTERP: the dynamic loader that maps shared libraries at start-up; 2 PT_DYNAMIC: the
 /// table of NEEDED libraries and of relocations someone must apply at start).
-fn elf_kind(p: &Path) -> (u16, Vec<u32>) {
+fn elf_kind(p: &Path) -> (u16, u16, Vec<u32>) {
     let f = std::fs::read(p).unwrap();
     assert_eq!(&f[..4], b"\x7fELF", "{} is not ELF", p.display());
     assert_eq!(
@@ -36,7 +105,7 @@ fn elf_kind(p: &Path) -> (u16, Vec<u32>) {
     let u16_at = |o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap()) as usize;
-    // e_type at 0x10, e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38; p_type first in
+    // e_type at 0x10, e_machine at 0x12, e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38; p_type first in
     // each entry.
     let (phoff, phentsize, phnum) = (
         u64_at(0x20),
@@ -44,7 +113,7 @@ fn elf_kind(p: &Path) -> (u16, Vec<u32>) {
         usize::from(u16_at(0x38)),
     );
     let types = (0..phnum).map(|i| u32_at(phoff + i * phentsize)).collect();
-    (u16_at(0x10), types)
+    (u16_at(0x10), u16_at(0x12), types)
 }
 
 /// What one connection to [`server`] brought: the request bytes and whether an fd came with
@@ -128,16 +197,31 @@ fn received_fd(ssh_end: &UnixStream) -> (Vec<u8>, Option<OwnedFd>) {
 
 #[test]
 fn fdpass_is_a_static_executable() {
+    is_a_static_executable(Helper::Native);
+}
+
+#[test]
+fn fdpass_for_the_other_architecture_is_a_static_executable() {
+    is_a_static_executable(Helper::Cross);
+}
+
+fn is_a_static_executable(h: Helper) {
     // Built with std it also needed libgcc_s.so.1 (std's unwinder); built dynamically without
     // std it needed libc.so.6, and the dynamic loader mapping and relocating it was most of
     // its start-up; linked with static glibc, glibc's start-up was (src/fdpass/sys.rs). Now
     // nothing runs before its own code: no loader, no libraries, no relocations.
-    let p = fdpass();
-    let (ty, headers) = elf_kind(&p);
+    let p = h.path();
+    let (ty, machine, headers) = elf_kind(&p);
     assert_eq!(
         ty,
         2,
         "{}: not an executable at fixed addresses",
+        p.display()
+    );
+    assert_eq!(
+        machine,
+        h.machine(),
+        "{}: another architecture",
         p.display()
     );
     assert!(
@@ -169,25 +253,40 @@ fn fdpass_is_a_static_executable() {
 /// and called `arch_prctl`, `set_tid_address`, `getrandom`, `mprotect`, ...), no memory
 /// mapped or heap grown (it allocates nothing), no file opened or read. Its first call is
 /// `getsockname` on stdout.
+///
+/// The other architecture's build runs under qemu-user, which loads it itself (no `execve`
+/// of it to see) and logs each of its system calls as strace would (`-d strace`).
 #[test]
 fn fdpass_makes_only_the_protocols_system_calls() {
     if Command::new("strace").arg("-V").output().is_err() {
         eprintln!("SKIP fdpass_makes_only_the_protocols_system_calls: needs strace (scripts/install-deps.sh)");
         return;
     }
+    makes_only_the_protocols_system_calls(Helper::Native);
+}
+
+#[test]
+fn fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls() {
+    makes_only_the_protocols_system_calls(Helper::Cross);
+}
+
+fn makes_only_the_protocols_system_calls(h: Helper) {
     let dir = tempfile::tempdir().unwrap();
     let (sock, srv) = server(dir.path(), b"", b"");
     let log = dir.path().join("strace.log");
-    let (o, ssh_end) = run_with_socket_stdout(
-        Command::new("strace")
-            .arg("-f")
-            .arg("-qq")
-            .arg("-o")
-            .arg(&log)
-            .arg(fdpass())
-            .arg(&sock)
-            .arg("node-1.dev.test:3022|dev.test"),
-    );
+    let mut cmd = match h {
+        Helper::Native => {
+            let mut c = Command::new("strace");
+            c.arg("-f").arg("-qq").arg("-o").arg(&log).arg(h.path());
+            c
+        }
+        Helper::Cross => {
+            let mut c = Command::new(CROSS.1);
+            c.arg("-d").arg("strace").arg("-D").arg(&log).arg(h.path());
+            c
+        }
+    };
+    let (o, ssh_end) = run_with_socket_stdout(cmd.arg(&sock).arg("node-1.dev.test:3022|dev.test"));
     assert!(o.status.success(), "{}", stderr(&o));
     let got = srv.join().unwrap();
     assert_eq!(got.request, b"node-1.dev.test:3022|dev.test\0");
@@ -203,12 +302,17 @@ fn fdpass_makes_only_the_protocols_system_calls() {
         .filter_map(|l| l.split_once('(').map(|(n, _)| n))
         .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .collect();
-    assert_eq!(
-        names.first().copied(),
-        Some("execve"),
-        "strace's first line is not the execve:\n{text}"
-    );
-    let after = &names[1..];
+    let after = match h {
+        Helper::Native => {
+            assert_eq!(
+                names.first().copied(),
+                Some("execve"),
+                "strace's first line is not the execve:\n{text}"
+            );
+            &names[1..]
+        }
+        Helper::Cross => &names[..],
+    };
     assert_eq!(
         after.first().copied(),
         Some("getsockname"),
@@ -233,18 +337,27 @@ fn fdpass_makes_only_the_protocols_system_calls() {
         (1, 1, 2),
         "{text}"
     );
-    eprintln!("idmux-fdpass after execve: {after:?}");
+    eprintln!("{} made: {after:?}", h.path().display());
 }
 
 #[test]
 fn fdpass_hands_over_the_connection_and_its_stderr() {
+    hands_over_the_connection_and_its_stderr(Helper::Native);
+}
+
+#[test]
+fn fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr() {
+    hands_over_the_connection_and_its_stderr(Helper::Cross);
+}
+
+fn hands_over_the_connection_and_its_stderr(h: Helper) {
     // A socket path longer than sun_path's 108 bytes: reached from its folder by file name.
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("d".repeat(60)).join("e".repeat(60));
     std::fs::create_dir_all(&dir).unwrap();
     let (sock, srv) = server(&dir, b"from the daemon\n", b"SSH-2.0-stand-in\r\n");
     assert!(sock.as_os_str().len() > 108, "{}", sock.display());
-    let (o, ssh_end) = run_with_socket_stdout(Command::new(fdpass()).arg(&sock).arg("h.test:22"));
+    let (o, ssh_end) = run_with_socket_stdout(h.command().arg(&sock).arg("h.test:22"));
     assert!(o.status.success(), "{}", stderr(&o));
     let got = srv.join().unwrap();
     assert_eq!(got.request, b"h.test:22\0");
@@ -263,25 +376,34 @@ fn fdpass_hands_over_the_connection_and_its_stderr() {
 
 #[test]
 fn fdpass_errors_are_one_line_and_exit_1() {
+    errors_are_one_line_and_exit_1(Helper::Native);
+}
+
+#[test]
+fn fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1() {
+    errors_are_one_line_and_exit_1(Helper::Cross);
+}
+
+fn errors_are_one_line_and_exit_1(h: Helper) {
     let dir = tempfile::tempdir().unwrap();
     let check = |o: &Output, want: &str| {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
         assert_eq!(stderr(o), format!("idmux-fdpass: {want}\n"));
     };
-    let me = fdpass();
+    let me = h.path();
     check(
-        &run(Command::new(&me).arg("only-one")),
+        &run(h.command().arg("only-one")),
         &format!(
             "usage: {} <path to v1.sock> <host:port[|cluster]>",
             me.display()
         ),
     );
     check(
-        &run(Command::new(&me).arg("s").arg("t").stdout(Stdio::null())),
+        &run(h.command().arg("s").arg("t").stdout(Stdio::null())),
         "stdout is not a unix socket: run me from ssh with ProxyUseFdpass yes",
     );
     let missing = dir.path().join("v1.sock");
-    let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(&missing).arg("h:22"));
+    let (o, _ssh) = run_with_socket_stdout(h.command().arg(&missing).arg("h:22"));
     check(
         &o,
         &format!(
@@ -296,7 +418,7 @@ fn fdpass_errors_are_one_line_and_exit_1() {
     drop(UnixListener::bind(&refused).unwrap());
     let not_dir = dir.path().join("stale.sock").join("v1.sock");
     for (path, errno) in [(&refused, libc::ECONNREFUSED), (&not_dir, libc::ENOTDIR)] {
-        let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(path).arg("h:22"));
+        let (o, _ssh) = run_with_socket_stdout(h.command().arg(path).arg("h:22"));
         check(
             &o,
             &format!(
@@ -307,7 +429,7 @@ fn fdpass_errors_are_one_line_and_exit_1() {
         );
     }
     let long = "h".repeat(1025);
-    let (o, _ssh) = run_with_socket_stdout(Command::new(&me).arg(&missing).arg(&long));
+    let (o, _ssh) = run_with_socket_stdout(h.command().arg(&missing).arg(&long));
     check(
         &o,
         &format!("target too long (1025 bytes; v1.sock takes at most 1024): {long}"),
@@ -316,10 +438,56 @@ fn fdpass_errors_are_one_line_and_exit_1() {
     let (sock, srv) = server(dir.path(), b"", b"");
     let (mine, theirs) = UnixStream::pair().unwrap();
     drop(mine);
-    let o = run(Command::new(&me)
+    let o = run(h
+        .command()
         .arg(&sock)
         .arg("h:22")
         .stdout(Stdio::from(OwnedFd::from(theirs))));
     srv.join().unwrap();
     check(&o, "cannot pass the connection to ssh: EPIPE: Broken pipe");
+}
+
+/// The other architecture's build as ssh's ProxyCommand against the real daemon: the
+/// destination's own ProxyCommand line with the helper swapped for it under qemu-user (its
+/// system calls logged, so the test knows it ran). ssh gets the node's connection from it,
+/// authenticates with agent.sock's keys and runs a command on the node.
+#[test]
+fn fdpass_for_the_other_architecture_carries_a_session_through_the_daemon() {
+    const C: &str = "dev.test";
+    let cl = DevCluster::start(C, 1);
+    let d = BotProc::start(&cl, BotOptions::default());
+    let cfg = d.dest.join("ssh_config");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("ProxyCommand "))
+        .unwrap_or_else(|| panic!("no ProxyCommand in {}:\n{text}", cfg.display()));
+    let native = format!("'{}' ", fdpass().display());
+    let rest = line
+        .strip_prefix(&native)
+        .unwrap_or_else(|| panic!("the ProxyCommand does not start with {native}: {line}"));
+    let log = d.work.path().join("qemu-strace.log");
+    let cross = format!(
+        "{} -d strace -D '{}' '{}' {rest}",
+        CROSS.1,
+        log.display(),
+        Helper::Cross.path().display()
+    );
+    let o = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-o", "BatchMode=yes", "-o"])
+        .arg(format!("ProxyCommand={cross}"))
+        .arg(format!("{}@node-1.{C}", me()))
+        .arg("echo $((6 * 7))"));
+    assert!(o.status.success(), "ssh via {cross}: {}", stderr(&o));
+    assert_eq!(stdout(&o), "42\n");
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        calls.matches(" sendmsg(").count(),
+        2,
+        "the helper's request and hand-over, by qemu's log:\n{calls}"
+    );
+    drop(d);
 }
