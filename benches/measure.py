@@ -1799,8 +1799,8 @@ def write_md(R, path, order, svg=None, cpu=None):
                   "GiB: the table's sleeps are the daemon's voluntary context switches over the transfers "
                   "(stunnel's are not counted: its per-session threads take their counts with them when "
                   "they end). Sleeping less is not by itself cheaper: a trial daemon that slept 100-250 µs "
-                  "mid-stream instead of being woken by each of ssh's writes had a fifth of the sleeps and "
-                  "spent no less CPU (benches/README.md)." + (f" stunnel's client, which waits for ssh between reads as the daemon does, "
+                  "mid-stream instead of being woken by each of ssh's writes had a third to a fifth of the "
+                  "sleeps and spent no less CPU (benches/README.md)." + (f" stunnel's client, which waits for ssh between reads as the daemon does, "
                   f"sits at {fmt(ratio(st_cpu, lim.get('s_per_gib')), 2)}x the limit." if st_cpu else ""), ""]
         if cpu:
             L += [f"![CPU per GiB relayed: daemon gRPC, daemon SSH, stunnel client, the limit]({rel(cpu)})", ""]

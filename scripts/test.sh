@@ -21,16 +21,20 @@ if [ "${1:-}" = "--long" ]; then
   shift
   export IDMUX_LONG=1
 fi
-export IDMUX_WITH_ANSIBLE=1
+export IDMUX_WITH_ANSIBLE=1 IDMUX_WITH_CROSS=1
 bash scripts/install-deps.sh
 # Both binaries the end-to-end tests run (idmux-fdpass is its own package, so cargo test does
 # not build it for tests/e2e): one build of the whole workspace, features as the tests use them.
 cargo build --workspace --bins
 # idmux-fdpass for the architecture this machine is not (its system calls are assembly for
 # each: src/fdpass/sys.rs), run under qemu-user by tests/e2e/fdpass.rs; release, as shipped.
-case "$(uname -m)" in x86_64) cross=aarch64 ;; *) cross=x86_64 ;; esac
-env "CARGO_TARGET_${cross^^}_UNKNOWN_LINUX_GNU_LINKER=$cross-linux-gnu-gcc" \
-  cargo build --release -p idmux-fdpass --target "$cross-unknown-linux-gnu"
+if target=$(bash scripts/cross-target.sh); then
+  cross=${target%%-*}
+  env "CARGO_TARGET_${cross^^}_UNKNOWN_LINUX_GNU_LINKER=$cross-linux-gnu-gcc" \
+    cargo build --release -p idmux-fdpass --target "$target"
+else
+  echo "== idmux-fdpass for $target not built (its Rust target is not installed): tests/e2e/fdpass.rs skips its tests of that build"
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests start sshd nodes and dev clusters on loopback ports; two at a time

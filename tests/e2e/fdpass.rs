@@ -40,29 +40,57 @@ const CROSS: (&str, &str, u16) = if cfg!(target_arch = "x86_64") {
     ("x86_64-unknown-linux-gnu", "qemu-x86_64", 62)
 };
 
+/// Where scripts/test.sh builds the other architecture's helper:
+/// `<target dir>/<triple>/release/idmux-fdpass` (cargo sets `CARGO_TARGET_TMPDIR` to
+/// `<target dir>/tmp` for integration tests).
+fn cross_path() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .join(CROSS.0)
+        .join("release")
+        .join("idmux-fdpass")
+}
+
+/// The other architecture's helper for `test`, checked current; `None` (the test says SKIP)
+/// where scripts/test.sh could not build it because that Rust target is not installed
+/// (scripts/install-deps.sh says so when rustup cannot fetch it).
+fn cross(test: &str) -> Option<Helper> {
+    let p = cross_path();
+    let Ok(built) = std::fs::metadata(&p).and_then(|m| m.modified()) else {
+        eprintln!(
+            "SKIP {test}: {} not built (scripts/test.sh builds it where the Rust target {} is \
+             installed)",
+            p.display(),
+            CROSS.0
+        );
+        return None;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fdpass");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        let changed = std::fs::metadata(&f).unwrap().modified().unwrap();
+        assert!(
+            changed <= built,
+            "{} is older than {}: build it again (scripts/test.sh)",
+            p.display(),
+            f.display()
+        );
+    }
+    assert!(
+        Command::new(CROSS.1).arg("--version").output().is_ok(),
+        "{} is missing: scripts/install-deps.sh installs qemu-user (IDMUX_WITH_CROSS=1)",
+        CROSS.1
+    );
+    Some(Helper::Cross)
+}
+
 impl Helper {
     /// The binary.
     fn path(self) -> PathBuf {
         match self {
             Helper::Native => fdpass(),
-            Helper::Cross => {
-                // target/<profile>/idmux -> target/<triple>/release/idmux-fdpass
-                let target = idmux_bin()
-                    .parent()
-                    .unwrap()
-                    .parent()
-                    .unwrap()
-                    .to_path_buf();
-                let p = target.join(CROSS.0).join("release").join("idmux-fdpass");
-                assert!(
-                    p.is_file(),
-                    "{} is missing: scripts/test.sh builds it (cargo build --release -p \
-                     idmux-fdpass --target {}, with scripts/install-deps.sh's cross linker)",
-                    p.display(),
-                    CROSS.0
-                );
-                p
-            }
+            Helper::Cross => cross_path(),
         }
     }
 
@@ -202,7 +230,9 @@ fn fdpass_is_a_static_executable() {
 
 #[test]
 fn fdpass_for_the_other_architecture_is_a_static_executable() {
-    is_a_static_executable(Helper::Cross);
+    if let Some(h) = cross("fdpass_for_the_other_architecture_is_a_static_executable") {
+        is_a_static_executable(h);
+    }
 }
 
 fn is_a_static_executable(h: Helper) {
@@ -267,7 +297,11 @@ fn fdpass_makes_only_the_protocols_system_calls() {
 
 #[test]
 fn fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls() {
-    makes_only_the_protocols_system_calls(Helper::Cross);
+    if let Some(h) =
+        cross("fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls")
+    {
+        makes_only_the_protocols_system_calls(h);
+    }
 }
 
 fn makes_only_the_protocols_system_calls(h: Helper) {
@@ -295,12 +329,20 @@ fn makes_only_the_protocols_system_calls(h: Helper) {
     assert_eq!((byte.as_slice(), fd.is_some()), (&[0u8][..], true));
 
     let text = std::fs::read_to_string(&log).unwrap();
-    // A line is `[PID ]name(args) = result`; strace's own notes (`+++ exited`) have no name.
+    // A line is `[PID ]name(args)[ = result]`; strace's notes (`+++ exited`, `--- SIGCHLD`)
+    // name no call. Any other line that names none (qemu's `Unknown syscall N`) fails.
     let names: Vec<&str> = text
         .lines()
         .map(|l| l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' '))
-        .filter_map(|l| l.split_once('(').map(|(n, _)| n))
-        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|l| !l.is_empty() && !l.starts_with("+++") && !l.starts_with("---"))
+        .map(|l| {
+            l.split_once('(')
+                .map(|(n, _)| n)
+                .filter(|n| {
+                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+                .unwrap_or_else(|| panic!("a line that names no system call: {l}\n{text}"))
+        })
         .collect();
     let after = match h {
         Helper::Native => {
@@ -347,7 +389,11 @@ fn fdpass_hands_over_the_connection_and_its_stderr() {
 
 #[test]
 fn fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr() {
-    hands_over_the_connection_and_its_stderr(Helper::Cross);
+    if let Some(h) =
+        cross("fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr")
+    {
+        hands_over_the_connection_and_its_stderr(h);
+    }
 }
 
 fn hands_over_the_connection_and_its_stderr(h: Helper) {
@@ -381,7 +427,9 @@ fn fdpass_errors_are_one_line_and_exit_1() {
 
 #[test]
 fn fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1() {
-    errors_are_one_line_and_exit_1(Helper::Cross);
+    if let Some(h) = cross("fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1") {
+        errors_are_one_line_and_exit_1(h);
+    }
 }
 
 fn errors_are_one_line_and_exit_1(h: Helper) {
@@ -453,6 +501,10 @@ fn errors_are_one_line_and_exit_1(h: Helper) {
 /// authenticates with agent.sock's keys and runs a command on the node.
 #[test]
 fn fdpass_for_the_other_architecture_carries_a_session_through_the_daemon() {
+    let Some(h) = cross("fdpass_for_the_other_architecture_carries_a_session_through_the_daemon")
+    else {
+        return;
+    };
     const C: &str = "dev.test";
     let cl = DevCluster::start(C, 1);
     let d = BotProc::start(&cl, BotOptions::default());
@@ -463,16 +515,21 @@ fn fdpass_for_the_other_architecture_carries_a_session_through_the_daemon() {
         .map(str::trim)
         .find_map(|l| l.strip_prefix("ProxyCommand "))
         .unwrap_or_else(|| panic!("no ProxyCommand in {}:\n{text}", cfg.display()));
-    let native = format!("'{}' ", fdpass().display());
-    let rest = line
-        .strip_prefix(&native)
-        .unwrap_or_else(|| panic!("the ProxyCommand does not start with {native}: {line}"));
+    // The line's first word is the helper (quoted: src/identity/openssh.rs); the rest, its
+    // socket and target, stays as the daemon wrote it.
+    let (helper, rest) = line
+        .strip_prefix('\'')
+        .and_then(|l| l.split_once("' "))
+        .unwrap_or_else(|| panic!("the ProxyCommand's first word is not quoted: {line}"));
+    assert!(helper.ends_with("/idmux-fdpass"), "{line}");
+    // Paths in the new line are quoted and have `%` doubled, as the daemon writes its own.
+    let word = |p: &Path| format!("'{}'", p.display().to_string().replace('%', "%%"));
     let log = d.work.path().join("qemu-strace.log");
     let cross = format!(
-        "{} -d strace -D '{}' '{}' {rest}",
+        "{} -d strace -D {} {} {rest}",
         CROSS.1,
-        log.display(),
-        Helper::Cross.path().display()
+        word(&log),
+        word(&h.path())
     );
     let o = run(Command::new("ssh")
         .arg("-F")
