@@ -116,6 +116,24 @@ impl Helper {
     }
 }
 
+/// A helper test, `$body(helper)`, run twice: `$native` with this machine's build, `$cross`
+/// with the other architecture's under qemu-user (skipped where it could not be built).
+macro_rules! both_builds {
+    ($native:ident, $cross:ident, $body:ident) => {
+        #[test]
+        fn $native() {
+            $body(Helper::Native);
+        }
+
+        #[test]
+        fn $cross() {
+            if let Some(h) = cross(stringify!($cross)) {
+                $body(h);
+            }
+        }
+    };
+}
+
 /// The ELF64 little-endian file `p`: its type (`e_type`: 2 an executable at fixed addresses,
 /// 3 a shared object or position-independent executable), its architecture (`e_machine`: 62
 /// x86_64, 183 aarch64) and its program headers' types
@@ -223,17 +241,11 @@ fn received_fd(ssh_end: &UnixStream) -> (Vec<u8>, Option<OwnedFd>) {
     (buf[..n].to_vec(), fd)
 }
 
-#[test]
-fn fdpass_is_a_static_executable() {
-    is_a_static_executable(Helper::Native);
-}
-
-#[test]
-fn fdpass_for_the_other_architecture_is_a_static_executable() {
-    if let Some(h) = cross("fdpass_for_the_other_architecture_is_a_static_executable") {
-        is_a_static_executable(h);
-    }
-}
+both_builds!(
+    fdpass_is_a_static_executable,
+    fdpass_for_the_other_architecture_is_a_static_executable,
+    is_a_static_executable
+);
 
 fn is_a_static_executable(h: Helper) {
     // Built with std it also needed libgcc_s.so.1 (std's unwinder); built dynamically without
@@ -278,6 +290,12 @@ fn is_a_static_executable(h: Helper) {
     }
 }
 
+both_builds!(
+    fdpass_makes_only_the_protocols_system_calls,
+    fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls,
+    makes_only_the_protocols_system_calls
+);
+
 /// From `execve` to `exit_group`, a whole run makes the protocol's system calls and no other:
 /// no start-up of a C library (glibc's static start-up read `/proc/self/exe`, grew the heap
 /// and called `arch_prctl`, `set_tid_address`, `getrandom`, `mprotect`, ...), no memory
@@ -286,25 +304,11 @@ fn is_a_static_executable(h: Helper) {
 ///
 /// The other architecture's build runs under qemu-user, which loads it itself (no `execve`
 /// of it to see) and logs each of its system calls as strace would (`-d strace`).
-#[test]
-fn fdpass_makes_only_the_protocols_system_calls() {
-    if Command::new("strace").arg("-V").output().is_err() {
+fn makes_only_the_protocols_system_calls(h: Helper) {
+    if matches!(h, Helper::Native) && Command::new("strace").arg("-V").output().is_err() {
         eprintln!("SKIP fdpass_makes_only_the_protocols_system_calls: needs strace (scripts/install-deps.sh)");
         return;
     }
-    makes_only_the_protocols_system_calls(Helper::Native);
-}
-
-#[test]
-fn fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls() {
-    if let Some(h) =
-        cross("fdpass_for_the_other_architecture_makes_only_the_protocols_system_calls")
-    {
-        makes_only_the_protocols_system_calls(h);
-    }
-}
-
-fn makes_only_the_protocols_system_calls(h: Helper) {
     let dir = tempfile::tempdir().unwrap();
     let (sock, srv) = server(dir.path(), b"", b"");
     let log = dir.path().join("strace.log");
@@ -382,19 +386,11 @@ fn makes_only_the_protocols_system_calls(h: Helper) {
     eprintln!("{} made: {after:?}", h.path().display());
 }
 
-#[test]
-fn fdpass_hands_over_the_connection_and_its_stderr() {
-    hands_over_the_connection_and_its_stderr(Helper::Native);
-}
-
-#[test]
-fn fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr() {
-    if let Some(h) =
-        cross("fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr")
-    {
-        hands_over_the_connection_and_its_stderr(h);
-    }
-}
+both_builds!(
+    fdpass_hands_over_the_connection_and_its_stderr,
+    fdpass_for_the_other_architecture_hands_over_the_connection_and_its_stderr,
+    hands_over_the_connection_and_its_stderr
+);
 
 fn hands_over_the_connection_and_its_stderr(h: Helper) {
     // A socket path longer than sun_path's 108 bytes: reached from its folder by file name.
@@ -420,17 +416,11 @@ fn hands_over_the_connection_and_its_stderr(h: Helper) {
     assert_eq!(&hello, b"SSH-2.0-stand-in\r\n");
 }
 
-#[test]
-fn fdpass_errors_are_one_line_and_exit_1() {
-    errors_are_one_line_and_exit_1(Helper::Native);
-}
-
-#[test]
-fn fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1() {
-    if let Some(h) = cross("fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1") {
-        errors_are_one_line_and_exit_1(h);
-    }
-}
+both_builds!(
+    fdpass_errors_are_one_line_and_exit_1,
+    fdpass_for_the_other_architecture_errors_are_one_line_and_exit_1,
+    errors_are_one_line_and_exit_1
+);
 
 fn errors_are_one_line_and_exit_1(h: Helper) {
     let dir = tempfile::tempdir().unwrap();
