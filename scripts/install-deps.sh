@@ -52,10 +52,10 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 # (src/fdpass/sys.rs): with IDMUX_WITH_CROSS=1 (scripts/test.sh, .ci/run), qemu-user and
 # Debian's cross gcc for the architecture this machine is not, so that tests/e2e/fdpass.rs
 # runs the helper's build for it too (rustup adds that target's core library below).
-target=$(bash "$(dirname "$0")/cross-target.sh" || true)
-cross=${target%%-*}
-cross_gcc=gcc-${cross//_/-}-linux-gnu
 if [ "${IDMUX_WITH_CROSS:-0}" = 1 ]; then
+  target=$(bash "$(dirname "$0")/cross-target.sh" || true)
+  cross=${target%%-*}
+  cross_gcc=gcc-${cross//_/-}-linux-gnu
   command -v "qemu-$cross" >/dev/null || need+=(qemu-user)
   command -v "$cross-linux-gnu-gcc" >/dev/null || need+=("$cross_gcc")
 fi

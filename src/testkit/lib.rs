@@ -877,7 +877,7 @@ pub fn torture_row(attack: &str, result: &str, figures: &str) {
 /// What must keep working while a test attacks a bot: an ssh session streaming through it the
 /// whole time, and its renewals (counted from its log's `renewed:` lines).
 pub struct Witness {
-    child: std::process::Child,
+    child: Reaped,
     bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     renewals0: usize,
     log: PathBuf,
@@ -904,8 +904,7 @@ impl Witness {
             .arg("while head -c 65536 /dev/zero; do sleep 0.05; done")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut out = child.stdout.take().unwrap();
         let counter = bytes.clone();
@@ -965,13 +964,6 @@ impl Witness {
             self.started.elapsed().as_secs_f64(),
             self.renewals()
         )
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

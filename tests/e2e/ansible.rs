@@ -13,7 +13,7 @@ use idmux_testkit::*;
 const C: &str = "dev.test";
 const NODES: usize = 10;
 
-/// The running `idmux start`, killed on drop (also when an assertion panics).
+/// The running `idmux start`, stopped on drop (also when an assertion panics).
 struct Bot {
     _child: Reaped,
     log: PathBuf,

@@ -19,7 +19,7 @@ fn target(node: &str) -> String {
 
 /// An interactive ssh session: prints `up`, then echoes one line back and exits.
 struct Session {
-    child: Child,
+    child: Reaped,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
 }
@@ -35,8 +35,7 @@ impl Session {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_reaped();
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -89,13 +88,6 @@ impl StderrOf for Child {
             let _ = std::io::Read::read_to_string(&mut e, &mut s);
         }
         s
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

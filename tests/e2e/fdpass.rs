@@ -33,11 +33,35 @@ enum Helper {
     Cross,
 }
 
-/// The other architecture: its target triple, its qemu-user and its ELF `e_machine`.
-const CROSS: (&str, &str, u16) = if cfg!(target_arch = "x86_64") {
-    ("aarch64-unknown-linux-gnu", "qemu-aarch64", 183)
+/// An architecture idmux-fdpass is written for: its Rust target triple, its qemu-user and its
+/// ELF `e_machine`.
+struct Arch {
+    triple: &'static str,
+    qemu: &'static str,
+    machine: u16,
+}
+
+const X86_64: Arch = Arch {
+    triple: "x86_64-unknown-linux-gnu",
+    qemu: "qemu-x86_64",
+    machine: 62,
+};
+const AARCH64: Arch = Arch {
+    triple: "aarch64-unknown-linux-gnu",
+    qemu: "qemu-aarch64",
+    machine: 183,
+};
+/// This machine's architecture.
+const NATIVE: Arch = if cfg!(target_arch = "x86_64") {
+    X86_64
 } else {
-    ("x86_64-unknown-linux-gnu", "qemu-x86_64", 62)
+    AARCH64
+};
+/// The other one (scripts/cross-target.sh picks the same).
+const CROSS: Arch = if cfg!(target_arch = "x86_64") {
+    AARCH64
+} else {
+    X86_64
 };
 
 /// Where scripts/test.sh builds the other architecture's helper:
@@ -47,7 +71,7 @@ fn cross_path() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("the target dir")
-        .join(CROSS.0)
+        .join(CROSS.triple)
         .join("release")
         .join("idmux-fdpass")
 }
@@ -62,13 +86,18 @@ fn cross(test: &str) -> Option<Helper> {
             "SKIP {test}: {} not built (scripts/test.sh builds it where the Rust target {} is \
              installed)",
             p.display(),
-            CROSS.0
+            CROSS.triple
         );
         return None;
     };
+    // Its sources: a changed one always makes cargo build it again (a comment changed in its
+    // Cargo.toml does not, so the manifest's time says nothing).
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fdpass");
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
+        if f.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
         let changed = std::fs::metadata(&f).unwrap().modified().unwrap();
         assert!(
             changed <= built,
@@ -78,9 +107,9 @@ fn cross(test: &str) -> Option<Helper> {
         );
     }
     assert!(
-        Command::new(CROSS.1).arg("--version").output().is_ok(),
+        Command::new(CROSS.qemu).arg("--version").output().is_ok(),
         "{} is missing: scripts/install-deps.sh installs qemu-user (IDMUX_WITH_CROSS=1)",
-        CROSS.1
+        CROSS.qemu
     );
     Some(Helper::Cross)
 }
@@ -99,19 +128,18 @@ impl Helper {
         match self {
             Helper::Native => Command::new(self.path()),
             Helper::Cross => {
-                let mut c = Command::new(CROSS.1);
+                let mut c = Command::new(CROSS.qemu);
                 c.arg(self.path());
                 c
             }
         }
     }
 
-    /// The architecture's ELF `e_machine`.
-    fn machine(self) -> u16 {
+    /// The architecture it is built for.
+    fn arch(self) -> &'static Arch {
         match self {
-            Helper::Native if cfg!(target_arch = "x86_64") => 62,
-            Helper::Native => 183,
-            Helper::Cross => CROSS.2,
+            Helper::Native => &NATIVE,
+            Helper::Cross => &CROSS,
         }
     }
 }
@@ -262,7 +290,7 @@ fn is_a_static_executable(h: Helper) {
     );
     assert_eq!(
         machine,
-        h.machine(),
+        h.arch().machine,
         "{}: another architecture",
         p.display()
     );
@@ -319,7 +347,7 @@ fn makes_only_the_protocols_system_calls(h: Helper) {
             c
         }
         Helper::Cross => {
-            let mut c = Command::new(CROSS.1);
+            let mut c = Command::new(CROSS.qemu);
             c.arg("-d").arg("strace").arg("-D").arg(&log).arg(h.path());
             c
         }
@@ -517,7 +545,7 @@ fn fdpass_for_the_other_architecture_carries_a_session_through_the_daemon() {
     let log = d.work.path().join("qemu-strace.log");
     let cross = format!(
         "{} -d strace -D {} {} {rest}",
-        CROSS.1,
+        CROSS.qemu,
         word(&log),
         word(&h.path())
     );
